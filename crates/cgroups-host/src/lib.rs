@@ -1,0 +1,1 @@
+//! Host cgroup partitioning for VM sandboxes (being written: see issue 2).
