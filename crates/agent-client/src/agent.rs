@@ -1,0 +1,107 @@
+//! The `Agent` trait: what the host asks of the guest agent.
+
+use std::fmt;
+
+use async_trait::async_trait;
+use vc_agent_protocol::agent as pb;
+
+use crate::Result;
+
+/// The agent's methods, named as on the wire (`grpc.AgentService/<name>`,
+/// `grpc.Health/<name>`). Errors carry one; the fake agent injects failures
+/// by it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[allow(missing_docs)] // each variant is the wire method of the same name
+pub enum AgentMethod {
+    Check,
+    Version,
+    CreateSandbox,
+    DestroySandbox,
+    CreateContainer,
+    StartContainer,
+    RemoveContainer,
+    ExecProcess,
+    SignalProcess,
+    WaitProcess,
+    UpdateContainer,
+    StatsContainer,
+    PauseContainer,
+    ResumeContainer,
+    WriteStdin,
+    ReadStdout,
+    ReadStderr,
+    CloseStdin,
+    TtyWinResize,
+    OnlineCPUMem,
+    GetGuestDetails,
+    CopyFile,
+}
+
+impl fmt::Display for AgentMethod {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        fmt::Debug::fmt(self, f)
+    }
+}
+
+/// The operations of a guest agent (Kata's `AgentService` and `Health`).
+///
+/// Requests and responses are the protocol's messages
+/// ([`vc_agent_protocol::agent`]), so nothing is lost between an embedder
+/// and the wire. [`crate::TtrpcAgent`] is the real implementation;
+/// `testing::FakeAgent` (feature `testing`) stands in for it in unit tests.
+///
+/// Calls that wait for the guest by design ([`Agent::wait_process`],
+/// [`Agent::read_stdout`], [`Agent::read_stderr`]) have no call timeout;
+/// every call fails with [`crate::AgentError::Disconnected`] as soon as the
+/// connection closes.
+#[async_trait]
+pub trait Agent: Send + Sync {
+    /// `Health.Check`: `Ok` when the agent serves requests.
+    async fn check(&self) -> Result<()>;
+    /// `Health.Version`: the agent's version.
+    async fn version(&self) -> Result<vc_agent_protocol::health::VersionCheckResponse>;
+    /// Sets up the sandbox (hostname, storages, modules) before its containers.
+    async fn create_sandbox(&self, req: pb::CreateSandboxRequest) -> Result<()>;
+    /// Tears the sandbox down: kills every container process.
+    async fn destroy_sandbox(&self) -> Result<()>;
+    /// Creates a container (its process created, not started).
+    async fn create_container(&self, req: pb::CreateContainerRequest) -> Result<()>;
+    /// Starts a created container's process.
+    async fn start_container(&self, container_id: &str) -> Result<()>;
+    /// Removes a container, killing what still runs in it.
+    async fn remove_container(&self, req: pb::RemoveContainerRequest) -> Result<()>;
+    /// Starts another process in a running container's namespaces.
+    async fn exec_process(&self, req: pb::ExecProcessRequest) -> Result<()>;
+    /// Sends a signal to a process (`exec_id` empty: to all of the container's).
+    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()>;
+    /// Waits for a process to exit: its exit code, or 128 + the signal that
+    /// killed it.
+    async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32>;
+    /// Changes a container's resources.
+    async fn update_container(&self, req: pb::UpdateContainerRequest) -> Result<()>;
+    /// A container's cgroup statistics in the guest.
+    async fn stats_container(&self, container_id: &str) -> Result<pb::StatsContainerResponse>;
+    /// Freezes a container.
+    async fn pause_container(&self, container_id: &str) -> Result<()>;
+    /// Thaws a container.
+    async fn resume_container(&self, container_id: &str) -> Result<()>;
+    /// Writes to a process's stdin; returns the bytes taken.
+    async fn write_stdin(&self, container_id: &str, exec_id: &str, data: &[u8]) -> Result<u32>;
+    /// Reads at most `len` bytes of a process's stdout; empty at end of stream.
+    async fn read_stdout(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Vec<u8>>;
+    /// Reads at most `len` bytes of a process's stderr; empty at end of stream.
+    async fn read_stderr(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Vec<u8>>;
+    /// Closes a process's stdin (the process reads end of file).
+    async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()>;
+    /// Resizes a process's terminal.
+    async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
+    /// Brings hot-plugged CPUs and memory online.
+    async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
+    /// What the guest and agent support.
+    async fn get_guest_details(
+        &self,
+        req: pb::GuestDetailsRequest,
+    ) -> Result<pb::GuestDetailsResponse>;
+    /// Writes (a chunk of) a file below `/run` in the guest.
+    async fn copy_file(&self, req: pb::CopyFileRequest) -> Result<()>;
+}
