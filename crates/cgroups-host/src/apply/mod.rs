@@ -1,0 +1,371 @@
+//! The applier: executes a [`CgroupPlan`] on a real cgroupfs through
+//! `cgroups-rs`, and removes everything it made.
+//!
+//! One [`CgroupManager`] trait, one backend per hierarchy
+//! ([`CgroupfsV1`], [`CgroupfsV2`], [`SystemdCgroups`]), and the
+//! [`HostCgroups`] enum over them built by [`HostCgroups::new`] from
+//! explicit mount points, so tests (and embedders with unusual mounts) say
+//! where the hierarchies are.
+
+mod hierarchy;
+pub mod mounts;
+mod tasks;
+mod v1;
+mod v2;
+mod write;
+
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+pub use mounts::V1Mounts;
+pub use tasks::SandboxTasks;
+pub use v1::CgroupfsV1;
+pub use v2::CgroupfsV2;
+
+use crate::error::Error;
+use crate::plan::{CgroupDriver, CgroupPlan, CgroupVersion};
+
+/// What a manager has created: enough to delete it all again, also from
+/// another process (persist it with serde).
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupsState {
+    /// The last plan applied (or being applied).
+    pub plan: Option<CgroupPlan>,
+    /// Directories this manager created, in creation order, recorded
+    /// before each is created. Removed deepest first on delete.
+    pub created: Vec<PathBuf>,
+}
+
+/// Manages one sandbox's host cgroups.
+///
+/// Every method is synchronous: cgroupfs writes do not block on anything
+/// worth an async runtime.
+pub trait CgroupManager: Send {
+    /// Creates the plan's cgroups, writes their constraints and device
+    /// rules, and places the given tasks. Idempotent: applying the same
+    /// plan again changes nothing and is not an error.
+    ///
+    /// On error, a first apply unwinds completely: the processes it moved
+    /// go back to the cgroups they came from and every directory it created
+    /// is removed.
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error>;
+
+    /// Re-applies a re-made plan after a container joined, left or was
+    /// updated: new constraints, new device rules, and a fresh placement
+    /// (vCPU thread ids are read anew by the caller each time). The plan
+    /// must name the same cgroups as the applied one.
+    fn update(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        match &self.state().plan {
+            Some(applied) if same_cgroups(applied, plan) => self.apply(plan, tasks),
+            Some(_) => Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "cgroup paths differ",
+            }),
+            None => Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "nothing applied yet",
+            }),
+        }
+    }
+
+    /// Deletes every cgroup of the plan and every directory this manager
+    /// created, moving tasks still inside to the parent cgroup first.
+    /// Idempotent: deleting twice is not an error.
+    fn delete(&mut self) -> Result<(), Error>;
+
+    /// What this manager has created, for persistence.
+    fn state(&self) -> &CgroupsState;
+}
+
+/// Whether two plans name the same cgroups.
+pub(crate) fn same_cgroups(a: &CgroupPlan, b: &CgroupPlan) -> bool {
+    let paths = |p: &CgroupPlan| {
+        p.cgroups()
+            .into_iter()
+            .map(|(role, c)| (role, c.path.clone()))
+            .collect::<Vec<_>>()
+    };
+    a.sandbox_id == b.sandbox_id && a.version == b.version && paths(a) == paths(b)
+}
+
+/// Where the cgroup hierarchies are mounted.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+pub struct CgroupRoots {
+    /// cgroup v1 controller mounts.
+    pub v1: V1Mounts,
+    /// The cgroup2 mount, if any.
+    pub v2: Option<PathBuf>,
+}
+
+impl CgroupRoots {
+    /// The mounts of this process, from `/proc/self/mountinfo`.
+    pub fn discover() -> Result<Self, Error> {
+        Self::discover_from(Path::new(mounts::PROC_SELF_MOUNTINFO))
+    }
+
+    /// The mounts listed in a mountinfo file.
+    pub fn discover_from(mountinfo: &Path) -> Result<Self, Error> {
+        let text = std::fs::read_to_string(mountinfo).map_err(|source| Error::ReadCgroupFile {
+            path: mountinfo.to_owned(),
+            source,
+        })?;
+        Ok(CgroupRoots {
+            v1: V1Mounts::from_mountinfo(&text),
+            v2: mounts::cgroup2_mount_from_mountinfo(&text),
+        })
+    }
+
+    /// The version a host should use: v2 when the only cgroup mount is
+    /// cgroup2 (unified mode), else v1 (legacy or hybrid mode).
+    pub fn preferred_version(&self) -> CgroupVersion {
+        if self.v1.iter().next().is_none() && self.v2.is_some() {
+            CgroupVersion::V2
+        } else {
+            CgroupVersion::V1
+        }
+    }
+}
+
+/// The systemd driver's backend: plans are accepted, applying is not.
+///
+/// Creating scopes and setting their properties goes through systemd's
+/// D-Bus API (`StartTransientUnit`, `SetUnitProperties`); writing cgroupfs
+/// under systemd's feet would be undone by systemd. Until that is
+/// implemented every operation returns [`Error::Unsupported`]; use the
+/// cgroupfs driver.
+#[derive(Debug, Default)]
+pub struct SystemdCgroups {
+    state: CgroupsState,
+}
+
+const SYSTEMD_UNSUPPORTED: &str =
+    "the systemd cgroup driver is planned only; applying through systemd's D-Bus API is not implemented yet";
+
+impl CgroupManager for SystemdCgroups {
+    fn apply(&mut self, _plan: &CgroupPlan, _tasks: &SandboxTasks) -> Result<(), Error> {
+        Err(Error::Unsupported {
+            what: SYSTEMD_UNSUPPORTED,
+        })
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        Err(Error::Unsupported {
+            what: SYSTEMD_UNSUPPORTED,
+        })
+    }
+
+    fn state(&self) -> &CgroupsState {
+        &self.state
+    }
+}
+
+/// The manager for one sandbox, over the supported backends.
+#[derive(Debug)]
+pub enum HostCgroups {
+    /// cgroupfs v1.
+    V1(CgroupfsV1),
+    /// cgroupfs v2.
+    V2(CgroupfsV2),
+    /// systemd (plans only).
+    Systemd(SystemdCgroups),
+}
+
+impl HostCgroups {
+    /// Builds the backend for `driver` and `version` on the given mounts.
+    pub fn new(
+        driver: CgroupDriver,
+        version: CgroupVersion,
+        roots: &CgroupRoots,
+        logger: slog::Logger,
+    ) -> Result<Self, Error> {
+        Self::from_state(driver, version, roots, logger, CgroupsState::default())
+    }
+
+    /// Rebuilds the manager of an existing sandbox from its persisted
+    /// state, e.g. in another process, to update or delete it.
+    pub fn from_state(
+        driver: CgroupDriver,
+        version: CgroupVersion,
+        roots: &CgroupRoots,
+        logger: slog::Logger,
+        state: CgroupsState,
+    ) -> Result<Self, Error> {
+        Ok(match (driver, version) {
+            (CgroupDriver::Systemd, _) => HostCgroups::Systemd(SystemdCgroups { state }),
+            (CgroupDriver::Cgroupfs, CgroupVersion::V1) => {
+                HostCgroups::V1(CgroupfsV1::with_state(roots.v1.clone(), logger, state))
+            }
+            (CgroupDriver::Cgroupfs, CgroupVersion::V2) => {
+                let root = roots.v2.clone().ok_or_else(|| Error::CgroupfsMissing {
+                    path: PathBuf::from("<cgroup2 mount>"),
+                    source: std::io::Error::from(std::io::ErrorKind::NotFound),
+                })?;
+                HostCgroups::V2(CgroupfsV2::with_state(root, logger, state))
+            }
+        })
+    }
+
+    fn inner(&mut self) -> &mut dyn CgroupManager {
+        match self {
+            HostCgroups::V1(m) => m,
+            HostCgroups::V2(m) => m,
+            HostCgroups::Systemd(m) => m,
+        }
+    }
+}
+
+impl CgroupManager for HostCgroups {
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        self.inner().apply(plan, tasks)
+    }
+
+    fn update(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        self.inner().update(plan, tasks)
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        self.inner().delete()
+    }
+
+    fn state(&self) -> &CgroupsState {
+        match self {
+            HostCgroups::V1(m) => m.state(),
+            HostCgroups::V2(m) => m.state(),
+            HostCgroups::Systemd(m) => m.state(),
+        }
+    }
+}
+
+/// Steps of an apply, where tests inject failures.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Step {
+    CreateSandbox,
+    CreateVcpus,
+    CreateOverhead,
+    WriteSettings,
+    WriteDevices,
+    PlaceRuntime,
+    PlaceVmm,
+    PlaceVcpus,
+    PlaceHelpers,
+}
+
+/// Every step, in order.
+#[cfg(test)]
+pub(crate) const ALL_STEPS: [Step; 9] = [
+    Step::CreateSandbox,
+    Step::CreateVcpus,
+    Step::CreateOverhead,
+    Step::WriteSettings,
+    Step::WriteDevices,
+    Step::PlaceRuntime,
+    Step::PlaceVmm,
+    Step::PlaceVcpus,
+    Step::PlaceHelpers,
+];
+
+/// Fails with an injected error when a test asked for one at `step`.
+pub(crate) fn check_step(fail_at: Option<Step>, step: Step) -> Result<(), Error> {
+    if fail_at == Some(step) {
+        return Err(Error::CreateCgroup {
+            path: PathBuf::from(format!("<injected failure at {step:?}>")),
+            source: std::io::Error::other("injected"),
+        });
+    }
+    Ok(())
+}
+
+/// Creates `dir` and any missing ancestors below `floor`, recording each in
+/// `created` before creating it. Tolerates a concurrent creator.
+pub(crate) fn create_dirs(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(p) = cursor {
+        if p == floor || p.exists() {
+            break;
+        }
+        missing.push(p.to_path_buf());
+        cursor = p.parent();
+    }
+    for p in missing.into_iter().rev() {
+        if !created.contains(&p) {
+            created.push(p.clone());
+        }
+        match std::fs::create_dir(&p) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                // Someone else made it between our check and mkdir: it is
+                // not ours to remove.
+                created.retain(|c| c != &p);
+            }
+            Err(source) => {
+                created.retain(|c| c != &p);
+                return Err(Error::CreateCgroup { path: p, source });
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Removes a cgroup directory, retrying briefly: the kernel may still be
+/// tearing down tasks that just left (as runc does). Missing is fine.
+pub(crate) fn remove_cgroup_dir(dir: &Path) -> Result<(), Error> {
+    let mut delay = std::time::Duration::from_millis(5);
+    let mut last = None;
+    for _ in 0..6 {
+        match std::fs::remove_dir(dir) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+            Err(e) => last = Some(e),
+        }
+        std::thread::sleep(delay);
+        delay *= 2;
+    }
+    Err(Error::DeleteCgroup {
+        path: dir.to_owned(),
+        source: last.unwrap_or_else(|| std::io::Error::other("rmdir failed")),
+    })
+}
+
+/// Removes the created directories that are not planned cgroups, deepest
+/// first, when empty of child cgroups; a parent shared with another sandbox
+/// (`EBUSY`/`ENOTEMPTY`) stays.
+pub(crate) fn remove_created_parents(created: &mut Vec<PathBuf>) {
+    let mut dirs = created.clone();
+    dirs.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for d in dirs {
+        match std::fs::remove_dir(&d) {
+            Ok(()) => created.retain(|c| c != &d),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => created.retain(|c| c != &d),
+            Err(_) => {}
+        }
+    }
+}
+
+/// Checks that `path` resolves under `root` (symlinks included).
+pub(crate) fn ensure_under(root: &Path, path: &Path) -> Result<(), Error> {
+    let escape = || Error::PathEscapesRoot {
+        path: path.to_owned(),
+        root: root.to_owned(),
+    };
+    let canonical_root = root.canonicalize().map_err(|source| Error::CgroupfsMissing {
+        path: root.to_owned(),
+        source,
+    })?;
+    // Resolve the deepest existing ancestor; what does not exist yet will be
+    // created by plain mkdir, which does not follow links.
+    let mut existing = path;
+    while !existing.exists() {
+        match existing.parent() {
+            Some(p) => existing = p,
+            None => return Err(escape()),
+        }
+    }
+    let resolved = existing.canonicalize().map_err(|_| escape())?;
+    if resolved.starts_with(&canonical_root) {
+        Ok(())
+    } else {
+        Err(escape())
+    }
+}

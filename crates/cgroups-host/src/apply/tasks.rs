@@ -1,0 +1,186 @@
+//! The processes and threads a plan places, and their validation.
+
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+use crate::error::Error;
+use crate::plan::Placement;
+
+/// The sandbox's processes and threads, as known at the time of a call.
+///
+/// The VMM is absent before the VM starts (cgroups are set up first);
+/// vCPU thread ids change when CPUs are hot-plugged, so callers query them
+/// from the hypervisor afresh for every call.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SandboxTasks {
+    /// The runtime's own process (placed only with `sandbox_cgroup_only`).
+    pub runtime: Option<u32>,
+    /// The VMM process.
+    pub vmm: Option<u32>,
+    /// The VMM's vCPU threads.
+    pub vcpu_threads: Vec<u32>,
+    /// Helper processes (virtiofsd, ...).
+    pub helpers: Vec<u32>,
+}
+
+impl SandboxTasks {
+    /// Checks that every process and thread exists and that every vCPU
+    /// thread belongs to the VMM, before anything is touched.
+    pub fn validate(&self) -> Result<(), Error> {
+        self.validate_in(Path::new("/proc"))
+    }
+
+    pub(crate) fn validate_in(&self, proc: &Path) -> Result<(), Error> {
+        let processes = self
+            .runtime
+            .iter()
+            .chain(self.vmm.iter())
+            .chain(self.helpers.iter());
+        for &pid in processes {
+            if pid == 0 || !proc.join(pid.to_string()).exists() {
+                return Err(Error::NoSuchTask { pid });
+            }
+        }
+        if self.vcpu_threads.is_empty() {
+            return Ok(());
+        }
+        let vmm = self.vmm.ok_or(Error::VcpuThreadsWithoutVmm)?;
+        for &tid in &self.vcpu_threads {
+            if tid == 0 || !proc.join(tid.to_string()).exists() {
+                return Err(Error::NoSuchTask { pid: tid });
+            }
+            if !proc
+                .join(vmm.to_string())
+                .join("task")
+                .join(tid.to_string())
+                .exists()
+            {
+                return Err(Error::NotAThreadOf { tid, pid: vmm });
+            }
+        }
+        Ok(())
+    }
+}
+
+impl SandboxTasks {
+    /// The processes this placement moves, each with the cgroups it is in
+    /// now, so a failed apply can put them back.
+    pub(crate) fn current_cgroups(&self, placement: &Placement) -> Vec<(u32, Vec<(String, String)>)> {
+        self.runtime
+            .filter(|_| placement.runtime.is_some())
+            .into_iter()
+            .chain(self.vmm)
+            .chain(self.helpers.iter().copied())
+            .map(|pid| (pid, cgroups_of(pid)))
+            .collect()
+    }
+}
+
+/// The cgroup of `pid` in each hierarchy, from `/proc/<pid>/cgroup`: pairs
+/// of (controller list, path); the v2 entry has an empty controller list.
+pub(crate) fn cgroups_of(pid: u32) -> Vec<(String, String)> {
+    std::fs::read_to_string(format!("/proc/{pid}/cgroup"))
+        .map(|text| parse_proc_cgroup(&text))
+        .unwrap_or_default()
+}
+
+/// Parses `/proc/<pid>/cgroup` text (`id:controllers:path` lines).
+pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
+    text.lines()
+        .filter_map(|line| {
+            let mut parts = line.splitn(3, ':');
+            let _id = parts.next()?;
+            let controllers = parts.next()?.to_owned();
+            let path = parts.next()?.to_owned();
+            Some((controllers, path))
+        })
+        .collect()
+}
+
+/// Whether an I/O error (possibly boxed inside a cgroups-rs error) says the
+/// task is gone.
+pub(crate) fn is_no_such_task(err: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
+    while let Some(e) = cur {
+        if let Some(io) = e.downcast_ref::<std::io::Error>() {
+            if io.raw_os_error() == Some(libc::ESRCH) {
+                return true;
+            }
+        }
+        cur = e.source();
+    }
+    false
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn validates_against_a_proc_fixture() {
+        let proc = tempfile::tempdir().unwrap();
+        std::fs::create_dir_all(proc.path().join("100/task/100")).unwrap();
+        std::fs::create_dir_all(proc.path().join("100/task/101")).unwrap();
+        std::fs::create_dir_all(proc.path().join("101")).unwrap();
+        std::fs::create_dir_all(proc.path().join("200")).unwrap();
+        let ok = SandboxTasks {
+            runtime: Some(200),
+            vmm: Some(100),
+            vcpu_threads: vec![101],
+            helpers: vec![],
+        };
+        ok.validate_in(proc.path()).unwrap();
+
+        let missing = SandboxTasks {
+            helpers: vec![999],
+            ..ok.clone()
+        };
+        assert!(matches!(
+            missing.validate_in(proc.path()),
+            Err(Error::NoSuchTask { pid: 999 })
+        ));
+        let foreign = SandboxTasks {
+            vcpu_threads: vec![200],
+            ..ok.clone()
+        };
+        assert!(matches!(
+            foreign.validate_in(proc.path()),
+            Err(Error::NotAThreadOf { tid: 200, pid: 100 })
+        ));
+        let orphan = SandboxTasks {
+            vmm: None,
+            ..ok.clone()
+        };
+        assert!(matches!(
+            orphan.validate_in(proc.path()),
+            Err(Error::VcpuThreadsWithoutVmm)
+        ));
+        let zero = SandboxTasks {
+            runtime: Some(0),
+            ..Default::default()
+        };
+        assert!(matches!(zero.validate_in(proc.path()), Err(Error::NoSuchTask { pid: 0 })));
+    }
+
+    #[test]
+    fn parses_proc_cgroup() {
+        let parsed = parse_proc_cgroup("4:memory:/a/b\n1:cpu,cpuacct:/\n0::/x:y\n");
+        assert_eq!(
+            parsed,
+            vec![
+                ("memory".to_owned(), "/a/b".to_owned()),
+                ("cpu,cpuacct".to_owned(), "/".to_owned()),
+                (String::new(), "/x:y".to_owned()),
+            ]
+        );
+    }
+
+    #[test]
+    fn recognises_esrch() {
+        let e = std::io::Error::from_raw_os_error(libc::ESRCH);
+        assert!(is_no_such_task(&e));
+        let other = std::io::Error::from_raw_os_error(libc::EBUSY);
+        assert!(!is_no_such_task(&other));
+    }
+}

@@ -1,0 +1,306 @@
+//! The cgroup v1 backend: one directory per controller mount.
+
+use std::path::{Path, PathBuf};
+
+use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::Cgroup;
+use slog::{debug, warn};
+
+use super::hierarchy::FixedHierarchy;
+use super::mounts::{V1_CONTROLLERS, V1Mounts, check_cgroupfs};
+use super::tasks::{SandboxTasks, is_no_such_task};
+use super::write::{write_device_rules, write_setting};
+use super::{
+    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, remove_cgroup_dir,
+    remove_created_parents, same_cgroups,
+};
+use crate::error::Error;
+use crate::plan::{CgroupDriver, CgroupPlan, CgroupRole, CgroupVersion};
+
+/// Controllers the applier cannot work without; `cpuacct` is used (for
+/// accounting) when mounted.
+const REQUIRED: [&str; 5] = ["cpu", "cpuset", "memory", "pids", "devices"];
+
+/// Tries to empty a cgroup of tasks before removing it; new threads may
+/// appear while we move the old ones out.
+const EVACUATE_ATTEMPTS: usize = 10;
+
+/// The cgroupfs v1 backend.
+#[derive(Debug)]
+pub struct CgroupfsV1 {
+    mounts: V1Mounts,
+    logger: slog::Logger,
+    state: CgroupsState,
+    /// A step where a test injects a failure.
+    pub(crate) fail_at: Option<Step>,
+}
+
+impl CgroupfsV1 {
+    /// A backend on the given controller mounts.
+    pub fn new(mounts: V1Mounts, logger: slog::Logger) -> Self {
+        Self::with_state(mounts, logger, CgroupsState::default())
+    }
+
+    pub(crate) fn with_state(mounts: V1Mounts, logger: slog::Logger, state: CgroupsState) -> Self {
+        // Only the controllers this crate drives.
+        let mounts = V1Mounts::from_pairs(
+            mounts
+                .iter()
+                .filter(|(c, _)| V1_CONTROLLERS.contains(c))
+                .map(|(c, p)| (c.to_owned(), p.to_path_buf())),
+        );
+        CgroupfsV1 {
+            mounts,
+            logger,
+            state,
+            fail_at: None,
+        }
+    }
+
+    fn hierarchy(&self) -> FixedHierarchy {
+        FixedHierarchy::V1(self.mounts.clone())
+    }
+
+    fn cgroup(&self, role: CgroupRole, plan: &CgroupPlan) -> Option<Cgroup> {
+        plan.cgroup(role)
+            .map(|c| self.hierarchy().cgroup(c.path.relative()))
+    }
+
+    /// The directory of `path` under one controller's mount.
+    fn dir(&self, controller: &str, path: &str) -> PathBuf {
+        let point = self.mounts.get(controller).unwrap_or(Path::new("/"));
+        point.join(path.trim_start_matches('/'))
+    }
+
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
+        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V1 {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "plan is not for cgroupfs v1",
+            });
+        }
+        if let Some(applied) = &self.state.plan {
+            if !same_cgroups(applied, plan) {
+                return Err(Error::PlanMismatch {
+                    sandbox: plan.sandbox_id.clone(),
+                    what: "cgroup paths differ from the applied plan",
+                });
+            }
+        }
+        for controller in REQUIRED {
+            let point = self.mounts.get(controller).ok_or_else(|| Error::ControllerMissing {
+                controller,
+                root: PathBuf::from("/proc/self/mountinfo"),
+            })?;
+            check_cgroupfs(point, false)?;
+        }
+        for (_, c) in plan.cgroups() {
+            for (_, point) in self.mounts.iter() {
+                ensure_under(point, &point.join(c.path.relative()))?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&self, step: Step) -> Result<(), Error> {
+        check_step(self.fail_at, step)
+    }
+
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        for (role, c) in plan.cgroups() {
+            self.step(step_for_create(role))?;
+            let points: Vec<PathBuf> = self.mounts.iter().map(|(_, p)| p.to_path_buf()).collect();
+            for point in points {
+                let dir = point.join(c.path.relative());
+                create_dirs(&dir, &point, &mut self.state.created)?;
+            }
+            // cgroups-rs gives a new v1 cpuset the parent's cpus and mems
+            // (an empty cpuset cannot hold tasks).
+            self.hierarchy()
+                .cgroup(c.path.relative())
+                .create()
+                .map_err(|e| Error::CreateCgroup {
+                    path: self.dir("cpuset", c.path.as_str()),
+                    source: std::io::Error::other(e.to_string()),
+                })?;
+        }
+        Ok(())
+    }
+
+    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        self.step(Step::WriteSettings)?;
+        for (_, c) in plan.cgroups() {
+            let cgroup = self.hierarchy().cgroup(c.path.relative());
+            for setting in &c.settings {
+                let dir = self.dir(setting.controller(), c.path.as_str());
+                write_setting(&cgroup, setting, CgroupVersion::V1, &dir)?;
+            }
+        }
+        self.step(Step::WriteDevices)?;
+        let sandbox = self.hierarchy().cgroup(plan.sandbox.path.relative());
+        write_device_rules(
+            &sandbox,
+            &plan.devices,
+            &self.dir("devices", plan.sandbox.path.as_str()),
+        )
+    }
+
+    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        let p = plan.placement;
+        self.step(Step::PlaceRuntime)?;
+        if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
+            self.move_process(plan, role, pid)?;
+        }
+        self.step(Step::PlaceVmm)?;
+        if let Some(pid) = tasks.vmm {
+            // Moving the process moves all its threads: every placement
+            // starts from scratch, so threads that stopped being vCPUs leave
+            // the sandbox cgroup.
+            self.move_process(plan, p.vmm, pid)?;
+        }
+        self.step(Step::PlaceVcpus)?;
+        if p.vcpu_threads != p.vmm {
+            for &tid in &tasks.vcpu_threads {
+                self.move_thread(plan, p.vcpu_threads, tid)?;
+            }
+        }
+        self.step(Step::PlaceHelpers)?;
+        for &pid in &tasks.helpers {
+            self.move_process(plan, p.helpers, pid)?;
+        }
+        Ok(())
+    }
+
+    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| move_error("process", pid, &cgroup, e))
+    }
+
+    fn move_thread(&self, plan: &CgroupPlan, role: CgroupRole, tid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task(CgroupPid::from(u64::from(tid)))
+            .map_err(|e| move_error("thread", tid, &cgroup, e))
+    }
+
+    /// Puts processes back where they were before a failed first apply.
+    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
+        for (pid, cgroups) in originals {
+            for (controller, point) in self.mounts.iter() {
+                let Some((_, path)) = cgroups
+                    .iter()
+                    .find(|(list, _)| list.split(',').any(|c| c == controller))
+                else {
+                    continue;
+                };
+                let procs = point.join(path.trim_start_matches('/')).join("cgroup.procs");
+                if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                    debug!(self.logger, "could not restore process cgroup";
+                        "pid" => pid, "file" => %procs.display(), "error" => %e);
+                }
+            }
+        }
+    }
+
+    /// Moves every task out of `path` into its parent, then removes it in
+    /// every controller.
+    fn remove(&self, path: &str) -> Result<(), Error> {
+        let cgroup = self.hierarchy().cgroup(path);
+        for _ in 0..EVACUATE_ATTEMPTS {
+            let tasks = cgroup.tasks();
+            if tasks.is_empty() {
+                break;
+            }
+            for task in tasks {
+                if let Err(e) = cgroup.move_task_to_parent(task) {
+                    if !is_no_such_task(&e) {
+                        warn!(self.logger, "cannot move task out of cgroup";
+                            "tid" => task.pid, "cgroup" => path, "error" => %e);
+                    }
+                }
+            }
+        }
+        for (_, point) in self.mounts.iter() {
+            remove_cgroup_dir(&point.join(path.trim_start_matches('/')))?;
+        }
+        Ok(())
+    }
+}
+
+/// Which failure-injection step creating a cgroup of `role` is.
+fn step_for_create(role: CgroupRole) -> Step {
+    match role {
+        CgroupRole::Sandbox => Step::CreateSandbox,
+        CgroupRole::Vcpus => Step::CreateVcpus,
+        CgroupRole::Overhead => Step::CreateOverhead,
+    }
+}
+
+fn move_error(kind: &'static str, pid: u32, cgroup: &Cgroup, e: cgroups_rs::fs::error::Error) -> Error {
+    if is_no_such_task(&e) {
+        return Error::NoSuchTask { pid };
+    }
+    Error::MoveTask {
+        kind,
+        pid,
+        path: PathBuf::from(cgroup.path()),
+        source: Box::new(e),
+    }
+}
+
+impl CgroupManager for CgroupfsV1 {
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        self.check(plan)?;
+        tasks.validate()?;
+        let first = self.state.plan.is_none();
+        let originals = if first {
+            tasks.current_cgroups(&plan.placement)
+        } else {
+            Vec::new()
+        };
+        // Write-ahead: the plan (and so every cgroup path) is recorded before
+        // anything is created.
+        self.state.plan = Some(plan.clone());
+        let result = self
+            .create(plan)
+            .and_then(|()| self.constrain(plan))
+            .and_then(|()| self.place(plan, tasks));
+        if let Err(e) = result {
+            if first {
+                self.restore(&originals);
+                if let Err(undo) = self.delete() {
+                    warn!(self.logger, "unwinding a failed apply left cgroups behind";
+                        "sandbox" => &plan.sandbox_id, "error" => %undo);
+                }
+            }
+            return Err(e);
+        }
+        debug!(self.logger, "host cgroups applied";
+            "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
+        Ok(())
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        if let Some(plan) = self.state.plan.clone() {
+            let mut roles = plan.cgroups();
+            roles.reverse();
+            for (_, c) in roles {
+                self.remove(c.path.as_str())?;
+            }
+        }
+        remove_created_parents(&mut self.state.created);
+        self.state.plan = None;
+        self.state.created.clear();
+        Ok(())
+    }
+
+    fn state(&self) -> &CgroupsState {
+        &self.state
+    }
+}

@@ -1,0 +1,377 @@
+//! The cgroup v2 backend: one unified hierarchy.
+//!
+//! Splitting one process's threads between cgroups needs *threaded*
+//! cgroups: the VMM process sits in the sandbox cgroup (which becomes
+//! "domain threaded") and its vCPU threads in the threaded child `vcpus`,
+//! which carries the CPU constraints. The kernel refuses that when the
+//! sandbox cgroup already has domain children or domain controllers
+//! (memory, io) enabled for its subtree; apply then fails with
+//! [`Error::ThreadedModeUnavailable`] and unwinds, and the caller can fall
+//! back to `sandbox_cgroup_only`.
+//!
+//! The device allowlist needs a `BPF_PROG_TYPE_CGROUP_DEVICE` program on v2;
+//! it is planned but not loaded yet (a warning is logged).
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+
+use cgroups_rs::CgroupPid;
+use cgroups_rs::fs::Cgroup;
+use slog::{debug, warn};
+
+use super::hierarchy::FixedHierarchy;
+use super::mounts::check_cgroupfs;
+use super::tasks::{SandboxTasks, is_no_such_task};
+use super::write::write_setting;
+use super::{
+    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, remove_cgroup_dir,
+    remove_created_parents, same_cgroups,
+};
+use crate::error::Error;
+use crate::plan::{CgroupDriver, CgroupPlan, CgroupRole, CgroupVersion};
+
+/// The v2 controllers this crate drives.
+const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
+
+const EVACUATE_ATTEMPTS: usize = 10;
+
+/// The cgroupfs v2 backend.
+#[derive(Debug)]
+pub struct CgroupfsV2 {
+    root: PathBuf,
+    logger: slog::Logger,
+    state: CgroupsState,
+    /// A step where a test injects a failure.
+    pub(crate) fail_at: Option<Step>,
+}
+
+fn read_list(path: &Path) -> Result<BTreeSet<String>, Error> {
+    let text = std::fs::read_to_string(path).map_err(|source| Error::ReadCgroupFile {
+        path: path.to_owned(),
+        source,
+    })?;
+    Ok(text.split_whitespace().map(str::to_owned).collect())
+}
+
+impl CgroupfsV2 {
+    /// A backend on the cgroup2 mount at `root`.
+    pub fn new(root: PathBuf, logger: slog::Logger) -> Self {
+        Self::with_state(root, logger, CgroupsState::default())
+    }
+
+    pub(crate) fn with_state(root: PathBuf, logger: slog::Logger, state: CgroupsState) -> Self {
+        CgroupfsV2 {
+            root,
+            logger,
+            state,
+            fail_at: None,
+        }
+    }
+
+    fn hierarchy(&self) -> FixedHierarchy {
+        let available = read_list(&self.root.join("cgroup.controllers")).unwrap_or_default();
+        FixedHierarchy::V2 {
+            root: self.root.clone(),
+            controllers: V2_CONTROLLERS
+                .iter()
+                .filter(|c| available.contains(**c))
+                .map(|c| (*c).to_owned())
+                .collect(),
+        }
+    }
+
+    fn dir(&self, path: &str) -> PathBuf {
+        self.root.join(path.trim_start_matches('/'))
+    }
+
+    fn cgroup(&self, role: CgroupRole, plan: &CgroupPlan) -> Option<Cgroup> {
+        plan.cgroup(role)
+            .map(|c| self.hierarchy().cgroup(c.path.relative()))
+    }
+
+    fn step(&self, step: Step) -> Result<(), Error> {
+        check_step(self.fail_at, step)
+    }
+
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
+        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V2 {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "plan is not for cgroupfs v2",
+            });
+        }
+        if let Some(applied) = &self.state.plan {
+            if !same_cgroups(applied, plan) {
+                return Err(Error::PlanMismatch {
+                    sandbox: plan.sandbox_id.clone(),
+                    what: "cgroup paths differ from the applied plan",
+                });
+            }
+        }
+        check_cgroupfs(&self.root, true)?;
+        for (_, c) in plan.cgroups() {
+            ensure_under(&self.root, &self.dir(c.path.as_str()))?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        for (role, c) in plan.cgroups() {
+            self.step(match role {
+                CgroupRole::Sandbox => Step::CreateSandbox,
+                CgroupRole::Vcpus => Step::CreateVcpus,
+                CgroupRole::Overhead => Step::CreateOverhead,
+            })?;
+            let dir = self.dir(c.path.as_str());
+            let root = self.root.clone();
+            create_dirs(&dir, &root, &mut self.state.created)?;
+            if c.threaded {
+                self.make_threaded(&dir)?;
+            }
+            let needed: BTreeSet<&'static str> =
+                c.settings.iter().map(|s| s.controller()).collect();
+            self.enable_controllers(&dir, &needed)?;
+        }
+        Ok(())
+    }
+
+    fn make_threaded(&self, dir: &Path) -> Result<(), Error> {
+        let type_file = dir.join("cgroup.type");
+        let current = std::fs::read_to_string(&type_file).map_err(|source| {
+            Error::ReadCgroupFile {
+                path: type_file.clone(),
+                source,
+            }
+        })?;
+        if current.trim() == "threaded" {
+            return Ok(());
+        }
+        std::fs::write(&type_file, "threaded").map_err(|source| Error::ThreadedModeUnavailable {
+            path: dir.to_owned(),
+            source,
+        })?;
+        // Read it back: a cgroup the kernel could not turn threaded reports
+        // another type rather than failing on every kernel version.
+        let after = std::fs::read_to_string(&type_file).unwrap_or_default();
+        if after.trim() != "threaded" {
+            return Err(Error::ThreadedModeUnavailable {
+                path: dir.to_owned(),
+                source: std::io::Error::other(format!("cgroup.type is {:?}", after.trim())),
+            });
+        }
+        Ok(())
+    }
+
+    /// Enables `needed` in `cgroup.subtree_control` of every ancestor of
+    /// `dir`, from the root down, so `dir` gets those controllers' files.
+    fn enable_controllers(&self, dir: &Path, needed: &BTreeSet<&'static str>) -> Result<(), Error> {
+        if needed.is_empty() {
+            return Ok(());
+        }
+        let mut ancestors: Vec<&Path> = dir
+            .ancestors()
+            .skip(1)
+            .take_while(|a| a.starts_with(&self.root))
+            .collect();
+        ancestors.reverse();
+        for ancestor in ancestors {
+            let available = read_list(&ancestor.join("cgroup.controllers"))?;
+            let enabled = read_list(&ancestor.join("cgroup.subtree_control"))?;
+            for &controller in needed {
+                if !available.contains(controller) {
+                    return Err(Error::ControllerMissing {
+                        controller,
+                        root: ancestor.to_owned(),
+                    });
+                }
+                if enabled.contains(controller) {
+                    continue;
+                }
+                let file = ancestor.join("cgroup.subtree_control");
+                std::fs::write(&file, format!("+{controller}")).map_err(|e| {
+                    Error::WriteSetting {
+                        path: ancestor.to_owned(),
+                        file: "cgroup.subtree_control",
+                        value: format!("+{controller}"),
+                        source: Box::new(e),
+                    }
+                })?;
+            }
+        }
+        Ok(())
+    }
+
+    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        self.step(Step::WriteSettings)?;
+        for (_, c) in plan.cgroups() {
+            let cgroup = self.hierarchy().cgroup(c.path.relative());
+            let dir = self.dir(c.path.as_str());
+            for setting in &c.settings {
+                write_setting(&cgroup, setting, CgroupVersion::V2, &dir)?;
+            }
+        }
+        self.step(Step::WriteDevices)?;
+        if !plan.devices.is_empty() {
+            warn!(self.logger,
+                "device allowlist not enforced: cgroup v2 needs an eBPF device program, not loaded yet";
+                "sandbox" => &plan.sandbox_id, "rules" => plan.devices.len());
+        }
+        Ok(())
+    }
+
+    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        let p = plan.placement;
+        self.step(Step::PlaceRuntime)?;
+        if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
+            self.move_process(plan, role, pid)?;
+        }
+        self.step(Step::PlaceVmm)?;
+        if let Some(pid) = tasks.vmm {
+            self.move_process(plan, p.vmm, pid)?;
+        }
+        self.step(Step::PlaceVcpus)?;
+        if p.vcpu_threads != p.vmm {
+            for &tid in &tasks.vcpu_threads {
+                let Some(cgroup) = self.cgroup(p.vcpu_threads, plan) else {
+                    continue;
+                };
+                cgroup
+                    .add_task(CgroupPid::from(u64::from(tid)))
+                    .map_err(|e| move_error("thread", tid, &self.dir(cgroup.path()), e))?;
+            }
+        }
+        self.step(Step::PlaceHelpers)?;
+        for &pid in &tasks.helpers {
+            self.move_process(plan, p.helpers, pid)?;
+        }
+        Ok(())
+    }
+
+    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| move_error("process", pid, &self.dir(cgroup.path()), e))
+    }
+
+    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
+        for (pid, cgroups) in originals {
+            let Some((_, path)) = cgroups.iter().find(|(list, _)| list.is_empty()) else {
+                continue;
+            };
+            let procs = self.dir(path).join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                debug!(self.logger, "could not restore process cgroup";
+                    "pid" => pid, "file" => %procs.display(), "error" => %e);
+            }
+        }
+    }
+
+    /// Moves everything out of the cgroup at `path` and removes it.
+    /// Threads of a threaded cgroup go to its parent (same threaded
+    /// subtree); processes of a domain cgroup go to its parent, or to the
+    /// root when the parent may not hold processes (it has domain
+    /// controllers enabled for its children).
+    fn remove(&self, path: &str, threaded: bool) -> Result<(), Error> {
+        let cgroup = self.hierarchy().cgroup(path.trim_start_matches('/'));
+        for _ in 0..EVACUATE_ATTEMPTS {
+            if threaded {
+                let tids = cgroup.tasks();
+                if tids.is_empty() {
+                    break;
+                }
+                for tid in tids {
+                    if let Err(e) = cgroup.move_task_to_parent(tid) {
+                        self.log_move_failure(path, tid.pid, &e);
+                    }
+                }
+            } else {
+                let pids = cgroup.procs();
+                if pids.is_empty() {
+                    break;
+                }
+                for pid in pids {
+                    let moved = cgroup.move_task_to_parent_by_tgid(pid).or_else(|_| {
+                        self.hierarchy()
+                            .cgroup("")
+                            .add_task_by_tgid(CgroupPid::from(pid.pid))
+                    });
+                    if let Err(e) = moved {
+                        self.log_move_failure(path, pid.pid, &e);
+                    }
+                }
+            }
+        }
+        remove_cgroup_dir(&self.dir(path))
+    }
+
+    fn log_move_failure(&self, path: &str, pid: u64, e: &cgroups_rs::fs::error::Error) {
+        if !is_no_such_task(e) {
+            warn!(self.logger, "cannot move task out of cgroup";
+                "pid" => pid, "cgroup" => path, "error" => %e);
+        }
+    }
+}
+
+fn move_error(kind: &'static str, pid: u32, dir: &Path, e: cgroups_rs::fs::error::Error) -> Error {
+    if is_no_such_task(&e) {
+        return Error::NoSuchTask { pid };
+    }
+    Error::MoveTask {
+        kind,
+        pid,
+        path: dir.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+impl CgroupManager for CgroupfsV2 {
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        self.check(plan)?;
+        tasks.validate()?;
+        let first = self.state.plan.is_none();
+        let originals = if first {
+            tasks.current_cgroups(&plan.placement)
+        } else {
+            Vec::new()
+        };
+        self.state.plan = Some(plan.clone());
+        let result = self
+            .create(plan)
+            .and_then(|()| self.constrain(plan))
+            .and_then(|()| self.place(plan, tasks));
+        if let Err(e) = result {
+            if first {
+                self.restore(&originals);
+                if let Err(undo) = self.delete() {
+                    warn!(self.logger, "unwinding a failed apply left cgroups behind";
+                        "sandbox" => &plan.sandbox_id, "error" => %undo);
+                }
+            }
+            return Err(e);
+        }
+        debug!(self.logger, "host cgroups applied";
+            "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
+        Ok(())
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        if let Some(plan) = self.state.plan.clone() {
+            let mut cgroups = plan.cgroups();
+            cgroups.reverse();
+            for (_, c) in cgroups {
+                self.remove(c.path.as_str(), c.threaded)?;
+            }
+        }
+        remove_created_parents(&mut self.state.created);
+        self.state.plan = None;
+        self.state.created.clear();
+        Ok(())
+    }
+
+    fn state(&self) -> &CgroupsState {
+        &self.state
+    }
+}

@@ -1,0 +1,178 @@
+//! The VM size that follows from the containers' resources.
+
+use serde::{Deserialize, Serialize};
+
+use super::cpu_list::CpuList;
+use super::resources::{ContainerResources, ContainerState, validated_cpus, validated_memory, validated_quota};
+use crate::error::Error;
+
+const MIB: u64 = 1 << 20;
+
+/// The VM's size before any container counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmBaseSize {
+    /// vCPUs for the guest kernel, the agent and unconstrained containers.
+    pub default_vcpus: u32,
+    /// Memory for the guest kernel, the agent and unconstrained containers.
+    pub default_memory_mib: u64,
+    /// Upper bound on vCPUs (e.g. the hypervisor's maximum or the host's
+    /// CPU count); `None` for no bound.
+    pub max_vcpus: Option<u32>,
+}
+
+/// vCPUs and memory for the sandbox's VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmSize {
+    /// Number of vCPUs.
+    pub vcpus: u32,
+    /// Memory in MiB.
+    pub memory_mib: u64,
+}
+
+/// Sizes the VM for the active containers, as Kata does:
+/// - vCPUs: `ceil(Σ quota/period)` over the containers with a CPU quota, or,
+///   when none has one, the number of CPUs in the union of their cpusets;
+///   plus `default_vcpus`, capped at `max_vcpus`.
+/// - memory: the sum of the containers' memory limits (rounded up to MiB),
+///   plus `default_memory_mib`.
+///
+/// Stopped containers do not count; unlimited ones add nothing beyond the
+/// defaults.
+pub fn vm_size(containers: &[ContainerResources], base: &VmBaseSize) -> Result<VmSize, Error> {
+    let mut quota_cpus = 0.0f64;
+    let mut any_quota = false;
+    let mut cpuset = CpuList::new();
+    let mut memory_bytes: u64 = 0;
+    for c in containers {
+        // Validate every container, whatever its state.
+        let quota = validated_quota(c)?;
+        let cpus = validated_cpus(c)?;
+        let memory = validated_memory(c)?;
+        if c.state == ContainerState::Stopped {
+            continue;
+        }
+        if let Some((q, p)) = quota {
+            any_quota = true;
+            quota_cpus += q as f64 / p as f64;
+        }
+        if let Some(set) = cpus {
+            cpuset.extend(&set);
+        }
+        memory_bytes = memory_bytes.saturating_add(memory.unwrap_or(0));
+    }
+    let container_vcpus = if any_quota {
+        // Tolerate float noise: 0.5 + 0.5 must be 1, not 2.
+        (quota_cpus - 1e-9).ceil().max(0.0) as u32
+    } else {
+        u32::try_from(cpuset.len()).unwrap_or(u32::MAX)
+    };
+    let mut vcpus = base.default_vcpus.saturating_add(container_vcpus);
+    if let Some(max) = base.max_vcpus {
+        vcpus = vcpus.min(max);
+    }
+    Ok(VmSize {
+        vcpus,
+        memory_mib: base
+            .default_memory_mib
+            .saturating_add(memory_bytes.div_ceil(MIB)),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::resources::tests::container;
+
+    const BASE: VmBaseSize = VmBaseSize {
+        default_vcpus: 1,
+        default_memory_mib: 256,
+        max_vcpus: None,
+    };
+
+    #[test]
+    fn quotas_round_up_and_add_to_the_default() {
+        let s = vm_size(
+            &[
+                container("a", Some(50_000), None, None, None),
+                container("b", Some(100_000), None, None, None),
+            ],
+            &BASE,
+        )
+        .unwrap();
+        assert_eq!(s.vcpus, 1 + 2);
+        let exact = vm_size(
+            &[
+                container("a", Some(50_000), None, None, None),
+                container("b", Some(25_000), Some(50_000), None, None),
+            ],
+            &BASE,
+        )
+        .unwrap();
+        assert_eq!(exact.vcpus, 1 + 1);
+    }
+
+    #[test]
+    fn cpuset_counts_only_without_any_quota() {
+        let pinned = [
+            container("a", None, None, Some("0-3"), None),
+            container("b", None, None, Some("2-5"), None),
+        ];
+        assert_eq!(vm_size(&pinned, &BASE).unwrap().vcpus, 1 + 6);
+        let mixed = [
+            container("a", Some(100_000), None, Some("0-3"), None),
+            container("b", None, None, Some("4-7"), None),
+        ];
+        assert_eq!(vm_size(&mixed, &BASE).unwrap().vcpus, 1 + 1);
+    }
+
+    #[test]
+    fn memory_sums_limits_in_mib() {
+        let s = vm_size(
+            &[
+                container("a", None, None, None, Some(512 << 20)),
+                container("b", None, None, None, Some((100 << 20) + 1)),
+                container("c", None, None, None, Some(-1)),
+            ],
+            &BASE,
+        )
+        .unwrap();
+        assert_eq!(s.memory_mib, 256 + 512 + 101);
+    }
+
+    #[test]
+    fn stopped_containers_do_not_count_and_max_caps() {
+        let mut stopped = container("s", Some(400_000), None, None, Some(1 << 30));
+        stopped.state = ContainerState::Stopped;
+        let s = vm_size(&[stopped], &BASE).unwrap();
+        assert_eq!(s, VmSize { vcpus: 1, memory_mib: 256 });
+        let capped = VmBaseSize {
+            max_vcpus: Some(2),
+            ..BASE
+        };
+        let big = container("a", Some(800_000), None, None, None);
+        assert_eq!(vm_size(&[big], &capped).unwrap().vcpus, 2);
+    }
+
+    #[test]
+    fn no_containers_is_the_default_size() {
+        assert_eq!(
+            vm_size(&[], &BASE).unwrap(),
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
+    }
+
+    #[test]
+    fn invalid_input_is_an_error() {
+        assert!(matches!(
+            vm_size(&[container("a", Some(-7), None, None, None)], &BASE),
+            Err(Error::InvalidCpuQuota { .. })
+        ));
+        assert!(matches!(
+            vm_size(&[container("a", None, None, Some("x"), None)], &BASE),
+            Err(Error::InvalidCpuList { .. })
+        ));
+    }
+}
