@@ -8,7 +8,6 @@ use cgroups_rs::fs::cpu::CpuController;
 use cgroups_rs::fs::cpuacct::CpuAcctController;
 use cgroups_rs::fs::cpuset::CpuSetController;
 use cgroups_rs::fs::devices::DevicesController;
-use cgroups_rs::fs::freezer::FreezerController;
 use cgroups_rs::fs::memory::MemController;
 use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Hierarchy, Subsystem};
@@ -58,10 +57,6 @@ fn v2_subsystem(controller: &str, root: &Path) -> Option<Subsystem> {
         "cpuset" => Subsystem::CpuSet(CpuSetController::new(p, base, true)),
         "memory" => Subsystem::Mem(MemController::new(p, base, true)),
         "pids" => Subsystem::Pid(PidController::new(p, base, true)),
-        // The v2 freezer is core functionality, present in every cgroup:
-        // it gives cgroups-rs a handle for cgroup.procs/cgroup.threads even
-        // where no controller is enabled.
-        "freezer" => Subsystem::Freezer(FreezerController::new(p, base, true)),
         _ => return None,
     })
 }
@@ -74,10 +69,13 @@ impl Hierarchy for FixedHierarchy {
                 .filter_map(|(c, point)| v1_subsystem(c, point))
                 .collect(),
             FixedHierarchy::V2 { root, controllers } => {
-                // Freezer first: cgroups-rs uses the first subsystem for
-                // cgroup.procs and cgroup.threads.
-                std::iter::once("freezer")
-                    .chain(controllers.iter().map(String::as_str))
+                // cgroups-rs reaches cgroup.procs, cgroup.threads and
+                // cgroup.type through the first subsystem, which must know
+                // it is on v2 (its freezer does not) and must exist even
+                // where no controller is enabled: a pids handle does both,
+                // as those files are in every cgroup.
+                std::iter::once("pids")
+                    .chain(controllers.iter().map(String::as_str).filter(|c| *c != "pids"))
                     .filter_map(|c| v2_subsystem(c, root))
                     .collect()
             }

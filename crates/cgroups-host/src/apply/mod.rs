@@ -10,6 +10,10 @@
 mod hierarchy;
 pub mod mounts;
 mod tasks;
+#[cfg(test)]
+mod test_support;
+#[cfg(test)]
+mod tests;
 mod v1;
 mod v2;
 mod write;
@@ -24,7 +28,7 @@ pub use v1::CgroupfsV1;
 pub use v2::CgroupfsV2;
 
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPlan, CgroupVersion};
+use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupVersion};
 
 /// What a manager has created: enough to delete it all again, also from
 /// another process (persist it with serde).
@@ -277,8 +281,23 @@ pub(crate) fn check_step(fail_at: Option<Step>, step: Step) -> Result<(), Error>
 }
 
 /// Creates `dir` and any missing ancestors below `floor`, recording each in
-/// `created` before creating it. Tolerates a concurrent creator.
+/// `created` before creating it. Tolerates a concurrent creator, and a
+/// concurrent remover of an empty shared parent (it retries).
 pub(crate) fn create_dirs(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
+    let mut attempts = 0;
+    loop {
+        match create_dirs_once(dir, floor, created) {
+            Err(Error::CreateCgroup { source, .. })
+                if source.kind() == std::io::ErrorKind::NotFound && attempts < 3 =>
+            {
+                attempts += 1;
+            }
+            result => return result,
+        }
+    }
+}
+
+fn create_dirs_once(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
     let mut missing = Vec::new();
     let mut cursor = Some(dir);
     while let Some(p) = cursor {
@@ -306,6 +325,20 @@ pub(crate) fn create_dirs(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) 
         }
     }
     Ok(())
+}
+
+/// Where tasks still inside a cgroup go when it is deleted: its nearest
+/// ancestor that this manager did not create (a parent we created is about
+/// to be removed too, and would be kept busy by the tasks).
+pub(crate) fn evacuation_target(path: &CgroupPath, mount: &Path, created: &[PathBuf]) -> CgroupPath {
+    let mut cursor = path.parent();
+    while let Some(p) = cursor {
+        if p.is_root() || !created.contains(&mount.join(p.relative())) {
+            return p;
+        }
+        cursor = p.parent();
+    }
+    CgroupPath::root()
 }
 
 /// Removes a cgroup directory, retrying briefly: the kernel may still be

@@ -11,11 +11,11 @@ use super::mounts::{V1_CONTROLLERS, V1Mounts, check_cgroupfs};
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::{write_device_rules, write_setting};
 use super::{
-    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, remove_cgroup_dir,
-    remove_created_parents, same_cgroups,
+    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, evacuation_target,
+    remove_cgroup_dir, remove_created_parents, same_cgroups,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPlan, CgroupRole, CgroupVersion};
+use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion};
 
 /// Controllers the applier cannot work without; `cpuacct` is used (for
 /// accounting) when mounted.
@@ -208,26 +208,33 @@ impl CgroupfsV1 {
         }
     }
 
-    /// Moves every task out of `path` into its parent, then removes it in
-    /// every controller.
-    fn remove(&self, path: &str) -> Result<(), Error> {
-        let cgroup = self.hierarchy().cgroup(path);
+    /// Moves every task out of the cgroup at `path` into its nearest
+    /// ancestor that outlives the sandbox, then removes it in every
+    /// controller.
+    fn remove(&self, path: &CgroupPath) -> Result<(), Error> {
+        let cgroup = self.hierarchy().cgroup(path.relative());
+        let any_mount = self.mounts.iter().next().map(|(_, p)| p.to_path_buf());
+        let target = match &any_mount {
+            Some(mount) => evacuation_target(path, mount, &self.state.created),
+            None => CgroupPath::root(),
+        };
+        let target = self.hierarchy().cgroup(target.relative());
         for _ in 0..EVACUATE_ATTEMPTS {
             let tasks = cgroup.tasks();
             if tasks.is_empty() {
                 break;
             }
             for task in tasks {
-                if let Err(e) = cgroup.move_task_to_parent(task) {
+                if let Err(e) = target.add_task(task) {
                     if !is_no_such_task(&e) {
                         warn!(self.logger, "cannot move task out of cgroup";
-                            "tid" => task.pid, "cgroup" => path, "error" => %e);
+                            "tid" => task.pid, "cgroup" => %path, "error" => %e);
                     }
                 }
             }
         }
         for (_, point) in self.mounts.iter() {
-            remove_cgroup_dir(&point.join(path.trim_start_matches('/')))?;
+            remove_cgroup_dir(&point.join(path.relative()))?;
         }
         Ok(())
     }
@@ -291,7 +298,7 @@ impl CgroupManager for CgroupfsV1 {
             let mut roles = plan.cgroups();
             roles.reverse();
             for (_, c) in roles {
-                self.remove(c.path.as_str())?;
+                self.remove(&c.path)?;
             }
         }
         remove_created_parents(&mut self.state.created);

@@ -24,11 +24,11 @@ use super::mounts::check_cgroupfs;
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::write_setting;
 use super::{
-    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, remove_cgroup_dir,
-    remove_created_parents, same_cgroups,
+    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, evacuation_target,
+    remove_cgroup_dir, remove_created_parents, same_cgroups,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPlan, CgroupRole, CgroupVersion};
+use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion};
 
 /// The v2 controllers this crate drives.
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
@@ -270,12 +270,15 @@ impl CgroupfsV2 {
     }
 
     /// Moves everything out of the cgroup at `path` and removes it.
-    /// Threads of a threaded cgroup go to its parent (same threaded
-    /// subtree); processes of a domain cgroup go to its parent, or to the
-    /// root when the parent may not hold processes (it has domain
-    /// controllers enabled for its children).
-    fn remove(&self, path: &str, threaded: bool) -> Result<(), Error> {
-        let cgroup = self.hierarchy().cgroup(path.trim_start_matches('/'));
+    /// Threads of a threaded cgroup go to its parent (the same threaded
+    /// subtree, removed next); processes of a domain cgroup go to its
+    /// nearest ancestor that outlives the sandbox, or to the root when that
+    /// ancestor may not hold processes (it has domain controllers enabled
+    /// for its children).
+    fn remove(&self, path: &CgroupPath, threaded: bool) -> Result<(), Error> {
+        let cgroup = self.hierarchy().cgroup(path.relative());
+        let target = evacuation_target(path, &self.root, &self.state.created);
+        let target = self.hierarchy().cgroup(target.relative());
         for _ in 0..EVACUATE_ATTEMPTS {
             if threaded {
                 let tids = cgroup.tasks();
@@ -293,7 +296,7 @@ impl CgroupfsV2 {
                     break;
                 }
                 for pid in pids {
-                    let moved = cgroup.move_task_to_parent_by_tgid(pid).or_else(|_| {
+                    let moved = target.add_task_by_tgid(pid).or_else(|_| {
                         self.hierarchy()
                             .cgroup("")
                             .add_task_by_tgid(CgroupPid::from(pid.pid))
@@ -304,13 +307,13 @@ impl CgroupfsV2 {
                 }
             }
         }
-        remove_cgroup_dir(&self.dir(path))
+        remove_cgroup_dir(&self.dir(path.as_str()))
     }
 
-    fn log_move_failure(&self, path: &str, pid: u64, e: &cgroups_rs::fs::error::Error) {
+    fn log_move_failure(&self, path: &CgroupPath, pid: u64, e: &cgroups_rs::fs::error::Error) {
         if !is_no_such_task(e) {
             warn!(self.logger, "cannot move task out of cgroup";
-                "pid" => pid, "cgroup" => path, "error" => %e);
+                "pid" => pid, "cgroup" => %path, "error" => %e);
         }
     }
 }
@@ -362,7 +365,7 @@ impl CgroupManager for CgroupfsV2 {
             let mut cgroups = plan.cgroups();
             cgroups.reverse();
             for (_, c) in cgroups {
-                self.remove(c.path.as_str(), c.threaded)?;
+                self.remove(&c.path, c.threaded)?;
             }
         }
         remove_created_parents(&mut self.state.created);

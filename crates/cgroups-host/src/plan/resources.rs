@@ -164,12 +164,19 @@ pub(crate) fn validated_memory(c: &ContainerResources) -> Result<Option<u64>, Er
 }
 
 pub(crate) fn validated_cpus(c: &ContainerResources) -> Result<Option<CpuList>, Error> {
-    Ok(validated_cpuset(c)?.0)
+    Ok(validated_cpuset(c)?.cpus)
 }
 
-fn validated_cpuset(c: &ContainerResources) -> Result<(Option<CpuList>, Option<CpuList>), Error> {
+/// A container's cpuset, each list `None` when unset or empty.
+#[derive(Default)]
+struct Cpuset {
+    cpus: Option<CpuList>,
+    mems: Option<CpuList>,
+}
+
+fn validated_cpuset(c: &ContainerResources) -> Result<Cpuset, Error> {
     let Some(cpu) = c.resources.cpu() else {
-        return Ok((None, None));
+        return Ok(Cpuset::default());
     };
     let parse = |list: &Option<String>| -> Result<Option<CpuList>, Error> {
         match list.as_deref() {
@@ -180,7 +187,10 @@ fn validated_cpuset(c: &ContainerResources) -> Result<(Option<CpuList>, Option<C
             }
         }
     };
-    Ok((parse(cpu.cpus())?, parse(cpu.mems())?))
+    Ok(Cpuset {
+        cpus: parse(cpu.cpus())?,
+        mems: parse(cpu.mems())?,
+    })
 }
 
 /// Sums the active containers' resources into the sandbox's.
@@ -224,7 +234,7 @@ pub fn aggregate(
         .fold(None, |acc: Option<u64>, s| Some(acc.unwrap_or(0).saturating_add(s)))
         .map(|s| s.clamp(CPU_SHARES_RANGE.0, CPU_SHARES_RANGE.1));
 
-    let union = |pick: fn(&(Option<CpuList>, Option<CpuList>)) -> &Option<CpuList>| {
+    let union = |pick: fn(&Cpuset) -> &Option<CpuList>| {
         active
             .iter()
             .filter_map(|&i| pick(&cpusets[i]).as_ref())
@@ -232,8 +242,8 @@ pub fn aggregate(
                 Some(acc.map_or_else(|| set.clone(), |a| a.union(set)))
             })
     };
-    let cpus = union(|s| &s.0);
-    let mems = union(|s| &s.1);
+    let cpus = union(|s| &s.cpus);
+    let mems = union(|s| &s.mems);
 
     let memory_limit = sum_limits(active.iter().map(|&i| memory[i]), overhead.memory_bytes);
     let pids_limit = sum_limits(
