@@ -8,7 +8,8 @@ use crate::plan::{DeviceKind, HostDevice};
 
 /// Device nodes a VMM may open, relative to `/dev`: KVM, TUN/TAP, and the
 /// vhost devices (whichever this host has).
-pub const VMM_DEVICE_NODES: [&str; 5] = ["kvm", "net/tun", "vhost-net", "vhost-vsock", "vhost-scsi"];
+pub const VMM_DEVICE_NODES: [&str; 5] =
+    ["kvm", "net/tun", "vhost-net", "vhost-vsock", "vhost-scsi"];
 
 /// The VMM's device nodes present under `dev_dir` (normally `/dev`), with
 /// their numbers as the kernel reports them. Missing nodes are skipped:
@@ -49,7 +50,10 @@ mod tests {
             .iter()
             .find(|d| d.path == Path::new("/dev/net/tun"))
             .expect("this host has /dev/net/tun");
-        assert_eq!((tun.kind, tun.major, tun.minor), (DeviceKind::Char, 10, 200));
+        assert_eq!(
+            (tun.kind, tun.major, tun.minor),
+            (DeviceKind::Char, 10, 200)
+        );
 
         let fake = tempfile::tempdir().unwrap();
         std::fs::write(fake.path().join("kvm"), b"not a device").unwrap();

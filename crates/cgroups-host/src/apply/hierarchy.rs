@@ -75,7 +75,12 @@ impl Hierarchy for FixedHierarchy {
                 // where no controller is enabled: a pids handle does both,
                 // as those files are in every cgroup.
                 std::iter::once("pids")
-                    .chain(controllers.iter().map(String::as_str).filter(|c| *c != "pids"))
+                    .chain(
+                        controllers
+                            .iter()
+                            .map(String::as_str)
+                            .filter(|c| *c != "pids"),
+                    )
                     .filter_map(|c| v2_subsystem(c, root))
                     .collect()
             }

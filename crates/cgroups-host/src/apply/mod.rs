@@ -143,8 +143,7 @@ pub struct SystemdCgroups {
     state: CgroupsState,
 }
 
-const SYSTEMD_UNSUPPORTED: &str =
-    "the systemd cgroup driver is planned only; applying through systemd's D-Bus API is not implemented yet";
+const SYSTEMD_UNSUPPORTED: &str = "the systemd cgroup driver is planned only; applying through systemd's D-Bus API is not implemented yet";
 
 impl CgroupManager for SystemdCgroups {
     fn apply(&mut self, _plan: &CgroupPlan, _tasks: &SandboxTasks) -> Result<(), Error> {
@@ -283,7 +282,11 @@ pub(crate) fn check_step(fail_at: Option<Step>, step: Step) -> Result<(), Error>
 /// Creates `dir` and any missing ancestors below `floor`, recording each in
 /// `created` before creating it. Tolerates a concurrent creator, and a
 /// concurrent remover of an empty shared parent (it retries).
-pub(crate) fn create_dirs(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
+pub(crate) fn create_dirs(
+    dir: &Path,
+    floor: &Path,
+    created: &mut Vec<PathBuf>,
+) -> Result<(), Error> {
     let mut attempts = 0;
     loop {
         match create_dirs_once(dir, floor, created) {
@@ -330,7 +333,11 @@ fn create_dirs_once(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Res
 /// Where tasks still inside a cgroup go when it is deleted: its nearest
 /// ancestor that this manager did not create (a parent we created is about
 /// to be removed too, and would be kept busy by the tasks).
-pub(crate) fn evacuation_target(path: &CgroupPath, mount: &Path, created: &[PathBuf]) -> CgroupPath {
+pub(crate) fn evacuation_target(
+    path: &CgroupPath,
+    mount: &Path,
+    created: &[PathBuf],
+) -> CgroupPath {
     let mut cursor = path.parent();
     while let Some(p) = cursor {
         if p.is_root() || !created.contains(&mount.join(p.relative())) {
@@ -382,10 +389,12 @@ pub(crate) fn ensure_under(root: &Path, path: &Path) -> Result<(), Error> {
         path: path.to_owned(),
         root: root.to_owned(),
     };
-    let canonical_root = root.canonicalize().map_err(|source| Error::CgroupfsMissing {
-        path: root.to_owned(),
-        source,
-    })?;
+    let canonical_root = root
+        .canonicalize()
+        .map_err(|source| Error::CgroupfsMissing {
+            path: root.to_owned(),
+            source,
+        })?;
     // Resolve the deepest existing ancestor; what does not exist yet will be
     // created by plain mkdir, which does not follow links.
     let mut existing = path;

@@ -37,7 +37,9 @@ pub fn unescape_mount_field(field: &str) -> String {
     while i < bytes.len() {
         if bytes[i] == b'\\'
             && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4].iter().all(|b| (b'0'..=b'7').contains(b))
+            && bytes[i + 1..i + 4]
+                .iter()
+                .all(|b| (b'0'..=b'7').contains(b))
         {
             let value = (bytes[i + 1] - b'0') as u32 * 64
                 + (bytes[i + 2] - b'0') as u32 * 8
@@ -211,7 +213,10 @@ garbage line
     fn finds_v1_controllers_and_cgroup2() {
         let m = V1Mounts::from_mountinfo(FIXTURE);
         assert_eq!(m.get("cpu"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
-        assert_eq!(m.get("cpuacct"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
+        assert_eq!(
+            m.get("cpuacct"),
+            Some(Path::new("/sys/fs/cgroup/cpu,cpuacct"))
+        );
         assert_eq!(m.get("memory"), Some(Path::new("/sys/fs/cgroup/memory")));
         // The first mount of a controller wins.
         assert_eq!(m.get("pids"), Some(Path::new("/sys/fs/cgroup/pids")));
@@ -226,7 +231,10 @@ garbage line
     fn decodes_escapes_and_optional_fields() {
         let all = parse_mountinfo(FIXTURE);
         assert_eq!(all.len(), 9, "the garbage line is skipped");
-        let spaced = all.iter().find(|m| m.mount_point.ends_with("my pids")).unwrap();
+        let spaced = all
+            .iter()
+            .find(|m| m.mount_point.ends_with("my pids"))
+            .unwrap();
         assert_eq!(spaced.mount_point, Path::new("/mnt/my pids"));
         let shared = &all[1];
         assert_eq!(shared.fs_type, "cgroup");
@@ -240,7 +248,10 @@ garbage line
         let dir = tempfile::tempdir().unwrap();
         assert!(matches!(
             check_cgroupfs(dir.path(), false),
-            Err(Error::NotACgroupfs { expected: "cgroup", .. })
+            Err(Error::NotACgroupfs {
+                expected: "cgroup",
+                ..
+            })
         ));
         assert!(matches!(
             check_cgroupfs(&dir.path().join("missing"), true),

@@ -66,7 +66,10 @@ impl SandboxTasks {
 impl SandboxTasks {
     /// The processes this placement moves, each with the cgroups it is in
     /// now, so a failed apply can put them back.
-    pub(crate) fn current_cgroups(&self, placement: &Placement) -> Vec<(u32, Vec<(String, String)>)> {
+    pub(crate) fn current_cgroups(
+        &self,
+        placement: &Placement,
+    ) -> Vec<(u32, Vec<(String, String)>)> {
         self.runtime
             .filter(|_| placement.runtime.is_some())
             .into_iter()
@@ -160,7 +163,10 @@ mod tests {
             runtime: Some(0),
             ..Default::default()
         };
-        assert!(matches!(zero.validate_in(proc.path()), Err(Error::NoSuchTask { pid: 0 })));
+        assert!(matches!(
+            zero.validate_in(proc.path()),
+            Err(Error::NoSuchTask { pid: 0 })
+        ));
     }
 
     #[test]

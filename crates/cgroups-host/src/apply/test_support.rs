@@ -26,10 +26,9 @@ pub(crate) fn require_root_v1() -> CgroupRoots {
     );
     let roots = CgroupRoots::discover().expect("reading /proc/self/mountinfo");
     for c in CHECKED {
-        let point = roots
-            .v1
-            .get(c)
-            .unwrap_or_else(|| panic!("the applier tests need the cgroup v1 {c} controller mounted"));
+        let point = roots.v1.get(c).unwrap_or_else(|| {
+            panic!("the applier tests need the cgroup v1 {c} controller mounted")
+        });
         super::mounts::check_cgroupfs(point, false).unwrap_or_else(|e| {
             panic!("the applier tests need a writable cgroup v1 hierarchy: {e}")
         });

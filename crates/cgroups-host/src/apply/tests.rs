@@ -4,8 +4,8 @@
 use std::path::{Path, PathBuf};
 
 use oci_spec::runtime::{
-    LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxMemoryBuilder,
-    LinuxPidsBuilder, LinuxResourcesBuilder,
+    LinuxCpuBuilder, LinuxDeviceBuilder, LinuxDeviceType, LinuxMemoryBuilder, LinuxPidsBuilder,
+    LinuxResourcesBuilder,
 };
 
 use super::test_support::{
@@ -98,16 +98,29 @@ fn v1_split_puts_vcpu_threads_in_the_sandbox_and_the_rest_in_overhead() {
     let sandbox = &plan.sandbox.path;
     let overhead = &plan.overhead.as_ref().unwrap().path;
     for tid in vmm.threads() {
-        let expected = if vcpus.contains(&tid) { sandbox } else { overhead };
+        let expected = if vcpus.contains(&tid) {
+            sandbox
+        } else {
+            overhead
+        };
         assert_thread_in(vmm.pid(), tid, expected);
     }
     assert_thread_in(helper.pid(), helper.pid(), overhead);
 
     // Every limit file holds the plan's value.
-    assert_eq!(read(dir(&roots, "cpu", sandbox).join("cpu.cfs_quota_us")), "150000");
-    assert_eq!(read(dir(&roots, "cpu", sandbox).join("cpu.cfs_period_us")), "100000");
+    assert_eq!(
+        read(dir(&roots, "cpu", sandbox).join("cpu.cfs_quota_us")),
+        "150000"
+    );
+    assert_eq!(
+        read(dir(&roots, "cpu", sandbox).join("cpu.cfs_period_us")),
+        "100000"
+    );
     assert_eq!(read(dir(&roots, "cpu", sandbox).join("cpu.shares")), "1024");
-    assert_eq!(read(dir(&roots, "cpuset", sandbox).join("cpuset.cpus")), "0-1");
+    assert_eq!(
+        read(dir(&roots, "cpuset", sandbox).join("cpuset.cpus")),
+        "0-1"
+    );
     assert_eq!(
         read(dir(&roots, "cpuset", sandbox).join("cpuset.mems")),
         read(roots.v1.get("cpuset").unwrap().join("cpuset.mems"))
@@ -125,8 +138,14 @@ fn v1_split_puts_vcpu_threads_in_the_sandbox_and_the_rest_in_overhead() {
     assert_eq!(sorted(listed), sorted(planned));
     assert!(plan.devices.iter().any(|r| r.to_string() == "c 10:200 rwm"));
     // The overhead cgroup is unconstrained.
-    assert_eq!(read(dir(&roots, "cpu", overhead).join("cpu.cfs_quota_us")), "-1");
-    assert_eq!(read(dir(&roots, "devices", overhead).join("devices.list")), "a *:* rwm");
+    assert_eq!(
+        read(dir(&roots, "cpu", overhead).join("cpu.cfs_quota_us")),
+        "-1"
+    );
+    assert_eq!(
+        read(dir(&roots, "devices", overhead).join("devices.list")),
+        "a *:* rwm"
+    );
 
     m.delete().unwrap();
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
@@ -147,7 +166,11 @@ fn v1_sandbox_cgroup_only_puts_everything_in_the_sandbox() {
     let vmm = Process::fake_vmm(3);
     let runtime = Process::sleeper();
     let helper = Process::sleeper();
-    let plan = plan(&v1_config(&id, true), &[container("a", 150_000, "0-1", 1 << 30, 10)]).unwrap();
+    let plan = plan(
+        &v1_config(&id, true),
+        &[container("a", 150_000, "0-1", 1 << 30, 10)],
+    )
+    .unwrap();
     assert!(plan.overhead.is_none());
     let mut m = v1(&roots);
     m.apply(
@@ -167,10 +190,22 @@ fn v1_sandbox_cgroup_only_puts_everything_in_the_sandbox() {
     assert_thread_in(runtime.pid(), runtime.pid(), sandbox);
     assert_thread_in(helper.pid(), helper.pid(), sandbox);
     let devices = read(dir(&roots, "devices", sandbox).join("devices.list"));
-    for rule in ["c 5:2 rwm", "c 136:* rwm", "b 7:* rwm", "c 10:237 rwm", "c 1:3 rwm"] {
-        assert!(devices.lines().any(|l| l == rule), "{rule} missing from {devices}");
+    for rule in [
+        "c 5:2 rwm",
+        "c 136:* rwm",
+        "b 7:* rwm",
+        "c 10:237 rwm",
+        "c 1:3 rwm",
+    ] {
+        assert!(
+            devices.lines().any(|l| l == rule),
+            "{rule} missing from {devices}"
+        );
     }
-    assert_eq!(read(dir(&roots, "cpu", sandbox).join("cpu.cfs_quota_us")), "150000");
+    assert_eq!(
+        read(dir(&roots, "cpu", sandbox).join("cpu.cfs_quota_us")),
+        "150000"
+    );
     assert!(leftovers(&roots.v1, &format!("{id}-overhead")).is_empty());
 
     // Deleting with the tasks still inside moves them out first.
@@ -215,7 +250,11 @@ fn v1_update_reaggregates_and_follows_new_vcpu_threads() {
             .build()
             .unwrap(),
     );
-    let two = plan(&config, &[container("a", 50_000, "0", 64 << 20, 10), joiner]).unwrap();
+    let two = plan(
+        &config,
+        &[container("a", 50_000, "0", 64 << 20, 10), joiner],
+    )
+    .unwrap();
     m.update(
         &two,
         &SandboxTasks {
@@ -225,11 +264,19 @@ fn v1_update_reaggregates_and_follows_new_vcpu_threads() {
         },
     )
     .unwrap();
-    assert_eq!(read(dir(&roots, "cpu", &sandbox).join("cpu.cfs_quota_us")), "150000");
-    assert_eq!(read(dir(&roots, "cpuset", &sandbox).join("cpuset.cpus")), "0-1");
-    assert!(read(dir(&roots, "devices", &sandbox).join("devices.list"))
-        .lines()
-        .any(|l| l == "b 8:400 rwm"));
+    assert_eq!(
+        read(dir(&roots, "cpu", &sandbox).join("cpu.cfs_quota_us")),
+        "150000"
+    );
+    assert_eq!(
+        read(dir(&roots, "cpuset", &sandbox).join("cpuset.cpus")),
+        "0-1"
+    );
+    assert!(
+        read(dir(&roots, "devices", &sandbox).join("devices.list"))
+            .lines()
+            .any(|l| l == "b 8:400 rwm")
+    );
     assert_thread_in(vmm.pid(), workers[0], &overhead);
     assert_thread_in(vmm.pid(), workers[1], &sandbox);
     assert_thread_in(vmm.pid(), workers[2], &sandbox);
@@ -244,11 +291,19 @@ fn v1_update_reaggregates_and_follows_new_vcpu_threads() {
         },
     )
     .unwrap();
-    assert_eq!(read(dir(&roots, "cpu", &sandbox).join("cpu.cfs_quota_us")), "50000");
-    assert_eq!(read(dir(&roots, "cpuset", &sandbox).join("cpuset.cpus")), "0");
-    assert!(!read(dir(&roots, "devices", &sandbox).join("devices.list"))
-        .lines()
-        .any(|l| l.starts_with("b 8:400")));
+    assert_eq!(
+        read(dir(&roots, "cpu", &sandbox).join("cpu.cfs_quota_us")),
+        "50000"
+    );
+    assert_eq!(
+        read(dir(&roots, "cpuset", &sandbox).join("cpuset.cpus")),
+        "0"
+    );
+    assert!(
+        !read(dir(&roots, "devices", &sandbox).join("devices.list"))
+            .lines()
+            .any(|l| l.starts_with("b 8:400"))
+    );
     assert_thread_in(vmm.pid(), workers[2], &overhead);
 
     // A plan naming other cgroups is refused.
@@ -266,7 +321,11 @@ fn v1_apply_twice_and_delete_twice() {
     let roots = require_root_v1();
     let id = unique("idem");
     let vmm = Process::fake_vmm(2);
-    let plan = plan(&v1_config(&id, false), &[container("a", 100_000, "0", 64 << 20, 10)]).unwrap();
+    let plan = plan(
+        &v1_config(&id, false),
+        &[container("a", 100_000, "0", 64 << 20, 10)],
+    )
+    .unwrap();
     let tasks = SandboxTasks {
         vmm: Some(vmm.pid()),
         vcpu_threads: vmm.worker_threads()[..1].to_vec(),
@@ -308,7 +367,10 @@ fn v1_default_parents_are_removed_only_when_empty() {
         overhead_parent: format!("/{shared}-overhead"),
         ..v1_config(id, false)
     };
-    let (pa, pb) = (plan(&config(&a), &[]).unwrap(), plan(&config(&b), &[]).unwrap());
+    let (pa, pb) = (
+        plan(&config(&a), &[]).unwrap(),
+        plan(&config(&b), &[]).unwrap(),
+    );
     let (mut ma, mut mb) = (v1(&roots), v1(&roots));
     ma.apply(&pa, &SandboxTasks::default()).unwrap();
     mb.apply(&pb, &SandboxTasks::default()).unwrap();
@@ -342,8 +404,11 @@ fn v1_a_failure_at_any_step_unwinds_everything() {
                 .iter()
                 .flat_map(|&p| CHECKED.iter().map(move |c| (p, cgroup_of(p, p, c))))
                 .collect();
-            let plan = plan(&v1_config(&id, only), &[container("a", 100_000, "0", 64 << 20, 10)])
-                .unwrap();
+            let plan = plan(
+                &v1_config(&id, only),
+                &[container("a", 100_000, "0", 64 << 20, 10)],
+            )
+            .unwrap();
             let mut m = v1(&roots);
             m.fail_at = Some(step);
             let result = m.apply(
@@ -355,7 +420,8 @@ fn v1_a_failure_at_any_step_unwinds_everything() {
                     helpers: vec![helper.pid()],
                 },
             );
-            let steps_this_plan_has = step != Step::CreateVcpus && !(only && step == Step::CreateOverhead);
+            let steps_this_plan_has =
+                step != Step::CreateVcpus && !(only && step == Step::CreateOverhead);
             if !steps_this_plan_has {
                 result.unwrap();
                 m.delete().unwrap();
@@ -366,14 +432,21 @@ fn v1_a_failure_at_any_step_unwinds_everything() {
                     "{step:?}: {err}"
                 );
             }
-            assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new(), "{step:?} only={only}");
+            assert_eq!(
+                leftovers(&roots.v1, &id),
+                Vec::<PathBuf>::new(),
+                "{step:?} only={only}"
+            );
             assert_eq!(m.state(), &CgroupsState::default(), "{step:?}");
             let after: Vec<(u32, String)> = [vmm.pid(), runtime.pid(), helper.pid()]
                 .iter()
                 .flat_map(|&p| CHECKED.iter().map(move |c| (p, cgroup_of(p, p, c))))
                 .collect();
             if steps_this_plan_has {
-                assert_eq!(before, after, "{step:?}: processes are back where they were");
+                assert_eq!(
+                    before, after,
+                    "{step:?}: processes are back where they were"
+                );
             }
         }
     }
@@ -428,7 +501,10 @@ fn v1_bad_tasks_are_refused_before_anything_is_created() {
         let mut m = v1(&roots);
         let err = m.apply(&plan, &tasks).unwrap_err();
         match what {
-            "dead vmm" | "dead helper" => assert!(matches!(err, Error::NoSuchTask { pid } if pid == dead), "{what}: {err}"),
+            "dead vmm" | "dead helper" => assert!(
+                matches!(err, Error::NoSuchTask { pid } if pid == dead),
+                "{what}: {err}"
+            ),
             "foreign thread" => assert!(matches!(err, Error::NotAThreadOf { .. }), "{what}: {err}"),
             _ => assert!(matches!(err, Error::VcpuThreadsWithoutVmm), "{what}: {err}"),
         }
@@ -448,7 +524,14 @@ impl ReadOnlyBind {
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("ro");
         std::fs::create_dir(&target).unwrap();
-        mount(Some(source), &target, None::<&str>, MsFlags::MS_BIND, None::<&str>).unwrap();
+        mount(
+            Some(source),
+            &target,
+            None::<&str>,
+            MsFlags::MS_BIND,
+            None::<&str>,
+        )
+        .unwrap();
         mount(
             None::<&str>,
             &target,
@@ -474,25 +557,56 @@ fn missing_read_only_or_foreign_cgroupfs_is_a_typed_error() {
     let plan = plan(&v1_config(&id, false), &[]).unwrap();
     let with_cpu_at = |point: &Path| {
         V1Mounts::from_pairs(roots.v1.iter().map(|(c, p)| {
-            let p = if c == "cpu" { point.to_path_buf() } else { p.to_path_buf() };
+            let p = if c == "cpu" {
+                point.to_path_buf()
+            } else {
+                p.to_path_buf()
+            };
             (c.to_owned(), p)
         }))
     };
 
-    let missing = CgroupfsV1::new(with_cpu_at(Path::new("/nonexistent/cpu")), logger()).apply(&plan, &SandboxTasks::default());
-    assert!(matches!(missing, Err(Error::CgroupfsMissing { .. })), "{missing:?}");
+    let missing = CgroupfsV1::new(with_cpu_at(Path::new("/nonexistent/cpu")), logger())
+        .apply(&plan, &SandboxTasks::default());
+    assert!(
+        matches!(missing, Err(Error::CgroupfsMissing { .. })),
+        "{missing:?}"
+    );
 
     let ro = ReadOnlyBind::of(roots.v1.get("cpu").unwrap());
-    let read_only = CgroupfsV1::new(with_cpu_at(&ro.target), logger()).apply(&plan, &SandboxTasks::default());
-    assert!(matches!(read_only, Err(Error::CgroupfsReadOnly { .. })), "{read_only:?}");
+    let read_only =
+        CgroupfsV1::new(with_cpu_at(&ro.target), logger()).apply(&plan, &SandboxTasks::default());
+    assert!(
+        matches!(read_only, Err(Error::CgroupfsReadOnly { .. })),
+        "{read_only:?}"
+    );
 
     let plain = tempfile::tempdir().unwrap();
-    let foreign = CgroupfsV1::new(with_cpu_at(plain.path()), logger()).apply(&plan, &SandboxTasks::default());
-    assert!(matches!(foreign, Err(Error::NotACgroupfs { .. })), "{foreign:?}");
+    let foreign =
+        CgroupfsV1::new(with_cpu_at(plain.path()), logger()).apply(&plan, &SandboxTasks::default());
+    assert!(
+        matches!(foreign, Err(Error::NotACgroupfs { .. })),
+        "{foreign:?}"
+    );
 
-    let no_memory = V1Mounts::from_pairs(roots.v1.iter().filter(|(c, _)| *c != "memory").map(|(c, p)| (c.to_owned(), p.to_path_buf())));
+    let no_memory = V1Mounts::from_pairs(
+        roots
+            .v1
+            .iter()
+            .filter(|(c, _)| *c != "memory")
+            .map(|(c, p)| (c.to_owned(), p.to_path_buf())),
+    );
     let unmounted = CgroupfsV1::new(no_memory, logger()).apply(&plan, &SandboxTasks::default());
-    assert!(matches!(unmounted, Err(Error::ControllerMissing { controller: "memory", .. })), "{unmounted:?}");
+    assert!(
+        matches!(
+            unmounted,
+            Err(Error::ControllerMissing {
+                controller: "memory",
+                ..
+            })
+        ),
+        "{unmounted:?}"
+    );
 
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }
@@ -581,7 +695,10 @@ fn v2_threaded_split_on_the_hosts_cgroup2_mount() {
     .unwrap();
     let vcpu_dir = root.join(plan.vcpus.as_ref().unwrap().path.relative());
     assert_eq!(read(vcpu_dir.join("cgroup.type")), "threaded");
-    assert_eq!(read(root.join(plan.sandbox.path.relative()).join("cgroup.type")), "domain threaded");
+    assert_eq!(
+        read(root.join(plan.sandbox.path.relative()).join("cgroup.type")),
+        "domain threaded"
+    );
     for tid in vmm.threads() {
         let expected = if vcpus.contains(&tid) {
             plan.vcpus.as_ref().unwrap().path.as_str()

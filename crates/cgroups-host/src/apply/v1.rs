@@ -88,10 +88,13 @@ impl CgroupfsV1 {
             }
         }
         for controller in REQUIRED {
-            let point = self.mounts.get(controller).ok_or_else(|| Error::ControllerMissing {
-                controller,
-                root: PathBuf::from("/proc/self/mountinfo"),
-            })?;
+            let point = self
+                .mounts
+                .get(controller)
+                .ok_or_else(|| Error::ControllerMissing {
+                    controller,
+                    root: PathBuf::from("/proc/self/mountinfo"),
+                })?;
             check_cgroupfs(point, false)?;
         }
         for (_, c) in plan.cgroups() {
@@ -199,7 +202,9 @@ impl CgroupfsV1 {
                 else {
                     continue;
                 };
-                let procs = point.join(path.trim_start_matches('/')).join("cgroup.procs");
+                let procs = point
+                    .join(path.trim_start_matches('/'))
+                    .join("cgroup.procs");
                 if let Err(e) = std::fs::write(&procs, pid.to_string()) {
                     debug!(self.logger, "could not restore process cgroup";
                         "pid" => pid, "file" => %procs.display(), "error" => %e);
@@ -249,7 +254,12 @@ fn step_for_create(role: CgroupRole) -> Step {
     }
 }
 
-fn move_error(kind: &'static str, pid: u32, cgroup: &Cgroup, e: cgroups_rs::fs::error::Error) -> Error {
+fn move_error(
+    kind: &'static str,
+    pid: u32,
+    cgroup: &Cgroup,
+    e: cgroups_rs::fs::error::Error,
+) -> Error {
     if is_no_such_task(&e) {
         return Error::NoSuchTask { pid };
     }

@@ -137,18 +137,19 @@ impl CgroupfsV2 {
 
     fn make_threaded(&self, dir: &Path) -> Result<(), Error> {
         let type_file = dir.join("cgroup.type");
-        let current = std::fs::read_to_string(&type_file).map_err(|source| {
-            Error::ReadCgroupFile {
+        let current =
+            std::fs::read_to_string(&type_file).map_err(|source| Error::ReadCgroupFile {
                 path: type_file.clone(),
                 source,
-            }
-        })?;
+            })?;
         if current.trim() == "threaded" {
             return Ok(());
         }
-        std::fs::write(&type_file, "threaded").map_err(|source| Error::ThreadedModeUnavailable {
-            path: dir.to_owned(),
-            source,
+        std::fs::write(&type_file, "threaded").map_err(|source| {
+            Error::ThreadedModeUnavailable {
+                path: dir.to_owned(),
+                source,
+            }
         })?;
         // Read it back: a cgroup the kernel could not turn threaded reports
         // another type rather than failing on every kernel version.

@@ -17,10 +17,12 @@ where
     &'a T: From<&'a cgroups_rs::fs::Subsystem>,
     T: Controller + cgroups_rs::fs::ControllIdentifier,
 {
-    cgroup.controller_of::<T>().ok_or_else(|| Error::ControllerMissing {
-        controller: name,
-        root: dir.to_owned(),
-    })
+    cgroup
+        .controller_of::<T>()
+        .ok_or_else(|| Error::ControllerMissing {
+            controller: name,
+            root: dir.to_owned(),
+        })
 }
 
 /// Writes one setting into the cgroup whose directory (for this setting's
@@ -133,7 +135,11 @@ fn device_type(kind: DeviceKind) -> DeviceType {
 /// A fresh cgroup (allow-all) gets `a` denied, then each rule allowed. A
 /// cgroup that already has an allowlist gets the difference only, so tasks
 /// inside never lose a device that stays allowed.
-pub(crate) fn write_device_rules(cgroup: &Cgroup, rules: &[DeviceRule], dir: &Path) -> Result<(), Error> {
+pub(crate) fn write_device_rules(
+    cgroup: &Cgroup,
+    rules: &[DeviceRule],
+    dir: &Path,
+) -> Result<(), Error> {
     let devices: &DevicesController = controller(cgroup, "devices", dir)?;
     let fail = |file: &'static str, value: String| {
         let dir = dir.to_owned();
@@ -150,9 +156,7 @@ pub(crate) fn write_device_rules(cgroup: &Cgroup, rules: &[DeviceRule], dir: &Pa
         value: String::new(),
         source: Box::new(e),
     })?;
-    let allow_all = current
-        .iter()
-        .any(|d| d.devtype == DeviceType::All);
+    let allow_all = current.iter().any(|d| d.devtype == DeviceType::All);
     let as_rule = |d: &cgroups_rs::fs::DeviceResource| -> Option<DeviceRule> {
         let kind = match d.devtype {
             DeviceType::Char => DeviceKind::Char,

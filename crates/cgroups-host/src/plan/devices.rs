@@ -170,7 +170,11 @@ pub fn allowlist(
     rules.sort();
     rules.dedup();
     // A rule with a specific minor is redundant beside a wildcard for its major.
-    let wildcards: Vec<DeviceRule> = rules.iter().filter(|r| r.minor.is_none()).copied().collect();
+    let wildcards: Vec<DeviceRule> = rules
+        .iter()
+        .filter(|r| r.minor.is_none())
+        .copied()
+        .collect();
     rules.retain(|r| {
         r.minor.is_none()
             || !wildcards
@@ -214,7 +218,15 @@ mod tests {
         let text: Vec<String> = rules.iter().map(ToString::to_string).collect();
         assert_eq!(
             text,
-            ["c 1:3 rwm", "c 1:5 rwm", "c 1:7 rwm", "c 1:8 rwm", "c 1:9 rwm", "c 5:0 rwm", "c 5:1 rwm"]
+            [
+                "c 1:3 rwm",
+                "c 1:5 rwm",
+                "c 1:7 rwm",
+                "c 1:8 rwm",
+                "c 1:9 rwm",
+                "c 5:0 rwm",
+                "c 5:1 rwm"
+            ]
         );
     }
 
@@ -260,17 +272,31 @@ mod tests {
         sorted.dedup();
         assert_eq!(sorted, rules);
         assert_eq!(rules.iter().filter(|r| r.major == 7).count(), 1);
-        assert_eq!(rules.iter().filter(|r| **r == DeviceRule::char(1, 3)).count(), 1);
+        assert_eq!(
+            rules
+                .iter()
+                .filter(|r| **r == DeviceRule::char(1, 3))
+                .count(),
+            1
+        );
     }
 
     #[test]
     fn fifo_entries_need_no_rule_and_negative_numbers_are_rejected() {
         let base = allowlist(&[], &[], false).unwrap();
-        let with_fifo = allowlist(&[], &[container_with_device(LinuxDeviceType::P, 0, 0)], false)
-            .unwrap();
+        let with_fifo = allowlist(
+            &[],
+            &[container_with_device(LinuxDeviceType::P, 0, 0)],
+            false,
+        )
+        .unwrap();
         assert_eq!(base, with_fifo);
         assert!(matches!(
-            allowlist(&[], &[container_with_device(LinuxDeviceType::C, -1, 0)], false),
+            allowlist(
+                &[],
+                &[container_with_device(LinuxDeviceType::C, -1, 0)],
+                false
+            ),
             Err(Error::InvalidDevice { major: -1, .. })
         ));
     }

@@ -222,7 +222,11 @@ pub fn plan(
     let overhead_path = if config.sandbox_cgroup_only {
         None
     } else {
-        Some(resolve_under_parent(config.driver, &config.overhead_parent, id)?)
+        Some(resolve_under_parent(
+            config.driver,
+            &config.overhead_parent,
+            id,
+        )?)
     };
 
     let resources = aggregate(containers, config.overhead)?;
@@ -357,21 +361,26 @@ mod tests {
     fn systemd_driver_plans_scopes() {
         let mut c = SandboxCgroupConfig::new("sb1", CgroupDriver::Systemd, CgroupVersion::V2);
         let p = plan(&c, &[]).unwrap();
-        assert_eq!(p.sandbox.path.as_str(), "/virtcontainers.slice/vc-sb1.scope");
+        assert_eq!(
+            p.sandbox.path.as_str(),
+            "/virtcontainers.slice/vc-sb1.scope"
+        );
         assert_eq!(
             p.overhead.unwrap().path.as_str(),
             "/virtcontainers_overhead.slice/vc-sb1.scope"
         );
-        c.location = CgroupLocation::CgroupsPath(
-            "kubepods-besteffort-pod9.slice:cri-containerd:sb1".into(),
-        );
+        c.location =
+            CgroupLocation::CgroupsPath("kubepods-besteffort-pod9.slice:cri-containerd:sb1".into());
         let p = plan(&c, &[]).unwrap();
         assert_eq!(
             p.sandbox.path.as_str(),
             "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod9.slice/cri-containerd-sb1.scope"
         );
         c.location = CgroupLocation::CgroupsPath("/not/systemd".into());
-        assert!(matches!(plan(&c, &[]), Err(Error::InvalidSystemdPath { .. })));
+        assert!(matches!(
+            plan(&c, &[]),
+            Err(Error::InvalidSystemdPath { .. })
+        ));
     }
 
     #[test]
@@ -402,7 +411,13 @@ mod tests {
 
     #[test]
     fn v2_split_uses_a_threaded_vcpu_child_with_the_cpu_settings() {
-        let containers = [container("a", Some(150_000), None, Some("0-1"), Some(1 << 30))];
+        let containers = [container(
+            "a",
+            Some(150_000),
+            None,
+            Some("0-1"),
+            Some(1 << 30),
+        )];
         let p = plan(&config(CgroupVersion::V2, false), &containers).unwrap();
         let vcpus = p.vcpus.as_ref().unwrap();
         assert_eq!(vcpus.path.as_str(), "/virtcontainers/sb1/vcpus");
@@ -417,7 +432,10 @@ mod tests {
         assert_eq!(p.placement.helpers, CgroupRole::Overhead);
         assert!(p.overhead.is_some());
         let roles: Vec<CgroupRole> = p.cgroups().into_iter().map(|(r, _)| r).collect();
-        assert_eq!(roles, [CgroupRole::Sandbox, CgroupRole::Vcpus, CgroupRole::Overhead]);
+        assert_eq!(
+            roles,
+            [CgroupRole::Sandbox, CgroupRole::Vcpus, CgroupRole::Overhead]
+        );
     }
 
     #[test]
@@ -504,13 +522,23 @@ mod tests {
             minor: 232,
         });
         let p = plan(&c, &[]).unwrap();
-        assert!(p.devices.iter().any(|r| r.allows(DeviceKind::Char, 10, 232)));
+        assert!(
+            p.devices
+                .iter()
+                .any(|r| r.allows(DeviceKind::Char, 10, 232))
+        );
         assert!(p.devices.iter().any(|r| r.allows(DeviceKind::Block, 7, 1)));
     }
 
     #[test]
     fn plan_round_trips_through_json() {
-        let containers = [container("a", Some(150_000), None, Some("0-1"), Some(1 << 30))];
+        let containers = [container(
+            "a",
+            Some(150_000),
+            None,
+            Some("0-1"),
+            Some(1 << 30),
+        )];
         let p = plan(&config(CgroupVersion::V2, false), &containers).unwrap();
         let json = serde_json::to_string(&p).unwrap();
         let back: CgroupPlan = serde_json::from_str(&json).unwrap();

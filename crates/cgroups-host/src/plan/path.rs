@@ -382,7 +382,10 @@ mod tests {
     fn parent_join_and_ancestry() {
         let p = CgroupPath::parse("/a/b/c").unwrap();
         assert_eq!(p.parent().unwrap().as_str(), "/a/b");
-        assert_eq!(CgroupPath::parse("/a").unwrap().parent(), Some(CgroupPath::root()));
+        assert_eq!(
+            CgroupPath::parse("/a").unwrap().parent(),
+            Some(CgroupPath::root())
+        );
         assert_eq!(CgroupPath::root().parent(), None);
         assert_eq!(p.join("d").unwrap().as_str(), "/a/b/c/d");
         assert!(p.join("..").is_err());
@@ -447,7 +450,9 @@ mod tests {
         ];
         for (bad, why) in cases {
             match SystemdCgroupPath::parse(bad) {
-                Err(Error::InvalidSystemdPath { reason, .. }) => assert_eq!(reason, *why, "{bad:?}"),
+                Err(Error::InvalidSystemdPath { reason, .. }) => {
+                    assert_eq!(reason, *why, "{bad:?}")
+                }
                 other => panic!("{bad:?}: {other:?}"),
             }
         }

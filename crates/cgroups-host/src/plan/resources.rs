@@ -229,9 +229,17 @@ pub fn aggregate(
 
     let cpu_shares = active
         .iter()
-        .filter_map(|&i| containers[i].resources.cpu().as_ref().and_then(|c| c.shares()))
+        .filter_map(|&i| {
+            containers[i]
+                .resources
+                .cpu()
+                .as_ref()
+                .and_then(|c| c.shares())
+        })
         .filter(|&s| s > 0)
-        .fold(None, |acc: Option<u64>, s| Some(acc.unwrap_or(0).saturating_add(s)))
+        .fold(None, |acc: Option<u64>, s| {
+            Some(acc.unwrap_or(0).saturating_add(s))
+        })
         .map(|s| s.clamp(CPU_SHARES_RANGE.0, CPU_SHARES_RANGE.1));
 
     let union = |pick: fn(&Cpuset) -> &Option<CpuList>| {
@@ -349,8 +357,9 @@ pub(crate) mod tests {
     }
 
     fn with_pids(mut c: ContainerResources, limit: i64) -> ContainerResources {
-        c.resources
-            .set_pids(Some(LinuxPidsBuilder::default().limit(limit).build().unwrap()));
+        c.resources.set_pids(Some(
+            LinuxPidsBuilder::default().limit(limit).build().unwrap(),
+        ));
         c
     }
 
@@ -452,7 +461,10 @@ pub(crate) mod tests {
         let mut stopped = container("s", None, None, Some("7"), None);
         stopped.state = ContainerState::Stopped;
         let r = aggregate(
-            &[container("a", Some(50_000), None, Some("0-1"), Some(1 << 20)), stopped],
+            &[
+                container("a", Some(50_000), None, Some("0-1"), Some(1 << 20)),
+                stopped,
+            ],
             NO_OVERHEAD,
         )
         .unwrap();
@@ -570,8 +582,15 @@ pub(crate) mod tests {
 
     fn arb_container() -> impl Strategy<Value = ContainerResources> {
         (
-            prop_oneof![Just(None), Just(Some(-1i64)), (1_000i64..400_000).prop_map(Some)],
-            prop_oneof![Just(None), (MIN_CPU_PERIOD_US..=MAX_CPU_PERIOD_US).prop_map(Some)],
+            prop_oneof![
+                Just(None),
+                Just(Some(-1i64)),
+                (1_000i64..400_000).prop_map(Some)
+            ],
+            prop_oneof![
+                Just(None),
+                (MIN_CPU_PERIOD_US..=MAX_CPU_PERIOD_US).prop_map(Some)
+            ],
             prop_oneof![
                 Just(None),
                 proptest::collection::btree_set(0u32..64, 1..8)

@@ -92,7 +92,10 @@ impl Setting {
                 ("cpu.cfs_quota_us", Text(max_or(*quota, "-1"))),
             ],
             (Setting::CpuBandwidth { quota, period }, V2) => {
-                vec![("cpu.max", Text(format!("{} {period}", max_or(*quota, "max"))))]
+                vec![(
+                    "cpu.max",
+                    Text(format!("{} {period}", max_or(*quota, "max"))),
+                )]
             }
             (Setting::CpuShares(shares), V1) => vec![(
                 "cpu.shares",
@@ -100,7 +103,11 @@ impl Setting {
             )],
             (Setting::CpuShares(shares), V2) => vec![(
                 "cpu.weight",
-                Text(shares.map_or(DEFAULT_CPU_WEIGHT, shares_to_weight).to_string()),
+                Text(
+                    shares
+                        .map_or(DEFAULT_CPU_WEIGHT, shares_to_weight)
+                        .to_string(),
+                ),
             )],
             (Setting::Cpus(cpus), _) => vec![("cpuset.cpus", cpuset_value(cpus, version))],
             (Setting::Mems(mems), _) => vec![("cpuset.mems", cpuset_value(mems, version))],
@@ -163,7 +170,9 @@ mod tests {
     }
 
     fn pairs(p: &[(&str, &str)]) -> Vec<(String, String)> {
-        p.iter().map(|(a, b)| (a.to_string(), b.to_string())).collect()
+        p.iter()
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+            .collect()
     }
 
     #[test]
@@ -174,7 +183,10 @@ mod tests {
         };
         assert_eq!(
             text(&limited, V1),
-            pairs(&[("cpu.cfs_period_us", "100000"), ("cpu.cfs_quota_us", "150000")])
+            pairs(&[
+                ("cpu.cfs_period_us", "100000"),
+                ("cpu.cfs_quota_us", "150000")
+            ])
         );
         assert_eq!(text(&limited, V2), pairs(&[("cpu.max", "150000 100000")]));
         let unlimited = Setting::CpuBandwidth {
@@ -190,10 +202,22 @@ mod tests {
 
     #[test]
     fn shares_become_weight_on_v2() {
-        assert_eq!(text(&Setting::CpuShares(Some(512)), V1), pairs(&[("cpu.shares", "512")]));
-        assert_eq!(text(&Setting::CpuShares(Some(1024)), V2), pairs(&[("cpu.weight", "100")]));
-        assert_eq!(text(&Setting::CpuShares(None), V1), pairs(&[("cpu.shares", "1024")]));
-        assert_eq!(text(&Setting::CpuShares(None), V2), pairs(&[("cpu.weight", "100")]));
+        assert_eq!(
+            text(&Setting::CpuShares(Some(512)), V1),
+            pairs(&[("cpu.shares", "512")])
+        );
+        assert_eq!(
+            text(&Setting::CpuShares(Some(1024)), V2),
+            pairs(&[("cpu.weight", "100")])
+        );
+        assert_eq!(
+            text(&Setting::CpuShares(None), V1),
+            pairs(&[("cpu.shares", "1024")])
+        );
+        assert_eq!(
+            text(&Setting::CpuShares(None), V2),
+            pairs(&[("cpu.weight", "100")])
+        );
     }
 
     #[test]
@@ -214,19 +238,46 @@ mod tests {
     #[test]
     fn cpusets_memory_and_pids() {
         let cpus: CpuList = "0-3,8".parse().unwrap();
-        assert_eq!(text(&Setting::Cpus(Some(cpus.clone())), V1), pairs(&[("cpuset.cpus", "0-3,8")]));
-        assert_eq!(text(&Setting::Cpus(Some(cpus)), V2), pairs(&[("cpuset.cpus", "0-3,8")]));
-        assert_eq!(text(&Setting::Cpus(None), V1), pairs(&[("cpuset.cpus", "<parent>")]));
-        assert_eq!(text(&Setting::Mems(None), V2), pairs(&[("cpuset.mems", "")]));
+        assert_eq!(
+            text(&Setting::Cpus(Some(cpus.clone())), V1),
+            pairs(&[("cpuset.cpus", "0-3,8")])
+        );
+        assert_eq!(
+            text(&Setting::Cpus(Some(cpus)), V2),
+            pairs(&[("cpuset.cpus", "0-3,8")])
+        );
+        assert_eq!(
+            text(&Setting::Cpus(None), V1),
+            pairs(&[("cpuset.cpus", "<parent>")])
+        );
+        assert_eq!(
+            text(&Setting::Mems(None), V2),
+            pairs(&[("cpuset.mems", "")])
+        );
         assert_eq!(
             text(&Setting::MemoryMax(Some(1 << 30)), V1),
             pairs(&[("memory.limit_in_bytes", "1073741824")])
         );
-        assert_eq!(text(&Setting::MemoryMax(None), V1), pairs(&[("memory.limit_in_bytes", "-1")]));
-        assert_eq!(text(&Setting::MemoryMax(Some(4096)), V2), pairs(&[("memory.max", "4096")]));
-        assert_eq!(text(&Setting::MemoryMax(None), V2), pairs(&[("memory.max", "max")]));
-        assert_eq!(text(&Setting::PidsMax(Some(100)), V1), pairs(&[("pids.max", "100")]));
-        assert_eq!(text(&Setting::PidsMax(None), V2), pairs(&[("pids.max", "max")]));
+        assert_eq!(
+            text(&Setting::MemoryMax(None), V1),
+            pairs(&[("memory.limit_in_bytes", "-1")])
+        );
+        assert_eq!(
+            text(&Setting::MemoryMax(Some(4096)), V2),
+            pairs(&[("memory.max", "4096")])
+        );
+        assert_eq!(
+            text(&Setting::MemoryMax(None), V2),
+            pairs(&[("memory.max", "max")])
+        );
+        assert_eq!(
+            text(&Setting::PidsMax(Some(100)), V1),
+            pairs(&[("pids.max", "100")])
+        );
+        assert_eq!(
+            text(&Setting::PidsMax(None), V2),
+            pairs(&[("pids.max", "max")])
+        );
         assert_eq!(Setting::PidsMax(None).controller(), "pids");
         assert_eq!(Setting::Cpus(None).controller(), "cpuset");
     }

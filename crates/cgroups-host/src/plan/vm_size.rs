@@ -3,7 +3,9 @@
 use serde::{Deserialize, Serialize};
 
 use super::cpu_list::CpuList;
-use super::resources::{ContainerResources, ContainerState, validated_cpus, validated_memory, validated_quota};
+use super::resources::{
+    ContainerResources, ContainerState, validated_cpus, validated_memory, validated_quota,
+};
 use crate::error::Error;
 
 const MIB: u64 = 1 << 20;
@@ -144,7 +146,13 @@ mod tests {
         let mut stopped = container("s", Some(400_000), None, None, Some(1 << 30));
         stopped.state = ContainerState::Stopped;
         let s = vm_size(&[stopped], &BASE).unwrap();
-        assert_eq!(s, VmSize { vcpus: 1, memory_mib: 256 });
+        assert_eq!(
+            s,
+            VmSize {
+                vcpus: 1,
+                memory_mib: 256
+            }
+        );
         let capped = VmBaseSize {
             max_vcpus: Some(2),
             ..BASE
