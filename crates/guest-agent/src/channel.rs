@@ -1,0 +1,253 @@
+//! The agent's end of the virtio-serial channel.
+//!
+//! The port is a character device, already "connected" from the agent's
+//! side; the host's connection comes and goes with the QEMU chardev socket.
+//! The kernel reports a host that is not connected as `POLLHUP` (and reads
+//! return end of file). Each host connection becomes one ttrpc connection:
+//! a [`Session`] that ends at the hang-up, after which the listener waits
+//! for the host to come back and hands the same port out as a new session.
+
+use std::fs;
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::path::{Path, PathBuf};
+use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::unix::AsyncFd;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+
+use crate::error::{Error, Result};
+
+/// Finds the device of the virtio port named `name`
+/// (`<sys>/class/virtio-ports/vportNpM/name` → `/dev/vportNpM`).
+pub fn find_port(sys: &Path, name: &str) -> Result<PathBuf> {
+    let dir = sys.join("class/virtio-ports");
+    let entries = fs::read_dir(&dir).map_err(Error::io("listing", &dir))?;
+    for e in entries.flatten() {
+        if fs::read_to_string(e.path().join("name")).is_ok_and(|n| n.trim() == name) {
+            return Ok(Path::new("/dev").join(e.file_name()));
+        }
+    }
+    Err(Error::Io {
+        operation: "finding the virtio port",
+        path: dir.join(format!("*/name = {name}")),
+        source: io::Error::from(io::ErrorKind::NotFound),
+    })
+}
+
+/// Waits until a virtio port named `name` shows up (the driver may still
+/// be probing), up to `timeout`.
+pub async fn wait_for_port(sys: &Path, name: &str, timeout: Duration) -> Result<PathBuf> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    loop {
+        match find_port(sys, name) {
+            Ok(p) if p.exists() => return Ok(p),
+            Ok(_) | Err(_) if tokio::time::Instant::now() < deadline => {
+                tokio::time::sleep(Duration::from_millis(10)).await;
+            }
+            Ok(p) => {
+                return Err(Error::io("waiting for", p)(io::Error::from(
+                    io::ErrorKind::NotFound,
+                )));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
+fn poll_now(fd: &OwnedFd) -> libc::c_short {
+    let mut pfd = libc::pollfd {
+        fd: fd.as_raw_fd(),
+        events: libc::POLLIN | libc::POLLOUT,
+        revents: 0,
+    };
+    // SAFETY: poll on one valid pollfd with a zero timeout.
+    unsafe { libc::poll(&mut pfd, 1, 0) };
+    pfd.revents
+}
+
+/// The open port.
+pub struct SerialPort {
+    fd: Arc<AsyncFd<OwnedFd>>,
+}
+
+impl SerialPort {
+    /// Opens the port (non-blocking, close-on-exec).
+    pub fn open(path: &Path) -> Result<SerialPort> {
+        let file = fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .custom_flags_nonblock()
+            .open(path)
+            .map_err(Error::io("opening", path))?;
+        // SAFETY: the AsyncFd owns the fd; it is deregistered before it closes.
+        let fd = unsafe { AsyncFd::register(OwnedFd::from(file)) }
+            .map_err(|e| Error::io("registering", path)(e.into()))?;
+        Ok(SerialPort { fd: Arc::new(fd) })
+    }
+
+    /// Waits for a host to be connected, drops what an earlier host left
+    /// unread, and returns the session for this connection.
+    pub async fn next_session(&self) -> Session {
+        loop {
+            let revents = poll_now(self.fd.get_ref());
+            if revents & libc::POLLHUP == 0 {
+                break;
+            }
+            // Hung up: no host. The port stays "ready" while hung up, so
+            // wait by polling rather than by readiness.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        Session {
+            fd: self.fd.clone(),
+            ended: Arc::new(AtomicBool::new(false)),
+        }
+    }
+}
+
+trait NonBlock {
+    fn custom_flags_nonblock(&mut self) -> &mut Self;
+}
+
+impl NonBlock for fs::OpenOptions {
+    fn custom_flags_nonblock(&mut self) -> &mut Self {
+        use std::os::unix::fs::OpenOptionsExt;
+        self.custom_flags(libc::O_NONBLOCK | libc::O_CLOEXEC | libc::O_NOCTTY)
+    }
+}
+
+/// One host connection over the port: ends (end of file, then errors) at
+/// the first hang-up, so that the ttrpc connection on it closes.
+pub struct Session {
+    fd: Arc<AsyncFd<OwnedFd>>,
+    ended: Arc<AtomicBool>,
+}
+
+impl Session {
+    fn io<T>(
+        &self,
+        cx: &mut Context<'_>,
+        interest: tokio::io::Interest,
+        mut op: impl FnMut(libc::c_int) -> isize,
+    ) -> Poll<io::Result<T>>
+    where
+        T: TryFrom<isize>,
+    {
+        loop {
+            if self.ended.load(Ordering::Acquire) {
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            }
+            let mut guard = ready!(if interest == tokio::io::Interest::READABLE {
+                self.fd.poll_read_ready(cx)
+            } else {
+                self.fd.poll_write_ready(cx)
+            })?;
+            let n = op(self.fd.get_ref().as_fd().as_raw_fd());
+            if n >= 0 {
+                return Poll::Ready(T::try_from(n).map_err(|_| io::Error::other("size")));
+            }
+            let err = io::Error::last_os_error();
+            if err.kind() == io::ErrorKind::WouldBlock {
+                guard.clear_ready();
+                continue;
+            }
+            return Poll::Ready(Err(err));
+        }
+    }
+}
+
+impl AsyncRead for Session {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        if self.ended.load(Ordering::Acquire) {
+            return Poll::Ready(Ok(()));
+        }
+        let unfilled = buf.initialize_unfilled();
+        let (ptr, len) = (unfilled.as_mut_ptr(), unfilled.len());
+        // SAFETY: reads into the initialized, unfilled part of `buf`.
+        let res = ready!(
+            self.io::<usize>(cx, tokio::io::Interest::READABLE, |fd| unsafe {
+                libc::read(fd, ptr.cast(), len)
+            })
+        );
+        match res {
+            Ok(0) => {
+                // The host hung up: this session is over.
+                self.ended.store(true, Ordering::Release);
+                Poll::Ready(Ok(()))
+            }
+            Ok(n) => {
+                buf.advance(n);
+                Poll::Ready(Ok(()))
+            }
+            Err(e) => {
+                self.ended.store(true, Ordering::Release);
+                Poll::Ready(Err(e))
+            }
+        }
+    }
+}
+
+impl AsyncWrite for Session {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        // SAFETY: writes from `data`, valid for its length.
+        self.io::<usize>(cx, tokio::io::Interest::WRITABLE, |fd| unsafe {
+            libc::write(fd, data.as_ptr().cast(), data.len())
+        })
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Poll::Ready(Ok(()))
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.ended.store(true, Ordering::Release);
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl Session {
+    /// Whether the host hung up on this session.
+    pub fn has_ended(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// A flag that turns true when this session ends.
+    pub fn ended_flag(&self) -> Arc<AtomicBool> {
+        self.ended.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn finds_the_port_by_name() {
+        let sys = tempfile::tempdir().unwrap();
+        for (dev, name) in [
+            ("vport0p0", "org.qemu.console"),
+            ("vport0p1", "agent.channel.0"),
+        ] {
+            let d = sys.path().join("class/virtio-ports").join(dev);
+            fs::create_dir_all(&d).unwrap();
+            fs::write(d.join("name"), format!("{name}\n")).unwrap();
+        }
+        assert_eq!(
+            find_port(sys.path(), "agent.channel.0").unwrap(),
+            Path::new("/dev/vport0p1")
+        );
+        assert!(find_port(sys.path(), "other").is_err());
+    }
+}

@@ -1,0 +1,147 @@
+//! The guest agent of virtcontainers-rs: PID 1 inside the sandbox VM.
+//!
+//! The binary (`vc-guest-agent`, built static) is the initramfs's `/init`:
+//! it mounts the pseudo filesystems, loads the bundled kernel modules
+//! (`/lib/modules/vc/load-order`), mounts cgroup2 for the containers, finds
+//! the virtio-serial port named `agent.channel.0` and serves the agent
+//! protocol (Kata-compatible ttrpc, [`vc_agent_protocol`]) on it, one ttrpc
+//! connection per host connection, for as long as the VM runs. It reaps
+//! every child and never exits; a bad request gets a ttrpc error.
+//!
+//! This library holds the logic, so that most of it is tested on a host:
+//! - [`container`]: containers from their OCI spec (written on `nix`/`libc`
+//!   after evaluating youki's `libcontainer`; the module doc says why) — a
+//!   pure [`container::plan`] and the clone/exec machinery;
+//! - [`service`]: the ttrpc services over a [`container::Sandbox`];
+//! - [`reaper`], [`cgroup`], [`storage`], [`guest`], [`channel`].
+//!
+//! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
+//! `agent.channel=<port name>`, `agent.cgroups=0`.
+//!
+//! # Example
+//!
+//! Serving the protocol on a unix socket (what the tests do on a host):
+//!
+//! ```no_run
+//! # async fn run() -> anyhow::Result<()> {
+//! use vc_guest_agent::{Agent, reaper::ReapMode};
+//! let logger = slog::Logger::root(slog::Discard, slog::o!());
+//! let agent = Agent::new(ReapMode::Registered, None, logger)?;
+//! let mut server = agent.serve_unix("/run/my-agent.sock").await?;
+//! // ... connect with vc-agent-client, then:
+//! server.shutdown().await?;
+//! # Ok(()) }
+//! ```
+
+pub mod cgroup;
+pub mod channel;
+pub mod container;
+pub mod error;
+pub mod guest;
+pub mod reaper;
+pub mod service;
+pub mod storage;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use slog::{Logger, info};
+use tokio::task::JoinHandle;
+
+pub use error::{Error, Result};
+
+/// The agent: its sandbox, its reaper task and its services.
+pub struct Agent {
+    sandbox: Arc<container::Sandbox>,
+    service: Arc<service::AgentService>,
+    reaper: JoinHandle<()>,
+    logger: Logger,
+}
+
+impl Agent {
+    /// Starts the reaper and builds the services. Call within a tokio runtime.
+    pub fn new(
+        mode: reaper::ReapMode,
+        cgroup_root: Option<PathBuf>,
+        logger: Logger,
+    ) -> Result<Agent> {
+        let reaper = reaper::Reaper::new(mode);
+        let task = reaper
+            .clone()
+            .run()
+            .map_err(Error::sys("installing the SIGCHLD handler"))?;
+        let sandbox = Arc::new(container::Sandbox::new(
+            reaper,
+            container::SandboxConfig { cgroup_root },
+            logger.clone(),
+        ));
+        let service = service::AgentService::new(sandbox.clone(), logger.clone());
+        Ok(Agent {
+            sandbox,
+            service,
+            reaper: task,
+            logger,
+        })
+    }
+
+    /// The containers.
+    pub fn sandbox(&self) -> &Arc<container::Sandbox> {
+        &self.sandbox
+    }
+
+    /// Serves on a unix socket (tests, or a debug channel).
+    pub async fn serve_unix(
+        &self,
+        path: impl AsRef<Path>,
+    ) -> anyhow::Result<ttrpc::r#async::Server> {
+        let addr = format!("unix://{}", path.as_ref().display());
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&addr)?
+            .register_service(self.service.services());
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// Serves on the virtio-serial port at `path`, one ttrpc connection per
+    /// host connection; returns only if the server fails to start.
+    pub async fn serve_serial(&self, path: &Path) -> anyhow::Result<ttrpc::r#async::Server> {
+        let port = Arc::new(channel::SerialPort::open(path)?);
+        let logger = self.logger.clone();
+        let sessions = futures::stream::unfold(
+            None::<Arc<std::sync::atomic::AtomicBool>>,
+            move |previous| {
+                let port = port.clone();
+                let logger = logger.clone();
+                async move {
+                    if let Some(ended) = previous {
+                        while !ended.load(Ordering::Acquire) {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                        }
+                        info!(logger, "host disconnected; waiting for the next connection");
+                    }
+                    let session = port.next_session().await;
+                    info!(logger, "host connected");
+                    let ended = session.ended_flag();
+                    Some((Ok::<_, std::io::Error>(session), Some(ended)))
+                }
+            },
+        );
+        let listener = ttrpc::r#async::transport::Listener::new(sessions);
+        let mut server = ttrpc::r#async::Server::new()
+            .add_listener(listener)
+            .register_service(self.service.services());
+        server.start().await?;
+        Ok(server)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        self.reaper.abort();
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,343 @@
+//! The ttrpc services (`grpc.AgentService`, `grpc.Health`) over a
+//! [`Sandbox`]. Every failure becomes a ttrpc status with a clear message;
+//! nothing here panics on a request.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use protobuf::well_known_types::empty::Empty;
+use slog::{Logger, debug, warn};
+use ttrpc::r#async::TtrpcContext;
+use vc_agent_protocol::agent as pb;
+use vc_agent_protocol::health::{self, health_check_response::ServingStatus};
+use vc_agent_protocol::{agent_ttrpc, convert, health_ttrpc};
+
+use crate::container::Sandbox;
+use crate::error::Error;
+use crate::guest;
+
+/// The agent's services.
+pub struct AgentService {
+    sandbox: Arc<Sandbox>,
+    logger: Logger,
+}
+
+impl AgentService {
+    /// Serves `sandbox`.
+    pub fn new(sandbox: Arc<Sandbox>, logger: Logger) -> Arc<AgentService> {
+        Arc::new(AgentService { sandbox, logger })
+    }
+
+    /// The ttrpc service table, for `ttrpc::r#async::Server::register_service`.
+    pub fn services(
+        self: &Arc<Self>,
+    ) -> std::collections::HashMap<String, ttrpc::r#async::Service> {
+        let mut all = agent_ttrpc::create_agent_service(self.clone());
+        all.extend(health_ttrpc::create_health(self.clone()));
+        all
+    }
+
+    fn fail(&self, method: &str, e: Error) -> ttrpc::Error {
+        warn!(self.logger, "request failed"; "method" => method, "error" => %e);
+        e.into()
+    }
+}
+
+fn convert_error(container_id: &str, e: convert::ConvertError) -> Error {
+    Error::InvalidRequest {
+        container_id: container_id.to_owned(),
+        reason: e.to_string(),
+    }
+}
+
+type R<T> = ttrpc::Result<T>;
+
+#[async_trait]
+impl health_ttrpc::Health for AgentService {
+    async fn check(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> R<health::HealthCheckResponse> {
+        let mut r = health::HealthCheckResponse::new();
+        r.status = ServingStatus::SERVING.into();
+        Ok(r)
+    }
+
+    async fn version(
+        &self,
+        _: &TtrpcContext,
+        _: health::CheckRequest,
+    ) -> R<health::VersionCheckResponse> {
+        let mut r = health::VersionCheckResponse::new();
+        r.agent_version = env!("CARGO_PKG_VERSION").into();
+        r.grpc_version = "ttrpc".into();
+        Ok(r)
+    }
+}
+
+#[async_trait]
+impl agent_ttrpc::AgentService for AgentService {
+    async fn create_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::CreateContainerRequest,
+    ) -> R<Empty> {
+        debug!(self.logger, "CreateContainer"; "id" => &req.container_id);
+        let cid = req.container_id.clone();
+        let res = async {
+            let spec = req.OCI.as_ref().ok_or_else(|| Error::InvalidRequest {
+                container_id: cid.clone(),
+                reason: "no OCI spec".into(),
+            })?;
+            let spec = convert::spec_from_proto(spec).map_err(|e| convert_error(&cid, e))?;
+            self.sandbox
+                .create_container(&cid, &req.storages, &spec)
+                .await
+        }
+        .await;
+        res.map(|()| Empty::new())
+            .map_err(|e| self.fail("CreateContainer", e))
+    }
+
+    async fn start_container(&self, _: &TtrpcContext, req: pb::StartContainerRequest) -> R<Empty> {
+        self.sandbox
+            .start_container(&req.container_id)
+            .await
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("StartContainer", e))
+    }
+
+    async fn remove_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::RemoveContainerRequest,
+    ) -> R<Empty> {
+        let timeout = (req.timeout != 0).then(|| Duration::from_secs(u64::from(req.timeout)));
+        self.sandbox
+            .remove_container(&req.container_id, timeout)
+            .await
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("RemoveContainer", e))
+    }
+
+    async fn exec_process(&self, _: &TtrpcContext, req: pb::ExecProcessRequest) -> R<Empty> {
+        let res = async {
+            let p = req.process.as_ref().ok_or_else(|| Error::InvalidRequest {
+                container_id: req.container_id.clone(),
+                reason: "no process".into(),
+            })?;
+            let p =
+                convert::process_from_proto(p).map_err(|e| convert_error(&req.container_id, e))?;
+            self.sandbox
+                .exec_process(&req.container_id, &req.exec_id, &p)
+                .await
+        }
+        .await;
+        res.map(|()| Empty::new())
+            .map_err(|e| self.fail("ExecProcess", e))
+    }
+
+    async fn signal_process(&self, _: &TtrpcContext, req: pb::SignalProcessRequest) -> R<Empty> {
+        self.sandbox
+            .signal_process(&req.container_id, &req.exec_id, req.signal)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("SignalProcess", e))
+    }
+
+    async fn wait_process(
+        &self,
+        _: &TtrpcContext,
+        req: pb::WaitProcessRequest,
+    ) -> R<pb::WaitProcessResponse> {
+        let status = self
+            .sandbox
+            .wait_process(&req.container_id, &req.exec_id)
+            .await
+            .map_err(|e| self.fail("WaitProcess", e))?;
+        let mut r = pb::WaitProcessResponse::new();
+        r.status = status;
+        Ok(r)
+    }
+
+    async fn update_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::UpdateContainerRequest,
+    ) -> R<Empty> {
+        let res = req
+            .resources
+            .as_ref()
+            .map(|r| {
+                convert::resources_from_proto(r).map_err(|e| convert_error(&req.container_id, e))
+            })
+            .transpose()
+            .and_then(|r| match r {
+                Some(r) => self.sandbox.update(&req.container_id, &r),
+                None => Ok(()),
+            });
+        res.map(|()| Empty::new())
+            .map_err(|e| self.fail("UpdateContainer", e))
+    }
+
+    async fn stats_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::StatsContainerRequest,
+    ) -> R<pb::StatsContainerResponse> {
+        let stats = self
+            .sandbox
+            .stats(&req.container_id)
+            .map_err(|e| self.fail("StatsContainer", e))?;
+        let mut r = pb::StatsContainerResponse::new();
+        r.cgroup_stats = protobuf::MessageField::some(stats);
+        Ok(r)
+    }
+
+    async fn pause_container(&self, _: &TtrpcContext, req: pb::PauseContainerRequest) -> R<Empty> {
+        self.sandbox
+            .freeze(&req.container_id, true)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("PauseContainer", e))
+    }
+
+    async fn resume_container(
+        &self,
+        _: &TtrpcContext,
+        req: pb::ResumeContainerRequest,
+    ) -> R<Empty> {
+        self.sandbox
+            .freeze(&req.container_id, false)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("ResumeContainer", e))
+    }
+
+    async fn write_stdin(
+        &self,
+        _: &TtrpcContext,
+        req: pb::WriteStreamRequest,
+    ) -> R<pb::WriteStreamResponse> {
+        let n = self
+            .sandbox
+            .write_stdin(&req.container_id, &req.exec_id, req.data)
+            .await
+            .map_err(|e| self.fail("WriteStdin", e))?;
+        let mut r = pb::WriteStreamResponse::new();
+        r.len = u32::try_from(n).unwrap_or(u32::MAX);
+        Ok(r)
+    }
+
+    async fn read_stdout(
+        &self,
+        _: &TtrpcContext,
+        req: pb::ReadStreamRequest,
+    ) -> R<pb::ReadStreamResponse> {
+        let data = self
+            .sandbox
+            .read_output(&req.container_id, &req.exec_id, req.len, false)
+            .await
+            .map_err(|e| self.fail("ReadStdout", e))?;
+        let mut r = pb::ReadStreamResponse::new();
+        r.data = data;
+        Ok(r)
+    }
+
+    async fn read_stderr(
+        &self,
+        _: &TtrpcContext,
+        req: pb::ReadStreamRequest,
+    ) -> R<pb::ReadStreamResponse> {
+        let data = self
+            .sandbox
+            .read_output(&req.container_id, &req.exec_id, req.len, true)
+            .await
+            .map_err(|e| self.fail("ReadStderr", e))?;
+        let mut r = pb::ReadStreamResponse::new();
+        r.data = data;
+        Ok(r)
+    }
+
+    async fn close_stdin(&self, _: &TtrpcContext, req: pb::CloseStdinRequest) -> R<Empty> {
+        self.sandbox
+            .close_stdin(&req.container_id, &req.exec_id)
+            .await
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("CloseStdin", e))
+    }
+
+    async fn tty_win_resize(&self, _: &TtrpcContext, _: pb::TtyWinResizeRequest) -> R<Empty> {
+        Err(self.fail(
+            "TtyWinResize",
+            Error::Unsupported("terminals (process.terminal) are not supported yet".into()),
+        ))
+    }
+
+    async fn create_sandbox(&self, _: &TtrpcContext, req: pb::CreateSandboxRequest) -> R<Empty> {
+        let res = (|| {
+            if !req.hostname.is_empty() {
+                nix::unistd::sethostname(&req.hostname)
+                    .map_err(|e| Error::sys("sethostname")(e.into()))?;
+            }
+            for m in &req.kernel_modules {
+                guest::load_module_by_name(&m.name, &m.parameters.join(" "))?;
+            }
+            Ok(())
+        })();
+        let res = match res {
+            Ok(()) => {
+                let mut mounted = Vec::new();
+                let mut err = None;
+                for s in &req.storages {
+                    match crate::storage::mount_storage(&req.sandbox_id, s) {
+                        Ok(p) => mounted.push(p),
+                        Err(e) => {
+                            err = Some(e);
+                            break;
+                        }
+                    }
+                }
+                match err {
+                    Some(e) => {
+                        for p in mounted.iter().rev() {
+                            let _ = crate::storage::unmount_storage(p);
+                        }
+                        Err(e)
+                    }
+                    None => Ok(()),
+                }
+            }
+            Err(e) => Err(e),
+        };
+        res.map(|()| Empty::new())
+            .map_err(|e| self.fail("CreateSandbox", e))
+    }
+
+    async fn destroy_sandbox(&self, _: &TtrpcContext, _: pb::DestroySandboxRequest) -> R<Empty> {
+        self.sandbox
+            .remove_all()
+            .await
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("DestroySandbox", e))
+    }
+
+    async fn online_cpu_mem(&self, _: &TtrpcContext, req: pb::OnlineCPUMemRequest) -> R<Empty> {
+        guest::online_cpu_mem(std::path::Path::new("/sys"), !req.cpu_only)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("OnlineCPUMem", e))
+    }
+
+    async fn get_guest_details(
+        &self,
+        _: &TtrpcContext,
+        req: pb::GuestDetailsRequest,
+    ) -> R<pb::GuestDetailsResponse> {
+        Ok(guest::details(std::path::Path::new("/sys"), &req))
+    }
+
+    async fn copy_file(&self, _: &TtrpcContext, req: pb::CopyFileRequest) -> R<Empty> {
+        guest::copy_file(std::path::Path::new("/run"), &req)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("CopyFile", e))
+    }
+}

@@ -1,0 +1,364 @@
+//! The agent on the host, for real (root needed): a busybox container from
+//! a spec in a temp dir, driven through ttrpc by the real client.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use tokio::io::AsyncReadExt;
+use vc_agent_client::protocol::{agent as pb, convert};
+use vc_agent_client::{
+    Agent as _, AgentConfig, AgentError, OutputStream, ProcessOutput, Transport, TtrpcAgent,
+};
+
+use crate::Agent;
+use crate::reaper::ReapMode;
+
+const APPLETS: [&str; 12] = [
+    "sh", "echo", "cat", "sleep", "id", "pwd", "env", "hostname", "ls", "true", "false", "ps",
+];
+
+fn require_root() {
+    // SAFETY: geteuid has no preconditions.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(
+        euid,
+        0,
+        "these tests need root (namespaces, mounts): run them as root"
+    );
+    assert!(
+        Path::new("/bin/busybox").exists(),
+        "these tests need /bin/busybox (Debian package busybox-static)"
+    );
+}
+
+/// A busybox rootfs: /bin/busybox and applet links, and mount points.
+fn rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "work"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for a in APPLETS {
+        symlink("busybox", root.join("bin").join(a)).unwrap();
+    }
+    root
+}
+
+fn spec(root: &Path, args: &[&str]) -> Spec {
+    let ns = [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+    .collect::<Vec<_>>();
+    SpecBuilder::default()
+        .version("1.0.2")
+        .hostname("inside")
+        .root(RootBuilder::default().path(root).build().unwrap())
+        .process(
+            ProcessBuilder::default()
+                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .env(vec!["PATH=/bin".to_string(), "FOO=bar baz".into()])
+                .cwd("/work")
+                .user(
+                    UserBuilder::default()
+                        .uid(1234u32)
+                        .gid(567u32)
+                        .additional_gids(vec![89u32])
+                        .build()
+                        .unwrap(),
+                )
+                .rlimits(vec![])
+                .build()
+                .unwrap(),
+        )
+        .mounts(vec![
+            MountBuilder::default()
+                .destination("/proc")
+                .typ("proc")
+                .source("proc")
+                .build()
+                .unwrap(),
+            MountBuilder::default()
+                .destination("/dev")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .options(vec!["nosuid".to_string(), "mode=755".into()])
+                .build()
+                .unwrap(),
+        ])
+        .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+        .build()
+        .unwrap()
+}
+
+struct Harness {
+    _dir: tempfile::TempDir,
+    root: PathBuf,
+    agent: Arc<TtrpcAgent>,
+    guest: Agent,
+    server: ttrpc::r#async::Server,
+}
+
+impl Harness {
+    async fn new() -> Harness {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let root = rootfs(dir.path());
+        let guest = Agent::new(
+            ReapMode::Registered,
+            None,
+            slog::Logger::root(slog::Discard, slog::o!()),
+        )
+        .unwrap();
+        let sock = dir.path().join("agent.sock");
+        let server = guest.serve_unix(&sock).await.unwrap();
+        let config = AgentConfig {
+            connect_timeout: Duration::from_secs(5),
+            call_timeout: Duration::from_secs(10),
+            ..AgentConfig::default()
+        };
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        let agent = Arc::new(
+            TtrpcAgent::connect(Transport::Serial { socket: sock }, config, &logger)
+                .await
+                .unwrap(),
+        );
+        Harness {
+            _dir: dir,
+            root,
+            agent,
+            guest,
+            server,
+        }
+    }
+
+    async fn create(&self, id: &str, args: &[&str]) -> vc_agent_client::Result<()> {
+        self.create_spec(id, spec(&self.root, args)).await
+    }
+
+    async fn create_spec(&self, id: &str, spec: Spec) -> vc_agent_client::Result<()> {
+        let mut req = pb::CreateContainerRequest::new();
+        req.container_id = id.into();
+        req.exec_id = id.into();
+        req.OCI = protobuf::MessageField::some(convert::spec_to_proto(&spec).unwrap());
+        self.agent.create_container(req).await
+    }
+
+    /// Runs a container to its end: (stdout, stderr, exit code).
+    async fn run(&self, id: &str, args: &[&str]) -> (String, String, i32) {
+        self.create(id, args).await.unwrap();
+        self.agent.start_container(id).await.unwrap();
+        let (out, err) = self.output(id, id).await;
+        let code = self.agent.wait_process(id, id).await.unwrap();
+        (out, err, code)
+    }
+
+    async fn output(&self, cid: &str, eid: &str) -> (String, String) {
+        let mut out = String::new();
+        let mut err = String::new();
+        let agent: Arc<dyn vc_agent_client::Agent> = self.agent.clone();
+        let mut o = ProcessOutput::new(agent.clone(), cid, eid, OutputStream::Stdout);
+        let mut e = ProcessOutput::new(agent, cid, eid, OutputStream::Stderr);
+        let (a, b) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
+        a.unwrap();
+        b.unwrap();
+        (out, err)
+    }
+
+    async fn remove(&self, id: &str) {
+        let mut req = pb::RemoveContainerRequest::new();
+        req.container_id = id.into();
+        req.timeout = 10;
+        self.agent.remove_container(req).await.unwrap();
+    }
+
+    async fn finish(mut self) {
+        assert!(
+            self.guest.sandbox().container_ids().is_empty(),
+            "containers left: {:?}",
+            self.guest.sandbox().container_ids()
+        );
+        drop(self.agent);
+        self.server.shutdown().await.unwrap();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn echo_exit_codes_env_cwd_user_hostname() {
+    let h = Harness::new().await;
+    let (out, err, code) = h.run("echo", &["echo", "hello"]).await;
+    assert_eq!((out.as_str(), err.as_str(), code), ("hello\n", "", 0));
+    h.remove("echo").await;
+
+    let (_, _, code) = h.run("three", &["sh", "-c", "exit 3"]).await;
+    assert_eq!(code, 3);
+    h.remove("three").await;
+
+    let (out, err, code) = h
+        .run(
+            "ids",
+            &[
+                "sh",
+                "-c",
+                "echo \"$FOO\"; pwd; id -u; id -g; id -G; hostname; echo $$; echo oops >&2",
+            ],
+        )
+        .await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out, "bar baz\n/work\n1234\n567\n567 89\ninside\n1\n");
+    assert_eq!(err, "oops\n");
+    h.remove("ids").await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stdin_comes_back_and_kill_reports_137() {
+    let h = Harness::new().await;
+    h.create("cat", &["cat"]).await.unwrap();
+    h.agent.start_container("cat").await.unwrap();
+    assert_eq!(
+        h.agent
+            .write_stdin("cat", "cat", b"ping\npong\n")
+            .await
+            .unwrap(),
+        10
+    );
+    h.agent.close_stdin("cat", "cat").await.unwrap();
+    let (out, _) = h.output("cat", "cat").await;
+    assert_eq!(out, "ping\npong\n");
+    assert_eq!(h.agent.wait_process("cat", "cat").await.unwrap(), 0);
+    h.remove("cat").await;
+
+    h.create("sleeper", &["sleep", "100"]).await.unwrap();
+    h.agent.start_container("sleeper").await.unwrap();
+    // A second process in the container's namespaces sees its pid 1 and hostname.
+    let mut exec = pb::ExecProcessRequest::new();
+    exec.container_id = "sleeper".into();
+    exec.exec_id = "probe".into();
+    let p = ProcessBuilder::default()
+        .args(vec![
+            "sh".to_string(),
+            "-c".into(),
+            "cat /proc/1/cmdline; echo; hostname; pwd".into(),
+        ])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/tmp")
+        .rlimits(vec![])
+        .build()
+        .unwrap();
+    exec.process = protobuf::MessageField::some(convert::process_to_proto(&p).unwrap());
+    h.agent.exec_process(exec).await.unwrap();
+    let (out, err) = h.output("sleeper", "probe").await;
+    assert_eq!(
+        h.agent.wait_process("sleeper", "probe").await.unwrap(),
+        0,
+        "stderr: {err}"
+    );
+    assert_eq!(out, "sleep\u{0}100\u{0}\ninside\n/tmp\n");
+
+    h.agent
+        .signal_process("sleeper", "sleeper", libc::SIGKILL as u32)
+        .await
+        .unwrap();
+    assert_eq!(
+        h.agent.wait_process("sleeper", "sleeper").await.unwrap(),
+        137
+    );
+    h.remove("sleeper").await;
+    h.finish().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn bad_requests_get_clear_errors_and_change_nothing() {
+    let h = Harness::new().await;
+    match h.create("ghost", &["no-such-binary"]).await {
+        Err(AgentError::Rpc { code, message, .. }) => {
+            assert_eq!(code, ttrpc::Code::INTERNAL);
+            assert!(message.contains("executable lookup"), "{message}");
+            assert!(message.contains("No such file"), "{message}");
+        }
+        other => panic!("expected an Rpc error, got {other:?}"),
+    }
+    h.agent.check().await.unwrap();
+    assert!(h.guest.sandbox().container_ids().is_empty());
+
+    let mut s = spec(&h.root, &["true"]);
+    s.root().clone().unwrap();
+    s.set_root(Some(
+        RootBuilder::default()
+            .path("/nonexistent/rootfs")
+            .build()
+            .unwrap(),
+    ));
+    let err = h.create_spec("noroot", s).await.unwrap_err();
+    assert!(
+        err.to_string()
+            .contains("rootfs /nonexistent/rootfs does not exist"),
+        "{err}"
+    );
+
+    let mut s = spec(&h.root, &["true"]);
+    let mut p = s.process().clone().unwrap();
+    p.set_cwd("/no/such/dir".into());
+    s.set_process(Some(p));
+    let err = h.create_spec("nocwd", s).await.unwrap_err();
+    assert!(err.to_string().contains("process.cwd"), "{err}");
+
+    let err = h.create("../escape", &["true"]).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Rpc {
+                code: ttrpc::Code::INVALID_ARGUMENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = "nospec".into();
+    let err = h.agent.create_container(req).await.unwrap_err();
+    assert!(err.to_string().contains("no OCI spec"), "{err}");
+
+    let err = h.agent.start_container("nope").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Rpc {
+                code: ttrpc::Code::NOT_FOUND,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let err = h.agent.wait_process("nope", "x").await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            AgentError::Rpc {
+                code: ttrpc::Code::NOT_FOUND,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+
+    // Created, never started, then removed: its waiting process goes away.
+    h.create("idle", &["true"]).await.unwrap();
+    assert!(h.create("idle", &["true"]).await.is_err(), "duplicate id");
+    h.remove("idle").await;
+
+    h.agent.check().await.unwrap();
+    h.finish().await;
+}
