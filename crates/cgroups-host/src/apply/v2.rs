@@ -1,16 +1,4 @@
 //! The cgroup v2 backend: one unified hierarchy.
-//!
-//! Splitting one process's threads between cgroups needs *threaded*
-//! cgroups: the VMM process sits in the sandbox cgroup (which becomes
-//! "domain threaded") and its vCPU threads in the threaded child `vcpus`,
-//! which carries the CPU constraints. The kernel refuses that when the
-//! sandbox cgroup already has domain children or domain controllers
-//! (memory, io) enabled for its subtree; apply then fails with
-//! [`Error::ThreadedModeUnavailable`] and unwinds, and the caller can fall
-//! back to `sandbox_cgroup_only`.
-//!
-//! The device allowlist needs a `BPF_PROG_TYPE_CGROUP_DEVICE` program on v2;
-//! it is planned but not loaded yet (a warning is logged).
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
@@ -36,6 +24,18 @@ const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
 const EVACUATE_ATTEMPTS: usize = 10;
 
 /// The cgroupfs v2 backend.
+///
+/// Splitting one process's threads between cgroups needs *threaded*
+/// cgroups: the VMM process sits in the sandbox cgroup (which becomes
+/// "domain threaded") and its vCPU threads in the threaded child `vcpus`,
+/// which carries the CPU constraints. The kernel refuses that when the
+/// sandbox cgroup already has domain children or domain controllers
+/// (memory, io) enabled for its subtree; apply then fails with
+/// [`Error::ThreadedModeUnavailable`] and unwinds, and the caller can fall
+/// back to `sandbox_cgroup_only`.
+///
+/// The device allowlist needs a `BPF_PROG_TYPE_CGROUP_DEVICE` program on v2;
+/// it is planned but not loaded yet (a warning is logged).
 #[derive(Debug)]
 pub struct CgroupfsV2 {
     root: PathBuf,
