@@ -12,7 +12,7 @@
 //!
 //! The crate is split in two:
 //!
-//! - [`plan`]: a pure planner — sandbox configuration and container
+//! - [`plan`](mod@plan): a pure planner — sandbox configuration and container
 //!   resources in, a [`CgroupPlan`] out (paths, constraint values for
 //!   cgroup v1 or v2, device allowlist, placement of each process and
 //!   thread class). Also the pure [`vm_size`] that sizes the VM from the
