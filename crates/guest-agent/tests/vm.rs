@@ -1,0 +1,243 @@
+//! End to end in a real VM (root, QEMU under TCG): the agent is `/init` of
+//! the image `make guest-image` builds; the container rootfs is a busybox
+//! tree shared by 9p. One VM serves all the checks, in order, to keep the
+//! suite short on two shared cores.
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder, RootBuilder, Spec, SpecBuilder,
+    UserBuilder,
+};
+use tokio::io::AsyncReadExt;
+use vc_agent_client::protocol::{agent as pb, convert};
+use vc_agent_client::{Agent, AgentConfig, AgentError, OutputStream, ProcessOutput, Transport, TtrpcAgent};
+
+/// Where `make guest-image` puts the image (override: `VC_GUEST_AGENT_IMAGE`).
+fn image_dir() -> PathBuf {
+    std::env::var_os("VC_GUEST_AGENT_IMAGE")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-guest-agent-image"))
+}
+
+struct Vm {
+    qemu: Child,
+    dir: tempfile::TempDir,
+}
+
+impl Vm {
+    fn boot() -> Vm {
+        // SAFETY: geteuid has no preconditions.
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "the VM tests need root (9p passthrough, container namespaces in the guest)");
+        let image = image_dir();
+        let (vmlinux, initrd) = (image.join("vmlinux"), image.join("initramfs.cpio"));
+        assert!(
+            vmlinux.exists() && initrd.exists(),
+            "no guest image at {}: run `make guest-image` first",
+            image.display()
+        );
+        assert!(Path::new("/bin/busybox").exists(), "needs /bin/busybox (busybox-static)");
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("rootfs");
+        for d in ["bin", "proc", "dev", "tmp", "work"] {
+            std::fs::create_dir_all(root.join(d)).unwrap();
+        }
+        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+        for a in ["sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true"] {
+            symlink("busybox", root.join("bin").join(a)).unwrap();
+        }
+        let sock = dir.path().join("agent.sock");
+        let qemu = Command::new("qemu-system-x86_64")
+            .args(["-M", "microvm,rtc=on", "-accel", "tcg,thread=multi", "-cpu", "max", "-m", "512M", "-smp", "2"])
+            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
+            .arg("-kernel")
+            .arg(&vmlinux)
+            .arg("-initrd")
+            .arg(&initrd)
+            .args(["-append", "console=ttyS0 reboot=t panic=-1 agent.log=debug"])
+            .arg("-serial")
+            .arg(format!("file:{}", dir.path().join("console.log").display()))
+            .args(["-device", "virtio-serial-device"])
+            .arg("-chardev")
+            .arg(format!("socket,id=agent,path={},server=on,wait=off", sock.display()))
+            .args(["-device", "virtserialport,chardev=agent,name=agent.channel.0"])
+            .arg("-fsdev")
+            .arg(format!("local,id=rootfs,path={},security_model=passthrough", root.display()))
+            .args(["-device", "virtio-9p-device,fsdev=rootfs,mount_tag=rootfs"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .spawn()
+            .expect("qemu-system-x86_64 (Debian package qemu-system-x86) must be installed");
+        Vm { qemu, dir }
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.path().join("agent.sock")
+    }
+
+    fn console(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for Vm {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("guest console:\n{}", self.console());
+        }
+        let _ = self.qemu.kill();
+        let _ = self.qemu.wait();
+    }
+}
+
+fn spec(cid: &str, args: &[&str]) -> Spec {
+    let ns = [LinuxNamespaceType::Mount, LinuxNamespaceType::Pid, LinuxNamespaceType::Uts, LinuxNamespaceType::Ipc]
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+        .collect::<Vec<_>>();
+    SpecBuilder::default()
+        .hostname("guest-box")
+        .root(RootBuilder::default().path(format!("/run/vc/{cid}/rootfs")).build().unwrap())
+        .process(
+            ProcessBuilder::default()
+                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .env(vec!["PATH=/bin".to_string(), "GREETING=hi there".into()])
+                .cwd("/work")
+                .user(UserBuilder::default().uid(1000u32).gid(1001u32).build().unwrap())
+                .build()
+                .unwrap(),
+        )
+        .mounts(vec![
+            MountBuilder::default().destination("/proc").typ("proc").source("proc").build().unwrap(),
+            MountBuilder::default().destination("/dev").typ("tmpfs").source("tmpfs").build().unwrap(),
+        ])
+        .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+        .build()
+        .unwrap()
+}
+
+async fn create(agent: &TtrpcAgent, cid: &str, args: &[&str]) -> vc_agent_client::Result<()> {
+    let mut storage = pb::Storage::new();
+    storage.driver = "9p".into();
+    storage.source = "rootfs".into();
+    storage.fstype = "9p".into();
+    storage.options = vec!["trans=virtio".into(), "version=9p2000.L".into()];
+    storage.mount_point = format!("/run/vc/{cid}/rootfs");
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = cid.into();
+    req.storages.push(storage);
+    req.OCI = protobuf::MessageField::some(convert::spec_to_proto(&spec(cid, args)).unwrap());
+    agent.create_container(req).await
+}
+
+async fn output(agent: &Arc<TtrpcAgent>, cid: &str, eid: &str) -> (String, String) {
+    let a: Arc<dyn Agent> = agent.clone();
+    let (mut out, mut err) = (String::new(), String::new());
+    let mut o = ProcessOutput::new(a.clone(), cid, eid, OutputStream::Stdout);
+    let mut e = ProcessOutput::new(a, cid, eid, OutputStream::Stderr);
+    let (x, y) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
+    x.unwrap();
+    y.unwrap();
+    (out, err)
+}
+
+async fn run(agent: &Arc<TtrpcAgent>, cid: &str, args: &[&str]) -> (String, String, i32) {
+    create(agent, cid, args).await.unwrap();
+    agent.start_container(cid).await.unwrap();
+    let (out, err) = output(agent, cid, cid).await;
+    let code = agent.wait_process(cid, cid).await.unwrap();
+    remove(agent, cid).await;
+    (out, err, code)
+}
+
+async fn remove(agent: &TtrpcAgent, cid: &str) {
+    let mut req = pb::RemoveContainerRequest::new();
+    req.container_id = cid.into();
+    req.timeout = 10;
+    agent.remove_container(req).await.unwrap();
+}
+
+async fn connect(vm: &Vm) -> Arc<TtrpcAgent> {
+    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let config = AgentConfig {
+        connect_timeout: Duration::from_secs(60),
+        call_timeout: Duration::from_secs(30),
+        ..AgentConfig::default()
+    };
+    match TtrpcAgent::connect(Transport::Serial { socket: vm.socket() }, config, &logger).await {
+        Ok(a) => Arc::new(a),
+        Err(e) => panic!("agent did not come up: {e}\nconsole:\n{}", vm.console()),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "work in progress: Check answers in the VM, CreateContainer does not return yet (see the agent issue's report)"]
+async fn containers_run_in_the_vm() {
+    let vm = Vm::boot();
+    let started = Instant::now();
+    let agent = connect(&vm).await;
+    eprintln!("agent answered {:?} after QEMU start", started.elapsed());
+
+    // echo hello: its output and exit 0.
+    let (out, err, code) = run(&agent, "echo", &["echo", "hello"]).await;
+    assert_eq!((out.as_str(), code), ("hello\n", 0), "stderr: {err}\nconsole:\n{}", vm.console());
+
+    // A command that exits 3 reports 3.
+    assert_eq!(run(&agent, "three", &["sh", "-c", "exit 3"]).await.2, 3);
+
+    // env, cwd, uid/gid and hostname from the spec.
+    let (out, err, code) = run(&agent, "ids", &["sh", "-c", "echo \"$GREETING\"; pwd; id -u; id -g; hostname"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(out, "hi there\n/work\n1000\n1001\nguest-box\n");
+
+    // stdin to cat comes back.
+    create(&agent, "cat", &["cat"]).await.unwrap();
+    agent.start_container("cat").await.unwrap();
+    agent.write_stdin("cat", "cat", b"through the guest\n").await.unwrap();
+    agent.close_stdin("cat", "cat").await.unwrap();
+    assert_eq!(output(&agent, "cat", "cat").await.0, "through the guest\n");
+    assert_eq!(agent.wait_process("cat", "cat").await.unwrap(), 0);
+    remove(&agent, "cat").await;
+
+    // sleep 100, a second process exec'd into it, then SIGKILL: 137.
+    create(&agent, "sleeper", &["sleep", "100"]).await.unwrap();
+    agent.start_container("sleeper").await.unwrap();
+    let mut exec = pb::ExecProcessRequest::new();
+    exec.container_id = "sleeper".into();
+    exec.exec_id = "probe".into();
+    let p = ProcessBuilder::default()
+        .args(vec!["sh".to_string(), "-c".into(), "cat /proc/1/cmdline; echo; hostname".into()])
+        .env(vec!["PATH=/bin".to_string()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    exec.process = protobuf::MessageField::some(convert::process_to_proto(&p).unwrap());
+    agent.exec_process(exec).await.unwrap();
+    let (out, err) = output(&agent, "sleeper", "probe").await;
+    assert_eq!(agent.wait_process("sleeper", "probe").await.unwrap(), 0, "stderr: {err}");
+    assert_eq!(out, "sleep\u{0}100\u{0}\nguest-box\n");
+    let stats = agent.stats_container("sleeper").await.unwrap();
+    assert!(stats.cgroup_stats.pids_stats.current >= 1, "{stats:?}");
+    agent.signal_process("sleeper", "sleeper", libc::SIGKILL as u32).await.unwrap();
+    assert_eq!(agent.wait_process("sleeper", "sleeper").await.unwrap(), 137);
+    remove(&agent, "sleeper").await;
+
+    // A missing binary: a clear error, and the agent still answers.
+    match create(&agent, "ghost", &["/bin/no-such-binary"]).await {
+        Err(AgentError::Rpc { message, .. }) => assert!(message.contains("executable lookup"), "{message}"),
+        other => panic!("expected an agent error, got {other:?}"),
+    }
+    agent.check().await.unwrap();
+
+    // The host disconnects and reconnects: a working agent again.
+    drop(agent);
+    let agent = connect(&vm).await;
+    agent.check().await.unwrap();
+    assert_eq!(run(&agent, "again", &["echo", "back"]).await.0, "back\n");
+}
