@@ -190,6 +190,10 @@ pub enum Error {
         source: Box<dyn std::error::Error + Send + Sync>,
     },
 
+    /// The mount table could not be read or parsed.
+    #[error("cannot read the mount table")]
+    MountTable(#[from] vc_mountinfo::Error),
+
     /// Reading a cgroup control file failed.
     #[error("cannot read {path}")]
     ReadCgroupFile {

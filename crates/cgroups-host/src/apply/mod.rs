@@ -105,18 +105,15 @@ pub struct CgroupRoots {
 impl CgroupRoots {
     /// The mounts of this process, from `/proc/self/mountinfo`.
     pub fn discover() -> Result<Self, Error> {
-        Self::discover_from(Path::new(mounts::PROC_SELF_MOUNTINFO))
+        Self::discover_from(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
     }
 
     /// The mounts listed in a mountinfo file.
     pub fn discover_from(mountinfo: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(mountinfo).map_err(|source| Error::ReadCgroupFile {
-            path: mountinfo.to_owned(),
-            source,
-        })?;
+        let table = vc_mountinfo::read_mountinfo(mountinfo)?;
         Ok(CgroupRoots {
-            v1: V1Mounts::from_mountinfo(&text),
-            v2: mounts::cgroup2_mount_from_mountinfo(&text),
+            v1: V1Mounts::from_mounts(&table),
+            v2: mounts::cgroup2_mount(&table),
         })
     }
 

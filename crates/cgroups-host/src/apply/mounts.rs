@@ -7,84 +7,9 @@ use std::path::{Path, PathBuf};
 use nix::sys::statfs::{CGROUP_SUPER_MAGIC, CGROUP2_SUPER_MAGIC, statfs};
 use nix::sys::statvfs::{FsFlags, statvfs};
 use serde::{Deserialize, Serialize};
+use vc_mountinfo::{MountInfo, parse_mountinfo};
 
 use crate::error::Error;
-
-/// The usual place of `/proc/self/mountinfo`.
-pub const PROC_SELF_MOUNTINFO: &str = "/proc/self/mountinfo";
-
-/// One line of `/proc/<pid>/mountinfo`, the fields we use.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct MountInfo {
-    /// Root of the mount within its filesystem (field 4).
-    pub root: PathBuf,
-    /// Mount point (field 5), octal escapes decoded.
-    pub mount_point: PathBuf,
-    /// Filesystem type (after the ` - ` separator).
-    pub fs_type: String,
-    /// Mount source.
-    pub source: String,
-    /// Per-superblock options (`rw,cpu,cpuacct`).
-    pub super_options: Vec<String>,
-}
-
-/// Decodes the octal escapes (`\040` for a space) that the kernel uses in
-/// mountinfo and mounts paths.
-pub fn unescape_mount_field(field: &str) -> String {
-    let bytes = field.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        if bytes[i] == b'\\'
-            && i + 3 < bytes.len()
-            && bytes[i + 1..i + 4]
-                .iter()
-                .all(|b| (b'0'..=b'7').contains(b))
-        {
-            let value = (bytes[i + 1] - b'0') as u32 * 64
-                + (bytes[i + 2] - b'0') as u32 * 8
-                + (bytes[i + 3] - b'0') as u32;
-            if let Ok(byte) = u8::try_from(value) {
-                out.push(byte);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(bytes[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
-/// Parses mountinfo text. Malformed lines are skipped: the file is written
-/// by the kernel, and one odd line must not hide the cgroup mounts.
-pub fn parse_mountinfo(text: &str) -> Vec<MountInfo> {
-    text.lines()
-        .filter_map(|line| {
-            let (before, after) = line.split_once(" - ")?;
-            let fields: Vec<&str> = before.split(' ').collect();
-            if fields.len() < 6 {
-                return None;
-            }
-            let mut tail = after.split(' ');
-            let fs_type = tail.next()?.to_owned();
-            let source = unescape_mount_field(tail.next()?);
-            let super_options = tail
-                .next()
-                .unwrap_or("")
-                .split(',')
-                .map(str::to_owned)
-                .collect();
-            Some(MountInfo {
-                root: PathBuf::from(unescape_mount_field(fields[3])),
-                mount_point: PathBuf::from(unescape_mount_field(fields[4])),
-                fs_type,
-                source,
-                super_options,
-            })
-        })
-        .collect()
-}
 
 /// The cgroup v1 controllers this crate uses.
 pub const V1_CONTROLLERS: [&str; 6] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
@@ -98,9 +23,14 @@ pub struct V1Mounts {
 impl V1Mounts {
     /// The v1 mounts listed in mountinfo text (the first mount of each
     /// controller wins, as in the kernel's own lookup order).
-    pub fn from_mountinfo(text: &str) -> Self {
+    pub fn from_mountinfo(text: &str) -> Result<Self, Error> {
+        Ok(Self::from_mounts(&parse_mountinfo(text)?))
+    }
+
+    /// The v1 mounts among parsed mountinfo entries.
+    pub fn from_mounts(table: &[MountInfo]) -> Self {
         let mut mounts = BTreeMap::new();
-        for m in parse_mountinfo(text) {
+        for m in table {
             if m.fs_type != "cgroup" {
                 continue;
             }
@@ -117,16 +47,12 @@ impl V1Mounts {
 
     /// The v1 mounts of this process (`/proc/self/mountinfo`).
     pub fn discover() -> Result<Self, Error> {
-        Self::discover_from(Path::new(PROC_SELF_MOUNTINFO))
+        Self::discover_from(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
     }
 
     /// The v1 mounts listed in a mountinfo file.
     pub fn discover_from(mountinfo: &Path) -> Result<Self, Error> {
-        let text = std::fs::read_to_string(mountinfo).map_err(|source| Error::ReadCgroupFile {
-            path: mountinfo.to_owned(),
-            source,
-        })?;
-        Ok(Self::from_mountinfo(&text))
+        Ok(Self::from_mounts(&vc_mountinfo::read_mountinfo(mountinfo)?))
     }
 
     /// Explicit mount points, e.g. `[("cpu", "/sys/fs/cgroup/cpu"), ...]`.
@@ -155,12 +81,12 @@ impl V1Mounts {
     }
 }
 
-/// The first cgroup2 mount point in mountinfo text.
-pub fn cgroup2_mount_from_mountinfo(text: &str) -> Option<PathBuf> {
-    parse_mountinfo(text)
-        .into_iter()
+/// The first cgroup2 mount point among parsed mountinfo entries.
+pub fn cgroup2_mount(table: &[MountInfo]) -> Option<PathBuf> {
+    table
+        .iter()
         .find(|m| m.fs_type == "cgroup2")
-        .map(|m| m.mount_point)
+        .map(|m| m.mount_point.clone())
 }
 
 /// Checks that `path` is a writable mount of the given cgroup version.
@@ -206,12 +132,11 @@ mod tests {
 40 31 0:37 / /sys/fs/cgroup/systemd rw,relatime - cgroup cgroup rw,name=systemd
 41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
 99 31 0:36 / /mnt/my\\040pids rw,relatime - cgroup cgroup rw,pids
-garbage line
 ";
 
     #[test]
     fn finds_v1_controllers_and_cgroup2() {
-        let m = V1Mounts::from_mountinfo(FIXTURE);
+        let m = V1Mounts::from_mountinfo(FIXTURE).unwrap();
         assert_eq!(m.get("cpu"), Some(Path::new("/sys/fs/cgroup/cpu,cpuacct")));
         assert_eq!(
             m.get("cpuacct"),
@@ -222,25 +147,18 @@ garbage line
         assert_eq!(m.get("pids"), Some(Path::new("/sys/fs/cgroup/pids")));
         assert_eq!(m.get("freezer"), None);
         assert_eq!(
-            cgroup2_mount_from_mountinfo(FIXTURE),
+            cgroup2_mount(&parse_mountinfo(FIXTURE).unwrap()),
             Some(PathBuf::from("/sys/fs/cgroup/unified"))
         );
     }
 
     #[test]
-    fn decodes_escapes_and_optional_fields() {
-        let all = parse_mountinfo(FIXTURE);
-        assert_eq!(all.len(), 9, "the garbage line is skipped");
-        let spaced = all
-            .iter()
-            .find(|m| m.mount_point.ends_with("my pids"))
-            .unwrap();
-        assert_eq!(spaced.mount_point, Path::new("/mnt/my pids"));
-        let shared = &all[1];
-        assert_eq!(shared.fs_type, "cgroup");
-        assert_eq!(shared.super_options, ["rw", "cpu", "cpuacct"]);
-        assert_eq!(unescape_mount_field("a\\011b\\134c"), "a\tb\\c");
-        assert_eq!(unescape_mount_field("trailing\\04"), "trailing\\04");
+    fn controller_mounts_with_spaces_are_found() {
+        let m = V1Mounts::from_mountinfo(
+            "99 31 0:36 / /mnt/my\\040pids rw,relatime - cgroup cgroup rw,pids\n",
+        )
+        .unwrap();
+        assert_eq!(m.get("pids"), Some(Path::new("/mnt/my pids")));
     }
 
     #[test]
