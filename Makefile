@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test prereqs fmt-check clippy doc unit bench
+.PHONY: demo test prereqs fmt-check clippy doc unit bench guest-image
 
 ## Installs what is missing, builds, and runs the main example.
 demo: prereqs
@@ -25,8 +25,19 @@ clippy:
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
-unit:
+unit: guest-image
 	$(CARGO) test --workspace
+
+## The guest image the agent's VM tests boot: the static guest agent as
+## /init, and vmlinux, built through vc-guest-image into target/.
+GUEST_AGENT_TARGET := x86_64-unknown-linux-gnu
+GUEST_AGENT_BIN := target/$(GUEST_AGENT_TARGET)/release/vc-guest-agent
+GUEST_IMAGE_DIR := target/vc-guest-agent-image
+guest-image:
+	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	  $(CARGO) build --release -p vc-guest-agent --target $(GUEST_AGENT_TARGET)
+	strip -o target/vc-guest-agent.init $(GUEST_AGENT_BIN)
+	$(CARGO) run --release -p vc-guest-image -- --out $(GUEST_IMAGE_DIR) --init target/vc-guest-agent.init
 
 ## Benchmarks (not part of `make test`: figures, not pass/fail).
 bench: prereqs

@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use protobuf::well_known_types::empty::Empty;
-use slog::{Logger, debug, warn};
+use slog::{Logger, info, warn};
 use ttrpc::r#async::TtrpcContext;
 use vc_agent_protocol::agent as pb;
 use vc_agent_protocol::health::{self, health_check_response::ServingStatus};
@@ -84,7 +84,7 @@ impl agent_ttrpc::AgentService for AgentService {
         _: &TtrpcContext,
         req: pb::CreateContainerRequest,
     ) -> R<Empty> {
-        debug!(self.logger, "CreateContainer"; "id" => &req.container_id);
+        info!(self.logger, "CreateContainer"; "id" => &req.container_id);
         let cid = req.container_id.clone();
         let res = async {
             let spec = req.OCI.as_ref().ok_or_else(|| Error::InvalidRequest {

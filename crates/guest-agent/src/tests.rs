@@ -27,8 +27,7 @@ fn require_root() {
     // SAFETY: geteuid has no preconditions.
     let euid = unsafe { libc::geteuid() };
     assert_eq!(
-        euid,
-        0,
+        euid, 0,
         "these tests need root (namespaces, mounts): run them as root"
     );
     assert!(

@@ -220,6 +220,7 @@ impl Sandbox {
             for s in storages {
                 undo.storages.push(storage::mount_storage(container_id, s)?);
             }
+            info!(self.logger, "storages mounted"; "id" => container_id, "count" => storages.len());
             if !Path::new(&rootfs).is_dir() {
                 return Err(Error::InvalidRequest {
                     container_id: container_id.to_owned(),
@@ -240,6 +241,7 @@ impl Sandbox {
                 tokio::task::spawn_blocking(move || spawn::spawn_container(&reaper, &cid, &plan))
                     .await
                     .map_err(|e| Error::sys("spawn task")(std::io::Error::other(e)))??;
+            info!(self.logger, "container process set up"; "id" => container_id, "pid" => spawned.pid);
             if let Some(cg) = &undo.cgroup
                 && let Err(e) = cg.add(spawned.pid)
             {
