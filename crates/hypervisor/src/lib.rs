@@ -1,6 +1,111 @@
-//! The hypervisor layer of virtcontainers-rs.
+//! The hypervisor layer of virtcontainers-rs: the [`Hypervisor`] trait,
+//! its real backend [`Qemu`], the accelerator probe and the kernel
+//! command-line builder.
 //!
-//! This crate will hold the async `Hypervisor` trait, the QEMU backend driven
-//! through QMP, the accelerator probe (KVM when it can run a stock guest,
-//! otherwise TCG) and the pure kernel command-line builder. It is filled by
-//! the hypervisor issue; until then it exports nothing.
+//! # Pieces
+//!
+//! - [`HypervisorConfig`] says what a VM is made of (kernel, initrd, vCPUs,
+//!   memory, devices, runtime dir, ...), validated with typed
+//!   [`ConfigError`]s before anything starts.
+//! - [`Hypervisor`] and [`DeviceHotplug`] are the async, object-safe traits
+//!   the upper layers program against (`Arc<dyn Hypervisor>`).
+//! - [`Qemu`] runs `qemu-system-x86_64` (machine `q35`, PVH direct boot of an
+//!   uncompressed `vmlinux`, `-nodefaults`, qboot firmware when installed)
+//!   as a supervised child driven over QMP with the `qapi` crate. Its
+//!   state serializes ([`Hypervisor::save_state`]) so another process can
+//!   [`attach`] to the running VM.
+//! - [`accel`] picks KVM when it can run a stock guest, else TCG; a PVM host
+//!   (`/sys/module/kvm_pvm`) counts as "cannot".
+//! - [`KernelParamsBuilder`] assembles base parameters, systemd masks, debug and
+//!   trace switches, `agent.*` parameters, user overrides.
+//! - `testing::MockHypervisor` (feature `testing`) is a complete fake that
+//!   records calls and fails any method on request.
+//!
+//! # Runtime needs
+//!
+//! The async methods run on tokio with I/O and time enabled
+//! (`Builder::enable_all`). The runtime dir holds `qmp.sock`,
+//! `console.sock` (the guest's serial console, also logged to
+//! `console.log`), `agent.sock` (the agent channel) and `qemu.log`
+//! (QEMU's stderr); a stop removes them (logs are kept with
+//! `keep_logs`).
+//!
+//! # Example
+//!
+//! Building and checking a config (what runs before any process):
+//!
+//! ```
+//! use vc_hypervisor::{ConfigError, HypervisorConfig, KernelParams, KernelParamsBuilder};
+//!
+//! let params = KernelParamsBuilder::new()
+//!     .agent("log", "debug")
+//!     .extra(KernelParams::parse("console=hvc0").unwrap())
+//!     .build();
+//! assert_eq!(params.get("console"), Some(Some("hvc0")));
+//!
+//! let mut config = HypervisorConfig::new("sandbox-1", "/nonexistent/vmlinux", "/run/vc/sandbox-1");
+//! config.kernel_params = params;
+//! assert!(matches!(config.validate(), Err(ConfigError::KernelNotFound { .. })));
+//! ```
+//!
+//! Booting a VM (needs QEMU, a guest image and root for some devices):
+//!
+//! ```no_run
+//! use std::time::Duration;
+//! use vc_hypervisor::{BlockDevice, Device, DeviceHotplug, Hypervisor, HypervisorConfig, Qemu};
+//!
+//! # async fn run() -> vc_hypervisor::Result<()> {
+//! let logger = slog::Logger::root(slog::Discard, slog::o!());
+//! let config = HypervisorConfig::new("sandbox-1", "/var/lib/vc/vmlinux", "/run/vc/sandbox-1")
+//!     .with_initrd("/var/lib/vc/initramfs.cpio");
+//! let vm = Qemu::new(config, logger)?;
+//! vm.start(Duration::from_secs(30)).await?;
+//! println!("vCPU threads: {:?}", vm.vcpu_threads().await?);
+//! let disk = vm.hotplug(Device::Block(BlockDevice::new("disk1", "/var/lib/vc/disk.img"))).await?;
+//! println!("the guest finds the disk at {:?}", disk.address);
+//! vm.stop(Duration::from_secs(5)).await?;
+//! # Ok(())
+//! # }
+//! ```
+
+pub mod accel;
+mod config;
+mod device;
+mod error;
+mod hypervisor;
+mod kernel_params;
+pub mod qemu;
+#[cfg(feature = "testing")]
+pub mod testing;
+
+pub use config::{
+    AGENT_CHANNEL_NAME, Accelerator, AgentChannel, DEFAULT_QEMU_BINARY, Firmware, HypervisorConfig,
+    MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, MachineType, MemoryConfig, QBOOT_FIRMWARE, RootImage,
+    SUN_PATH_MAX, VcpuConfig, check_socket_path,
+};
+pub use device::{
+    AttachedDevice, BlockDevice, BlockFormat, Device, DeviceKind, GuestAddress, MacAddress,
+    NetworkDevice, PciPath, SerialPort, ShareBackend, SharedDir, VfioDevice, VsockDevice,
+};
+pub use error::{ConfigError, Error, KvmUnusable, Result, Unsupported};
+pub use hypervisor::{
+    AgentEndpoint, Capabilities, DeviceHotplug, ExitStatus, ExitWatch, Hypervisor, HypervisorState,
+    VcpuThread, VmExit, VmStatus,
+};
+pub use kernel_params::{
+    AGENT_PREFIX, KernelParam, KernelParams, KernelParamsBuilder, SYSTEMD_MASKED_UNITS,
+};
+pub use qemu::{Qemu, QemuState};
+
+/// Takes over a running VM from its saved state (see
+/// [`Hypervisor::save_state`]), e.g. in another process.
+pub async fn attach(state: HypervisorState, logger: slog::Logger) -> Result<Box<dyn Hypervisor>> {
+    match state {
+        HypervisorState::Qemu(state) => Ok(Box::new(Qemu::attach(state, logger).await?)),
+        #[cfg(feature = "testing")]
+        HypervisorState::Mock(state) => {
+            let _ = logger;
+            Ok(Box::new(testing::MockHypervisor::from_state(state)))
+        }
+    }
+}

@@ -1,0 +1,229 @@
+//! The traits a VMM backend implements, and the types they exchange.
+
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use async_trait::async_trait;
+use serde::{Deserialize, Serialize};
+use tokio::sync::watch;
+
+use crate::config::HypervisorConfig;
+use crate::device::{AttachedDevice, Device, DeviceKind};
+use crate::error::Result;
+
+/// A VMM running one VM.
+///
+/// A backend is created from a [`HypervisorConfig`] (the "prepare" step:
+/// validation, accelerator choice; no process yet), then
+/// [`start`](Self::start)ed and eventually [`stop`](Self::stop)ped. All
+/// methods take `&self`, so one handle can be shared (`Arc<dyn
+/// Hypervisor>`) between the code that drives the VM and a task that
+/// watches it. Every method that waits has a bound: an explicit timeout,
+/// or the config's `qmp_timeout`.
+#[async_trait]
+pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
+    /// The config the VM was prepared from.
+    fn config(&self) -> &HypervisorConfig;
+
+    /// What this backend can do on this host.
+    fn capabilities(&self) -> Capabilities;
+
+    /// Starts the VMM and returns once it is running and answering
+    /// (not when the guest has booted: the agent tells that). On failure
+    /// nothing is left: no process, no socket.
+    async fn start(&self, timeout: Duration) -> Result<()>;
+
+    /// Stops the VM: asks the VMM to quit, waits up to `timeout`, then
+    /// kills it; removes its sockets (and logs unless kept). Works on a VM
+    /// whose VMM already died. Idempotent.
+    async fn stop(&self, timeout: Duration) -> Result<()>;
+
+    /// Pauses the vCPUs.
+    async fn pause(&self) -> Result<()>;
+
+    /// Resumes paused vCPUs.
+    async fn resume(&self) -> Result<()>;
+
+    /// Health check: asks the VMM for the run state. An error means the
+    /// VMM does not answer or is gone.
+    async fn check(&self) -> Result<VmStatus>;
+
+    /// The host thread of each vCPU, queried now (vCPUs can be hot-plugged,
+    /// so callers must not cache this).
+    async fn vcpu_threads(&self) -> Result<Vec<VcpuThread>>;
+
+    /// The host processes of this VM (the VMM; helpers it owns). Empty when
+    /// not running.
+    fn vmm_pids(&self) -> Vec<u32>;
+
+    /// How the host reaches the guest agent.
+    fn agent_endpoint(&self) -> AgentEndpoint;
+
+    /// Devices attached now (cold- and hot-plugged), with guest addresses.
+    fn devices(&self) -> Vec<AttachedDevice>;
+
+    /// A watch that resolves when the VMM process exits, for whatever
+    /// reason (stop, guest power-off, crash, kill -9).
+    fn exit_watch(&self) -> ExitWatch;
+
+    /// The state another process needs to [`attach`](crate::attach) to
+    /// this running VM. Persist it after every change (start, hot-plug).
+    fn save_state(&self) -> Result<HypervisorState>;
+}
+
+/// Adding and removing devices of a running VM. The device manager needs
+/// only this part of a [`Hypervisor`].
+#[async_trait]
+pub trait DeviceHotplug: Send + Sync {
+    /// Hot-plugs `device` and returns where the guest finds it. On
+    /// failure, what was half-added is removed again. A kind the backend
+    /// or host cannot hot-plug is an [`Unsupported`](crate::Unsupported) error.
+    async fn hotplug(&self, device: Device) -> Result<AttachedDevice>;
+
+    /// Unplugs the hot-plugged device `id`, waiting up to `timeout` for the
+    /// guest to release it.
+    async fn unplug(&self, id: &str, timeout: Duration) -> Result<()>;
+}
+
+/// Which kinds of device and features a backend supports on this host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Capabilities {
+    /// Kinds that can be present at boot.
+    pub coldplug: Vec<DeviceKind>,
+    /// Kinds that can be hot-plugged (and unplugged).
+    pub hotplug: Vec<DeviceKind>,
+    /// vsock works (the host has `/dev/vhost-vsock`).
+    pub vsock: bool,
+    /// Pause and resume work.
+    pub pause: bool,
+}
+
+impl Capabilities {
+    /// Whether `kind` can be hot-plugged.
+    pub fn can_hotplug(&self, kind: DeviceKind) -> bool {
+        self.hotplug.contains(&kind)
+    }
+
+    /// Whether `kind` can be present at boot.
+    pub fn can_coldplug(&self, kind: DeviceKind) -> bool {
+        self.coldplug.contains(&kind)
+    }
+}
+
+/// The VM's run state, from the VMM.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum VmStatus {
+    /// vCPUs run.
+    Running,
+    /// Paused by [`Hypervisor::pause`].
+    Paused,
+    /// Created but not started, or in another VMM-specific state.
+    Other(String),
+}
+
+/// A vCPU and its host thread.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VcpuThread {
+    /// vCPU index.
+    pub cpu: u32,
+    /// Host thread id (a task of the VMM process).
+    pub tid: u32,
+}
+
+/// How the host connects to the agent in the guest.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AgentEndpoint {
+    /// A unix socket the VMM listens on, carrying a virtio-serial port's bytes.
+    VirtioSerial {
+        /// The socket.
+        socket: PathBuf,
+        /// The port name the guest sees.
+        port_name: String,
+    },
+    /// vsock: connect to `(guest_cid, port)`.
+    Vsock {
+        /// Guest CID.
+        guest_cid: u32,
+        /// Agent port.
+        port: u32,
+    },
+    /// Hybrid vsock: connect to `socket`, send `CONNECT <port>\n`.
+    HybridVsock {
+        /// The VMM's unix socket.
+        socket: PathBuf,
+        /// Agent port.
+        port: u32,
+    },
+}
+
+/// How the VMM process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmExit {
+    /// Its pid.
+    pub pid: u32,
+    /// Exit code or signal.
+    pub status: ExitStatus,
+}
+
+/// An exit code or a signal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ExitStatus {
+    /// Exited with this code.
+    Code(i32),
+    /// Killed by this signal.
+    Signal(i32),
+    /// Not our child (attached from a saved state): the status is not ours to read.
+    Unknown,
+}
+
+impl fmt::Display for VmExit {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self.status {
+            ExitStatus::Code(code) => write!(f, "pid {} exited with code {code}", self.pid),
+            ExitStatus::Signal(sig) => write!(f, "pid {} killed by signal {sig}", self.pid),
+            ExitStatus::Unknown => write!(f, "pid {} exited", self.pid),
+        }
+    }
+}
+
+/// Resolves when the VMM exits; cheap to clone and move into a task.
+#[derive(Debug, Clone)]
+pub struct ExitWatch(watch::Receiver<Option<VmExit>>);
+
+impl ExitWatch {
+    /// Wraps a watch channel the backend publishes the exit on.
+    pub fn new(rx: watch::Receiver<Option<VmExit>>) -> Self {
+        Self(rx)
+    }
+
+    /// The exit, if it happened.
+    pub fn exited(&self) -> Option<VmExit> {
+        *self.0.borrow()
+    }
+
+    /// Waits for the exit. Returns `None` if the backend was dropped
+    /// without the VMM exiting (it was detached, or never started).
+    pub async fn wait(&mut self) -> Option<VmExit> {
+        if let Ok(exit) = self.0.wait_for(Option::is_some).await {
+            return *exit;
+        }
+        *self.0.borrow()
+    }
+}
+
+/// The saved state of a running VM, for [`attach`](crate::attach) from
+/// another process. Serialize it with serde (JSON is what the SDK uses).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "backend", rename_all = "snake_case")]
+#[non_exhaustive]
+pub enum HypervisorState {
+    /// A QEMU VM.
+    Qemu(crate::qemu::QemuState),
+    /// A mock VM (testing).
+    #[cfg(feature = "testing")]
+    Mock(crate::testing::MockState),
+}

@@ -1,0 +1,40 @@
+//! QMP commands whose arguments are the same JSON the command line uses
+//! for cold-plugged devices, so a device is described once for both
+//! paths. They plug into the `qapi` client like its generated commands.
+
+use serde::Serialize;
+use serde_json::Value;
+
+macro_rules! json_command {
+    ($(#[$doc:meta])* $name:ident = $qmp:literal) => {
+        $(#[$doc])*
+        #[derive(Debug, Clone, Serialize)]
+        #[serde(transparent)]
+        pub struct $name(pub Value);
+
+        impl qapi::Command for $name {
+            type Ok = qapi::Empty;
+            const NAME: &'static str = $qmp;
+            const ALLOW_OOB: bool = false;
+        }
+
+        impl qapi::qmp::QmpCommand for $name {}
+    };
+}
+
+json_command!(
+    /// `device_add` with the same JSON as `-device`.
+    DeviceAdd = "device_add"
+);
+json_command!(
+    /// `blockdev-add` with the same JSON as `-blockdev`.
+    BlockdevAdd = "blockdev-add"
+);
+json_command!(
+    /// `chardev-add` (`{"id": .., "backend": ..}`).
+    ChardevAdd = "chardev-add"
+);
+json_command!(
+    /// `netdev_add` (`{"type": "tap", "id": .., ...}`).
+    NetdevAdd = "netdev_add"
+);
