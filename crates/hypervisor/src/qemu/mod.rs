@@ -377,11 +377,19 @@ impl Qemu {
             .await
             .map_err(spawn_err)?;
         // Our child cannot be reaped by anyone else, so the pid is stable here.
-        let pidfd = process::pidfd_open(pid).map_err(|source| Error::Process {
-            op: "open pidfd of",
-            pid,
-            source,
-        })?;
+        let pidfd = match process::pidfd_open(pid) {
+            Ok(pidfd) => pidfd,
+            Err(source) => {
+                // Without a pidfd it cannot be supervised: end it now, by
+                // pid (still ours and unreaped, so not reused).
+                process::kill_and_reap_child(pid);
+                return Err(Error::Process {
+                    op: "open pidfd of",
+                    pid,
+                    source,
+                });
+            }
+        };
         let start_time = process::start_time(pid).unwrap_or(0);
         let ports = HotplugPorts::new(self.config.hotplug_ports);
         let vm = self.supervise(

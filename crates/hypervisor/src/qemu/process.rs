@@ -74,6 +74,16 @@ fn spawner() -> &'static Mutex<mpsc::Sender<(Command, SpawnReply)>> {
     })
 }
 
+/// Kills and reaps our child `pid` without a pidfd (only for a child we
+/// have not reaped: its pid cannot have been reused).
+pub fn kill_and_reap_child(pid: u32) {
+    let Some(pid) = i32::try_from(pid).ok().and_then(Pid::from_raw) else {
+        return;
+    };
+    let _ = rustix::process::kill_process(pid, Signal::KILL);
+    let _ = rustix::process::waitpid(Some(pid), rustix::process::WaitOptions::empty());
+}
+
 /// Opens a pidfd for `pid`.
 pub fn pidfd_open(pid: u32) -> io::Result<OwnedFd> {
     let pid = i32::try_from(pid)

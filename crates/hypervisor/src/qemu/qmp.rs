@@ -166,3 +166,121 @@ impl Qmp {
             .take();
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+    use tokio::net::UnixListener;
+
+    const GREETING: &str = r#"{"QMP": {"version": {"qemu": {"micro": 0, "minor": 2, "major": 7}, "package": ""}, "capabilities": []}}"#;
+    const RUNNING: &str =
+        r#"{"return": {"status": "running", "singlestep": false, "running": true}}"#;
+
+    /// A QMP server that answers capabilities and query-status, emits an
+    /// event before each answer, and hangs up after `answers_per_session`.
+    fn fake_qemu(listener: UnixListener, answers_per_session: usize) -> Arc<AtomicUsize> {
+        let sessions = Arc::new(AtomicUsize::new(0));
+        let count = sessions.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = listener.accept().await {
+                count.fetch_add(1, Ordering::SeqCst);
+                let (read, mut write) = stream.into_split();
+                let mut lines = BufReader::new(read).lines();
+                write
+                    .write_all(format!("{GREETING}\n").as_bytes())
+                    .await
+                    .unwrap();
+                let mut answered = 0;
+                while let Ok(Some(line)) = lines.next_line().await {
+                    let reply = if line.contains("qmp_capabilities") {
+                        r#"{"return": {}}"#
+                    } else {
+                        RUNNING
+                    };
+                    if !line.contains("qmp_capabilities") {
+                        let event = r#"{"event": "RESUME", "timestamp": {"seconds": 1, "microseconds": 2}}"#;
+                        write
+                            .write_all(format!("{event}\n").as_bytes())
+                            .await
+                            .unwrap();
+                    }
+                    write
+                        .write_all(format!("{reply}\n").as_bytes())
+                        .await
+                        .unwrap();
+                    if !line.contains("qmp_capabilities") {
+                        answered += 1;
+                        if answered == answers_per_session {
+                            break;
+                        }
+                    }
+                }
+            }
+        });
+        sessions
+    }
+
+    fn logger() -> slog::Logger {
+        slog::Logger::root(slog::Discard, slog::o!())
+    }
+
+    #[tokio::test]
+    async fn commands_events_and_reconnect_after_hangup() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("qmp.sock");
+        let sessions = fake_qemu(UnixListener::bind(&path).unwrap(), 1);
+        let qmp = Qmp::new(&path, Duration::from_secs(5), logger());
+        let mut events = qmp.subscribe().await.unwrap();
+        let status = qmp.execute(qapi::qmp::query_status {}).await.unwrap();
+        assert!(status.running);
+        let event = tokio::time::timeout(Duration::from_secs(5), events.recv())
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(matches!(event, Event::RESUME { .. }), "{event:?}");
+        // The server hung up: once the reader notices, the next command
+        // opens a new session.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while qmp.live_session().is_some() {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "session not seen as closed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert!(
+            qmp.execute(qapi::qmp::query_status {})
+                .await
+                .unwrap()
+                .running
+        );
+        assert_eq!(sessions.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn missing_socket_and_silent_server_are_errors_not_hangs() {
+        let dir = tempfile::tempdir().unwrap();
+        let qmp = Qmp::new(
+            &dir.path().join("none.sock"),
+            Duration::from_millis(200),
+            logger(),
+        );
+        assert!(matches!(qmp.connect().await, Err(Error::QmpConnect { .. })));
+
+        // A server that never greets: the connect times out.
+        let path = dir.path().join("mute.sock");
+        let listener = UnixListener::bind(&path).unwrap();
+        let _keep = tokio::spawn(async move {
+            let (_stream, _) = listener.accept().await.unwrap();
+            tokio::time::sleep(Duration::from_secs(60)).await;
+        });
+        let qmp = Qmp::new(&path, Duration::from_millis(200), logger());
+        let err = qmp.connect().await.unwrap_err();
+        assert!(
+            matches!(&err, Error::QmpConnect { source, .. } if source.kind() == std::io::ErrorKind::TimedOut),
+            "{err}"
+        );
+    }
+}

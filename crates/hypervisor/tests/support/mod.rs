@@ -76,6 +76,9 @@ pub fn require_vm_host() {
             vc_hypervisor::DEFAULT_QEMU_BINARY
         ));
     }
+    if !Path::new("/dev/net/tun").exists() {
+        missing.push("/dev/net/tun (the tap NIC hot-plug)".to_owned());
+    }
     if !Path::new("/bin/busybox").exists() {
         missing.push("/bin/busybox (apt-get install busybox-static)".to_owned());
     }
