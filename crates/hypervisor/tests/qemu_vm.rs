@@ -103,6 +103,9 @@ fn vm_lifecycle_vcpus_pause_hotplug_and_clean_stop() {
         let (mut guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
         println!("guest ready: {ready}");
         assert_eq!(vm.check().await.unwrap(), VmStatus::Running);
+        // The guest console is captured (nobody is connected to its socket).
+        let console = std::fs::read_to_string(runtime_dir.join("console.log")).unwrap();
+        assert!(console.contains("vc-test-init: serving on /dev/vport"), "console.log: {console:?}");
 
         // vCPU threads are real threads of the QEMU process, named by
         // debug-threads, and are queried afresh.
