@@ -3,7 +3,8 @@
 //! The agent is multi-threaded and the child is created with a raw `clone`
 //! (to pass namespace flags), so the child must not allocate or take locks:
 //! everything it uses was computed by the planner, and it calls only thin
-//! system-call wrappers. A failure is reported as a fixed-size record
+//! system-call wrappers, or the raw system call where glibc's wrapper does
+//! process-wide work (the `set*id` calls). A failure is reported as a fixed-size record
 //! `(step, errno)` on the status pipe, and the child exits.
 
 use std::ffi::CStr;
@@ -401,13 +402,23 @@ fn setup_process<'a>(ctx: &ChildContext<'a>) -> Result<&'a CStr, (Step, i32)> {
         check(unsafe { libc::prctl(libc::PR_SET_KEEPCAPS, 1, 0, 0, 0) })
             .map_err(|e| (Step::Capabilities, e))?;
     }
-    // SAFETY: `groups` is a valid slice of gid_t.
-    check(unsafe { libc::setgroups(p.groups.len(), p.groups.as_ptr()) })
-        .map_err(|e| (Step::Setgroups, e))?;
-    // SAFETY: plain integer arguments.
-    check(unsafe { libc::setgid(p.gid) }).map_err(|e| (Step::Setgid, e))?;
-    // SAFETY: plain integer arguments.
-    check(unsafe { libc::setuid(p.uid) }).map_err(|e| (Step::Setuid, e))?;
+    // Raw system calls, not glibc's wrappers: those apply the change to
+    // every thread glibc knows of (the "setxid" broadcast) and wait for
+    // each to answer; after a raw clone of a multi-threaded agent those
+    // threads do not exist in the child, so the static agent hung there
+    // forever. The child has one thread: the per-thread call is the whole
+    // process.
+    // SAFETY: `groups` is a valid slice of gid_t of the given length.
+    check(unsafe {
+        libc::syscall(libc::SYS_setgroups, p.groups.len(), p.groups.as_ptr()) as libc::c_int
+    })
+    .map_err(|e| (Step::Setgroups, e))?;
+    // SAFETY: plain integer arguments (real, effective, saved: all the same).
+    check(unsafe { libc::syscall(libc::SYS_setresgid, p.gid, p.gid, p.gid) as libc::c_int })
+        .map_err(|e| (Step::Setgid, e))?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, p.uid, p.uid, p.uid) as libc::c_int })
+        .map_err(|e| (Step::Setuid, e))?;
     if let Some(caps) = &p.caps {
         #[repr(C)]
         struct Header {
