@@ -1,6 +1,89 @@
-//! virtcontainers-rs: run OCI containers inside lightweight virtual machines.
+//! virtcontainers-rs: run OCI containers inside lightweight virtual
+//! machines.
 //!
-//! This crate will compose the leaf crates (`vc-cgroups-host`,
-//! `vc-hypervisor`, `vc-agent-client`, `vc-device-manager`) behind the
-//! Sandbox/Container API (`create_sandbox`, `cleanup_container`, ...). It is
-//! filled by the Sandbox API issue; until then it exports nothing.
+//! This crate is the SDK's face. It composes the leaf crates —
+//! `vc-cgroups-host` (host cgroups), `vc-hypervisor` (the VM),
+//! `vc-agent-client` (the guest agent) — behind a small API:
+//!
+//! - [`create_sandbox`] boots a sandbox (a VM with its agent) and creates
+//!   its containers, unwinding every step on failure;
+//! - [`Sandbox`] drives it: containers (create, start, exec, wait, kill,
+//!   stop, pause, resume, update, stats, delete) and the sandbox itself
+//!   (start, stop, pause, resume, delete, status);
+//! - [`fetch_sandbox`] gives another process a working handle to a
+//!   running sandbox; [`cleanup_container`] stops and deletes a container
+//!   (and the sandbox with its last container); [`reclaim`] frees a sandbox
+//!   whose creator died.
+//!
+//! State lives in `<state_root>/<id>/state.json` (versioned JSON, written
+//! atomically) under a file lock: shared for reads, exclusive for changes.
+//! Every host resource is recorded before it is made.
+//!
+//! Container rootfs and bind-mount volumes reach the guest through one
+//! filesystem share per sandbox ([`FsShare`]): virtio-fs (`virtiofsd`) when
+//! installed, else virtio-9p. Kubernetes emptyDir volumes stay in the
+//! guest; memory-backed ones are a tmpfs there.
+//!
+//! # Example
+//!
+//! ```no_run
+//! use std::sync::Arc;
+//! use tokio::io::AsyncReadExt;
+//! use virtcontainers::{ContainerConfig, QemuFactory, SandboxConfig, VmConfig, create_sandbox};
+//!
+//! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
+//! let logger = slog::Logger::root(slog::Discard, slog::o!());
+//! let vm = VmConfig::new("/var/lib/vc/vmlinux", "/var/lib/vc/initramfs.cpio");
+//! let mut config = SandboxConfig::new("sandbox-1", vm);
+//! config.containers.push(ContainerConfig::from_bundle("app", "/bundles/app")?);
+//!
+//! let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger).await?;
+//! let mut io = sandbox.start_container("app").await?;
+//! let mut out = String::new();
+//! io.stdout.read_to_string(&mut out).await?;
+//! let code = sandbox.wait_container("app").await?;
+//! println!("{out} (exit {code})");
+//! sandbox.stop(std::time::Duration::from_secs(5)).await?;
+//! sandbox.delete().await?;
+//! # Ok(()) }
+//! ```
+
+mod config;
+mod container_spec;
+mod error;
+mod factory;
+pub mod fs_share;
+mod host_mounts;
+mod id;
+pub mod mounts;
+pub mod persist;
+mod process;
+mod sandbox;
+mod state;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
+mod undo;
+
+pub use config::{
+    AgentSettings, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
+    SandboxConfig, VmConfig,
+};
+pub use container_spec::{GUEST_EPHEMERAL_DIR, GUEST_LOCAL_DIR};
+pub use error::{CreateStep, Error, Result};
+pub use factory::{QemuFactory, VmFactory, transport_for};
+pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
+pub use id::{IdKind, IdRule, MAX_ID_LEN, validate_id};
+pub use sandbox::{
+    CleanupOutcome, ContainerStatus, ProcessIo, Sandbox, SandboxStatus, cleanup_container,
+    create_sandbox, fetch_sandbox, reclaim,
+};
+pub use state::{
+    CgroupsRecord, ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources,
+    PersistedSettings, SandboxPhase, SandboxState,
+};
+
+// Re-exported so embedders name the same types.
+pub use oci_spec;
+pub use vc_agent_client;
+pub use vc_cgroups_host;
+pub use vc_hypervisor;

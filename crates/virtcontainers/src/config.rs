@@ -1,0 +1,351 @@
+//! What a sandbox is made of: [`SandboxConfig`] and [`ContainerConfig`],
+//! and their validation (pure but for checking that paths exist).
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use vc_cgroups_host::plan::{CgroupDriver, Overhead};
+use vc_hypervisor::Accelerator;
+
+use crate::error::Error;
+use crate::id::{IdKind, validate_id};
+
+/// Where the SDK keeps its files on the host.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Paths {
+    /// Sandbox state (`<state_root>/<id>/state.json` and its lock).
+    pub state_root: PathBuf,
+    /// Per-VM runtime directories (QMP, agent and console sockets, logs).
+    pub runtime_root: PathBuf,
+    /// The host side of each sandbox's filesystem share.
+    pub shared_root: PathBuf,
+}
+
+impl Default for Paths {
+    fn default() -> Self {
+        Paths {
+            state_root: "/run/vc/sbs".into(),
+            runtime_root: "/run/vc/vm".into(),
+            shared_root: "/run/vc/shared".into(),
+        }
+    }
+}
+
+impl Paths {
+    /// All three roots under one directory (`<dir>/sbs`, `<dir>/vm`,
+    /// `<dir>/shared`), e.g. a test's temporary directory.
+    pub fn under(dir: impl AsRef<Path>) -> Self {
+        let dir = dir.as_ref();
+        Paths {
+            state_root: dir.join("sbs"),
+            runtime_root: dir.join("vm"),
+            shared_root: dir.join("shared"),
+        }
+    }
+}
+
+/// The VM: guest image, sizing, accelerator.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmConfig {
+    /// Uncompressed guest kernel (`vmlinux`, PVH boot).
+    pub kernel: PathBuf,
+    /// Initramfs whose `/init` is the guest agent.
+    pub initrd: PathBuf,
+    /// The QEMU binary.
+    pub qemu_binary: PathBuf,
+    /// Accelerator (KVM when usable, else TCG, by default).
+    pub accelerator: Accelerator,
+    /// vCPUs for the guest itself, added to what the containers ask for.
+    pub default_vcpus: u32,
+    /// Memory (MiB) for the guest itself, added to the containers' limits.
+    pub default_memory_mib: u64,
+    /// Upper bound on vCPUs.
+    pub max_vcpus: u32,
+    /// Extra kernel parameters (`key=value` or `flag`), overriding defaults
+    /// by key.
+    pub kernel_params: Vec<String>,
+    /// Guest agent log level and console kept after stop.
+    pub debug: bool,
+    /// How long the VM may take to start and its agent to answer.
+    pub start_timeout: Duration,
+    /// How long a graceful VM stop may take before it is killed.
+    pub stop_timeout: Duration,
+}
+
+impl VmConfig {
+    /// A VM booting `kernel` and `initrd` with the defaults: 1 vCPU and
+    /// 256 MiB for the guest, KVM when usable, QEMU from Debian's package.
+    pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
+        VmConfig {
+            kernel: kernel.into(),
+            initrd: initrd.into(),
+            qemu_binary: vc_hypervisor::DEFAULT_QEMU_BINARY.into(),
+            accelerator: Accelerator::Auto,
+            default_vcpus: 1,
+            default_memory_mib: 256,
+            max_vcpus: std::thread::available_parallelism()
+                .map(|n| n.get() as u32)
+                .unwrap_or(1)
+                .max(1),
+            kernel_params: Vec::new(),
+            debug: false,
+            start_timeout: Duration::from_secs(60),
+            stop_timeout: Duration::from_secs(5),
+        }
+    }
+}
+
+/// Host cgroups of the sandbox (see `vc-cgroups-host`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupsConfig {
+    /// cgroupfs (v1 or v2, detected) or systemd (planned only).
+    pub driver: CgroupDriver,
+    /// The sandbox's OCI `linux.cgroupsPath` (the pod sandbox container's);
+    /// `None` puts the sandbox under `/virtcontainers`.
+    pub cgroups_path: Option<String>,
+    /// Put everything, this process included, in the sandbox cgroup.
+    pub sandbox_cgroup_only: bool,
+    /// Headroom added to the summed memory and pids limits.
+    pub overhead: Overhead,
+}
+
+impl Default for CgroupsConfig {
+    fn default() -> Self {
+        CgroupsConfig {
+            driver: CgroupDriver::Cgroupfs,
+            cgroups_path: None,
+            sandbox_cgroup_only: false,
+            overhead: Overhead::default(),
+        }
+    }
+}
+
+/// Which filesystem share carries container rootfs and volumes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FsShareKind {
+    /// virtio-fs when `virtiofsd` is installed, else virtio-9p.
+    #[default]
+    Auto,
+    /// virtio-9p, built into QEMU.
+    NineP,
+    /// virtio-fs, served by `virtiofsd`.
+    VirtioFs,
+}
+
+/// The filesystem share.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FsShareConfig {
+    /// Which share.
+    pub kind: FsShareKind,
+    /// The `virtiofsd` binary; `None` searches `PATH`, `/usr/libexec`,
+    /// `/usr/local/bin` and `~/.cargo/bin`.
+    pub virtiofsd: Option<PathBuf>,
+}
+
+impl Default for FsShareConfig {
+    fn default() -> Self {
+        FsShareConfig {
+            kind: FsShareKind::Auto,
+            virtiofsd: None,
+        }
+    }
+}
+
+/// Talking to the guest agent.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AgentSettings {
+    /// Limit for each agent call (except waits for processes).
+    pub call_timeout: Duration,
+}
+
+impl Default for AgentSettings {
+    fn default() -> Self {
+        AgentSettings {
+            call_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// One container: an OCI bundle.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ContainerConfig {
+    /// The container id, unique in its sandbox.
+    pub id: String,
+    /// The bundle directory (its `root.path` is relative to it).
+    pub bundle: PathBuf,
+    /// The OCI runtime spec.
+    pub spec: Spec,
+}
+
+impl ContainerConfig {
+    /// Loads `<bundle>/config.json`.
+    pub fn from_bundle(id: impl Into<String>, bundle: impl Into<PathBuf>) -> Result<Self, Error> {
+        let id = id.into();
+        let bundle = bundle.into();
+        check_bundle_dir(&id, &bundle)?;
+        let path = bundle.join("config.json");
+        let spec = Spec::load(&path).map_err(|e| Error::InvalidBundle {
+            container: id.clone(),
+            path,
+            reason: e.to_string(),
+        })?;
+        Ok(ContainerConfig { id, bundle, spec })
+    }
+
+    /// The container's rootfs on the host: `root.path`, relative to the
+    /// bundle unless absolute.
+    pub fn rootfs(&self) -> Result<PathBuf, Error> {
+        let root = self
+            .spec
+            .root()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidSpec {
+                container: self.id.clone(),
+                reason: "no root".into(),
+            })?;
+        let path = root.path();
+        Ok(if path.is_absolute() {
+            path.clone()
+        } else {
+            self.bundle.join(path)
+        })
+    }
+
+    /// Checks the id, the bundle and the rootfs.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_id(IdKind::Container, &self.id)?;
+        check_bundle_dir(&self.id, &self.bundle)?;
+        let rootfs = self.rootfs()?;
+        if !rootfs.is_dir() {
+            return Err(Error::InvalidBundle {
+                container: self.id.clone(),
+                path: rootfs,
+                reason: "the rootfs (root.path) is not a directory".into(),
+            });
+        }
+        let process = self
+            .spec
+            .process()
+            .as_ref()
+            .ok_or_else(|| Error::InvalidSpec {
+                container: self.id.clone(),
+                reason: "no process".into(),
+            })?;
+        if process.args().as_ref().is_none_or(|a| a.is_empty()) {
+            return Err(Error::InvalidSpec {
+                container: self.id.clone(),
+                reason: "process.args is empty".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+fn check_bundle_dir(id: &str, bundle: &Path) -> Result<(), Error> {
+    let reason = match std::fs::metadata(bundle) {
+        Ok(m) if m.is_dir() => return Ok(()),
+        Ok(_) => "not a directory".to_owned(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => "does not exist".to_owned(),
+        Err(e) => e.to_string(),
+    };
+    Err(Error::InvalidBundle {
+        container: id.to_owned(),
+        path: bundle.to_owned(),
+        reason,
+    })
+}
+
+/// Everything [`crate::create_sandbox`] needs.
+#[derive(Debug, Clone)]
+pub struct SandboxConfig {
+    /// The sandbox id.
+    pub id: String,
+    /// Where the SDK keeps its files.
+    pub paths: Paths,
+    /// The VM.
+    pub vm: VmConfig,
+    /// Host cgroups; `None` leaves cgroups to the embedder.
+    pub cgroups: Option<CgroupsConfig>,
+    /// The filesystem share.
+    pub fs_share: FsShareConfig,
+    /// The agent.
+    pub agent: AgentSettings,
+    /// The guest's hostname (default: the sandbox id).
+    pub hostname: Option<String>,
+    /// Containers created with the sandbox.
+    pub containers: Vec<ContainerConfig>,
+    /// How long an operation waits for the sandbox's lock.
+    pub lock_timeout: Duration,
+}
+
+impl SandboxConfig {
+    /// A sandbox with default paths, host cgroups, share and timeouts.
+    pub fn new(id: impl Into<String>, vm: VmConfig) -> Self {
+        SandboxConfig {
+            id: id.into(),
+            paths: Paths::default(),
+            vm,
+            cgroups: Some(CgroupsConfig::default()),
+            fs_share: FsShareConfig::default(),
+            agent: AgentSettings::default(),
+            hostname: None,
+            containers: Vec::new(),
+            lock_timeout: Duration::from_secs(10),
+        }
+    }
+
+    /// Checks everything that can be checked before touching the host:
+    /// ids, unique container ids, bundles, sizes, socket path lengths.
+    pub fn validate(&self) -> Result<(), Error> {
+        validate_id(IdKind::Sandbox, &self.id)?;
+        let invalid = |what: String| Err(Error::InvalidConfig { what });
+        if self.vm.default_vcpus == 0 {
+            return invalid("vm.default_vcpus must be at least 1".into());
+        }
+        if self.vm.max_vcpus < self.vm.default_vcpus {
+            return invalid(format!(
+                "vm.max_vcpus ({}) is below vm.default_vcpus ({})",
+                self.vm.max_vcpus, self.vm.default_vcpus
+            ));
+        }
+        if self.vm.default_memory_mib < vc_hypervisor::MIN_MEMORY_MIB {
+            return invalid(format!(
+                "vm.default_memory_mib ({}) is below the guest minimum ({} MiB)",
+                self.vm.default_memory_mib,
+                vc_hypervisor::MIN_MEMORY_MIB
+            ));
+        }
+        for (name, path) in [
+            ("vm.kernel", &self.vm.kernel),
+            ("vm.initrd", &self.vm.initrd),
+        ] {
+            if !path.is_file() {
+                return invalid(format!("{name} {} is not a file", path.display()));
+            }
+        }
+        // The longest socket the VM gets: <runtime_root>/<id>/console.sock.
+        let longest = self.paths.runtime_root.join(&self.id).join("console.sock");
+        vc_hypervisor::check_socket_path(&longest).map_err(|e| Error::InvalidConfig {
+            what: format!("paths.runtime_root is too long for the VM's sockets: {e}"),
+        })?;
+        if let Some(h) = &self.hostname {
+            if h.is_empty() || h.len() > 64 || h.contains(['/', '\0', ' ']) {
+                return invalid(format!("hostname {h:?} is not a valid host name"));
+            }
+        }
+        let mut seen = std::collections::HashSet::new();
+        for c in &self.containers {
+            c.validate()?;
+            if !seen.insert(c.id.as_str()) {
+                return Err(Error::ContainerExists {
+                    sandbox: self.id.clone(),
+                    container: c.id.clone(),
+                });
+            }
+        }
+        Ok(())
+    }
+}

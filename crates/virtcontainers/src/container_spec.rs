@@ -1,0 +1,305 @@
+//! From a container's OCI bundle to what the guest gets: the host bind
+//! mounts into the sandbox share, the guest's spec (paths rewritten to
+//! where things are inside the VM) and the storages the agent mounts.
+//! Pure: the host mount table is passed in.
+
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
+use vc_agent_client::protocol::agent::Storage;
+use vc_mountinfo::MountInfo;
+
+use crate::config::ContainerConfig;
+use crate::error::Error;
+use crate::fs_share::GUEST_SHARED_DIR;
+use crate::mounts::{GuestMount, classify};
+
+/// Where guest-local emptyDir volumes live in the guest.
+pub const GUEST_LOCAL_DIR: &str = "/run/vc/local";
+/// Where memory-backed emptyDir volumes are mounted in the guest.
+pub const GUEST_EPHEMERAL_DIR: &str = "/run/vc/ephemeral";
+
+/// One bind mount to make on the host, into the sandbox share.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct HostBind {
+    /// The host path.
+    pub source: PathBuf,
+    /// Where it goes, inside the share's host directory.
+    pub target: PathBuf,
+    /// Read-only.
+    pub read_only: bool,
+}
+
+/// What creating a container needs, worked out before anything is done.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct ContainerLayout {
+    /// Host bind mounts, rootfs first.
+    pub binds: Vec<HostBind>,
+    /// The spec the agent gets.
+    pub spec: Spec,
+    /// Storages the agent mounts before creating the container.
+    pub storages: Vec<Storage>,
+}
+
+fn guest_path(container: &str, rel: &str) -> String {
+    format!("{GUEST_SHARED_DIR}/{container}/{rel}")
+}
+
+/// Lays out container `cfg` in a sandbox whose share exports `shared_dir`.
+pub(crate) fn layout(
+    cfg: &ContainerConfig,
+    shared_dir: &Path,
+    host_mounts: &[MountInfo],
+) -> Result<ContainerLayout, Error> {
+    let id = &cfg.id;
+    let host_container_dir = shared_dir.join(id);
+    let mut binds = vec![HostBind {
+        source: cfg.rootfs()?,
+        target: host_container_dir.join("rootfs"),
+        read_only: false,
+    }];
+    let mut spec = cfg.spec.clone();
+    let mut root = spec.root().clone().ok_or_else(|| Error::InvalidSpec {
+        container: id.clone(),
+        reason: "no root".into(),
+    })?;
+    root.set_path(PathBuf::from(guest_path(id, "rootfs")));
+    spec.set_root(Some(root));
+
+    let mut storages: Vec<Storage> = Vec::new();
+    let mut mounts: Vec<Mount> = Vec::new();
+    for (i, m) in spec
+        .mounts()
+        .clone()
+        .unwrap_or_default()
+        .into_iter()
+        .enumerate()
+    {
+        let mut m = m;
+        match classify(&m, host_mounts) {
+            GuestMount::Guest => {}
+            GuestMount::Shared { source, read_only } => {
+                let rel = format!("mounts/{i}");
+                binds.push(HostBind {
+                    source,
+                    target: host_container_dir.join(&rel),
+                    read_only,
+                });
+                m.set_source(Some(PathBuf::from(guest_path(id, &rel))));
+                m.set_typ(Some("bind".into()));
+            }
+            GuestMount::LocalDir { name } => {
+                let dir = format!("{GUEST_LOCAL_DIR}/{name}");
+                push_storage(&mut storages, "local", "", "", &dir);
+                m.set_source(Some(PathBuf::from(dir)));
+                m.set_typ(Some("bind".into()));
+            }
+            GuestMount::Ephemeral { name } => {
+                let dir = format!("{GUEST_EPHEMERAL_DIR}/{name}");
+                push_storage(&mut storages, "ephemeral", "tmpfs", "tmpfs", &dir);
+                m.set_source(Some(PathBuf::from(dir)));
+                m.set_typ(Some("bind".into()));
+            }
+        }
+        mounts.push(m);
+    }
+    spec.set_mounts(Some(mounts));
+
+    // Hooks name host binaries, which do not exist in the guest.
+    spec.set_hooks(None);
+    if let Some(linux) = spec.linux().clone() {
+        let mut linux = linux;
+        // The host's cgroup path means nothing in the guest: the agent
+        // places the container in its own hierarchy.
+        linux.set_cgroups_path(None);
+        // The VM is the network boundary: containers share the guest's
+        // network namespace, which holds the sandbox's interfaces.
+        if let Some(ns) = linux.namespaces().clone() {
+            linux.set_namespaces(Some(
+                ns.into_iter()
+                    .filter(|n| n.typ() != LinuxNamespaceType::Network)
+                    .collect(),
+            ));
+        }
+        spec.set_linux(Some(linux));
+    }
+    Ok(ContainerLayout {
+        binds,
+        spec,
+        storages,
+    })
+}
+
+fn push_storage(
+    storages: &mut Vec<Storage>,
+    driver: &str,
+    fstype: &str,
+    source: &str,
+    mount_point: &str,
+) {
+    if storages.iter().any(|s| s.mount_point == mount_point) {
+        return;
+    }
+    let mut s = Storage::new();
+    s.driver = driver.into();
+    s.fstype = fstype.into();
+    s.source = source.into();
+    s.mount_point = mount_point.into();
+    storages.push(s);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use oci_spec::runtime::{
+        LinuxBuilder, LinuxNamespaceBuilder, MountBuilder, ProcessBuilder, RootBuilder, SpecBuilder,
+    };
+
+    fn config(mounts: Vec<Mount>) -> ContainerConfig {
+        let spec = SpecBuilder::default()
+            .root(
+                RootBuilder::default()
+                    .path("rootfs")
+                    .readonly(true)
+                    .build()
+                    .unwrap(),
+            )
+            .process(
+                ProcessBuilder::default()
+                    .args(vec!["sh".to_owned()])
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(mounts)
+            .linux(
+                LinuxBuilder::default()
+                    .cgroups_path("/kubepods/pod1/c1")
+                    .namespaces(vec![
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Network)
+                            .path("/proc/1/ns/net")
+                            .build()
+                            .unwrap(),
+                        LinuxNamespaceBuilder::default()
+                            .typ(LinuxNamespaceType::Pid)
+                            .build()
+                            .unwrap(),
+                    ])
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        ContainerConfig {
+            id: "c1".into(),
+            bundle: "/bundles/c1".into(),
+            spec,
+        }
+    }
+
+    fn bind(src: &str, dst: &str) -> Mount {
+        MountBuilder::default()
+            .source(src)
+            .destination(dst)
+            .typ("bind")
+            .options(vec!["rbind".to_owned(), "ro".to_owned()])
+            .build()
+            .unwrap()
+    }
+
+    #[test]
+    fn rootfs_and_binds_go_through_the_share() {
+        let proc_mount = MountBuilder::default()
+            .destination("/proc")
+            .typ("proc")
+            .source("proc")
+            .build()
+            .unwrap();
+        let cfg = config(vec![proc_mount.clone(), bind("/srv/data", "/data")]);
+        let l = layout(&cfg, Path::new("/run/vc/shared/sb1"), &[]).unwrap();
+        assert_eq!(
+            l.binds,
+            vec![
+                HostBind {
+                    source: "/bundles/c1/rootfs".into(),
+                    target: "/run/vc/shared/sb1/c1/rootfs".into(),
+                    read_only: false,
+                },
+                HostBind {
+                    source: "/srv/data".into(),
+                    target: "/run/vc/shared/sb1/c1/mounts/1".into(),
+                    read_only: true,
+                },
+            ]
+        );
+        let root = l.spec.root().as_ref().unwrap();
+        assert_eq!(root.path(), Path::new("/run/vc/shared/c1/rootfs"));
+        assert_eq!(root.readonly(), Some(true));
+        let mounts = l.spec.mounts().as_ref().unwrap();
+        assert_eq!(mounts[0], proc_mount);
+        assert_eq!(
+            mounts[1].source().as_deref(),
+            Some(Path::new("/run/vc/shared/c1/mounts/1"))
+        );
+        assert_eq!(mounts[1].destination(), Path::new("/data"));
+        assert!(l.storages.is_empty());
+    }
+
+    #[test]
+    fn host_only_settings_are_dropped() {
+        let l = layout(&config(vec![]), Path::new("/s"), &[]).unwrap();
+        let linux = l.spec.linux().as_ref().unwrap();
+        assert_eq!(linux.cgroups_path(), &None);
+        let types: Vec<_> = linux
+            .namespaces()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|n| n.typ())
+            .collect();
+        assert_eq!(types, [LinuxNamespaceType::Pid]);
+    }
+
+    #[test]
+    fn empty_dirs_become_storages_once() {
+        let table = vc_mountinfo::parse_mountinfo(
+            "50 25 0:60 / /k/pods/u/volumes/kubernetes.io~empty-dir/mem rw - tmpfs tmpfs rw\n",
+        )
+        .unwrap();
+        let cfg = config(vec![
+            bind("/k/pods/u/volumes/kubernetes.io~empty-dir/scratch", "/a"),
+            bind("/k/pods/u/volumes/kubernetes.io~empty-dir/scratch", "/b"),
+            bind("/k/pods/u/volumes/kubernetes.io~empty-dir/mem", "/c"),
+        ]);
+        let l = layout(&cfg, Path::new("/s"), &table).unwrap();
+        assert_eq!(l.binds.len(), 1, "only the rootfs crosses the share");
+        let points: Vec<_> = l
+            .storages
+            .iter()
+            .map(|s| (s.driver.as_str(), s.mount_point.as_str()))
+            .collect();
+        assert_eq!(
+            points,
+            [
+                ("local", "/run/vc/local/scratch"),
+                ("ephemeral", "/run/vc/ephemeral/mem")
+            ]
+        );
+        let sources: Vec<_> = l
+            .spec
+            .mounts()
+            .as_ref()
+            .unwrap()
+            .iter()
+            .map(|m| m.source().clone().unwrap())
+            .collect();
+        assert_eq!(
+            sources,
+            [
+                PathBuf::from("/run/vc/local/scratch"),
+                PathBuf::from("/run/vc/local/scratch"),
+                PathBuf::from("/run/vc/ephemeral/mem")
+            ]
+        );
+    }
+}

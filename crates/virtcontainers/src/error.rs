@@ -1,0 +1,288 @@
+//! The crate's error type.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::id::{IdKind, IdRule};
+
+/// Result alias of this crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// A step of [`crate::create_sandbox`], named in its errors.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CreateStep {
+    /// Validating the configuration (nothing touched yet).
+    Validate,
+    /// Creating the state directory and taking its lock.
+    State,
+    /// Creating the host cgroups.
+    Cgroups,
+    /// Preparing the host side of the filesystem share.
+    FsShare,
+    /// Starting the VM.
+    StartVm,
+    /// Moving the VMM's threads into the cgroups.
+    ConstrainVm,
+    /// Connecting to the guest agent.
+    ConnectAgent,
+    /// Reading the guest's details.
+    GuestDetails,
+    /// Setting up the sandbox in the guest (the share's mount, hostname).
+    GuestSandbox,
+    /// Creating the sandbox's containers.
+    Containers,
+}
+
+/// Everything that can go wrong in the Sandbox/Container API.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// An id broke one of the rules of [`crate::validate_id`].
+    #[error("invalid {kind} id {id:?}: {rule}")]
+    InvalidId {
+        /// What the id names.
+        kind: IdKind,
+        /// The rejected id.
+        id: String,
+        /// The rule it broke.
+        rule: IdRule,
+    },
+
+    /// A configuration value that cannot work.
+    #[error("invalid configuration: {what}")]
+    InvalidConfig {
+        /// What is wrong.
+        what: String,
+    },
+
+    /// A container bundle that is missing, not a directory, or unreadable.
+    #[error("container {container:?}: invalid bundle {path}: {reason}")]
+    InvalidBundle {
+        /// The container id.
+        container: String,
+        /// The bundle (or file in it) at fault.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// An OCI spec the SDK cannot run.
+    #[error("container {container:?}: invalid spec: {reason}")]
+    InvalidSpec {
+        /// The container id.
+        container: String,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A sandbox with this id exists already (alive, or left over by a
+    /// crash: [`crate::reclaim`] frees a dead one).
+    #[error("sandbox {id:?} already exists")]
+    AlreadyExists {
+        /// The sandbox id.
+        id: String,
+    },
+
+    /// No sandbox with this id.
+    #[error("sandbox {id:?} not found")]
+    NotFound {
+        /// The sandbox id.
+        id: String,
+    },
+
+    /// A container with this id exists already in the sandbox.
+    #[error("container {container:?} already exists in sandbox {sandbox:?}")]
+    ContainerExists {
+        /// The sandbox id.
+        sandbox: String,
+        /// The container id.
+        container: String,
+    },
+
+    /// No container with this id in the sandbox.
+    #[error("container {container:?} not found in sandbox {sandbox:?}")]
+    ContainerNotFound {
+        /// The sandbox id.
+        sandbox: String,
+        /// The container id.
+        container: String,
+    },
+
+    /// The operation does not apply in the current state.
+    #[error("cannot {operation} {subject}: it is {state}")]
+    WrongState {
+        /// What was asked.
+        operation: &'static str,
+        /// `sandbox "x"` or `container "y"`.
+        subject: String,
+        /// Its current state.
+        state: String,
+    },
+
+    /// Reading or writing the persisted state failed.
+    #[error("state I/O on {path}")]
+    StateIo {
+        /// The file or directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A state file that does not parse.
+    #[error("corrupt state file {path}")]
+    StateCorrupt {
+        /// The file.
+        path: PathBuf,
+        /// The parse error.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A state file written by an incompatible version of the SDK.
+    #[error("state file {path} has version {found}; this build reads version {supported}")]
+    UnsupportedStateVersion {
+        /// The file.
+        path: PathBuf,
+        /// The version found.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+
+    /// Another process held the sandbox's lock for too long.
+    #[error("sandbox {id:?} is locked by another operation ({path}); gave up after {timeout:?}")]
+    LockTimeout {
+        /// The sandbox id.
+        id: String,
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+    },
+
+    /// A hypervisor operation failed.
+    #[error("hypervisor: cannot {operation}")]
+    Hypervisor {
+        /// What was attempted.
+        operation: &'static str,
+        /// The hypervisor's error.
+        #[source]
+        source: vc_hypervisor::Error,
+    },
+
+    /// An agent call failed.
+    #[error("agent: {operation} failed")]
+    Agent {
+        /// The call.
+        operation: &'static str,
+        /// The agent's error.
+        #[source]
+        source: vc_agent_client::AgentError,
+    },
+
+    /// A host cgroups operation failed.
+    #[error("host cgroups: cannot {operation}")]
+    Cgroups {
+        /// What was attempted.
+        operation: &'static str,
+        /// The cgroups error.
+        #[source]
+        source: vc_cgroups_host::Error,
+    },
+
+    /// A host mount or unmount failed.
+    #[error("cannot {operation} {target}")]
+    HostMount {
+        /// `mount`, `unmount`, ...
+        operation: &'static str,
+        /// The mount point.
+        target: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A host file or directory operation failed.
+    #[error("cannot {operation} {path}")]
+    HostIo {
+        /// What was attempted.
+        operation: &'static str,
+        /// The path.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// A helper process (virtiofsd, ...) failed to start or died.
+    #[error("helper {program}: {reason}")]
+    Helper {
+        /// The program.
+        program: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+
+    /// An operation did not finish in time.
+    #[error("{operation} timed out after {timeout:?}")]
+    Timeout {
+        /// What was waited for.
+        operation: &'static str,
+        /// The limit.
+        timeout: Duration,
+    },
+
+    /// Creating the sandbox failed at `step`; everything done before it
+    /// was undone.
+    #[error("creating sandbox {sandbox:?} failed at step {step:?}")]
+    Create {
+        /// The sandbox id.
+        sandbox: String,
+        /// The step that failed.
+        step: CreateStep,
+        /// Why.
+        #[source]
+        source: Box<Error>,
+    },
+
+    /// A forced cleanup freed what it could; these are what it could not.
+    #[error("cleanup of sandbox {sandbox:?} left {} error(s); first: {}", errors.len(), errors.first().map(ToString::to_string).unwrap_or_default())]
+    Cleanup {
+        /// The sandbox id.
+        sandbox: String,
+        /// Every error met, in order.
+        errors: Vec<Error>,
+    },
+}
+
+impl Error {
+    pub(crate) fn hypervisor(
+        operation: &'static str,
+    ) -> impl FnOnce(vc_hypervisor::Error) -> Error {
+        move |source| Error::Hypervisor { operation, source }
+    }
+
+    pub(crate) fn agent(
+        operation: &'static str,
+    ) -> impl FnOnce(vc_agent_client::AgentError) -> Error {
+        move |source| Error::Agent { operation, source }
+    }
+
+    pub(crate) fn cgroups(operation: &'static str) -> impl FnOnce(vc_cgroups_host::Error) -> Error {
+        move |source| Error::Cgroups { operation, source }
+    }
+
+    pub(crate) fn host_io(
+        operation: &'static str,
+        path: impl Into<PathBuf>,
+    ) -> impl FnOnce(std::io::Error) -> Error {
+        let path = path.into();
+        move |source| Error::HostIo {
+            operation,
+            path,
+            source,
+        }
+    }
+}

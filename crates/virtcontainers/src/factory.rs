@@ -1,0 +1,97 @@
+//! How a sandbox gets its VM and its agent connection: the [`VmFactory`]
+//! seam. [`QemuFactory`] boots a fresh QEMU VM per sandbox; a pool of
+//! pre-booted VMs or VM templating plug in here, and tests inject fakes.
+
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use slog::Logger;
+use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
+use vc_hypervisor::{AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu};
+
+use crate::error::Error;
+
+/// Provides a sandbox's VM and agent.
+#[async_trait]
+pub trait VmFactory: Send + Sync {
+    /// A VM for `config`, prepared (validated, accelerator chosen) but not
+    /// started.
+    fn new_vm(
+        &self,
+        config: HypervisorConfig,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Hypervisor>, Error>;
+
+    /// Takes over a running VM from its saved state (another process
+    /// started it).
+    async fn attach_vm(
+        &self,
+        state: HypervisorState,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Hypervisor>, Error>;
+
+    /// Connects to the agent of a started VM, retrying until it answers or
+    /// `config.connect_timeout` passes.
+    async fn connect_agent(
+        &self,
+        endpoint: &AgentEndpoint,
+        config: AgentConfig,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Agent>, Error>;
+}
+
+/// Boots a new QEMU VM for every sandbox and talks ttrpc to its agent.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct QemuFactory;
+
+/// The agent transport for a hypervisor's agent endpoint.
+pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
+    match endpoint {
+        AgentEndpoint::VirtioSerial { socket, .. } => Transport::Serial {
+            socket: socket.clone(),
+        },
+        AgentEndpoint::Vsock { guest_cid, port } => Transport::Vsock {
+            cid: *guest_cid,
+            port: *port,
+        },
+        AgentEndpoint::HybridVsock { socket, port } => Transport::HybridVsock {
+            socket: socket.clone(),
+            port: *port,
+        },
+    }
+}
+
+#[async_trait]
+impl VmFactory for QemuFactory {
+    fn new_vm(
+        &self,
+        config: HypervisorConfig,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Hypervisor>, Error> {
+        let vm = Qemu::new(config, logger.clone()).map_err(Error::hypervisor("prepare the VM"))?;
+        Ok(Arc::new(vm))
+    }
+
+    async fn attach_vm(
+        &self,
+        state: HypervisorState,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Hypervisor>, Error> {
+        let vm = vc_hypervisor::attach(state, logger.clone())
+            .await
+            .map_err(Error::hypervisor("attach to the running VM"))?;
+        Ok(Arc::from(vm))
+    }
+
+    async fn connect_agent(
+        &self,
+        endpoint: &AgentEndpoint,
+        config: AgentConfig,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Agent>, Error> {
+        let agent = TtrpcAgent::connect(transport_for(endpoint), config, logger)
+            .await
+            .map_err(Error::agent("connect"))?;
+        Ok(Arc::new(agent))
+    }
+}

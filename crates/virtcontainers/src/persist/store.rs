@@ -1,0 +1,442 @@
+//! On-disk sandbox state: one directory per sandbox, a lock file, and a
+//! versioned JSON state written atomically.
+//!
+//! ```text
+//! <root>/<sandbox id>/lock        flock(2): shared to read, exclusive to change
+//! <root>/<sandbox id>/state.json  {"version": 1, ...}
+//! ```
+//!
+//! The lock lives inside the directory it protects. Removing a sandbox
+//! unlinks the lock file while holding it; a process that was waiting for
+//! the lock notices (the file it locked is no longer the one at the path)
+//! and reports the sandbox gone instead of acting on a deleted one.
+
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::MetadataExt;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use nix::fcntl::{Flock, FlockArg};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::error::Error;
+
+/// Version of the state format this build writes and reads.
+pub const STATE_VERSION: u32 = 1;
+
+const STATE_FILE: &str = "state.json";
+const LOCK_FILE: &str = "lock";
+const LOCK_POLL: Duration = Duration::from_millis(10);
+
+/// Shared (read) or exclusive (change) access to one sandbox's state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Several readers at once.
+    Shared,
+    /// One writer, no readers.
+    Exclusive,
+}
+
+/// The directory holding every sandbox's state.
+#[derive(Debug, Clone)]
+pub struct Store {
+    root: PathBuf,
+}
+
+/// One sandbox's state directory, locked for as long as this lives.
+#[derive(Debug)]
+pub struct SandboxStore {
+    id: String,
+    dir: PathBuf,
+    mode: LockMode,
+    _lock: Flock<File>,
+}
+
+impl Store {
+    /// A store rooted at `root` (created on first use).
+    pub fn new(root: impl Into<PathBuf>) -> Self {
+        Store { root: root.into() }
+    }
+
+    /// The root directory.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The state directory of sandbox `id`.
+    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
+        self.root.join(id)
+    }
+
+    /// Claims a new sandbox directory and locks it exclusively. Fails with
+    /// [`Error::AlreadyExists`] when the directory exists (the caller
+    /// decides whether its owner is alive).
+    pub fn create(&self, id: &str) -> Result<SandboxStore, Error> {
+        std::fs::create_dir_all(&self.root).map_err(|source| Error::StateIo {
+            path: self.root.clone(),
+            source,
+        })?;
+        let dir = self.sandbox_dir(id);
+        match std::fs::create_dir(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                return Err(Error::AlreadyExists { id: id.to_owned() });
+            }
+            Err(source) => return Err(Error::StateIo { path: dir, source }),
+        }
+        let lock_path = dir.join(LOCK_FILE);
+        let file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&lock_path)
+            .map_err(|source| Error::StateIo {
+                path: lock_path.clone(),
+                source,
+            })?;
+        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
+            // Someone locked a directory we created a moment ago: they found
+            // it by listing; treat it as taken.
+            Error::StateIo {
+                path: lock_path,
+                source: errno.into(),
+            }
+        })?;
+        Ok(SandboxStore {
+            id: id.to_owned(),
+            dir,
+            mode: LockMode::Exclusive,
+            _lock: lock,
+        })
+    }
+
+    /// Opens an existing sandbox's state and locks it, waiting at most
+    /// `timeout` for the lock.
+    pub async fn open(
+        &self,
+        id: &str,
+        mode: LockMode,
+        timeout: Duration,
+    ) -> Result<SandboxStore, Error> {
+        let dir = self.sandbox_dir(id);
+        let lock_path = dir.join(LOCK_FILE);
+        let deadline = Instant::now() + timeout;
+        loop {
+            let file = match OpenOptions::new().write(true).open(&lock_path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    return Err(Error::NotFound { id: id.to_owned() });
+                }
+                Err(source) => {
+                    return Err(Error::StateIo {
+                        path: lock_path,
+                        source,
+                    });
+                }
+            };
+            let arg = match mode {
+                LockMode::Shared => FlockArg::LockSharedNonblock,
+                LockMode::Exclusive => FlockArg::LockExclusiveNonblock,
+            };
+            match Flock::lock(file, arg) {
+                Ok(lock) => {
+                    // The sandbox may have been removed while we waited: then
+                    // the file we hold is no longer the one at the path.
+                    if !same_file(&lock, &lock_path) {
+                        return Err(Error::NotFound { id: id.to_owned() });
+                    }
+                    return Ok(SandboxStore {
+                        id: id.to_owned(),
+                        dir,
+                        mode,
+                        _lock: lock,
+                    });
+                }
+                Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
+                    if Instant::now() >= deadline {
+                        return Err(Error::LockTimeout {
+                            id: id.to_owned(),
+                            path: lock_path,
+                            timeout,
+                        });
+                    }
+                    tokio::time::sleep(LOCK_POLL).await;
+                }
+                Err((_, errno)) => {
+                    return Err(Error::StateIo {
+                        path: lock_path,
+                        source: errno.into(),
+                    });
+                }
+            }
+        }
+    }
+
+    /// Ids of the sandboxes with a state directory.
+    pub fn list(&self) -> Result<Vec<String>, Error> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(source) => {
+                return Err(Error::StateIo {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        let mut ids: Vec<String> = entries
+            .flatten()
+            .filter(|e| e.path().is_dir())
+            .filter_map(|e| e.file_name().into_string().ok())
+            .collect();
+        ids.sort();
+        Ok(ids)
+    }
+}
+
+fn same_file(lock: &Flock<File>, path: &Path) -> bool {
+    match (lock.metadata(), std::fs::metadata(path)) {
+        (Ok(held), Ok(current)) => held.ino() == current.ino() && held.dev() == current.dev(),
+        _ => false,
+    }
+}
+
+impl SandboxStore {
+    /// The sandbox id.
+    pub fn id(&self) -> &str {
+        &self.id
+    }
+
+    /// The state directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// How it is locked.
+    pub fn mode(&self) -> LockMode {
+        self.mode
+    }
+
+    /// Whether a state has been written.
+    pub fn has_state(&self) -> bool {
+        self.dir.join(STATE_FILE).exists()
+    }
+
+    /// Reads the state, checking its version.
+    pub fn read<T: DeserializeOwned>(&self) -> Result<T, Error> {
+        let path = self.dir.join(STATE_FILE);
+        let text = std::fs::read(&path).map_err(|source| match source.kind() {
+            std::io::ErrorKind::NotFound => Error::NotFound {
+                id: self.id.clone(),
+            },
+            _ => Error::StateIo {
+                path: path.clone(),
+                source,
+            },
+        })?;
+        #[derive(serde::Deserialize)]
+        struct Header {
+            version: u32,
+        }
+        let header: Header =
+            serde_json::from_slice(&text).map_err(|source| Error::StateCorrupt {
+                path: path.clone(),
+                source,
+            })?;
+        if header.version != STATE_VERSION {
+            return Err(Error::UnsupportedStateVersion {
+                path,
+                found: header.version,
+                supported: STATE_VERSION,
+            });
+        }
+        #[derive(serde::Deserialize)]
+        struct Body<T> {
+            state: T,
+        }
+        let body: Body<T> =
+            serde_json::from_slice(&text).map_err(|source| Error::StateCorrupt { path, source })?;
+        Ok(body.state)
+    }
+
+    /// Writes the state atomically: a temporary file, fsync, rename, fsync
+    /// of the directory. A reader sees the old state or the new one, never
+    /// a torn one, and a crash keeps one of the two.
+    pub fn write<T: Serialize>(&self, state: &T) -> Result<(), Error> {
+        debug_assert_eq!(
+            self.mode,
+            LockMode::Exclusive,
+            "writing under a shared lock"
+        );
+        #[derive(Serialize)]
+        struct Versioned<'a, T> {
+            version: u32,
+            state: &'a T,
+        }
+        let bytes = serde_json::to_vec_pretty(&Versioned {
+            version: STATE_VERSION,
+            state,
+        })
+        .map_err(|source| Error::StateCorrupt {
+            path: self.dir.join(STATE_FILE),
+            source,
+        })?;
+        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
+        let io = |path: &Path| {
+            let path = path.to_owned();
+            move |source| Error::StateIo { path, source }
+        };
+        let mut file = File::create(&tmp).map_err(io(&tmp))?;
+        file.write_all(&bytes).map_err(io(&tmp))?;
+        file.sync_all().map_err(io(&tmp))?;
+        drop(file);
+        let target = self.dir.join(STATE_FILE);
+        std::fs::rename(&tmp, &target).map_err(io(&target))?;
+        File::open(&self.dir)
+            .and_then(|d| d.sync_all())
+            .map_err(io(&self.dir))?;
+        Ok(())
+    }
+
+    /// Removes the state directory (state, lock and all). The lock is held
+    /// until the directory is gone.
+    pub fn remove(self) -> Result<(), Error> {
+        match std::fs::remove_dir_all(&self.dir) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(source) => Err(Error::StateIo {
+                path: self.dir.clone(),
+                source,
+            }),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+    struct S {
+        n: u32,
+        name: String,
+    }
+
+    #[tokio::test]
+    async fn write_then_read_round_trips_with_a_version() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let s = store.create("sb1").unwrap();
+        assert!(!s.has_state());
+        s.write(&S {
+            n: 1,
+            name: "x".into(),
+        })
+        .unwrap();
+        let text = std::fs::read_to_string(s.dir().join("state.json")).unwrap();
+        assert!(text.contains("\"version\": 1"), "{text}");
+        assert_eq!(
+            s.read::<S>().unwrap(),
+            S {
+                n: 1,
+                name: "x".into()
+            }
+        );
+        assert!(!s.dir().join("state.json.tmp").exists());
+        drop(s);
+        let again = store
+            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .await
+            .unwrap();
+        assert_eq!(again.read::<S>().unwrap().n, 1);
+        assert_eq!(store.list().unwrap(), ["sb1"]);
+    }
+
+    #[tokio::test]
+    async fn creating_an_existing_sandbox_is_already_exists() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let _s = store.create("sb1").unwrap();
+        assert!(matches!(
+            store.create("sb1"),
+            Err(Error::AlreadyExists { .. })
+        ));
+    }
+
+    #[tokio::test]
+    async fn unknown_versions_and_garbage_are_typed_errors() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let s = store.create("sb1").unwrap();
+        std::fs::write(
+            s.dir().join("state.json"),
+            r#"{"version": 99, "state": {}}"#,
+        )
+        .unwrap();
+        assert!(matches!(
+            s.read::<S>(),
+            Err(Error::UnsupportedStateVersion {
+                found: 99,
+                supported: 1,
+                ..
+            })
+        ));
+        std::fs::write(s.dir().join("state.json"), "{not json").unwrap();
+        assert!(matches!(s.read::<S>(), Err(Error::StateCorrupt { .. })));
+    }
+
+    #[tokio::test]
+    async fn exclusive_excludes_and_times_out() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let writer = store.create("sb1").unwrap();
+        let waited = store
+            .open("sb1", LockMode::Shared, Duration::from_millis(50))
+            .await;
+        assert!(
+            matches!(waited, Err(Error::LockTimeout { .. })),
+            "{waited:?}"
+        );
+        drop(writer);
+        let r1 = store
+            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let r2 = store
+            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .await
+            .unwrap();
+        let w = store
+            .open("sb1", LockMode::Exclusive, Duration::from_millis(50))
+            .await;
+        assert!(matches!(w, Err(Error::LockTimeout { .. })));
+        drop((r1, r2));
+        store
+            .open("sb1", LockMode::Exclusive, Duration::from_secs(1))
+            .await
+            .unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_waiter_sees_a_removed_sandbox_as_not_found() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let owner = store.create("sb1").unwrap();
+        let waiter = {
+            let store = store.clone();
+            tokio::spawn(async move {
+                store
+                    .open("sb1", LockMode::Exclusive, Duration::from_secs(5))
+                    .await
+            })
+        };
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        owner.remove().unwrap();
+        let got = waiter.await.unwrap();
+        assert!(matches!(got, Err(Error::NotFound { .. })), "{got:?}");
+        assert!(!root.path().join("sb1").exists());
+        assert!(store.list().unwrap().is_empty());
+    }
+}

@@ -1,0 +1,124 @@
+//! Host processes the sandbox started (helpers), identified by pid and
+//! start time so that a pid reused by an unrelated process is never
+//! signalled.
+
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::time::{Duration, Instant};
+
+/// The start time of `pid` (clock ticks since boot, `/proc/<pid>/stat`
+/// field 22), or `None` when it does not exist.
+pub(crate) fn start_time(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    parse_start_time(&stat)
+}
+
+/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2) is in
+/// parentheses and may itself contain spaces and parentheses, so fields
+/// are counted after the last `)`.
+pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
+    let after = &stat[stat.rfind(')')? + 1..];
+    after.split_whitespace().nth(19)?.parse().ok()
+}
+
+fn pidfd_open(pid: u32) -> Option<OwnedFd> {
+    let pid = libc::pid_t::try_from(pid).ok()?;
+    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
+    // no memory is passed.
+    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
+    if fd < 0 {
+        return None;
+    }
+    let fd = i32::try_from(fd).ok()?;
+    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
+    Some(unsafe { OwnedFd::from_raw_fd(fd) })
+}
+
+fn pidfd_signal(fd: &OwnedFd, signal: i32) -> bool {
+    // SAFETY: pidfd_send_signal takes a valid pidfd, a signal number, a
+    // null siginfo and flags 0; no memory is written.
+    let r = unsafe {
+        libc::syscall(
+            libc::SYS_pidfd_send_signal,
+            fd.as_raw_fd(),
+            signal,
+            std::ptr::null::<libc::siginfo_t>(),
+            0,
+        )
+    };
+    r == 0
+}
+
+/// Ends the process `pid` if it is still the one started at `start`:
+/// SIGTERM, then SIGKILL after `grace`. Returns once it is gone (reaped by
+/// us if it was our child) or `grace` twice over has passed.
+pub(crate) fn terminate(pid: u32, start: u64, grace: Duration) -> bool {
+    let Some(fd) = pidfd_open(pid) else {
+        return true;
+    };
+    // With the pidfd open the pid cannot be recycled under us: check that
+    // it is still the process we started.
+    if start_time(pid) != Some(start) {
+        return true;
+    }
+    pidfd_signal(&fd, libc::SIGTERM);
+    let gone = |deadline: Instant| {
+        while Instant::now() < deadline {
+            reap(pid);
+            if start_time(pid) != Some(start) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        false
+    };
+    if gone(Instant::now() + grace) {
+        return true;
+    }
+    pidfd_signal(&fd, libc::SIGKILL);
+    gone(Instant::now() + grace)
+}
+
+/// Reaps `pid` if it is an exited child of ours (a zombie keeps its
+/// /proc entry); does nothing otherwise.
+fn reap(pid: u32) {
+    if let Ok(pid) = i32::try_from(pid) {
+        let _ = nix::sys::wait::waitpid(
+            nix::unistd::Pid::from_raw(pid),
+            Some(nix::sys::wait::WaitPidFlag::WNOHANG),
+        );
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_stat_with_awkward_names() {
+        let stat =
+            "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
+        assert_eq!(parse_start_time(stat), Some(98765));
+        assert_eq!(parse_start_time("garbage"), None);
+    }
+
+    #[test]
+    fn terminates_only_the_process_it_started() {
+        let mut child = std::process::Command::new("sleep")
+            .arg("100")
+            .spawn()
+            .unwrap();
+        let pid = child.id();
+        let start = start_time(pid).unwrap();
+        assert!(terminate(pid, start + 1, Duration::from_millis(100)));
+        assert!(
+            child.try_wait().unwrap().is_none(),
+            "a different start time is another process"
+        );
+        assert!(terminate(pid, start, Duration::from_secs(2)));
+        assert!(start_time(pid).is_none());
+        assert!(
+            terminate(pid, start, Duration::from_millis(10)),
+            "gone is fine"
+        );
+    }
+}

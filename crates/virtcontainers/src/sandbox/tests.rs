@@ -1,0 +1,603 @@
+//! `create_sandbox`, `cleanup_container`, `fetch_sandbox` and `reclaim`
+//! with a fake VM and agent, and everything else real: host cgroups on the
+//! real cgroupfs, bind mounts, state files (root needed).
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxCpuBuilder, LinuxResourcesBuilder, MountBuilder, ProcessBuilder,
+    RootBuilder, SpecBuilder,
+};
+use vc_agent_client::AgentMethod;
+use vc_hypervisor::testing::Method;
+
+use super::*;
+use crate::config::{
+    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths, SandboxConfig, VmConfig,
+};
+use crate::error::CreateStep;
+use crate::state::SandboxPhase;
+use crate::testing::MockVmFactory;
+
+fn logger() -> Logger {
+    Logger::root(slog::Discard, slog::o!())
+}
+
+fn require_root() {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "these tests need root: they create host cgroups and bind mounts"
+    );
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "vct-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A sleeping child standing in for the VMM (real cgroups place it).
+struct FakeVmm(std::process::Child);
+
+impl FakeVmm {
+    fn start() -> Self {
+        FakeVmm(
+            std::process::Command::new("sleep")
+                .arg("1000")
+                .spawn()
+                .unwrap(),
+        )
+    }
+    fn pid(&self) -> u32 {
+        self.0.id()
+    }
+}
+
+impl Drop for FakeVmm {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+struct Fixture {
+    dir: tempfile::TempDir,
+    id: String,
+    vmm: FakeVmm,
+    factory: Arc<MockVmFactory>,
+}
+
+impl Fixture {
+    fn new(tag: &str) -> Self {
+        require_root();
+        let vmm = FakeVmm::start();
+        let factory = Arc::new(MockVmFactory::new().with_processes(vmm.pid(), vec![vmm.pid()]));
+        Fixture {
+            dir: tempfile::tempdir().unwrap(),
+            id: unique(tag),
+            vmm,
+            factory,
+        }
+    }
+
+    fn paths(&self) -> Paths {
+        Paths::under(self.dir.path())
+    }
+
+    fn bundle(&self, name: &str, volume: Option<&Path>) -> ContainerConfig {
+        let bundle = self.dir.path().join("bundles").join(name);
+        std::fs::create_dir_all(bundle.join("rootfs/bin")).unwrap();
+        std::fs::write(bundle.join("rootfs/bin/marker"), name).unwrap();
+        let mut mounts = Vec::new();
+        if let Some(v) = volume {
+            mounts.push(
+                MountBuilder::default()
+                    .destination("/data")
+                    .source(v)
+                    .typ("bind")
+                    .options(vec!["rbind".to_owned(), "ro".to_owned()])
+                    .build()
+                    .unwrap(),
+            );
+        }
+        let cpu = LinuxCpuBuilder::default()
+            .quota(50_000i64)
+            .period(100_000u64)
+            .build()
+            .unwrap();
+        let spec = SpecBuilder::default()
+            .root(RootBuilder::default().path("rootfs").build().unwrap())
+            .process(
+                ProcessBuilder::default()
+                    .args(vec!["/bin/true".to_owned()])
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(mounts)
+            .linux(
+                LinuxBuilder::default()
+                    .resources(LinuxResourcesBuilder::default().cpu(cpu).build().unwrap())
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        ContainerConfig {
+            id: name.to_owned(),
+            bundle,
+            spec,
+        }
+    }
+
+    fn config(&self, containers: Vec<ContainerConfig>) -> SandboxConfig {
+        let images = self.dir.path().join("images");
+        std::fs::create_dir_all(&images).unwrap();
+        std::fs::write(images.join("vmlinux"), "").unwrap();
+        std::fs::write(images.join("initrd"), "").unwrap();
+        let mut config = SandboxConfig::new(
+            &self.id,
+            VmConfig::new(images.join("vmlinux"), images.join("initrd")),
+        );
+        config.paths = self.paths();
+        config.cgroups = Some(CgroupsConfig {
+            cgroups_path: Some(format!("/{}-pod/{}", self.id, self.id)),
+            ..CgroupsConfig::default()
+        });
+        config.fs_share = FsShareConfig {
+            kind: FsShareKind::NineP,
+            virtiofsd: None,
+        };
+        config.containers = containers;
+        config.lock_timeout = Duration::from_secs(5);
+        config
+    }
+
+    fn cgroup_dirs(&self) -> Vec<PathBuf> {
+        let roots = vc_cgroups_host::CgroupRoots::discover().unwrap();
+        let mut dirs = Vec::new();
+        for (_, point) in roots.v1.iter() {
+            for name in [
+                format!("{}-pod", self.id),
+                format!("virtcontainers_overhead/{}", self.id),
+            ] {
+                let d = point.join(name);
+                if d.exists() {
+                    dirs.push(d);
+                }
+            }
+        }
+        dirs
+    }
+
+    fn mounts_under_dir(&self) -> Vec<PathBuf> {
+        vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
+            .unwrap()
+            .into_iter()
+            .map(|m| m.mount_point)
+            .filter(|p| p.starts_with(self.dir.path()))
+            .collect()
+    }
+
+    /// Nothing of the sandbox is left on the host.
+    fn assert_clean(&self, context: &str) {
+        let p = self.paths();
+        for d in [
+            p.state_root.join(&self.id),
+            p.shared_root.join(&self.id),
+            p.runtime_root.join(&self.id),
+        ] {
+            assert!(!d.exists(), "{context}: {} left behind", d.display());
+        }
+        assert_eq!(
+            self.cgroup_dirs(),
+            Vec::<PathBuf>::new(),
+            "{context}: cgroups left behind"
+        );
+        assert_eq!(
+            self.mounts_under_dir(),
+            Vec::<PathBuf>::new(),
+            "{context}: mounts left behind"
+        );
+    }
+}
+
+#[tokio::test]
+async fn create_run_and_cleanup_the_last_container_removes_everything() {
+    let fx = Fixture::new("full");
+    let volume = fx.dir.path().join("volume");
+    std::fs::create_dir_all(&volume).unwrap();
+    std::fs::write(volume.join("v"), "vol").unwrap();
+    let config = fx.config(vec![fx.bundle("c1", Some(&volume)), fx.bundle("c2", None)]);
+    let sandbox = create_sandbox(config, fx.factory.clone(), logger())
+        .await
+        .unwrap();
+
+    // The share carries each rootfs and the volume, read-only as asked.
+    let shared = fx.paths().shared_root.join(&fx.id);
+    assert_eq!(
+        std::fs::read_to_string(shared.join("c1/rootfs/bin/marker")).unwrap(),
+        "c1"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("c2/rootfs/bin/marker")).unwrap(),
+        "c2"
+    );
+    assert_eq!(
+        std::fs::read_to_string(shared.join("c1/mounts/0/v")).unwrap(),
+        "vol"
+    );
+    assert!(std::fs::write(shared.join("c1/mounts/0/w"), "x").is_err());
+    // Host cgroups: the fake VMM's vCPU thread carries 2 x 0.5 CPU.
+    let status = sandbox.status().await.unwrap();
+    assert_eq!(status.phase, SandboxPhase::Ready);
+    let sandbox_cgroup = status.sandbox_cgroup.clone().unwrap();
+    let cpu = Path::new("/sys/fs/cgroup/cpu").join(sandbox_cgroup.trim_start_matches('/'));
+    assert_eq!(
+        std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "100000"
+    );
+    let tasks = std::fs::read_to_string(cpu.join("tasks")).unwrap();
+    assert!(
+        tasks.lines().any(|t| t == fx.vmm.pid().to_string()),
+        "{tasks}"
+    );
+    assert_eq!(fx.factory.agent().containers().len(), 2);
+
+    sandbox.start_container("c1").await.unwrap();
+    assert_eq!(sandbox.wait_container("c1").await.unwrap(), 0);
+    assert_eq!(
+        sandbox.container_status("c1").await.unwrap().phase,
+        ContainerPhase::Stopped
+    );
+    // c1 stopped: only c2 counts now.
+    assert_eq!(
+        std::fs::read_to_string(cpu.join("cpu.cfs_quota_us"))
+            .unwrap()
+            .trim(),
+        "50000"
+    );
+
+    let paths = fx.paths();
+    let first = cleanup_container(&paths, &fx.id, "c1", false, fx.factory.clone(), logger())
+        .await
+        .unwrap();
+    assert!(!first.sandbox_removed);
+    assert!(!shared.join("c1").exists());
+    assert_eq!(sandbox.containers().await.unwrap().len(), 1);
+    let last = cleanup_container(&paths, &fx.id, "c2", false, fx.factory.clone(), logger())
+        .await
+        .unwrap();
+    assert!(last.sandbox_removed);
+    assert_eq!(fx.factory.agent().count(AgentMethod::DestroySandbox), 1);
+    let stops: usize = fx
+        .factory
+        .vms()
+        .iter()
+        .map(|vm| vm.count(Method::Stop))
+        .sum();
+    assert_eq!(stops, 1);
+    fx.assert_clean("after the last cleanup");
+    drop(sandbox);
+}
+
+/// One row per step of `create_sandbox`: how to make it fail, and which
+/// undo actions must then have run exactly once.
+#[tokio::test]
+async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
+    let steps = [
+        CreateStep::State,
+        CreateStep::Cgroups,
+        CreateStep::FsShare,
+        CreateStep::StartVm,
+        CreateStep::ConstrainVm,
+        CreateStep::ConnectAgent,
+        CreateStep::GuestDetails,
+        CreateStep::GuestSandbox,
+        CreateStep::Containers,
+    ];
+    for step in steps {
+        let fx = Fixture::new("fail");
+        let mut config = fx.config(vec![
+            fx.bundle("c1", Some(fx.dir.path())),
+            fx.bundle("c2", None),
+        ]);
+        match step {
+            CreateStep::State => {
+                std::fs::write(fx.dir.path().join("sbs"), "not a directory").unwrap();
+            }
+            CreateStep::Cgroups => {
+                // The systemd driver is planned but not applied.
+                config.cgroups.as_mut().unwrap().driver =
+                    vc_cgroups_host::plan::CgroupDriver::Systemd;
+                config.cgroups.as_mut().unwrap().cgroups_path = None;
+            }
+            CreateStep::FsShare => {
+                std::fs::write(fx.dir.path().join("shared"), "not a directory").unwrap();
+            }
+            CreateStep::StartVm => fx.factory.fail_vm(Method::Start),
+            CreateStep::ConstrainVm => fx.factory.fail_vm(Method::VcpuThreads),
+            CreateStep::ConnectAgent => fx.factory.fail_connect(true),
+            CreateStep::GuestDetails => fx
+                .factory
+                .agent()
+                .fail(AgentMethod::GetGuestDetails, Some(1)),
+            CreateStep::GuestSandbox => {
+                fx.factory.agent().fail(AgentMethod::CreateSandbox, Some(1))
+            }
+            CreateStep::Containers => {
+                // The first container is created; the second's volume
+                // vanished after validation, so sharing it fails.
+                config.containers[1] = fx.bundle("c2", Some(&fx.dir.path().join("gone")));
+            }
+            CreateStep::Validate => unreachable!(),
+        }
+        let err = create_sandbox(config, fx.factory.clone(), logger())
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Create {
+                step: failed,
+                sandbox,
+                ..
+            } => {
+                assert_eq!(*failed, step, "{err:?}");
+                assert_eq!(sandbox, &fx.id);
+            }
+            other => panic!("{step:?}: {other:?}"),
+        }
+        let vm_started = matches!(
+            step,
+            CreateStep::StartVm
+                | CreateStep::ConstrainVm
+                | CreateStep::ConnectAgent
+                | CreateStep::GuestDetails
+                | CreateStep::GuestSandbox
+                | CreateStep::Containers
+        );
+        let stops: usize = fx
+            .factory
+            .vms()
+            .iter()
+            .map(|vm| vm.count(Method::Stop))
+            .sum();
+        assert_eq!(stops, usize::from(vm_started), "{step:?}: VM stops");
+        let destroyed = fx.factory.agent().count(AgentMethod::DestroySandbox);
+        assert_eq!(
+            destroyed,
+            usize::from(step == CreateStep::Containers),
+            "{step:?}: guest sandbox undone"
+        );
+        let removed = fx.factory.agent().count(AgentMethod::RemoveContainer);
+        assert_eq!(
+            removed,
+            usize::from(step == CreateStep::Containers),
+            "{step:?}: container undone"
+        );
+        fx.assert_clean(&format!("after a failure at {step:?}"));
+        let _ = std::fs::remove_file(fx.dir.path().join("sbs"));
+        let _ = std::fs::remove_file(fx.dir.path().join("shared"));
+    }
+}
+
+#[tokio::test]
+async fn an_existing_id_is_already_exists_and_the_first_sandbox_is_untouched() {
+    let fx = Fixture::new("dup");
+    let sandbox = create_sandbox(
+        fx.config(vec![fx.bundle("c1", None)]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let again = create_sandbox(fx.config(vec![]), fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { ref id }) if *id == fx.id),
+        "{again:?}"
+    );
+    assert_eq!(fx.factory.vms().len(), 1, "no second VM");
+    assert_eq!(sandbox.status().await.unwrap().containers.len(), 1);
+    sandbox.stop(Duration::from_secs(1)).await.unwrap();
+    sandbox.delete().await.unwrap();
+    fx.assert_clean("after delete");
+}
+
+#[tokio::test]
+async fn fetch_sandbox_reconnects_to_a_running_sandbox() {
+    let fx = Fixture::new("fetch");
+    let created = create_sandbox(
+        fx.config(vec![fx.bundle("c1", None)]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let fetched = fetch_sandbox(&fx.paths(), &fx.id, fx.factory.clone(), logger())
+        .await
+        .unwrap();
+    assert_eq!(fetched.id(), fx.id);
+    fetched.start_container("c1").await.unwrap();
+    assert_eq!(
+        created.container_status("c1").await.unwrap().phase,
+        ContainerPhase::Running
+    );
+    assert!(matches!(
+        fetch_sandbox(&fx.paths(), "no-such-sandbox", fx.factory.clone(), logger()).await,
+        Err(Error::NotFound { .. })
+    ));
+    fetched.stop(Duration::from_secs(1)).await.unwrap();
+    fetched.delete().await.unwrap();
+    fx.assert_clean("after delete through the fetched handle");
+    drop(created);
+}
+
+#[tokio::test]
+async fn forced_cleanup_of_an_unreachable_sandbox_frees_everything() {
+    let fx = Fixture::new("force");
+    let sandbox = create_sandbox(
+        fx.config(vec![fx.bundle("c1", Some(fx.dir.path()))]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    // The guest is gone: nothing answers.
+    fx.factory.fail_connect(true);
+    let paths = fx.paths();
+    let refused =
+        cleanup_container(&paths, &fx.id, "c1", false, fx.factory.clone(), logger()).await;
+    assert!(refused.is_err());
+    let forced = cleanup_container(&paths, &fx.id, "c1", true, fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(forced, Err(Error::Cleanup { .. })),
+        "errors are reported: {forced:?}"
+    );
+    fx.assert_clean("after a forced cleanup");
+    drop(sandbox);
+}
+
+#[tokio::test]
+async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
+    let fx = Fixture::new("crash");
+    let paths = fx.paths();
+    // What a creator killed right after starting virtiofsd and sharing a
+    // rootfs leaves behind: a state in phase `creating` that records a
+    // helper process, a host mount and the host cgroups.
+    let helper = std::process::Command::new("sleep")
+        .arg("1000")
+        .spawn()
+        .unwrap();
+    let helper_pid = helper.id();
+    let source = fx.dir.path().join("rootfs-src");
+    std::fs::create_dir_all(&source).unwrap();
+    let shared = paths.shared_root.join(&fx.id);
+    let target = shared.join("c1/rootfs");
+    crate::host_mounts::bind(&source, &target, false).unwrap();
+    let roots = vc_cgroups_host::CgroupRoots::discover().unwrap();
+    let version = roots.preferred_version();
+    let planner = vc_cgroups_host::plan::SandboxCgroupConfig::new(
+        &fx.id,
+        vc_cgroups_host::plan::CgroupDriver::Cgroupfs,
+        version,
+    );
+    let plan = vc_cgroups_host::plan(&planner, &[]).unwrap();
+    let mut manager =
+        vc_cgroups_host::HostCgroups::new(planner.driver, version, &roots, logger()).unwrap();
+    manager
+        .apply(&plan, &vc_cgroups_host::SandboxTasks::default())
+        .unwrap();
+    let state = SandboxState {
+        id: fx.id.clone(),
+        phase: SandboxPhase::Creating,
+        settings: crate::state::PersistedSettings {
+            paths: paths.clone(),
+            agent: Default::default(),
+            share: crate::fs_share::ShareKind::NineP,
+            cgroups: None,
+            vm_base: vc_cgroups_host::VmBaseSize {
+                default_vcpus: 1,
+                default_memory_mib: 256,
+                max_vcpus: None,
+            },
+            stop_timeout: Duration::from_secs(1),
+            lock_timeout: Duration::from_secs(1),
+        },
+        resources: crate::state::HostResources {
+            runtime_dir: Some(paths.runtime_root.join(&fx.id)),
+            shared_dir: Some(shared.clone()),
+            cgroups: Some(crate::state::CgroupsRecord {
+                config: planner,
+                version,
+                roots,
+                state: vc_cgroups_host::CgroupManager::state(&manager).clone(),
+            }),
+            vm: None,
+            vmm: None,
+            helpers: vec![crate::state::HelperRecord {
+                program: "sleep".into(),
+                pid: helper_pid,
+                start_time: crate::process::start_time(helper_pid).unwrap(),
+            }],
+            mounts: Vec::new(),
+        },
+        guest: None,
+        containers: [(
+            "c1".to_owned(),
+            crate::state::ContainerRecord {
+                id: "c1".into(),
+                bundle: fx.dir.path().into(),
+                spec: Default::default(),
+                phase: ContainerPhase::Created,
+                exit_code: None,
+                mounts: vec![target.clone()],
+            },
+        )]
+        .into(),
+    };
+    std::fs::create_dir_all(paths.runtime_root.join(&fx.id)).unwrap();
+    let store = crate::persist::Store::new(&paths.state_root);
+    store.create(&fx.id).unwrap().write(&state).unwrap();
+
+    // Creating again is refused: never a second VM for a live id.
+    let again = create_sandbox(fx.config(vec![]), fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(again, Err(Error::AlreadyExists { .. })),
+        "{again:?}"
+    );
+
+    reclaim(&paths, &fx.id, logger()).await.unwrap();
+    assert!(
+        crate::process::start_time(helper_pid).is_none(),
+        "the helper was ended"
+    );
+    let roots = vc_cgroups_host::CgroupRoots::discover().unwrap();
+    for (_, point) in roots.v1.iter() {
+        assert!(!point.join(plan.sandbox.path.relative()).exists());
+    }
+    fx.assert_clean("after reclaim");
+    assert!(source.exists(), "the rootfs source itself is untouched");
+}
+
+#[tokio::test]
+async fn bad_ids_and_bundles_are_refused_before_anything_is_made() {
+    let fx = Fixture::new("bad");
+    let mut config = fx.config(vec![]);
+    config.id = "../escape".into();
+    assert!(matches!(
+        create_sandbox(config, fx.factory.clone(), logger()).await,
+        Err(Error::Create { step: CreateStep::Validate, ref source, .. }) if matches!(**source, Error::InvalidId { .. })
+    ));
+    let mut missing = fx.bundle("c1", None);
+    missing.bundle = fx.dir.path().join("no-such-bundle");
+    let r = create_sandbox(fx.config(vec![missing]), fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(&r, Err(Error::Create { source, .. }) if matches!(**source, Error::InvalidBundle { ref reason, .. } if reason == "does not exist")),
+        "{r:?}"
+    );
+    let mut file = fx.bundle("c1", None);
+    file.bundle = fx.dir.path().join("images/vmlinux");
+    let r = create_sandbox(fx.config(vec![file]), fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(&r, Err(Error::Create { source, .. }) if matches!(**source, Error::InvalidBundle { ref reason, .. } if reason == "not a directory")),
+        "{r:?}"
+    );
+    let dup = create_sandbox(
+        fx.config(vec![fx.bundle("c1", None), fx.bundle("c1", None)]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await;
+    assert!(
+        matches!(&dup, Err(Error::Create { source, .. }) if matches!(**source, Error::ContainerExists { .. })),
+        "{dup:?}"
+    );
+    assert!(fx.factory.vms().is_empty());
+    fx.assert_clean("after refused configs");
+}

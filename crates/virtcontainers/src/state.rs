@@ -1,0 +1,153 @@
+//! The persisted state of a sandbox: what `fetch_sandbox` in another
+//! process needs, and every host resource, recorded before it is created
+//! (write-ahead), so that `reclaim` can free a sandbox whose creator died.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use oci_spec::runtime::Spec;
+use serde::{Deserialize, Serialize};
+use vc_cgroups_host::plan::{CgroupVersion, SandboxCgroupConfig};
+use vc_cgroups_host::{CgroupRoots, CgroupsState};
+use vc_hypervisor::HypervisorState;
+
+use crate::config::{AgentSettings, CgroupsConfig, Paths};
+use crate::fs_share::ShareKind;
+
+/// Where a sandbox is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxPhase {
+    /// `create_sandbox` is running, or died while running.
+    Creating,
+    /// Created: the VM runs, containers are created but not started.
+    Ready,
+    /// Started.
+    Running,
+    /// The VM's vCPUs are paused.
+    Paused,
+    /// The VM is stopped; only deletion remains.
+    Stopped,
+}
+
+/// Where a container is in its life.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ContainerPhase {
+    /// Created in the guest, process not started.
+    Created,
+    /// Its process runs.
+    Running,
+    /// Frozen.
+    Paused,
+    /// Its process exited.
+    Stopped,
+}
+
+/// A helper process the sandbox started (virtiofsd, ...).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct HelperRecord {
+    /// What it is.
+    pub program: PathBuf,
+    /// Its pid.
+    pub pid: u32,
+    /// Its start time (`/proc/<pid>/stat` field 22), so a reused pid is
+    /// never killed.
+    pub start_time: u64,
+}
+
+/// The sandbox's host cgroups.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CgroupsRecord {
+    /// The planner's configuration.
+    pub config: SandboxCgroupConfig,
+    /// The hierarchy version in use.
+    pub version: CgroupVersion,
+    /// The mounts used.
+    pub roots: CgroupRoots,
+    /// What the applier created.
+    pub state: CgroupsState,
+}
+
+/// Every host resource of the sandbox. Each is recorded before it is
+/// created (or, for a process, right after it is spawned).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct HostResources {
+    /// The VM's runtime directory.
+    pub runtime_dir: Option<PathBuf>,
+    /// The host side of the filesystem share.
+    pub shared_dir: Option<PathBuf>,
+    /// Host cgroups.
+    pub cgroups: Option<CgroupsRecord>,
+    /// The running VM, for re-attaching.
+    pub vm: Option<HypervisorState>,
+    /// The VMM process, for ending it without the VMM's help.
+    pub vmm: Option<HelperRecord>,
+    /// Helper processes.
+    pub helpers: Vec<HelperRecord>,
+    /// Host mount points the sandbox made (bind mounts into the share), in
+    /// the order they were made.
+    pub mounts: Vec<PathBuf>,
+}
+
+/// Settings another process needs to drive the sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PersistedSettings {
+    /// Paths.
+    pub paths: Paths,
+    /// The agent.
+    pub agent: AgentSettings,
+    /// The share in use.
+    pub share: ShareKind,
+    /// Host cgroups, if managed.
+    pub cgroups: Option<CgroupsConfig>,
+    /// The VM's base size, for re-sizing when containers change.
+    pub vm_base: vc_cgroups_host::VmBaseSize,
+    /// Graceful VM stop limit.
+    pub stop_timeout: std::time::Duration,
+    /// Lock wait limit.
+    pub lock_timeout: std::time::Duration,
+}
+
+/// What the guest agent reported at start.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct GuestInfo {
+    /// The agent's version.
+    pub agent_version: String,
+    /// Memory hot-plug block size, bytes.
+    pub mem_block_size_bytes: u64,
+}
+
+/// One container.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ContainerRecord {
+    /// Its id.
+    pub id: String,
+    /// Its bundle.
+    pub bundle: PathBuf,
+    /// Its spec as given.
+    pub spec: Spec,
+    /// Where it is.
+    pub phase: ContainerPhase,
+    /// The exit code, once stopped.
+    pub exit_code: Option<i32>,
+    /// Host mount points made for it (rootfs and volumes in the share).
+    pub mounts: Vec<PathBuf>,
+}
+
+/// The whole persisted state of a sandbox.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SandboxState {
+    /// The sandbox id.
+    pub id: String,
+    /// Where it is.
+    pub phase: SandboxPhase,
+    /// How to drive it.
+    pub settings: PersistedSettings,
+    /// What it holds on the host.
+    pub resources: HostResources,
+    /// What the guest reported.
+    pub guest: Option<GuestInfo>,
+    /// Its containers.
+    pub containers: BTreeMap<String, ContainerRecord>,
+}
