@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
-# Installs the host packages virtcontainers-rs needs for its demo and tests,
-# and only those that are missing: `apt-get update` runs at most once, and a
-# machine that already has everything is left untouched.
+# Installs what virtcontainers-rs needs for its demo and tests, and only what
+# is missing: `apt-get update` runs at most once, and a machine that already
+# has everything is left untouched.
 set -euo pipefail
 
 # Debian package -> why we need it.
@@ -11,7 +11,23 @@ packages=(
   busybox-static      # the container rootfs used by the demo and tests
   erofs-utils         # mkfs.erofs, for EROFS layer tests
   cpio                # inspecting initramfs images by hand
+  libseccomp-dev      # building virtiofsd (below)
+  libcap-ng-dev       # building virtiofsd (below)
 )
+
+# virtiofsd (virtio-fs) is not packaged for Debian 12: built from crates.io.
+VIRTIOFSD_VERSION=1.14.0
+VIRTIOFSD_ROOT=/usr/local
+
+sudo=""
+if [ "$(id -u)" -ne 0 ]; then
+  if command -v sudo >/dev/null; then
+    sudo="sudo"
+  else
+    echo "prerequisites: not root and no sudo: install them by hand" >&2
+    exit 1
+  fi
+fi
 
 missing=()
 for pkg in "${packages[@]}"; do
@@ -20,22 +36,17 @@ for pkg in "${packages[@]}"; do
   fi
 done
 
-if [ ${#missing[@]} -eq 0 ]; then
-  echo "prerequisites: all present"
-  exit 0
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "prerequisites: installing ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo apt-get update -q
+  $sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
 fi
 
-sudo=""
-if [ "$(id -u)" -ne 0 ]; then
-  if command -v sudo >/dev/null; then
-    sudo="sudo"
-  else
-    echo "prerequisites: missing ${missing[*]} and not root (no sudo): install them by hand" >&2
-    exit 1
-  fi
+if [ ! -x "$VIRTIOFSD_ROOT/bin/virtiofsd" ]; then
+  echo "prerequisites: building virtiofsd $VIRTIOFSD_VERSION from crates.io"
+  $sudo env "PATH=$PATH" cargo install virtiofsd --version "$VIRTIOFSD_VERSION" --locked \
+    --root "$VIRTIOFSD_ROOT"
 fi
 
-echo "prerequisites: installing ${missing[*]}"
-export DEBIAN_FRONTEND=noninteractive
-$sudo apt-get update -q
-$sudo apt-get install -y -q --no-install-recommends "${missing[@]}"
+echo "prerequisites: all present"
