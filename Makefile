@@ -29,15 +29,19 @@ unit: guest-image
 	$(CARGO) test --workspace
 
 ## The guest image the agent's VM tests boot: the static guest agent as
-## /init, and vmlinux, built through vc-guest-image into target/.
+## /init, and vmlinux, built through vc-guest-image into the target dir.
+## The VM tests and the agent bench build the agent with the same command
+## and flags (crates/guest-agent/tests/support), a no-op after this.
 GUEST_AGENT_TARGET := x86_64-unknown-linux-gnu
-GUEST_AGENT_BIN := target/$(GUEST_AGENT_TARGET)/release/vc-guest-agent
-GUEST_IMAGE_DIR := target/vc-guest-agent-image
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
+GUEST_AGENT_BIN := $(TARGET_DIR)/$(GUEST_AGENT_TARGET)/release/vc-guest-agent
+GUEST_IMAGE_DIR := $(TARGET_DIR)/vc-guest-agent-image
 guest-image:
-	CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
-	  $(CARGO) build --release -p vc-guest-agent --target $(GUEST_AGENT_TARGET)
-	strip -o target/vc-guest-agent.init $(GUEST_AGENT_BIN)
-	$(CARGO) run --release -p vc-guest-image -- --out $(GUEST_IMAGE_DIR) --init target/vc-guest-agent.init
+	env -u RUSTFLAGS -u CARGO_ENCODED_RUSTFLAGS \
+	  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
+	  CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
+	  $(CARGO) build --release -p vc-guest-agent --bin vc-guest-agent --target $(GUEST_AGENT_TARGET)
+	$(CARGO) run --release -p vc-guest-image -- --out $(GUEST_IMAGE_DIR) --init $(GUEST_AGENT_BIN)
 
 ## Benchmarks (not part of `make test`: figures, not pass/fail).
 bench: prereqs

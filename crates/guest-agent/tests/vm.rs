@@ -1,11 +1,11 @@
-//! End to end in a real VM (root, QEMU under TCG): the agent is `/init` of
-//! the image `make guest-image` builds; the container rootfs is a busybox
-//! tree shared by 9p. One VM serves all the checks, in order, to keep the
-//! suite short on two shared cores.
+//! End to end in a real VM (root, QEMU under TCG): `vc-hypervisor`'s QEMU
+//! backend boots the image `vc-guest-image` builds around the static agent
+//! (see `support`); the container rootfs is a busybox tree shared by 9p.
+//! One VM serves all the checks, in order, to keep the suite short on two
+//! shared cores.
 
-use std::os::unix::fs::symlink;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+mod support;
+
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -15,105 +15,44 @@ use oci_spec::runtime::{
 };
 use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{
-    Agent, AgentConfig, AgentError, OutputStream, ProcessOutput, Transport, TtrpcAgent,
-};
+use vc_agent_client::{Agent, AgentError, OutputStream, ProcessOutput, TtrpcAgent};
+use vc_hypervisor::{Hypervisor, Qemu};
 
-/// Where `make guest-image` puts the image (override: `VC_GUEST_AGENT_IMAGE`).
-fn image_dir() -> PathBuf {
-    std::env::var_os("VC_GUEST_AGENT_IMAGE")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| {
-            Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-guest-agent-image")
-        })
-}
-
+/// The VM, killed when dropped; on a failing test its console (kernel and
+/// agent logs) is printed.
 struct Vm {
-    qemu: Child,
-    dir: tempfile::TempDir,
+    qemu: Qemu,
+    started: Instant,
+    _dir: tempfile::TempDir,
 }
 
 impl Vm {
-    fn boot() -> Vm {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(
-            euid, 0,
-            "the VM tests need root (9p passthrough, container namespaces in the guest)"
-        );
-        let image = image_dir();
-        let (vmlinux, initrd) = (image.join("vmlinux"), image.join("initramfs.cpio"));
-        assert!(
-            vmlinux.exists() && initrd.exists(),
-            "no guest image at {}: run `make guest-image` first",
-            image.display()
-        );
-        assert!(
-            Path::new("/bin/busybox").exists(),
-            "needs /bin/busybox (busybox-static)"
-        );
+    async fn boot() -> Vm {
+        support::require_vm_host();
         let dir = tempfile::tempdir().unwrap();
-        let root = dir.path().join("rootfs");
-        for d in ["bin", "proc", "dev", "tmp", "work"] {
-            std::fs::create_dir_all(root.join(d)).unwrap();
+        let rootfs = support::busybox_rootfs(dir.path());
+        let config = support::vm_config("vc-agent-vm-test", dir.path(), &rootfs);
+        let qemu = Qemu::new(config, support::logger()).expect("VM config");
+        let started = Instant::now();
+        qemu.start(Duration::from_secs(60))
+            .await
+            .expect("starting QEMU");
+        Vm {
+            qemu,
+            started,
+            _dir: dir,
         }
-        std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-        for a in [
-            "sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true",
-        ] {
-            symlink("busybox", root.join("bin").join(a)).unwrap();
-        }
-        let sock = dir.path().join("agent.sock");
-        let qemu = Command::new("qemu-system-x86_64")
-            .args([
-                "-M",
-                "pc",
-                "-accel",
-                "tcg,thread=multi",
-                "-cpu",
-                "max",
-                "-m",
-                "512M",
-                "-smp",
-                "2",
-            ])
-            .args(["-nodefaults", "-no-user-config", "-nographic", "-no-reboot"])
-            .arg("-kernel")
-            .arg(&vmlinux)
-            .arg("-initrd")
-            .arg(&initrd)
-            .args(["-append", "console=ttyS0 reboot=t panic=-1 agent.log=debug"])
-            .arg("-serial")
-            .arg(format!("file:{}", dir.path().join("console.log").display()))
-            .args(["-device", "virtio-serial-pci"])
-            .arg("-chardev")
-            .arg(format!(
-                "socket,id=agent,path={},server=on,wait=off",
-                sock.display()
-            ))
-            .args([
-                "-device",
-                "virtserialport,chardev=agent,name=agent.channel.0",
-            ])
-            .arg("-fsdev")
-            .arg(format!(
-                "local,id=rootfs,path={},security_model=passthrough",
-                root.display()
-            ))
-            .args(["-device", "virtio-9p-pci,fsdev=rootfs,mount_tag=rootfs"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .spawn()
-            .expect("qemu-system-x86_64 (Debian package qemu-system-x86) must be installed");
-        Vm { qemu, dir }
-    }
-
-    fn socket(&self) -> PathBuf {
-        self.dir.path().join("agent.sock")
     }
 
     fn console(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("console.log")).unwrap_or_default()
+        support::console(&self.qemu)
+    }
+
+    async fn connect(&self) -> Arc<TtrpcAgent> {
+        match support::connect(&self.qemu).await {
+            Ok(a) => Arc::new(a),
+            Err(e) => panic!("agent did not come up: {e}\nconsole:\n{}", self.console()),
+        }
     }
 }
 
@@ -122,8 +61,6 @@ impl Drop for Vm {
         if std::thread::panicking() {
             eprintln!("guest console:\n{}", self.console());
         }
-        let _ = self.qemu.kill();
-        let _ = self.qemu.wait();
     }
 }
 
@@ -182,7 +119,7 @@ fn spec(cid: &str, args: &[&str]) -> Spec {
 async fn create(agent: &TtrpcAgent, cid: &str, args: &[&str]) -> vc_agent_client::Result<()> {
     let mut storage = pb::Storage::new();
     storage.driver = "9p".into();
-    storage.source = "rootfs".into();
+    storage.source = support::ROOTFS_TAG.into();
     storage.fstype = "9p".into();
     storage.options = vec!["trans=virtio".into(), "version=9p2000.L".into()];
     storage.mount_point = format!("/run/vc/{cid}/rootfs");
@@ -221,34 +158,11 @@ async fn remove(agent: &TtrpcAgent, cid: &str) {
     agent.remove_container(req).await.unwrap();
 }
 
-async fn connect(vm: &Vm) -> Arc<TtrpcAgent> {
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-    let config = AgentConfig {
-        connect_timeout: Duration::from_secs(60),
-        call_timeout: Duration::from_secs(30),
-        ..AgentConfig::default()
-    };
-    match TtrpcAgent::connect(
-        Transport::Serial {
-            socket: vm.socket(),
-        },
-        config,
-        &logger,
-    )
-    .await
-    {
-        Ok(a) => Arc::new(a),
-        Err(e) => panic!("agent did not come up: {e}\nconsole:\n{}", vm.console()),
-    }
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "work in progress: in the VM, Check answers and the 9p storage mounts, but the container child never reports ready (under investigation)"]
 async fn containers_run_in_the_vm() {
-    let vm = Vm::boot();
-    let started = Instant::now();
-    let agent = connect(&vm).await;
-    eprintln!("agent answered {:?} after QEMU start", started.elapsed());
+    let vm = Vm::boot().await;
+    let agent = vm.connect().await;
+    eprintln!("agent answered {:?} after QEMU start", vm.started.elapsed());
 
     // echo hello: its output and exit 0.
     let (out, err, code) = run(&agent, "echo", &["echo", "hello"]).await;
@@ -333,7 +247,7 @@ async fn containers_run_in_the_vm() {
 
     // The host disconnects and reconnects: a working agent again.
     drop(agent);
-    let agent = connect(&vm).await;
+    let agent = vm.connect().await;
     agent.check().await.unwrap();
     assert_eq!(run(&agent, "again", &["echo", "back"]).await.0, "back\n");
 }

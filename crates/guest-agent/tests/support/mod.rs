@@ -1,0 +1,183 @@
+//! What the VM tests (and the agent bench, which includes this file) need:
+//! the static agent built from this source tree, the guest image built
+//! around it by `vc-guest-image`, a busybox container rootfs, a VM started
+//! by `vc-hypervisor`'s QEMU backend, and the client connected to it.
+//!
+//! The agent is built here, not taken from an earlier `make guest-image`,
+//! so that a test never boots a stale agent: with the same flags as the
+//! Makefile, the build is a no-op after `make guest-image`.
+
+#![allow(dead_code)]
+
+use std::os::unix::fs::symlink;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::OnceLock;
+use std::time::Duration;
+
+use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
+use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
+use vc_hypervisor::{
+    AgentEndpoint, Device, Hypervisor, HypervisorConfig, KernelParamsBuilder, Qemu, ShareBackend,
+    SharedDir,
+};
+
+/// The target the static agent is built for (glibc, `+crt-static`).
+pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
+/// The 9p mount tag of the container rootfs share.
+pub const ROOTFS_TAG: &str = "rootfs";
+/// The commands of busybox linked into the test rootfs.
+const APPLETS: [&str; 10] = [
+    "sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true", "ls", "env",
+];
+
+/// Fails the test, naming what the host lacks, unless it can run the VM tests.
+pub fn require_vm_host() {
+    let mut missing = Vec::new();
+    // SAFETY: geteuid has no preconditions.
+    if unsafe { libc::geteuid() } != 0 {
+        missing.push("root (9p passthrough, namespaces in the guest)".to_owned());
+    }
+    if !Path::new(vc_hypervisor::DEFAULT_QEMU_BINARY).exists() {
+        missing.push(format!(
+            "{} (apt-get install qemu-system-x86)",
+            vc_hypervisor::DEFAULT_QEMU_BINARY
+        ));
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (apt-get install busybox-static)".to_owned());
+    }
+    if let Err(e) = KernelPackage::find_installed() {
+        missing.push(format!("a guest kernel ({e})"));
+    }
+    assert!(
+        missing.is_empty(),
+        "the agent's VM tests need: {} (scripts/install-prereqs.sh installs the packages)",
+        missing.join("; ")
+    );
+}
+
+/// Builds the static agent (`cargo build --release --target
+/// x86_64-unknown-linux-gnu`, `+crt-static`, stripped: the same command
+/// and flags as `make guest-image`) and returns the binary's path.
+pub fn agent_binary() -> &'static Path {
+    static BINARY: OnceLock<PathBuf> = OnceLock::new();
+    BINARY.get_or_init(|| {
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
+        let out = Command::new(cargo)
+            .current_dir(&workspace)
+            .args(["build", "--release", "-p", "vc-guest-agent"])
+            .args(["--bin", "vc-guest-agent", "--target", AGENT_TARGET])
+            .arg("--message-format=json-render-diagnostics")
+            .env_remove("RUSTFLAGS")
+            .env_remove("CARGO_ENCODED_RUSTFLAGS")
+            .env(
+                "CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS",
+                "-C target-feature=+crt-static",
+            )
+            .env("CARGO_PROFILE_RELEASE_DEBUG", "false")
+            .env("CARGO_PROFILE_RELEASE_STRIP", "symbols")
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("running cargo to build the static guest agent");
+        assert!(
+            out.status.success(),
+            "building the static guest agent failed"
+        );
+        String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+            .filter(|m| m["reason"] == "compiler-artifact")
+            .find_map(|m| m["executable"].as_str().map(PathBuf::from))
+            .expect("cargo reported no vc-guest-agent executable")
+    })
+}
+
+/// The guest image with the agent as `/init`, built once per inputs and
+/// cached under the target dir.
+pub fn guest_image() -> &'static GuestImage {
+    static IMAGE: OnceLock<GuestImage> = OnceLock::new();
+    IMAGE.get_or_init(|| {
+        let kernel = KernelPackage::find_installed().expect("guest kernel");
+        GuestImageBuilder::new(kernel, agent_binary().to_path_buf())
+            .build_cached(&ImageCache::in_target_dir())
+            .expect("building the guest image")
+    })
+}
+
+/// A busybox tree in `dir`: `/bin/<applet>` links, and empty `/proc`,
+/// `/dev`, `/tmp`, `/work`.
+pub fn busybox_rootfs(dir: &Path) -> PathBuf {
+    let root = dir.join("rootfs");
+    for d in ["bin", "proc", "dev", "tmp", "work"] {
+        std::fs::create_dir_all(root.join(d)).unwrap();
+    }
+    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
+    for applet in APPLETS {
+        symlink("busybox", root.join("bin").join(applet)).unwrap();
+    }
+    root
+}
+
+/// A logger that the test harness captures.
+pub fn logger() -> slog::Logger {
+    use slog::Drain;
+    let decorator = slog_term::PlainSyncDecorator::new(slog_term::TestStdoutWriter);
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+/// The VM config: the agent image, 2 vCPUs, 512 MiB, agent debug logs,
+/// `rootfs` shared by 9p under [`ROOTFS_TAG`], sockets and logs under `dir/run`.
+pub fn vm_config(name: &str, dir: &Path, rootfs: &Path) -> HypervisorConfig {
+    let image = guest_image();
+    let mut config =
+        HypervisorConfig::new(name, &image.vmlinux, dir.join("run")).with_initrd(&image.initramfs);
+    config.vcpus.boot = 2;
+    config.vcpus.max = 2;
+    config.kernel_params = KernelParamsBuilder::new().agent("log", "debug").build();
+    config.keep_logs = true;
+    config.hotplug_ports = 0;
+    config.devices.push(Device::SharedDir(SharedDir {
+        id: "rootfs".into(),
+        mount_tag: ROOTFS_TAG.into(),
+        backend: ShareBackend::NineP {
+            host_path: rootfs.to_owned(),
+            read_only: false,
+        },
+    }));
+    config
+}
+
+/// The client's transport for `vm`'s agent endpoint.
+pub fn transport(vm: &Qemu) -> Transport {
+    match vm.agent_endpoint() {
+        AgentEndpoint::VirtioSerial { socket, .. } => Transport::Serial { socket },
+        AgentEndpoint::Vsock { guest_cid, port } => Transport::Vsock {
+            cid: guest_cid,
+            port,
+        },
+        AgentEndpoint::HybridVsock { socket, port } => Transport::HybridVsock { socket, port },
+    }
+}
+
+/// Client timeouts for TCG: the guest boots in a few seconds, a container
+/// starts in well under one.
+pub fn agent_config() -> AgentConfig {
+    AgentConfig {
+        connect_timeout: Duration::from_secs(60),
+        call_timeout: Duration::from_secs(30),
+        ..AgentConfig::default()
+    }
+}
+
+/// Connects to the agent of `vm` (waiting for the guest to boot).
+pub async fn connect(vm: &Qemu) -> vc_agent_client::Result<TtrpcAgent> {
+    TtrpcAgent::connect(transport(vm), agent_config(), &logger()).await
+}
+
+/// The guest console so far (kernel and agent logs).
+pub fn console(vm: &Qemu) -> String {
+    std::fs::read_to_string(vm.config().console_log()).unwrap_or_default()
+}
