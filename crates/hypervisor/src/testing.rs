@@ -227,10 +227,11 @@ impl MockHypervisor {
             *c += 1;
             *c
         };
-        if let Some(list) = inner.failures.get_mut(&method)
-            && let Some(at) = list.iter().position(|n| *n == count)
-        {
-            list.remove(at);
+        let injected = inner.failures.get_mut(&method).and_then(|list| {
+            let at = list.iter().position(|n| *n == count)?;
+            Some(list.remove(at))
+        });
+        if injected.is_some() {
             return Err(Error::Injected {
                 method: method.name(),
             });

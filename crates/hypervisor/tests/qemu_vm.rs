@@ -55,7 +55,12 @@ impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(pidfd) = &self.0 {
             let _ = vc_hypervisor::qemu::process::kill(pidfd);
-            let _ = vc_hypervisor::qemu::process::try_reap(pidfd);
+            for _ in 0..1000 {
+                if !matches!(vc_hypervisor::qemu::process::try_reap(pidfd), Ok(None)) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(5));
+            }
         }
     }
 }
@@ -101,6 +106,7 @@ fn vm_lifecycle_vcpus_pause_hotplug_and_clean_stop() {
     runtime().block_on(async {
         vm.start(START).await.unwrap();
         let (mut guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let ready = ready.expect("no readiness marker on the agent channel");
         println!("guest ready: {ready}");
         assert_eq!(vm.check().await.unwrap(), VmStatus::Running);
         // The guest console is captured (nobody is connected to its socket).
@@ -246,7 +252,8 @@ fn qemu_killed_mid_run_is_reported_and_cleaned_up() {
     let vm = Qemu::new(cfg, logger()).unwrap();
     runtime().block_on(async {
         vm.start(START).await.unwrap();
-        let (mut guest, _) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        assert!(ready.is_some(), "no readiness marker");
         assert_eq!(guest.run("echo up").await.unwrap(), "up");
         let pid = vm.vmm_pids()[0];
         let mut exit = vm.exit_watch();
@@ -301,7 +308,8 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
     runtime().block_on(async {
         let owner = Qemu::new(cfg, logger()).unwrap();
         owner.start(START).await.unwrap();
-        let (guest, _) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        assert!(ready.is_some(), "no readiness marker");
         drop(guest);
         owner
             .hotplug(Device::Block(BlockDevice::new("disk1", &disk)))
@@ -401,6 +409,24 @@ fn failed_start_reports_qemu_stderr_and_leaves_nothing() {
             files_under(&runtime_dir)
         );
         assert!(vm.vmm_pids().is_empty());
+    });
+
+    // A start that cannot finish in time is a timeout, and the QEMU it
+    // spawned is killed and its files removed.
+    let cfg = config("vc-test-timeout", tmp.path());
+    let runtime_dir = cfg.runtime_dir.clone();
+    let vm = Qemu::new(cfg, logger()).unwrap();
+    runtime().block_on(async {
+        let exit = vm.exit_watch();
+        let err = vm.start(Duration::from_millis(1)).await.unwrap_err();
+        assert!(matches!(err, Error::StartTimeout { .. }), "{err}");
+        let exit = exit.exited().expect("the spawned QEMU was not ended");
+        assert!(!process_exists(exit.pid), "QEMU {} left running", exit.pid);
+        assert!(
+            !runtime_dir.exists(),
+            "left behind: {:?}",
+            files_under(&runtime_dir)
+        );
     });
 }
 

@@ -349,7 +349,8 @@ impl Qemu {
         }))
     }
 
-    async fn launch(&self, deadline: Instant) -> Result<Arc<Vm>> {
+    async fn launch(&self, timeout: Duration) -> Result<Arc<Vm>> {
+        let deadline = Instant::now() + timeout;
         let created = files::prepare_runtime_dir(&self.config)?;
         self.created_runtime_dir.store(created, Ordering::Relaxed);
         let args = self.command_line()?;
@@ -403,7 +404,7 @@ impl Qemu {
             },
         )?;
         *self.lock_phase() = Phase::Starting(Some(vm.clone()));
-        if let Err(e) = self.wait_ready(deadline).await {
+        if let Err(e) = self.wait_ready(deadline, timeout).await {
             self.terminate(&vm).await;
             return Err(e);
         }
@@ -412,9 +413,9 @@ impl Qemu {
 
     /// Connects QMP (retrying while QEMU creates its socket) and checks
     /// that the VM runs; fails early if QEMU exits.
-    async fn wait_ready(&self, deadline: Instant) -> Result<()> {
+    async fn wait_ready(&self, deadline: Instant, limit: Duration) -> Result<()> {
         let timeout = || Error::StartTimeout {
-            timeout: deadline.saturating_duration_since(Instant::now()),
+            timeout: limit,
             stderr: files::tail(&self.config.qemu_log()),
         };
         let mut exit = ExitWatch::new(self.exit_tx.subscribe());
@@ -614,7 +615,6 @@ impl Hypervisor for Qemu {
     }
 
     async fn start(&self, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
         {
             let mut phase = self.lock_phase();
             match &*phase {
@@ -628,7 +628,7 @@ impl Hypervisor for Qemu {
             }
         }
         self.exit_tx.send_replace(None);
-        match self.launch(deadline).await {
+        match self.launch(timeout).await {
             Ok(vm) => {
                 slog::info!(self.logger, "QEMU running"; "pid" => vm.pid,
                     "accelerator" => ?self.accel.accelerator, "runtime_dir" => %self.config.runtime_dir.display());

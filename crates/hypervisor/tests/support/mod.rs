@@ -146,14 +146,21 @@ pub struct GuestChannel {
 }
 
 impl GuestChannel {
-    /// Connects to the agent socket and waits for the readiness line.
-    pub async fn connect(socket: &Path, timeout: Duration) -> anyhow::Result<(Self, String)> {
+    /// Connects to the agent socket and waits until the guest answers.
+    ///
+    /// Returns the readiness line if the guest wrote one: it does on its
+    /// first connection and whenever it notices a reconnect, but a host
+    /// that hangs up and reconnects quickly can slip by unnoticed, so a
+    /// ping (answered either way) is what proves the channel works.
+    pub async fn connect(
+        socket: &Path,
+        timeout: Duration,
+    ) -> anyhow::Result<(Self, Option<String>)> {
         let deadline = Instant::now() + timeout;
         let stream = loop {
             match UnixStream::connect(socket).await {
                 Ok(stream) => break stream,
-                Err(e) if Instant::now() < deadline => {
-                    let _ = e;
+                Err(_) if Instant::now() < deadline => {
                     tokio::time::sleep(Duration::from_millis(20)).await;
                 }
                 Err(e) => anyhow::bail!("agent socket {}: {e}", socket.display()),
@@ -164,13 +171,27 @@ impl GuestChannel {
             reader: BufReader::new(read),
             writer,
         };
-        let left = deadline.saturating_duration_since(Instant::now());
-        let ready = channel
-            .line(left)
-            .await?
-            .ok_or_else(|| anyhow::anyhow!("agent channel closed before the readiness line"))?;
-        anyhow::ensure!(ready.starts_with(READY), "expected {READY}, got {ready:?}");
-        Ok((channel, ready))
+        channel.send("echo VC-TEST-PING").await?;
+        let mut ready = None;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let line = channel
+                .line(left)
+                .await?
+                .ok_or_else(|| anyhow::anyhow!("agent channel closed before the guest answered"))?;
+            if line.starts_with(READY) {
+                ready = Some(line);
+            } else if line == "VC-TEST-PING" {
+                let end = channel.line(left).await?;
+                anyhow::ensure!(
+                    end.as_deref() == Some("VC-TEST-END 0"),
+                    "ping answered {end:?}"
+                );
+                return Ok((channel, ready));
+            } else {
+                anyhow::bail!("unexpected line from the guest: {line:?}");
+            }
+        }
     }
 
     /// The next line, `None` at EOF; an error after `timeout`.
