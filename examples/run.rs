@@ -86,28 +86,6 @@ fn image_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vc-guest-agent-image")
 }
 
-/// A busybox tree: `/bin/busybox` from the host's busybox-static and a
-/// symlink per applet.
-fn busybox_rootfs(dir: &Path) -> Result<()> {
-    let busybox = Path::new("/bin/busybox");
-    ensure!(busybox.is_file(), "no /bin/busybox: install busybox-static (make demo does)");
-    let bin = dir.join("bin");
-    std::fs::create_dir_all(&bin)?;
-    for d in ["proc", "sys", "dev", "tmp", "etc", "root"] {
-        std::fs::create_dir_all(dir.join(d))?;
-    }
-    std::fs::copy(busybox, bin.join("busybox"))?;
-    let list = std::process::Command::new(busybox).arg("--list").output()?;
-    for applet in String::from_utf8_lossy(&list.stdout).lines() {
-        if applet != "busybox" {
-            std::os::unix::fs::symlink("busybox", bin.join(applet))?;
-        }
-    }
-    std::fs::write(dir.join("etc/passwd"), "root:x:0:0:root:/root:/bin/sh\n")?;
-    std::fs::write(dir.join("etc/group"), "root:x:0:\n")?;
-    Ok(())
-}
-
 fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(cpus) = args.cpus {
@@ -172,7 +150,7 @@ async fn main() -> Result<ExitCode> {
         Some(r) => r.canonicalize().with_context(|| format!("--rootfs {}", r.display()))?,
         None => {
             let r = work.path().join("rootfs");
-            busybox_rootfs(&r)?;
+            vc_guest_image::rootfs::busybox_rootfs(&r, Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX))?;
             r
         }
     };

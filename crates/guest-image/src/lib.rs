@@ -71,6 +71,7 @@ mod error;
 mod initramfs;
 mod kernel;
 pub mod modules;
+pub mod rootfs;
 pub mod vmlinux;
 
 pub use builder::{

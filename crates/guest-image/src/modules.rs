@@ -32,6 +32,10 @@ pub const DEFAULT_MODULES: &[&str] = &[
     "9pnet_virtio",
     "9p",
     "overlay",
+    // libcrc32c (a dependency of erofs) has `softdep pre: crc32c`, a crypto
+    // alias that `depends=` does not name: without an implementation its
+    // init fails with ENOENT, and erofs with it.
+    "crc32c_generic",
     "erofs",
     "fuse",
     "virtiofs",
