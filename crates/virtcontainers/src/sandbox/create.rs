@@ -16,7 +16,7 @@ use vc_hypervisor::{
     VcpuConfig,
 };
 
-use super::{Sandbox, cgroups_manager, remove_empty_dir};
+use super::{Sandbox, cgroups_manager, remove_empty_dir, remove_runtime_dir};
 use crate::config::SandboxConfig;
 use crate::error::{CreateStep, Error};
 use crate::factory::VmFactory;
@@ -313,9 +313,19 @@ impl Creation<'_> {
         let shared_dir = state.resources.shared_dir.clone().unwrap_or_default();
         {
             let (runtime_dir, shared_dir) = (runtime_dir.clone(), shared_dir.clone());
+            let keep_logs = self.config.vm.debug;
             undo.push("share directories", move || async move {
+                // The share's directory may only ever be removed when empty
+                // (a stale bind mount would expose a container's files);
+                // the runtime directory holds nothing but our sockets and
+                // logs.
                 let shared = remove_empty_dir(&shared_dir);
-                remove_empty_dir(&runtime_dir).and(shared)
+                let runtime = if keep_logs {
+                    Ok(())
+                } else {
+                    remove_runtime_dir(&runtime_dir)
+                };
+                runtime.and(shared)
             });
         }
         for dir in [&runtime_dir, &shared_dir] {

@@ -5,7 +5,7 @@ use std::time::Duration;
 use slog::{info, warn};
 
 use super::container::{ContainerStatus, unbind_all};
-use super::{Sandbox, cgroups_manager, remove_empty_dir};
+use super::{Sandbox, cgroups_manager, remove_empty_dir, remove_runtime_dir};
 use crate::error::Error;
 use crate::host_mounts;
 use crate::persist::{LockMode, SandboxStore};
@@ -291,12 +291,7 @@ pub(crate) fn free_host_resources(
         step(&mut errors, r)?;
     }
     if let Some(dir) = state.resources.runtime_dir.clone() {
-        // Only the VMM's sockets and logs live here, never a mount.
-        let r = match std::fs::remove_dir_all(&dir) {
-            Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-            Err(e) => Err(Error::host_io("remove", &dir)(e)),
-        };
+        let r = remove_runtime_dir(&dir);
         if r.is_ok() {
             state.resources.runtime_dir = None;
         }

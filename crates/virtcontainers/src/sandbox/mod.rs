@@ -211,6 +211,16 @@ pub(crate) fn cgroups_manager(
     .map_err(Error::cgroups("load the sandbox's cgroups"))
 }
 
+/// Removes a VM runtime directory and what is in it: only the VMM's and
+/// helpers' sockets and logs live there, never a mount.
+pub(crate) fn remove_runtime_dir(dir: &Path) -> Result<(), Error> {
+    match std::fs::remove_dir_all(dir) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(Error::host_io("remove", dir)(e)),
+    }
+}
+
 /// Removes a directory the SDK created, only if empty: never recursively,
 /// since a stale bind mount under it would expose a container's files.
 pub(crate) fn remove_empty_dir(path: &Path) -> Result<(), Error> {
