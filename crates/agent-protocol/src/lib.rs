@@ -32,6 +32,11 @@
 
 pub mod convert;
 
+/// The `protobuf` crate the messages are generated for, so that embedders
+/// build requests (`MessageField`, `EnumOrUnknown`, `Message`) with the
+/// exact version the protocol uses, without a dependency of their own.
+pub use protobuf;
+
 #[allow(
     clippy::all,
     clippy::undocumented_unsafe_blocks,

@@ -9,10 +9,7 @@ mod support;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
-};
+use oci_spec::runtime::ProcessBuilder;
 use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::{agent as pb, convert};
 use vc_agent_client::{Agent, AgentError, OutputStream, ProcessOutput, TtrpcAgent};
@@ -64,71 +61,10 @@ impl Drop for Vm {
     }
 }
 
-fn spec(cid: &str, args: &[&str]) -> Spec {
-    let ns = [
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Ipc,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
-    .collect::<Vec<_>>();
-    SpecBuilder::default()
-        .hostname("guest-box")
-        .root(
-            RootBuilder::default()
-                .path(format!("/run/vc/{cid}/rootfs"))
-                .build()
-                .unwrap(),
-        )
-        .process(
-            ProcessBuilder::default()
-                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .env(vec!["PATH=/bin".to_string(), "GREETING=hi there".into()])
-                .cwd("/work")
-                .user(
-                    UserBuilder::default()
-                        .uid(1000u32)
-                        .gid(1001u32)
-                        .build()
-                        .unwrap(),
-                )
-                .build()
-                .unwrap(),
-        )
-        .mounts(vec![
-            MountBuilder::default()
-                .destination("/proc")
-                .typ("proc")
-                .source("proc")
-                .build()
-                .unwrap(),
-            MountBuilder::default()
-                .destination("/dev")
-                .typ("tmpfs")
-                .source("tmpfs")
-                .build()
-                .unwrap(),
-        ])
-        .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
-        .build()
-        .unwrap()
-}
-
 async fn create(agent: &TtrpcAgent, cid: &str, args: &[&str]) -> vc_agent_client::Result<()> {
-    let mut storage = pb::Storage::new();
-    storage.driver = "9p".into();
-    storage.source = support::ROOTFS_TAG.into();
-    storage.fstype = "9p".into();
-    storage.options = vec!["trans=virtio".into(), "version=9p2000.L".into()];
-    storage.mount_point = format!("/run/vc/{cid}/rootfs");
-    let mut req = pb::CreateContainerRequest::new();
-    req.container_id = cid.into();
-    req.exec_id = cid.into();
-    req.storages.push(storage);
-    req.OCI = protobuf::MessageField::some(convert::spec_to_proto(&spec(cid, args)).unwrap());
-    agent.create_container(req).await
+    agent
+        .create_container(support::guest_create_request(cid, args))
+        .await
 }
 
 async fn output(agent: &Arc<TtrpcAgent>, cid: &str, eid: &str) -> (String, String) {
@@ -218,7 +154,9 @@ async fn containers_run_in_the_vm() {
         .cwd("/")
         .build()
         .unwrap();
-    exec.process = protobuf::MessageField::some(convert::process_to_proto(&p).unwrap());
+    exec.process = vc_agent_client::protocol::protobuf::MessageField::some(
+        convert::process_to_proto(&p).unwrap(),
+    );
     agent.exec_process(exec).await.unwrap();
     let (out, err) = output(&agent, "sleeper", "probe").await;
     assert_eq!(

@@ -15,6 +15,12 @@ use std::process::{Command, Stdio};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
+    RootBuilder, Spec, SpecBuilder, UserBuilder,
+};
+use vc_agent_client::protocol::protobuf::MessageField;
+use vc_agent_client::protocol::{agent as pb, convert};
 use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
 use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
 use vc_hypervisor::{
@@ -63,10 +69,18 @@ pub fn require_vm_host() {
 pub fn agent_binary() -> &'static Path {
     static BINARY: OnceLock<PathBuf> = OnceLock::new();
     BINARY.get_or_init(|| {
-        let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        // This file is compiled into a test of vc-guest-agent and into a
+        // bench of vc-benches: find the workspace root from either.
+        let workspace = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .ancestors()
+            .find(|d| {
+                std::fs::read_to_string(d.join("Cargo.toml"))
+                    .is_ok_and(|t| t.lines().any(|l| l.trim() == "[workspace]"))
+            })
+            .expect("the workspace root above CARGO_MANIFEST_DIR");
         let cargo = std::env::var_os("CARGO").unwrap_or_else(|| "cargo".into());
         let out = Command::new(cargo)
-            .current_dir(&workspace)
+            .current_dir(workspace)
             .args(["build", "--release", "-p", "vc-guest-agent"])
             .args(["--bin", "vc-guest-agent", "--target", AGENT_TARGET])
             .arg("--message-format=json-render-diagnostics")
@@ -118,6 +132,85 @@ pub fn busybox_rootfs(dir: &Path) -> PathBuf {
         symlink("busybox", root.join("bin").join(applet)).unwrap();
     }
     root
+}
+
+/// The spec of the test containers: new mount, pid, uts and ipc
+/// namespaces, hostname `guest-box`, `/proc` and a tmpfs `/dev`, uid 1000
+/// gid 1001, cwd `/work`, `PATH=/bin` and `GREETING=hi there`, running
+/// `args`, with its root at `root`.
+pub fn container_spec(root: &str, args: &[&str]) -> Spec {
+    let ns = [
+        LinuxNamespaceType::Mount,
+        LinuxNamespaceType::Pid,
+        LinuxNamespaceType::Uts,
+        LinuxNamespaceType::Ipc,
+    ]
+    .into_iter()
+    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+    .collect::<Vec<_>>();
+    SpecBuilder::default()
+        .hostname("guest-box")
+        .root(RootBuilder::default().path(root).build().unwrap())
+        .process(
+            ProcessBuilder::default()
+                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .env(vec!["PATH=/bin".to_string(), "GREETING=hi there".into()])
+                .cwd("/work")
+                .user(
+                    UserBuilder::default()
+                        .uid(1000u32)
+                        .gid(1001u32)
+                        .build()
+                        .unwrap(),
+                )
+                .build()
+                .unwrap(),
+        )
+        .mounts(vec![
+            MountBuilder::default()
+                .destination("/proc")
+                .typ("proc")
+                .source("proc")
+                .build()
+                .unwrap(),
+            MountBuilder::default()
+                .destination("/dev")
+                .typ("tmpfs")
+                .source("tmpfs")
+                .build()
+                .unwrap(),
+        ])
+        .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+        .build()
+        .unwrap()
+}
+
+/// Where the agent mounts container `cid`'s rootfs in the guest.
+pub fn guest_rootfs(cid: &str) -> String {
+    format!("/run/vc/{cid}/rootfs")
+}
+
+/// A CreateContainer request for the VM: the 9p share [`ROOTFS_TAG`] as
+/// its storage, mounted at [`guest_rootfs`], and [`container_spec`].
+pub fn guest_create_request(cid: &str, args: &[&str]) -> pb::CreateContainerRequest {
+    let mut storage = pb::Storage::new();
+    storage.driver = "9p".into();
+    storage.source = ROOTFS_TAG.into();
+    storage.fstype = "9p".into();
+    storage.options = vec!["trans=virtio".into(), "version=9p2000.L".into()];
+    storage.mount_point = guest_rootfs(cid);
+    let mut req = create_request(cid, &container_spec(&guest_rootfs(cid), args));
+    req.storages.push(storage);
+    req
+}
+
+/// A CreateContainer request for `spec`, no storages.
+pub fn create_request(cid: &str, spec: &Spec) -> pb::CreateContainerRequest {
+    let mut req = pb::CreateContainerRequest::new();
+    req.container_id = cid.into();
+    req.exec_id = cid.into();
+    req.OCI = MessageField::some(convert::spec_to_proto(spec).unwrap());
+    req
 }
 
 /// A logger that the test harness captures.
