@@ -300,7 +300,11 @@ impl DeviceHotplug for Qemu {
                 }
             }
         };
-        match tokio::time::timeout(timeout, deleted).await {
+        let outcome = tokio::time::timeout(timeout, deleted).await;
+        // No longer listening: let the session go once idle.
+        drop(events);
+        self.qmp.release_if_idle();
+        match outcome {
             Ok(result) => result?,
             Err(_) => {
                 return Err(Error::UnplugTimeout {

@@ -3,8 +3,13 @@
 //! One task reads the socket: it completes command responses and forwards
 //! QMP events to a broadcast channel (device removal is confirmed by the
 //! `DEVICE_DELETED` event). If the connection breaks while QEMU lives, the
-//! next command connects again: QMP accepts a new client once the old one
-//! is gone, which is also how another process attaches.
+//! next command connects again.
+//!
+//! A QMP monitor serves one client at a time: a second one waits in the
+//! socket's backlog until the first hangs up. So a session is held only
+//! while a command runs or someone listens for events, and released as
+//! soon as it is idle; another process (`attach`, `fetch_sandbox`) then
+//! gets its turn within a command's time.
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
@@ -62,9 +67,12 @@ impl Qmp {
         }
     }
 
-    /// Connects now (once), negotiating capabilities.
+    /// Checks that the monitor answers: connects and negotiates
+    /// capabilities, then releases the session if nothing else uses it.
     pub async fn connect(&self) -> Result<()> {
-        self.session().await.map(drop)
+        self.session().await.map(drop)?;
+        self.release_if_idle();
+        Ok(())
     }
 
     async fn session(&self) -> Result<Arc<Session>> {
@@ -134,12 +142,13 @@ impl Qmp {
         C: qapi::qmp::QmpCommand + Send,
     {
         let session = self.session().await?;
-        let result = tokio::time::timeout(self.timeout, session.service.execute(command))
-            .await
-            .map_err(|_| Error::QmpTimeout {
-                command: C::NAME,
-                timeout: self.timeout,
-            })?;
+        let result = tokio::time::timeout(self.timeout, session.service.execute(command)).await;
+        drop(session);
+        self.release_if_idle();
+        let result = result.map_err(|_| Error::QmpTimeout {
+            command: C::NAME,
+            timeout: self.timeout,
+        })?;
         result.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => Error::QmpCommand {
                 command: C::NAME,
@@ -156,6 +165,18 @@ impl Qmp {
     /// A receiver of the QMP events from now on.
     pub async fn subscribe(&self) -> Result<broadcast::Receiver<Event>> {
         Ok(self.session().await?.events.subscribe())
+    }
+
+    /// Hangs up when no command is in flight and nobody listens for
+    /// events, so that another client can use the monitor.
+    pub fn release_if_idle(&self) {
+        let mut slot = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let idle = slot
+            .as_ref()
+            .is_some_and(|s| Arc::strong_count(s) == 1 && s.events.receiver_count() == 0);
+        if idle {
+            slot.take();
+        }
     }
 
     /// Drops the session (the reader task ends).
