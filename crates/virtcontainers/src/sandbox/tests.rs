@@ -207,6 +207,19 @@ impl Fixture {
     }
 }
 
+impl Drop for Fixture {
+    /// A failed test may leave bind mounts under the temporary directory:
+    /// unmount them before it is removed, or the removal would recurse into
+    /// their sources.
+    fn drop(&mut self) {
+        let mut mounts = self.mounts_under_dir();
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
 #[tokio::test]
 async fn create_run_and_cleanup_the_last_container_removes_everything() {
     let fx = Fixture::new("full");
