@@ -361,3 +361,96 @@ async fn bad_requests_get_clear_errors_and_change_nothing() {
     h.agent.check().await.unwrap();
     h.finish().await;
 }
+
+/// Symlinks in the image cannot make the agent create or mount anything
+/// outside the rootfs: mount targets resolve inside it, as they will for the
+/// container after `pivot_root`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mount_targets_resolve_inside_the_rootfs() {
+    let h = Harness::new().await;
+    // `rootfs/../outside` is a host directory beside the rootfs.
+    let outside = h.root.parent().unwrap().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::create_dir(h.root.join("outside")).unwrap();
+    symlink("../outside", h.root.join("rel")).unwrap();
+    symlink(&outside, h.root.join("abs")).unwrap();
+    symlink("/outside", h.root.join("rooted")).unwrap();
+
+    // And a read-only bind through the same resolution (remount on the
+    // resolved target).
+    let shared = h.root.parent().unwrap().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::write(shared.join("f"), "shared\n").unwrap();
+    symlink("busybox", h.root.join("bin/cut")).unwrap();
+
+    let mut s = spec(
+        &h.root,
+        &[
+            "sh",
+            "-c",
+            "grep -o ' /[a-z/-]* tmpfs' /proc/mounts; cat /data/f; \
+             grep ' /data ' /proc/mounts | cut -d' ' -f4 | cut -d, -f1",
+        ],
+    );
+    let mut mounts = s.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/data")
+            .typ("bind")
+            .source(&shared)
+            .options(vec!["rbind".to_string(), "ro".into(), "rprivate".into()])
+            .build()
+            .unwrap(),
+    );
+    for dest in ["/rel/made-rel", "/rooted/made-rooted"] {
+        mounts.push(
+            MountBuilder::default()
+                .destination(dest)
+                .typ("tmpfs")
+                .source("tmpfs")
+                .build()
+                .unwrap(),
+        );
+    }
+    s.set_mounts(Some(mounts));
+    h.create_spec("links", s).await.unwrap();
+    h.agent.start_container("links").await.unwrap();
+    let (out, err) = h.output("links", "links").await;
+    assert_eq!(
+        h.agent.wait_process("links", "links").await.unwrap(),
+        0,
+        "{err}"
+    );
+    // Both land in the rootfs's own /outside, where the container sees them.
+    assert_eq!(
+        out,
+        " /dev tmpfs\n /outside/made-rel tmpfs\n /outside/made-rooted tmpfs\nshared\nro\n"
+    );
+    assert!(h.root.join("outside/made-rel").is_dir());
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "created outside the rootfs"
+    );
+    h.remove("links").await;
+
+    // A symlink to a host path that the rootfs lacks: refused, nothing made.
+    let mut s = spec(&h.root, &["true"]);
+    let mut mounts = s.mounts().clone().unwrap();
+    mounts.push(
+        MountBuilder::default()
+            .destination("/abs/made-abs")
+            .typ("tmpfs")
+            .source("tmpfs")
+            .build()
+            .unwrap(),
+    );
+    s.set_mounts(Some(mounts));
+    let err = h.create_spec("abs", s).await.unwrap_err();
+    assert!(err.to_string().contains("creating a mount target"), "{err}");
+    assert!(
+        std::fs::read_dir(&outside).unwrap().next().is_none(),
+        "created outside the rootfs"
+    );
+    h.agent.check().await.unwrap();
+    h.finish().await;
+}

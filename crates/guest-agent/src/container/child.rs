@@ -11,7 +11,7 @@ use std::ffi::CStr;
 use std::os::fd::RawFd;
 use std::ptr;
 
-use super::plan::{ContainerPlan, ProcessPlan, Target};
+use super::plan::{ContainerPlan, InRoot, MountOp, ProcessPlan, Target};
 
 /// The steps of a launch, as reported on the status pipe. 0 means ready.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -200,33 +200,178 @@ fn mount(
     check(unsafe { libc::mount(source, target.as_ptr(), fstype, flags, data.cast()) })
 }
 
-fn mkdir_exist_ok(path: &CStr) -> Result<(), i32> {
-    // SAFETY: `path` is NUL-terminated.
-    match check(unsafe { libc::mkdir(path.as_ptr(), 0o755) }) {
-        Err(libc::EEXIST) => Ok(()),
-        other => other,
+/// `struct open_how` of `openat2(2)` (libc's is `non_exhaustive`).
+#[repr(C)]
+struct OpenHow {
+    flags: u64,
+    mode: u64,
+    resolve: u64,
+}
+
+/// Opens `path` (relative) below the directory `root` as if `root` were
+/// `/`: absolute symlinks and `..` stay inside it (`RESOLVE_IN_ROOT`), and
+/// `/proc` magic links are refused.
+fn open_in_root(root: RawFd, path: &CStr, flags: libc::c_int) -> Result<Fd, i32> {
+    let how = OpenHow {
+        flags: (flags | libc::O_CLOEXEC) as u64,
+        mode: 0,
+        resolve: libc::RESOLVE_IN_ROOT | libc::RESOLVE_NO_MAGICLINKS,
+    };
+    // The kernel answers EAGAIN when a rename raced with the lookup.
+    for _ in 0..16 {
+        // SAFETY: `path` is NUL-terminated and `how` is a valid open_how of the size passed.
+        let fd = unsafe {
+            libc::syscall(
+                libc::SYS_openat2,
+                root,
+                path.as_ptr(),
+                &how,
+                std::mem::size_of::<OpenHow>(),
+            )
+        };
+        if fd >= 0 {
+            return Ok(Fd(fd as RawFd));
+        }
+        match errno() {
+            libc::EAGAIN | libc::EINTR => continue,
+            e => return Err(e),
+        }
+    }
+    Err(libc::EAGAIN)
+}
+
+/// A descriptor the child closes when done with it.
+struct Fd(RawFd);
+
+impl Fd {
+    /// `/proc/self/fd/<n>`, in `buf`: a path that names exactly what the
+    /// descriptor refers to, for calls that take no descriptor (`mount`).
+    fn proc_path<'b>(&self, buf: &'b mut [u8; 32]) -> &'b CStr {
+        const PREFIX: &[u8] = b"/proc/self/fd/";
+        buf[..PREFIX.len()].copy_from_slice(PREFIX);
+        let mut digits = [0u8; 10];
+        let (mut n, mut len) = (self.0.unsigned_abs(), 0);
+        loop {
+            digits[len] = b'0' + (n % 10) as u8;
+            len += 1;
+            n /= 10;
+            if n == 0 {
+                break;
+            }
+        }
+        for i in 0..len {
+            buf[PREFIX.len() + i] = digits[len - 1 - i];
+        }
+        buf[PREFIX.len() + len] = 0;
+        CStr::from_bytes_until_nul(&buf[..]).unwrap_or(c"/proc/self/fd/")
     }
 }
 
-fn touch(path: &CStr) -> Result<(), i32> {
-    // SAFETY: `path` is NUL-terminated; the fd is closed right away.
-    let fd = unsafe {
-        libc::open(
-            path.as_ptr(),
-            libc::O_CREAT | libc::O_WRONLY | libc::O_CLOEXEC,
-            0o644,
-        )
-    };
-    if fd < 0 {
-        return match errno() {
-            // A read-only file system with the file already there is fine.
-            libc::EROFS | libc::EISDIR => Ok(()),
-            e => Err(e),
-        };
+impl Drop for Fd {
+    fn drop(&mut self) {
+        // SAFETY: the child owns this descriptor and closes it once.
+        unsafe { libc::close(self.0) };
     }
-    // SAFETY: `fd` was just opened by us.
-    unsafe { libc::close(fd) };
+}
+
+/// Opens `target` below `root`, creating what is missing (directories on
+/// the way, then a directory or an empty file as `kind` says), each
+/// creation in its parent as resolved inside `root`.
+fn ensure_target(root: RawFd, target: &InRoot, kind: Target) -> Result<Fd, i32> {
+    match open_in_root(root, target.path(), libc::O_PATH) {
+        Err(libc::ENOENT) => {}
+        other => return other,
+    }
+    let last = target.components.len().saturating_sub(1);
+    for (i, c) in target.components.iter().enumerate() {
+        match open_in_root(root, &c.path, libc::O_PATH) {
+            Ok(_) => continue,
+            Err(libc::ENOENT) => {}
+            Err(e) => return Err(e),
+        }
+        let parent = open_in_root(root, &c.parent, libc::O_PATH | libc::O_DIRECTORY)?;
+        let made = if i == last && kind == Target::File {
+            // SAFETY: `parent` is an open directory and `name` NUL-terminated;
+            // O_NOFOLLOW|O_EXCL never follows or truncates anything there.
+            let fd = unsafe {
+                libc::openat(
+                    parent.0,
+                    c.name.as_ptr(),
+                    libc::O_CREAT
+                        | libc::O_EXCL
+                        | libc::O_NOFOLLOW
+                        | libc::O_WRONLY
+                        | libc::O_CLOEXEC,
+                    0o644,
+                )
+            };
+            if fd < 0 {
+                Err(errno())
+            } else {
+                // SAFETY: `fd` was just opened here.
+                unsafe { libc::close(fd) };
+                Ok(())
+            }
+        } else {
+            // SAFETY: as above.
+            check(unsafe { libc::mkdirat(parent.0, c.name.as_ptr(), 0o755) })
+        };
+        match made {
+            // A dangling symlink there: the open below reports ENOENT.
+            Ok(()) | Err(libc::EEXIST) => {}
+            Err(e) => return Err(e),
+        }
+    }
+    open_in_root(root, target.path(), libc::O_PATH)
+}
+
+/// Mounts `m` on its target resolved inside `root`: through
+/// `/proc/self/fd/<n>` of the resolved target, so the mount lands on the
+/// very directory that was checked, whatever symlinks say.
+fn mount_in_root(root: RawFd, m: &MountOp) -> Result<(), (Step, i32)> {
+    let mut buf = [0u8; 32];
+    {
+        let target = ensure_target(root, &m.target, m.kind).map_err(|e| (Step::MountTarget, e))?;
+        mount(
+            opt_ptr(&m.source),
+            target.proc_path(&mut buf),
+            opt_ptr(&m.fstype),
+            m.flags,
+            opt_ptr(&m.data),
+        )
+        .map_err(|e| (Step::Mount, e))?;
+    }
+    if m.propagation == 0 && !m.remount_ro {
+        return Ok(());
+    }
+    // The same path again, now the root of the new mount.
+    let mounted =
+        open_in_root(root, m.target.path(), libc::O_PATH).map_err(|e| (Step::Mount, e))?;
+    let path = mounted.proc_path(&mut buf);
+    if m.propagation != 0 {
+        mount(ptr::null(), path, ptr::null(), m.propagation, ptr::null())
+            .map_err(|e| (Step::Propagation, e))?;
+    }
+    if m.remount_ro {
+        let flags = libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | (m.flags & !libc::MS_REC);
+        mount(ptr::null(), path, ptr::null(), flags, ptr::null())
+            .map_err(|e| (Step::RemountReadonly, e))?;
+    }
     Ok(())
+}
+
+/// Creates the symlink `link` -> `contents` in `link`'s parent as
+/// resolved inside `root`.
+fn symlink_in_root(root: RawFd, contents: &CStr, link: &InRoot) -> Result<(), i32> {
+    let Some(last) = link.components.last() else {
+        return Err(libc::EINVAL);
+    };
+    let parent = open_in_root(root, &last.parent, libc::O_PATH | libc::O_DIRECTORY)?;
+    // SAFETY: both strings are NUL-terminated; `parent` is an open directory.
+    match check(unsafe { libc::symlinkat(contents.as_ptr(), parent.0, last.name.as_ptr()) }) {
+        Ok(()) | Err(libc::EEXIST) => Ok(()),
+        Err(e) => Err(e),
+    }
 }
 
 fn setup_rootfs(plan: &ContainerPlan) -> Result<(), (Step, i32)> {
@@ -247,45 +392,26 @@ fn setup_rootfs(plan: &ContainerPlan) -> Result<(), (Step, i32)> {
         ptr::null(),
     )
     .map_err(|e| (Step::BindRootfs, e))?;
-    for m in &plan.mounts {
-        for dir in &m.parents {
-            mkdir_exist_ok(dir).map_err(|e| (Step::MountTarget, e))?;
-        }
-        match m.kind {
-            Target::Dir => mkdir_exist_ok(&m.target),
-            Target::File => touch(&m.target),
-        }
-        .map_err(|e| (Step::MountTarget, e))?;
-        mount(
-            opt_ptr(&m.source),
-            &m.target,
-            opt_ptr(&m.fstype),
-            m.flags,
-            opt_ptr(&m.data),
-        )
-        .map_err(|e| (Step::Mount, e))?;
-        if m.propagation != 0 {
-            mount(
-                ptr::null(),
-                &m.target,
-                ptr::null(),
-                m.propagation,
-                ptr::null(),
+    {
+        // Opened after the bind: the mounts below go into the bind mount
+        // that becomes the container's `/`.
+        // SAFETY: `root` is NUL-terminated; the agent made this path, so a
+        // plain open is right here.
+        let fd = unsafe {
+            libc::open(
+                root.as_ptr(),
+                libc::O_PATH | libc::O_DIRECTORY | libc::O_CLOEXEC,
             )
-            .map_err(|e| (Step::Propagation, e))?;
+        };
+        if fd < 0 {
+            return Err((Step::BindRootfs, errno()));
         }
-        if m.remount_ro {
-            let flags =
-                libc::MS_BIND | libc::MS_REMOUNT | libc::MS_RDONLY | (m.flags & !libc::MS_REC);
-            mount(ptr::null(), &m.target, ptr::null(), flags, ptr::null())
-                .map_err(|e| (Step::RemountReadonly, e))?;
+        let root_fd = Fd(fd);
+        for m in &plan.mounts {
+            mount_in_root(root_fd.0, m)?;
         }
-    }
-    for (contents, link) in &plan.symlinks {
-        // SAFETY: both strings are NUL-terminated.
-        match check(unsafe { libc::symlink(contents.as_ptr(), link.as_ptr()) }) {
-            Ok(()) | Err(libc::EEXIST) => {}
-            Err(e) => return Err((Step::Symlink, e)),
+        for (contents, link) in &plan.symlinks {
+            symlink_in_root(root_fd.0, contents, link).map_err(|e| (Step::Symlink, e))?;
         }
     }
     // SAFETY: `root` is NUL-terminated.

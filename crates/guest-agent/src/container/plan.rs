@@ -27,15 +27,44 @@ pub enum Target {
     File,
 }
 
+/// One component of a path below the rootfs, so that the child can
+/// create what is missing one directory at a time.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathComponent {
+    /// The path up to and including this component, relative to the rootfs.
+    pub path: CString,
+    /// Its parent's path, relative to the rootfs (`.` for the rootfs itself).
+    pub parent: CString,
+    /// Its name.
+    pub name: CString,
+}
+
+/// A path below the container's rootfs (never the rootfs itself).
+///
+/// The child resolves it with `openat2(RESOLVE_IN_ROOT)` from a descriptor
+/// of the rootfs: a symlink in the rootfs, whatever it points to, resolves
+/// inside the rootfs (as it will for the container after `pivot_root`), so
+/// an image cannot make the agent create or mount anything outside it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InRoot {
+    /// Its components, outermost first; the last is the path itself.
+    pub components: Vec<PathComponent>,
+}
+
+impl InRoot {
+    /// The path, relative to the rootfs.
+    pub fn path(&self) -> &std::ffi::CStr {
+        self.components.last().map_or(c".", |c| c.path.as_c_str())
+    }
+}
+
 /// One `mount(2)` inside the new rootfs, before `pivot_root`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct MountOp {
     /// The source (`proc`, a device, a guest path for binds).
     pub source: Option<CString>,
-    /// The absolute target below the rootfs.
-    pub target: CString,
-    /// The directories to create first, outermost first, all below the rootfs.
-    pub parents: Vec<CString>,
+    /// The target below the rootfs.
+    pub target: InRoot,
     /// Whether the target itself is a directory or a file.
     pub kind: Target,
     /// Filesystem type (`None` for binds).
@@ -104,7 +133,7 @@ pub struct ContainerPlan {
     /// The mounts, in order.
     pub mounts: Vec<MountOp>,
     /// Symlinks `(contents, link)` to create below the rootfs (`/dev/fd`, ...).
-    pub symlinks: Vec<(CString, CString)>,
+    pub symlinks: Vec<(CString, InRoot)>,
     /// The hostname (needs a UTS namespace).
     pub hostname: Option<CString>,
     /// The container's first process.
@@ -130,19 +159,33 @@ fn path_cstring(container_id: &str, what: &str, p: &Path) -> Result<CString> {
     )
 }
 
-/// `rootfs` joined with the absolute `dest`, refusing `..` so that no
-/// target escapes the rootfs by its spelling.
-fn below(container_id: &str, rootfs: &Path, dest: &Path) -> Result<PathBuf> {
+/// The absolute `dest` as a path below the rootfs, refusing `..` (so no
+/// target escapes the rootfs by its spelling; symlinks are the child's
+/// part, see [`InRoot`]) and the rootfs itself.
+fn below(container_id: &str, dest: &Path) -> Result<InRoot> {
     if !dest.is_absolute() {
         return Err(invalid(
             container_id,
             format!("mount destination {} is not absolute", dest.display()),
         ));
     }
-    let mut out = rootfs.to_path_buf();
+    let mut components = Vec::new();
+    let mut path = PathBuf::new();
     for c in dest.components() {
         match c {
-            Component::Normal(part) => out.push(part),
+            Component::Normal(name) => {
+                let parent = if path.as_os_str().is_empty() {
+                    c".".to_owned()
+                } else {
+                    path_cstring(container_id, "mount destination", &path)?
+                };
+                path.push(name);
+                components.push(PathComponent {
+                    path: path_cstring(container_id, "mount destination", &path)?,
+                    parent,
+                    name: path_cstring(container_id, "mount destination", Path::new(name))?,
+                });
+            }
             Component::RootDir | Component::CurDir => {}
             Component::ParentDir | Component::Prefix(_) => {
                 return Err(invalid(
@@ -152,19 +195,13 @@ fn below(container_id: &str, rootfs: &Path, dest: &Path) -> Result<PathBuf> {
             }
         }
     }
-    Ok(out)
-}
-
-fn parents(container_id: &str, rootfs: &Path, target: &Path) -> Result<Vec<CString>> {
-    let mut dirs: Vec<&Path> = target
-        .ancestors()
-        .skip(1)
-        .take_while(|p| p.starts_with(rootfs) && *p != rootfs)
-        .collect();
-    dirs.reverse();
-    dirs.into_iter()
-        .map(|d| path_cstring(container_id, "mount path", d))
-        .collect()
+    if components.is_empty() {
+        return Err(invalid(
+            container_id,
+            format!("mount destination {} is the rootfs itself", dest.display()),
+        ));
+    }
+    Ok(InRoot { components })
 }
 
 fn rlimit_resource(t: PosixRlimitType) -> libc::c_int {
@@ -346,7 +383,7 @@ pub fn plan_container(container_id: &str, spec: &Spec, rootfs: &Path) -> Result<
     let mut mounts = Vec::new();
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().iter().flatten() {
-        let target = below(container_id, rootfs, m.destination())?;
+        let target = below(container_id, m.destination())?;
         let opts = mount_options::parse(&m.options().clone().unwrap_or_default());
         let fstype = m.typ().clone().filter(|t| !t.is_empty() && t != "bind");
         let is_bind = opts.is_bind() || m.typ().as_deref() == Some("bind");
@@ -368,8 +405,7 @@ pub fn plan_container(container_id: &str, spec: &Spec, rootfs: &Path) -> Result<
                 .as_ref()
                 .map(|s| path_cstring(container_id, "mount source", s))
                 .transpose()?,
-            parents: parents(container_id, rootfs, &target)?,
-            target: path_cstring(container_id, "mount destination", &target)?,
+            target,
             kind,
             fstype: if is_bind {
                 None
@@ -395,11 +431,10 @@ pub fn plan_container(container_id: &str, spec: &Spec, rootfs: &Path) -> Result<
     let mut symlinks = Vec::new();
     if dev_is_tmpfs {
         for dev in DEFAULT_DEVICES {
-            let target = rootfs.join("dev").join(dev);
+            let path = format!("/dev/{dev}");
             mounts.push(MountOp {
-                source: Some(cstring(container_id, "device", format!("/dev/{dev}"))?),
-                parents: Vec::new(),
-                target: path_cstring(container_id, "device", &target)?,
+                source: Some(cstring(container_id, "device", path.as_str())?),
+                target: below(container_id, Path::new(&path))?,
                 kind: Target::File,
                 fstype: None,
                 flags: libc::MS_BIND,
@@ -416,7 +451,7 @@ pub fn plan_container(container_id: &str, spec: &Spec, rootfs: &Path) -> Result<
         ] {
             symlinks.push((
                 cstring(container_id, "symlink", contents)?,
-                path_cstring(container_id, "symlink", &rootfs.join("dev").join(link))?,
+                below(container_id, &Path::new("/dev").join(link))?,
             ));
         }
     }
@@ -530,28 +565,38 @@ mod tests {
             libc::CLONE_NEWNS | libc::CLONE_NEWPID | libc::CLONE_NEWUTS | libc::CLONE_NEWIPC
         );
         assert_eq!(plan.hostname.as_deref(), Some(c"box"));
+        assert_eq!(plan.rootfs.as_c_str(), c"/run/c1/rootfs");
         let targets: Vec<_> = plan
             .mounts
             .iter()
-            .map(|m| m.target.to_str().unwrap())
+            .map(|m| m.target.path().to_str().unwrap())
             .collect();
-        assert_eq!(
-            &targets[..3],
-            [
-                "/run/c1/rootfs/proc",
-                "/run/c1/rootfs/dev",
-                "/run/c1/rootfs/data/in"
-            ]
-        );
+        // Relative to the rootfs: the child resolves them inside it.
+        assert_eq!(&targets[..3], ["proc", "dev", "data/in"]);
         // /dev is a tmpfs: the basic devices are bound in after it.
-        assert_eq!(targets[3], "/run/c1/rootfs/dev/null");
+        assert_eq!(targets[3], "dev/null");
+        assert_eq!(plan.symlinks[0].1.path(), c"dev/fd");
         assert_eq!(plan.mounts.len(), 3 + DEFAULT_DEVICES.len());
         let bind = &plan.mounts[2];
         assert_eq!(bind.fstype, None);
         assert!(
             bind.remount_ro && bind.flags & libc::MS_RDONLY == 0 && bind.flags & libc::MS_BIND != 0
         );
-        assert_eq!(bind.parents, vec![c"/run/c1/rootfs/data".to_owned()]);
+        assert_eq!(
+            bind.target.components,
+            [
+                PathComponent {
+                    path: c"data".to_owned(),
+                    parent: c".".to_owned(),
+                    name: c"data".to_owned()
+                },
+                PathComponent {
+                    path: c"data/in".to_owned(),
+                    parent: c"data".to_owned(),
+                    name: c"in".to_owned()
+                },
+            ]
+        );
         assert_eq!(plan.mounts[1].data.as_deref(), Some(c"mode=755"));
 
         let p = &plan.process;
@@ -600,6 +645,15 @@ mod tests {
         ]));
         let err = plan_container("c", &spec, Path::new("/r")).unwrap_err();
         assert!(err.to_string().contains("'..'"), "{err}");
+        spec.set_mounts(Some(vec![
+            MountBuilder::default()
+                .destination("/./")
+                .typ("tmpfs")
+                .build()
+                .unwrap(),
+        ]));
+        let err = plan_container("c", &spec, Path::new("/r")).unwrap_err();
+        assert!(err.to_string().contains("the rootfs itself"), "{err}");
 
         let spec = spec_with(
             process(&["sh"]),
