@@ -160,9 +160,18 @@ fn finit_module(path: &Path, params: &str) -> Result<()> {
     };
     if r < 0 {
         let e = std::io::Error::last_os_error();
-        // Already loaded (or built in): fine.
-        if e.raw_os_error() != Some(libc::EEXIST) {
-            return Err(Error::io("loading module", path)(e));
+        match e.raw_os_error() {
+            // Already loaded (or built in): fine.
+            Some(libc::EEXIST) => {}
+            // The file opened, so ENOENT is the kernel's "unknown symbol":
+            // a module it needs was not loaded before it.
+            Some(libc::ENOENT) => {
+                return Err(Error::io(
+                    "loading module (unknown symbol: a dependency is missing or loaded after it)",
+                    path,
+                )(e));
+            }
+            _ => return Err(Error::io("loading module", path)(e)),
         }
     }
     Ok(())
