@@ -454,3 +454,26 @@ async fn mount_targets_resolve_inside_the_rootfs() {
     h.agent.check().await.unwrap();
     h.finish().await;
 }
+
+/// A created container waits for its start holding no descriptor of the
+/// agent's: closing another container's stdin meanwhile reaches it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiting_container_holds_no_other_pipes() {
+    let h = Harness::new().await;
+    h.create("reader", &["cat"]).await.unwrap();
+    h.agent.start_container("reader").await.unwrap();
+    h.create("waiting", &["true"]).await.unwrap();
+    h.agent
+        .write_stdin("reader", "reader", b"x\n")
+        .await
+        .unwrap();
+    h.agent.close_stdin("reader", "reader").await.unwrap();
+    let (out, _) = tokio::time::timeout(Duration::from_secs(10), h.output("reader", "reader"))
+        .await
+        .expect("cat never saw the end of its stdin: another child holds the pipe");
+    assert_eq!(out, "x\n");
+    assert_eq!(h.agent.wait_process("reader", "reader").await.unwrap(), 0);
+    h.remove("reader").await;
+    h.remove("waiting").await;
+    h.finish().await;
+}

@@ -602,6 +602,45 @@ fn report(fd: RawFd, step: Step, err: i32) {
     unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
 }
 
+/// Closes every descriptor but 0-2 and `keep`. The agent's descriptors
+/// are close-on-exec, but a container waits for its start before exec:
+/// until then it would hold other containers' pipe ends (a stdin the host
+/// closed would not reach its reader) and the agent's sockets.
+fn close_other_fds(keep: &mut [RawFd]) {
+    keep.sort_unstable();
+    let mut next: libc::c_uint = 3;
+    for &fd in keep.iter() {
+        let Ok(fd) = libc::c_uint::try_from(fd) else {
+            continue;
+        };
+        if fd > next {
+            close_range(next, fd - 1);
+        }
+        next = next.max(fd.saturating_add(1));
+    }
+    close_range(next, libc::c_uint::MAX);
+}
+
+fn close_range(first: libc::c_uint, last: libc::c_uint) {
+    // SAFETY: closes descriptors this single-threaded child owns; none of
+    // them is used after (the kept ones are outside the range).
+    let r = unsafe { libc::syscall(libc::SYS_close_range, first, last, 0) };
+    if r < 0 {
+        // Kernels before 5.9: one by one, up to the descriptor limit.
+        let mut lim = libc::rlimit {
+            rlim_cur: 0,
+            rlim_max: 0,
+        };
+        // SAFETY: getrlimit fills `lim`.
+        unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
+        let end = last.min(lim.rlim_cur.min(1 << 20) as libc::c_uint);
+        for fd in first..=end {
+            // SAFETY: as above.
+            unsafe { libc::close(fd as RawFd) };
+        }
+    }
+}
+
 /// The child's whole life: enter or build the container, set the process
 /// up, report, (wait for start,) exec. Never returns.
 ///
@@ -611,6 +650,25 @@ fn report(fd: RawFd, step: Step, err: i32) {
 /// copy of the parent's memory: it replaces the process image or exits with
 /// `_exit`, and it must not be called where those effects would hit the agent.
 pub unsafe fn child_main(entry: Entry<'_>, ctx: &ChildContext<'_>) -> ! {
+    // What the child uses, on the stack: it must not allocate.
+    let mut keep = [-1 as RawFd; 16];
+    let mut n = 0;
+    let mut push = |fd: RawFd| {
+        if n < keep.len() {
+            keep[n] = fd;
+            n += 1;
+        }
+    };
+    ctx.stdio.iter().for_each(|&fd| push(fd));
+    push(ctx.status);
+    if let Some(start) = ctx.start {
+        push(start);
+    }
+    if let Entry::Join { namespaces, root } = &entry {
+        namespaces.iter().for_each(|&(fd, _)| push(fd));
+        push(*root);
+    }
+    close_other_fds(&mut keep[..n]);
     let res = (|| -> Result<std::convert::Infallible, (Step, i32)> {
         match entry {
             Entry::Create(plan) => setup_rootfs(plan)?,
