@@ -284,31 +284,10 @@ impl agent_ttrpc::AgentService for AgentService {
             }
             Ok(())
         })();
-        let res = match res {
-            Ok(()) => {
-                let mut mounted = Vec::new();
-                let mut err = None;
-                for s in &req.storages {
-                    match crate::storage::mount_storage(&req.sandbox_id, s) {
-                        Ok(p) => mounted.push(p),
-                        Err(e) => {
-                            err = Some(e);
-                            break;
-                        }
-                    }
-                }
-                match err {
-                    Some(e) => {
-                        for p in mounted.iter().rev() {
-                            let _ = crate::storage::unmount_storage(p);
-                        }
-                        Err(e)
-                    }
-                    None => Ok(()),
-                }
-            }
-            Err(e) => Err(e),
-        };
+        let res = res.and_then(|()| {
+            self.sandbox
+                .mount_sandbox_storages(&req.sandbox_id, &req.storages)
+        });
         res.map(|()| Empty::new())
             .map_err(|e| self.fail("CreateSandbox", e))
     }

@@ -11,8 +11,51 @@ use vc_agent_protocol::agent::Storage;
 use crate::container::mount_options;
 use crate::error::{Error, Result};
 
-/// Mounts `s` at its mount point; returns the mount point.
-pub fn mount_storage(container_id: &str, s: &Storage) -> Result<PathBuf> {
+/// A mounted storage: its mount point and the directories made for it.
+#[derive(Debug)]
+pub struct MountedStorage {
+    /// The mount point.
+    pub target: PathBuf,
+    /// The directories created for it, outermost first (removed again by
+    /// [`unmount_storage`]).
+    created: Vec<PathBuf>,
+}
+
+/// Creates `dir` and its missing ancestors; returns those it created,
+/// outermost first.
+fn create_dirs(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut missing: Vec<PathBuf> = dir
+        .ancestors()
+        .take_while(|d| !d.as_os_str().is_empty() && !d.exists())
+        .map(Path::to_path_buf)
+        .collect();
+    missing.reverse();
+    let mut created = Vec::new();
+    for d in missing {
+        match fs::create_dir(&d) {
+            Ok(()) => created.push(d),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+            Err(e) => {
+                remove_dirs(&created);
+                return Err(Error::io("creating storage mount point", &d)(e));
+            }
+        }
+    }
+    Ok(created)
+}
+
+/// Removes the directories `created` (innermost first) while they are empty.
+fn remove_dirs(created: &[PathBuf]) {
+    for d in created.iter().rev() {
+        if fs::remove_dir(d).is_err() {
+            break;
+        }
+    }
+}
+
+/// Mounts `s` at its mount point, creating it if needed. On failure
+/// nothing is left: no mount, no directory it made.
+pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> {
     let invalid = |reason: String| Error::InvalidRequest {
         container_id: container_id.to_owned(),
         reason,
@@ -36,7 +79,7 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<PathBuf> {
         options.push("trans=virtio".into());
     }
     let opts = mount_options::parse(&options);
-    fs::create_dir_all(&target).map_err(Error::io("creating storage mount point", &target))?;
+    let created = create_dirs(&target)?;
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     let source = if s.source.is_empty() {
         fstype.clone()
@@ -50,20 +93,70 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<PathBuf> {
         MsFlags::from_bits_truncate(opts.flags),
         data,
     )
-    .map_err(|e| Error::Io {
-        operation: "mounting storage",
-        path: target.clone(),
-        source: std::io::Error::from(e),
+    .map_err(|e| {
+        remove_dirs(&created);
+        Error::Io {
+            operation: "mounting storage",
+            path: target.clone(),
+            source: std::io::Error::from(e),
+        }
     })?;
-    Ok(target)
+    Ok(MountedStorage { target, created })
 }
 
 /// Detaches a storage mount (lazily: a process still holding it does not
-/// keep the container from being removed).
-pub fn unmount_storage(target: &Path) -> Result<()> {
-    umount2(target, MntFlags::MNT_DETACH).map_err(|e| Error::Io {
+/// keep the container from being removed), then removes the directories
+/// made for it.
+pub fn unmount_storage(m: &MountedStorage) -> Result<()> {
+    umount2(&m.target, MntFlags::MNT_DETACH).map_err(|e| Error::Io {
         operation: "unmounting storage",
-        path: target.to_owned(),
+        path: m.target.clone(),
         source: std::io::Error::from(e),
-    })
+    })?;
+    remove_dirs(&m.created);
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn tmpfs_storage(mount_point: &Path) -> Storage {
+        let mut s = Storage::new();
+        s.driver = "ephemeral".into();
+        s.mount_point = mount_point.display().to_string();
+        s
+    }
+
+    /// Needs root (mount).
+    #[test]
+    fn mount_and_unmount_leave_nothing_behind() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (mount)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let target = dir.path().join("vc/c1/rootfs");
+        let m = mount_storage("c1", &tmpfs_storage(&target)).unwrap();
+        std::fs::write(target.join("on-tmpfs"), "x").unwrap();
+        unmount_storage(&m).unwrap();
+        assert!(!dir.path().join("vc").exists(), "mount point left behind");
+
+        // A failed mount removes the directories it made.
+        let mut bad = tmpfs_storage(&target);
+        bad.driver = "9p".into();
+        bad.source = "no-such-tag".into();
+        bad.fstype = "no-such-fs".into();
+        let err = mount_storage("c1", &bad).unwrap_err();
+        assert!(err.to_string().contains("mounting storage"), "{err}");
+        assert!(!dir.path().join("vc").exists(), "mount point left behind");
+
+        // An existing mount point is kept.
+        std::fs::create_dir_all(&target).unwrap();
+        let m = mount_storage("c1", &tmpfs_storage(&target)).unwrap();
+        unmount_storage(&m).unwrap();
+        assert!(target.is_dir());
+    }
 }

@@ -477,3 +477,38 @@ async fn a_waiting_container_holds_no_other_pipes() {
     h.remove("waiting").await;
     h.finish().await;
 }
+
+/// CreateSandbox mounts the sandbox's storages (all or none) and
+/// DestroySandbox unmounts them and removes the mount points it made.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sandbox_storages_live_until_destroy() {
+    let h = Harness::new().await;
+    let base = h.root.parent().unwrap().join("sandbox");
+    let storage = |name: &str, fstype: &str| {
+        let mut s = pb::Storage::new();
+        s.driver = "local".into();
+        s.fstype = fstype.into();
+        s.mount_point = base.join(name).display().to_string();
+        s
+    };
+    let mut req = pb::CreateSandboxRequest::new();
+    req.sandbox_id = "sb".into();
+    req.storages = vec![storage("a", "tmpfs"), storage("b", "no-such-fs")];
+    let err = h.agent.create_sandbox(req.clone()).await.unwrap_err();
+    assert!(err.to_string().contains("mounting storage"), "{err}");
+    assert!(
+        !base.exists(),
+        "a failed CreateSandbox left its mount points"
+    );
+
+    req.storages = vec![storage("a", "tmpfs"), storage("b", "tmpfs")];
+    h.agent.create_sandbox(req).await.unwrap();
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo").unwrap();
+    assert!(
+        mounts.contains(&format!(" {} ", base.join("b").display())),
+        "not mounted"
+    );
+    h.agent.destroy_sandbox().await.unwrap();
+    assert!(!base.exists(), "DestroySandbox left its mount points");
+    h.finish().await;
+}

@@ -183,9 +183,40 @@ async fn containers_run_in_the_vm() {
     }
     agent.check().await.unwrap();
 
+    // A storage the VM does not have: a clear error naming it, the agent
+    // still answers, and the id is free again.
+    let mut req = support::guest_create_request("lost", &["true"]);
+    req.storages[0].source = "no-such-tag".into();
+    match agent.create_container(req).await {
+        Err(AgentError::Rpc { message, .. }) => {
+            assert!(message.contains("mounting storage"), "{message}")
+        }
+        other => panic!("expected an agent error, got {other:?}"),
+    }
+    assert_eq!(run(&agent, "lost", &["echo", "found"]).await.0, "found\n");
+
     // The host disconnects and reconnects: a working agent again.
     drop(agent);
     let agent = vm.connect().await;
     agent.check().await.unwrap();
     assert_eq!(run(&agent, "again", &["echo", "back"]).await.0, "back\n");
+
+    // The VM dies under a waiting call: the call fails at once with
+    // Disconnected instead of hanging.
+    create(&agent, "orphan", &["sleep", "100"]).await.unwrap();
+    agent.start_container("orphan").await.unwrap();
+    let waiting = {
+        let agent = agent.clone();
+        tokio::spawn(async move { agent.wait_process("orphan", "orphan").await })
+    };
+    vm.qemu.stop(Duration::from_secs(5)).await.unwrap();
+    let res = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("WaitProcess still pending after the VM stopped")
+        .unwrap();
+    assert!(
+        matches!(&res, Err(e) if e.is_disconnect()),
+        "expected Disconnected, got {res:?}"
+    );
+    assert!(agent.is_closed());
 }

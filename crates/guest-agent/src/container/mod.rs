@@ -89,7 +89,7 @@ struct Container {
     start: Option<std::os::fd::OwnedFd>,
     status: Option<std::os::fd::OwnedFd>,
     execs: HashMap<String, Arc<Process>>,
-    storages: Vec<PathBuf>,
+    storages: Vec<storage::MountedStorage>,
     cgroup: Option<Cgroup>,
 }
 
@@ -104,6 +104,9 @@ pub struct SandboxConfig {
 /// The containers of the sandbox, and what they need from the agent.
 pub struct Sandbox {
     containers: Mutex<HashMap<String, Container>>,
+    /// Storages of the sandbox itself (CreateSandbox), unmounted by
+    /// [`Sandbox::remove_all`].
+    storages: Mutex<Vec<storage::MountedStorage>>,
     reaper: Arc<Reaper>,
     config: SandboxConfig,
     logger: Logger,
@@ -129,7 +132,7 @@ fn check_id(container_id: &str) -> Result<()> {
 /// What was done so far in a create, undone on failure.
 struct Undo<'a> {
     logger: &'a Logger,
-    storages: Vec<PathBuf>,
+    storages: Vec<storage::MountedStorage>,
     cgroup: Option<Cgroup>,
 }
 
@@ -153,6 +156,7 @@ impl Sandbox {
     pub fn new(reaper: Arc<Reaper>, config: SandboxConfig, logger: Logger) -> Sandbox {
         Sandbox {
             containers: Mutex::new(HashMap::new()),
+            storages: Mutex::new(Vec::new()),
             reaper,
             config,
             logger,
@@ -538,7 +542,31 @@ impl Sandbox {
         first_err.map_or(Ok(()), Err)
     }
 
-    /// Removes every container (sandbox teardown).
+    /// Mounts the sandbox's own storages (CreateSandbox), all or none.
+    pub fn mount_sandbox_storages(&self, sandbox_id: &str, storages: &[pb::Storage]) -> Result<()> {
+        let mut mounted = Vec::new();
+        for s in storages {
+            match storage::mount_storage(sandbox_id, s) {
+                Ok(m) => mounted.push(m),
+                Err(e) => {
+                    for m in mounted.iter().rev() {
+                        if let Err(e) = storage::unmount_storage(m) {
+                            warn!(self.logger, "undo: {e}");
+                        }
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        self.storages
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .extend(mounted);
+        Ok(())
+    }
+
+    /// Removes every container, then unmounts the sandbox's storages
+    /// (sandbox teardown).
     pub async fn remove_all(&self) -> Result<()> {
         let mut first_err = None;
         for id in self.container_ids() {
@@ -546,6 +574,13 @@ impl Sandbox {
                 .remove_container(&id, Some(Duration::from_secs(10)))
                 .await
             {
+                first_err.get_or_insert(e);
+            }
+        }
+        let storages =
+            std::mem::take(&mut *self.storages.lock().unwrap_or_else(|p| p.into_inner()));
+        for m in storages.iter().rev() {
+            if let Err(e) = storage::unmount_storage(m) {
                 first_err.get_or_insert(e);
             }
         }
