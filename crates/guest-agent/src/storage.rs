@@ -132,11 +132,8 @@ mod tests {
     #[test]
     fn mount_and_unmount_leave_nothing_behind() {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test needs root (mount)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "this test needs root (mount)");
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("vc/c1/rootfs");
         let m = mount_storage("c1", &tmpfs_storage(&target)).unwrap();
