@@ -54,6 +54,49 @@ pub fn parse_cmdline(cmdline: &str) -> AgentParams {
     p
 }
 
+/// Where [`make_root_pivotable`] binds `/` on its way.
+const ROOT_BIND: &str = "/.vc-root";
+
+/// Makes `/` a mount that `pivot_root(2)` can leave, so containers get
+/// `pivot_root` (and the agent's mounts detached from their namespace)
+/// rather than a `chroot`, which a process with `CAP_SYS_CHROOT` escapes.
+///
+/// The initramfs is the kernel's first mount, which has no parent, and
+/// `pivot_root` refuses to move such a root. So, as PID 1 before mounting
+/// anything: bind `/` at [`ROOT_BIND`], move that bind over `/` and
+/// `chroot` into it (what `switch_root` does, without copying): the root
+/// is then a mount with a parent. Harmless when `/` already is one.
+pub fn make_root_pivotable() -> Result<()> {
+    let step = |operation: &'static str| {
+        move |e: nix::errno::Errno| Error::Io {
+            operation,
+            path: ROOT_BIND.into(),
+            source: e.into(),
+        }
+    };
+    match fs::create_dir(ROOT_BIND) {
+        Ok(()) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+        Err(e) => return Err(Error::io("creating", ROOT_BIND)(e)),
+    }
+    mount(
+        Some("/"),
+        ROOT_BIND,
+        None::<&str>,
+        MsFlags::MS_BIND,
+        None::<&str>,
+    )
+    .map_err(step("binding / at"))?;
+    nix::unistd::chdir(ROOT_BIND).map_err(step("entering"))?;
+    mount(Some("."), "/", None::<&str>, MsFlags::MS_MOVE, None::<&str>)
+        .map_err(step("moving over / the bind at"))?;
+    nix::unistd::chroot(".").map_err(step("chroot into"))?;
+    nix::unistd::chdir("/").map_err(step("entering / after"))?;
+    // The same directory, no longer a mount point.
+    let _ = fs::remove_dir(ROOT_BIND);
+    Ok(())
+}
+
 /// Mounts what an init must: proc, sys, dev, dev/pts, dev/shm, run, tmp,
 /// and cgroup2. Each failure is returned after trying the rest.
 pub fn mount_pseudo_filesystems() -> Vec<Error> {

@@ -63,7 +63,10 @@ fn main() -> std::process::ExitCode {
     let pid1 = std::process::id() == 1;
     let mut mount_errors = Vec::new();
     if pid1 {
-        mount_errors = guest::mount_pseudo_filesystems();
+        if let Err(e) = guest::make_root_pivotable() {
+            mount_errors.push(e);
+        }
+        mount_errors.extend(guest::mount_pseudo_filesystems());
     }
     let params =
         guest::parse_cmdline(&std::fs::read_to_string("/proc/cmdline").unwrap_or_default());

@@ -126,6 +126,25 @@ async fn containers_run_in_the_vm() {
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(out, "hi there\n/work\n1000\n1001\nguest-box\n");
 
+    // pivot_root, not chroot: the container's mount namespace holds its
+    // own mounts only, none of the agent's (/run, /sys, other rootfs).
+    let (out, err, code) = run(&agent, "mounts", &["cut", "-d ", "-f2", "/proc/mounts"]).await;
+    assert_eq!(code, 0, "stderr: {err}");
+    assert_eq!(
+        out.lines().collect::<Vec<_>>(),
+        [
+            "/",
+            "/proc",
+            "/dev",
+            "/dev/null",
+            "/dev/zero",
+            "/dev/full",
+            "/dev/random",
+            "/dev/urandom",
+            "/dev/tty"
+        ]
+    );
+
     // stdin to cat comes back.
     create(&agent, "cat", &["cat"]).await.unwrap();
     agent.start_container("cat").await.unwrap();

@@ -33,7 +33,7 @@ pub enum Step {
     RemountReadonly,
     /// Creating a symlink in `/dev`.
     Symlink,
-    /// `pivot_root` (or its fallback) into the rootfs.
+    /// `pivot_root` into the rootfs.
     PivotRoot,
     /// Remounting the root read-only.
     ReadonlyRoot,
@@ -421,23 +421,13 @@ fn setup_rootfs(plan: &ContainerPlan) -> Result<(), (Step, i32)> {
     let pivoted = check(unsafe {
         libc::syscall(libc::SYS_pivot_root, c".".as_ptr(), c".".as_ptr()) as libc::c_int
     });
-    match pivoted {
-        Ok(()) => {
-            // SAFETY: "." is a NUL-terminated literal; detaches the old root.
-            check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })
-                .map_err(|e| (Step::PivotRoot, e))?;
-        }
-        // The agent runs from the initramfs ("rootfs"), which pivot_root
-        // cannot leave: move the rootfs over "/" and chroot instead (what
-        // runc does with --no-pivot).
-        Err(libc::EINVAL) => {
-            mount(c".".as_ptr(), c"/", ptr::null(), libc::MS_MOVE, ptr::null())
-                .map_err(|e| (Step::PivotRoot, e))?;
-            // SAFETY: "." is a NUL-terminated literal.
-            check(unsafe { libc::chroot(c".".as_ptr()) }).map_err(|e| (Step::PivotRoot, e))?;
-        }
-        Err(e) => return Err((Step::PivotRoot, e)),
-    }
+    // No chroot fallback: the agent made its root pivotable at boot
+    // (`guest::make_root_pivotable`), and a chroot is escapable.
+    pivoted.map_err(|e| (Step::PivotRoot, e))?;
+    // SAFETY: "." is a NUL-terminated literal; detaches the old root, and
+    // with it every mount of the agent's from this namespace.
+    check(unsafe { libc::umount2(c".".as_ptr(), libc::MNT_DETACH) })
+        .map_err(|e| (Step::PivotRoot, e))?;
     // SAFETY: "/" is a NUL-terminated literal.
     check(unsafe { libc::chdir(c"/".as_ptr()) }).map_err(|e| (Step::PivotRoot, e))?;
     if plan.readonly_root {

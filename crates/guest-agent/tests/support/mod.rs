@@ -33,8 +33,8 @@ pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The 9p mount tag of the container rootfs share.
 pub const ROOTFS_TAG: &str = "rootfs";
 /// The commands of busybox linked into the test rootfs.
-const APPLETS: [&str; 10] = [
-    "sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true", "ls", "env",
+const APPLETS: [&str; 11] = [
+    "sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true", "ls", "env", "cut",
 ];
 
 /// Fails the test, naming what the host lacks, unless it can run the VM tests.
