@@ -1,7 +1,8 @@
 //! The guest agent of virtcontainers-rs: PID 1 inside the sandbox VM.
 //!
 //! The binary (`vc-guest-agent`, built static) is the initramfs's `/init`:
-//! it mounts the pseudo filesystems, loads the bundled kernel modules
+//! it makes its root pivotable (so containers get `pivot_root`, see
+//! [`guest::make_root_pivotable`]), mounts the pseudo filesystems, loads the bundled kernel modules
 //! (`/lib/modules/vc/load-order`), mounts cgroup2 for the containers, finds
 //! the virtio-serial port named `agent.channel.0` and serves the agent
 //! protocol (Kata-compatible ttrpc, [`vc_agent_protocol`]) on it, one ttrpc
