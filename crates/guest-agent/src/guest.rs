@@ -55,7 +55,7 @@ pub fn parse_cmdline(cmdline: &str) -> AgentParams {
 }
 
 /// Where [`make_root_pivotable`] binds `/` on its way.
-const ROOT_BIND: &str = "/.vc-root";
+pub const ROOT_BIND: &str = "/.vc-root";
 
 /// Makes `/` a mount that `pivot_root(2)` can leave, so containers get
 /// `pivot_root` (and the agent's mounts detached from their namespace)
