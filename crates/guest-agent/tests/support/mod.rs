@@ -9,7 +9,6 @@
 
 #![allow(dead_code)]
 
-use std::os::unix::fs::symlink;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::sync::OnceLock;
@@ -32,11 +31,6 @@ use vc_hypervisor::{
 pub const AGENT_TARGET: &str = "x86_64-unknown-linux-gnu";
 /// The 9p mount tag of the container rootfs share.
 pub const ROOTFS_TAG: &str = "rootfs";
-/// The commands of busybox linked into the test rootfs.
-const APPLETS: [&str; 11] = [
-    "sh", "echo", "cat", "sleep", "id", "pwd", "hostname", "true", "ls", "env", "cut",
-];
-
 /// Fails the test, naming what the host lacks, unless it can run the VM tests.
 pub fn require_vm_host() {
     let mut missing = Vec::new();
@@ -120,17 +114,13 @@ pub fn guest_image() -> &'static GuestImage {
     })
 }
 
-/// A busybox tree in `dir`: `/bin/<applet>` links, and empty `/proc`,
-/// `/dev`, `/tmp`, `/work`.
+/// A busybox tree in `dir/rootfs` (`vc_guest_image::rootfs`: every
+/// applet, `/etc/passwd`, mount points) plus the containers' cwd `/work`.
 pub fn busybox_rootfs(dir: &Path) -> PathBuf {
     let root = dir.join("rootfs");
-    for d in ["bin", "proc", "dev", "tmp", "work"] {
-        std::fs::create_dir_all(root.join(d)).unwrap();
-    }
-    std::fs::copy("/bin/busybox", root.join("bin/busybox")).unwrap();
-    for applet in APPLETS {
-        symlink("busybox", root.join("bin").join(applet)).unwrap();
-    }
+    vc_guest_image::rootfs::busybox_rootfs(&root, Path::new("/bin/busybox"))
+        .expect("a busybox rootfs");
+    std::fs::create_dir(root.join("work")).unwrap();
     root
 }
 
