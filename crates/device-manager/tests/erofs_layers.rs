@@ -206,6 +206,7 @@ fn disk_name_command(pci_path: &vc_hypervisor::PciPath) -> String {
 #[test]
 fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
     support::require_vm_host();
+    let _one_vm_at_a_time = support::vm_lock();
     let tmp = tempfile::tempdir().unwrap();
     let mut mounts = HostMounts::default();
     let snaps = containerd_rootfs(tmp.path(), &mut mounts).unwrap();

@@ -109,6 +109,9 @@ pub fn require_vm_host() {
             vc_hypervisor::DEFAULT_QEMU_BINARY
         ));
     }
+    if !on_path("mkfs.ext4") || !on_path("debugfs") {
+        missing.push("mkfs.ext4 and debugfs (apt-get install e2fsprogs)".to_owned());
+    }
     if !Path::new("/bin/busybox").exists() {
         missing.push("/bin/busybox (apt-get install busybox-static)".to_owned());
     }
@@ -281,11 +284,23 @@ pub fn guest_image() -> &'static GuestImage {
     static IMAGE: OnceLock<GuestImage> = OnceLock::new();
     IMAGE.get_or_init(|| {
         let kernel = KernelPackage::find_installed().expect("guest kernel");
+        // ext4 (a module in Debian's kernel) for the block-volume test.
+        let modules = vc_guest_image::DEFAULT_MODULES
+            .iter()
+            .copied()
+            .chain(["ext4"]);
         GuestImageBuilder::new(kernel, TEST_INIT.as_bytes().to_vec())
+            .modules(modules)
             .extra_file("/bin/busybox", PathBuf::from("/bin/busybox"), 0o755)
             .build_cached(&ImageCache::in_target_dir())
             .expect("building the test guest image")
     })
+}
+
+/// VM tests run one at a time: CI machines have 2 cores.
+pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 /// A VM config for the test image, with its runtime dir under `dir`.
