@@ -84,7 +84,7 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         );
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a, b);
-        assert_eq!(hotplugged(vm.as_ref()), [data_id.clone()]);
+        assert_eq!(hotplugged(vm.as_ref()), std::slice::from_ref(&data_id));
         assert_eq!(devices.device(&data_id).unwrap().ref_count(), 2);
 
         let name = guest
@@ -163,7 +163,7 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         );
         let mut released = restored.release_container("c1").await.unwrap();
         released.sort();
-        assert_eq!(released, [scratch_id.clone()]);
+        assert_eq!(released, std::slice::from_ref(&scratch_id));
         assert_eq!(
             restored.detach(&data_id, "c2").await.unwrap(),
             DetachOutcome::Unplugged

@@ -644,3 +644,83 @@ async fn cold_plugged_devices_are_adopted_and_stay() {
         Err(Error::DeviceInUse { .. })
     ));
 }
+
+#[tokio::test]
+async fn vfio_groups_cold_plug_on_the_qemu_command_line_in_attach_order() {
+    use vc_hypervisor::accel::ResolvedAccelerator;
+    use vc_hypervisor::qemu::cmdline;
+
+    let sys = gpu_sysfs();
+    sys.device("0000:0a:00.0", 5, Some("vfio-pci"), crate::test_sysfs::NIC);
+    // Asked for in an arbitrary order; planned control first, then by address.
+    let plan = crate::vfio::plan(
+        &[
+            crate::vfio::VfioRequest::coldplug("/dev/vfio/7"),
+            crate::vfio::VfioRequest::coldplug("/dev/vfio/vfio"),
+            crate::vfio::VfioRequest::coldplug("/dev/vfio/5"),
+        ],
+        sys.root(),
+    )
+    .unwrap();
+    let placeholder = MockHypervisor::new(HypervisorConfig::new("vm", "/k", "/run/vm"));
+    let reg = registry_over(Arc::new(placeholder), Some(sys.root()));
+    let ids: Vec<String> = plan
+        .iter()
+        .map(|a| reg.register(DeviceInfo::vfio(&a.host_path)).unwrap())
+        .collect();
+
+    let mut config = HypervisorConfig::new("vm", "/k", "/run/vm");
+    config.devices = reg.coldplug_devices(&ids).unwrap();
+    let args = cmdline::build(&config, ResolvedAccelerator::Tcg, None).unwrap();
+    let vfio: Vec<serde_json::Value> = args
+        .windows(2)
+        .filter(|w| w[0] == "-device" && w[1].contains("vfio-pci"))
+        .map(|w| serde_json::from_str(&w[1]).unwrap())
+        .collect();
+    let seen: Vec<(String, String, String)> = vfio
+        .iter()
+        .map(|d| {
+            assert_eq!(d["driver"], "vfio-pci");
+            assert_eq!(d["bus"], "pcie.0");
+            let s = |k: &str| d[k].as_str().unwrap().to_owned();
+            (s("id"), s("host"), s("addr"))
+        })
+        .collect();
+    let expect =
+        |id: &str, host: &str, addr: &str| (id.to_owned(), host.to_owned(), addr.to_owned());
+    assert_eq!(
+        seen,
+        [
+            expect("dm-vfio-1-f0", "0000:0a:00.0", "0x03"),
+            expect("dm-vfio-2-f0", "0000:3b:00.0", "0x04"),
+            expect("dm-vfio-2-f1", "0000:3b:00.1", "0x05"),
+        ]
+    );
+
+    // The VM starts with them; reconcile adopts them, attach hands out
+    // their root-bus slots with the IOMMU-group siblings.
+    let vm = MockHypervisor::new(config);
+    vm.start(T).await.unwrap();
+    let reg = DeviceRegistry::restore(
+        reg.save_state(),
+        Arc::new(vm.clone()),
+        RegistryConfig {
+            sys_root: sys.root().to_owned(),
+            ..RegistryConfig::default()
+        },
+        logger(),
+        &vm.devices(),
+    )
+    .await
+    .unwrap()
+    .0;
+    let guests = reg.attach_all(&ids, "c1").await.unwrap();
+    assert_eq!(guests[0].location, GuestLocation::VfioControl);
+    let GuestLocation::Vfio { functions, .. } = &guests[2].location else {
+        panic!("{:?}", guests[2])
+    };
+    let paths: Vec<String> = functions.iter().map(|f| f.pci_path.to_string()).collect();
+    assert_eq!(paths, ["04", "05"]);
+    assert_eq!(functions[0].siblings.len(), 2);
+    assert_eq!(vm.count(Method::Hotplug), 0);
+}

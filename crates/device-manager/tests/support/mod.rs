@@ -255,14 +255,14 @@ pub fn leftovers_under(dir: &Path) -> Vec<String> {
         .flatten()
     {
         let backing = entry.path().join("loop/backing_file");
-        if let Ok(file) = std::fs::read_to_string(&backing) {
-            if Path::new(file.trim_end()).starts_with(dir) {
-                out.push(format!(
-                    "loop device /dev/{} -> {}",
-                    entry.file_name().to_string_lossy(),
-                    file.trim_end()
-                ));
-            }
+        if let Ok(file) = std::fs::read_to_string(&backing)
+            && Path::new(file.trim_end()).starts_with(dir)
+        {
+            out.push(format!(
+                "loop device /dev/{} -> {}",
+                entry.file_name().to_string_lossy(),
+                file.trim_end()
+            ));
         }
     }
     let table = vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
