@@ -1,6 +1,7 @@
 //! What the guest is told about an attached device, so it finds the
 //! right one.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 
 use serde::{Deserialize, Serialize};
@@ -22,6 +23,10 @@ pub struct GuestDevice {
     pub read_only: bool,
     /// Where the guest finds it.
     pub location: GuestLocation,
+    /// The caller's opaque options for the guest
+    /// ([`DriverOptions::guest`](crate::DriverOptions::guest)).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub options: BTreeMap<String, String>,
 }
 
 /// Where the guest finds a device.

@@ -143,6 +143,7 @@ mod tests {
                 pci_path: PciPath(vec![slot, 0]),
                 serial: id.into(),
             },
+            options: Default::default(),
         }
     }
 

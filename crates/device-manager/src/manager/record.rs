@@ -88,6 +88,7 @@ impl Record {
             device_type: self.info.device_type,
             read_only: self.info.read_only,
             location: attachment.location.clone(),
+            options: self.info.driver_options.guest.clone(),
         }
     }
 

@@ -79,7 +79,11 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
     let images = Images::new();
     let image = images.make("layer.img");
 
-    let id = reg.register(DeviceInfo::block(&image).read_only()).unwrap();
+    let mut info = DeviceInfo::block(&image).read_only();
+    info.driver_options
+        .guest
+        .insert("fstype".into(), "erofs".into());
+    let id = reg.register(info).unwrap();
     assert_eq!(id, "dm-blk-0");
     assert_eq!(reg.device(&id).unwrap().state, DeviceState::Detached);
     assert!(vm.calls().iter().all(|c| c.method() != Method::Hotplug));
@@ -105,6 +109,7 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
     assert_eq!(disk.path, std::fs::canonicalize(&image).unwrap());
     assert!(first.read_only);
     assert_eq!(first.device_type, DeviceType::Block);
+    assert_eq!(first.options["fstype"], "erofs");
 
     // A second container, and the first one twice: references, no plug.
     assert_eq!(reg.attach(&id, "c2").await.unwrap(), first);
