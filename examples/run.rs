@@ -23,12 +23,12 @@ use clap::Parser;
 use slog::{Drain, o};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
 use virtcontainers::oci_spec::runtime::{
-    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder, RootBuilder,
-    SpecBuilder,
+    LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
+    RootBuilder, SpecBuilder,
 };
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, ProcessIo, QemuFactory, SandboxConfig, VmConfig,
-    create_sandbox,
+    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, ProcessIo, QemuFactory,
+    SandboxConfig, VmConfig, create_sandbox,
 };
 
 /// Run a command in a container inside a VM.
@@ -69,7 +69,11 @@ struct Args {
 }
 
 fn parse_size(s: &str) -> Result<u64, String> {
-    let (digits, unit) = s.trim().split_at(s.trim().find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let (digits, unit) = s.trim().split_at(
+        s.trim()
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(s.len()),
+    );
     let n: u64 = digits.parse().map_err(|_| format!("{s:?} is not a size"))?;
     let mult = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 1,
@@ -78,7 +82,8 @@ fn parse_size(s: &str) -> Result<u64, String> {
         "G" | "GB" | "GI" | "GIB" => 1 << 30,
         _ => return Err(format!("unknown unit in {s:?}")),
     };
-    n.checked_mul(mult).ok_or_else(|| format!("{s:?} is too large"))
+    n.checked_mul(mult)
+        .ok_or_else(|| format!("{s:?} is too large"))
 }
 
 /// Where `make guest-image` puts the image.
@@ -104,19 +109,29 @@ fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
         .process(
             ProcessBuilder::default()
                 .args(args.command.clone())
-                .env(vec!["PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned(), "HOME=/root".to_owned()])
+                .env(vec![
+                    "PATH=/usr/sbin:/usr/bin:/sbin:/bin".to_owned(),
+                    "HOME=/root".to_owned(),
+                ])
                 .cwd("/")
                 .build()?,
         )
         .hostname("container")
-        .linux(LinuxBuilder::default().resources(resources.build()?).build()?)
+        .linux(
+            LinuxBuilder::default()
+                .resources(resources.build()?)
+                .build()?,
+        )
         .build()?;
     std::fs::create_dir_all(dir)?;
     spec.save(dir.join("config.json"))?;
     Ok(ContainerConfig::from_bundle("main", dir)?)
 }
 
-async fn pump(mut from: impl tokio::io::AsyncRead + Unpin, mut to: impl tokio::io::AsyncWrite + Unpin) -> Result<()> {
+async fn pump(
+    mut from: impl tokio::io::AsyncRead + Unpin,
+    mut to: impl tokio::io::AsyncWrite + Unpin,
+) -> Result<()> {
     tokio::io::copy(&mut from, &mut to).await?;
     to.flush().await?;
     Ok(())
@@ -129,14 +144,26 @@ async fn main() -> Result<ExitCode> {
         nix_is_root(),
         "this example starts QEMU, mounts and writes host cgroups: run it as root"
     );
-    let level = if args.debug { slog::Level::Debug } else { slog::Level::Warning };
+    let level = if args.debug {
+        slog::Level::Debug
+    } else {
+        slog::Level::Warning
+    };
     let decorator = slog_term::TermDecorator::new().stderr().build();
     let drain = slog_term::CompactFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain.filter_level(level).fuse()).build().fuse();
+    let drain = slog_async::Async::new(drain.filter_level(level).fuse())
+        .build()
+        .fuse();
     let logger = slog::Logger::root(drain, o!());
 
-    let kernel = args.kernel.clone().unwrap_or_else(|| image_dir().join("vmlinux"));
-    let initrd = args.initrd.clone().unwrap_or_else(|| image_dir().join("initramfs.cpio"));
+    let kernel = args
+        .kernel
+        .clone()
+        .unwrap_or_else(|| image_dir().join("vmlinux"));
+    let initrd = args
+        .initrd
+        .clone()
+        .unwrap_or_else(|| image_dir().join("initramfs.cpio"));
     if !kernel.is_file() || !initrd.is_file() {
         bail!(
             "no guest image at {} / {}: run `make guest-image` first",
@@ -147,10 +174,15 @@ async fn main() -> Result<ExitCode> {
 
     let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
     let rootfs = match &args.rootfs {
-        Some(r) => r.canonicalize().with_context(|| format!("--rootfs {}", r.display()))?,
+        Some(r) => r
+            .canonicalize()
+            .with_context(|| format!("--rootfs {}", r.display()))?,
         None => {
             let r = work.path().join("rootfs");
-            vc_guest_image::rootfs::busybox_rootfs(&r, Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX))?;
+            vc_guest_image::rootfs::busybox_rootfs(
+                &r,
+                Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
+            )?;
             r
         }
     };
@@ -185,9 +217,18 @@ async fn main() -> Result<ExitCode> {
         if args.hold {
             let status = sandbox.status().await?;
             eprintln!("sandbox:         {}", status.id);
-            eprintln!("QEMU pid:        {}", status.vmm_pid.map_or("-".into(), |p| p.to_string()));
-            eprintln!("sandbox cgroup:  {}", status.sandbox_cgroup.unwrap_or_default());
-            eprintln!("overhead cgroup: {}", status.overhead_cgroup.unwrap_or_else(|| "none".into()));
+            eprintln!(
+                "QEMU pid:        {}",
+                status.vmm_pid.map_or("-".into(), |p| p.to_string())
+            );
+            eprintln!(
+                "sandbox cgroup:  {}",
+                status.sandbox_cgroup.unwrap_or_default()
+            );
+            eprintln!(
+                "overhead cgroup: {}",
+                status.overhead_cgroup.unwrap_or_else(|| "none".into())
+            );
             eprintln!("state:           {}", sandbox.state_dir().display());
             eprintln!("holding; press Enter or Ctrl-C to clean up");
             let mut line = String::new();
@@ -211,5 +252,6 @@ async fn main() -> Result<ExitCode> {
 }
 
 fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status").is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+    std::fs::read_to_string("/proc/self/status")
+        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
 }

@@ -65,7 +65,11 @@ mod tests {
         let out = Command::new(&sh).args(["-c", "echo ok"]).output().unwrap();
         assert_eq!(out.stdout, b"ok\n");
         assert!(dir.path().join("proc").is_dir());
-        assert!(std::fs::read_to_string(dir.path().join("etc/passwd")).unwrap().starts_with("root:"));
+        assert!(
+            std::fs::read_to_string(dir.path().join("etc/passwd"))
+                .unwrap()
+                .starts_with("root:")
+        );
     }
 
     #[test]

@@ -264,10 +264,10 @@ impl HypervisorConfig {
             }
             _ => {}
         }
-        if let Firmware::Path(path) = &self.firmware {
-            if !path.is_file() {
-                return Err(ConfigError::FirmwareNotFound { path: path.clone() });
-            }
+        if let Firmware::Path(path) = &self.firmware
+            && !path.is_file()
+        {
+            return Err(ConfigError::FirmwareNotFound { path: path.clone() });
         }
         if self.vcpus.boot == 0 {
             return Err(ConfigError::ZeroVcpus);
@@ -363,10 +363,10 @@ pub(crate) fn check_device(device: &Device) -> Result<(), ConfigError> {
         }
         Device::SharedDir(share) => {
             check_name("mount tag", &share.mount_tag)?;
-            if let ShareBackend::NineP { host_path, .. } = &share.backend {
-                if !host_path.is_dir() {
-                    return Err(missing(host_path));
-                }
+            if let ShareBackend::NineP { host_path, .. } = &share.backend
+                && !host_path.is_dir()
+            {
+                return Err(missing(host_path));
             }
         }
         Device::Serial(port) => {

@@ -122,18 +122,17 @@ pub fn unescape(field: &str) -> Vec<u8> {
     let mut out = Vec::with_capacity(bytes.len());
     let mut i = 0;
     while i < bytes.len() {
-        if bytes[i] == b'\\' {
-            if let Some(digits) = bytes.get(i + 1..i + 4) {
-                if digits.iter().all(|b| (b'0'..=b'7').contains(b)) {
-                    let value = u32::from(digits[0] - b'0') * 64
-                        + u32::from(digits[1] - b'0') * 8
-                        + u32::from(digits[2] - b'0');
-                    if let Ok(byte) = u8::try_from(value) {
-                        out.push(byte);
-                        i += 4;
-                        continue;
-                    }
-                }
+        if bytes[i] == b'\\'
+            && let Some(digits) = bytes.get(i + 1..i + 4)
+            && digits.iter().all(|b| (b'0'..=b'7').contains(b))
+        {
+            let value = u32::from(digits[0] - b'0') * 64
+                + u32::from(digits[1] - b'0') * 8
+                + u32::from(digits[2] - b'0');
+            if let Ok(byte) = u8::try_from(value) {
+                out.push(byte);
+                i += 4;
+                continue;
             }
         }
         out.push(bytes[i]);

@@ -331,10 +331,10 @@ impl SandboxConfig {
         vc_hypervisor::check_socket_path(&longest).map_err(|e| Error::InvalidConfig {
             what: format!("paths.runtime_root is too long for the VM's sockets: {e}"),
         })?;
-        if let Some(h) = &self.hostname {
-            if h.is_empty() || h.len() > 64 || h.contains(['/', '\0', ' ']) {
-                return invalid(format!("hostname {h:?} is not a valid host name"));
-            }
+        if let Some(h) = &self.hostname
+            && (h.is_empty() || h.len() > 64 || h.contains(['/', '\0', ' ']))
+        {
+            return invalid(format!("hostname {h:?} is not a valid host name"));
         }
         let mut seen = std::collections::HashSet::new();
         for c in &self.containers {

@@ -52,9 +52,9 @@ pub(crate) fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), 
         MsFlags::MS_SLAVE | MsFlags::MS_REC,
         None::<&str>,
     )
-    .or_else(|e| {
+    .map_err(|e| {
         let _ = umount2(target, MntFlags::MNT_DETACH);
-        Err(fail("make slave")(e))
+        fail("make slave")(e)
     })?;
     if read_only {
         mount(
@@ -64,9 +64,9 @@ pub(crate) fn bind(source: &Path, target: &Path, read_only: bool) -> Result<(), 
             MsFlags::MS_BIND | MsFlags::MS_REMOUNT | MsFlags::MS_RDONLY,
             None::<&str>,
         )
-        .or_else(|e| {
+        .map_err(|e| {
             let _ = umount2(target, MntFlags::MNT_DETACH);
-            Err(fail("remount read-only")(e))
+            fail("remount read-only")(e)
         })?;
     }
     Ok(())

@@ -106,10 +106,10 @@ pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
 pub(crate) fn is_no_such_task(err: &(dyn std::error::Error + 'static)) -> bool {
     let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(err);
     while let Some(e) = cur {
-        if let Some(io) = e.downcast_ref::<std::io::Error>() {
-            if io.raw_os_error() == Some(libc::ESRCH) {
-                return true;
-            }
+        if let Some(io) = e.downcast_ref::<std::io::Error>()
+            && io.raw_os_error() == Some(libc::ESRCH)
+        {
+            return true;
         }
         cur = e.source();
     }

@@ -79,13 +79,13 @@ impl CgroupfsV1 {
                 what: "plan is not for cgroupfs v1",
             });
         }
-        if let Some(applied) = &self.state.plan {
-            if !same_cgroups(applied, plan) {
-                return Err(Error::PlanMismatch {
-                    sandbox: plan.sandbox_id.clone(),
-                    what: "cgroup paths differ from the applied plan",
-                });
-            }
+        if let Some(applied) = &self.state.plan
+            && !same_cgroups(applied, plan)
+        {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "cgroup paths differ from the applied plan",
+            });
         }
         for controller in REQUIRED {
             let point = self
@@ -230,11 +230,11 @@ impl CgroupfsV1 {
                 break;
             }
             for task in tasks {
-                if let Err(e) = target.add_task(task) {
-                    if !is_no_such_task(&e) {
-                        warn!(self.logger, "cannot move task out of cgroup";
+                if let Err(e) = target.add_task(task)
+                    && !is_no_such_task(&e)
+                {
+                    warn!(self.logger, "cannot move task out of cgroup";
                             "tid" => task.pid, "cgroup" => %path, "error" => %e);
-                    }
                 }
             }
         }

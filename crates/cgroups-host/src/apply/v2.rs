@@ -100,13 +100,13 @@ impl CgroupfsV2 {
                 what: "plan is not for cgroupfs v2",
             });
         }
-        if let Some(applied) = &self.state.plan {
-            if !same_cgroups(applied, plan) {
-                return Err(Error::PlanMismatch {
-                    sandbox: plan.sandbox_id.clone(),
-                    what: "cgroup paths differ from the applied plan",
-                });
-            }
+        if let Some(applied) = &self.state.plan
+            && !same_cgroups(applied, plan)
+        {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "cgroup paths differ from the applied plan",
+            });
         }
         check_cgroupfs(&self.root, true)?;
         for (_, c) in plan.cgroups() {

@@ -189,7 +189,7 @@ impl Sandbox {
         let request = pb::CreateContainerRequest {
             container_id: config.id.clone(),
             exec_id: config.id.clone(),
-            storages: layout.storages.clone().into(),
+            storages: layout.storages.clone(),
             OCI: Some(spec).into(),
             ..Default::default()
         };

@@ -195,7 +195,7 @@ impl Creation<'_> {
         self.step = CreateStep::GuestSandbox;
         let request = pb::CreateSandboxRequest {
             hostname: config.hostname.clone().unwrap_or_else(|| id.clone()),
-            storages: vec![share.guest_storage()].into(),
+            storages: vec![share.guest_storage()],
             sandbox_id: id.clone(),
             ..Default::default()
         };

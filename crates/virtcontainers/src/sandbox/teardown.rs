@@ -179,10 +179,10 @@ pub async fn cleanup_container(
             sstore.remove()?;
         }
         info!(logger, "last container cleaned up: sandbox removed");
-    } else if let Some(s) = &sandbox {
-        if let Err(e) = s.update_cgroups(&sstore, &mut state).await {
-            warn!(logger, "host cgroups not updated"; "error" => %e);
-        }
+    } else if let Some(s) = &sandbox
+        && let Err(e) = s.update_cgroups(&sstore, &mut state).await
+    {
+        warn!(logger, "host cgroups not updated"; "error" => %e);
     }
     if errors.is_empty() {
         Ok(CleanupOutcome {
