@@ -39,6 +39,29 @@ pub fn find_port(sys: &Path, name: &str) -> Result<PathBuf> {
     })
 }
 
+/// The virtio ports whose name is `<prefix><number>`, by name, e.g. every
+/// `agent.channel.N`: the host may give several agent ports, one per
+/// process talking to the agent at the same time.
+pub fn find_ports_with_prefix(sys: &Path, prefix: &str) -> Vec<(String, PathBuf)> {
+    let dir = sys.join("class/virtio-ports");
+    let mut found: Vec<(String, PathBuf)> = fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| {
+                    let name = fs::read_to_string(e.path().join("name")).ok()?;
+                    let name = name.trim();
+                    let n = name.strip_prefix(prefix)?;
+                    (!n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()))
+                        .then(|| (name.to_owned(), Path::new("/dev").join(e.file_name())))
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    found.sort();
+    found
+}
+
 /// Waits until a virtio port named `name` shows up (the driver may still
 /// be probing), up to `timeout`.
 pub async fn wait_for_port(sys: &Path, name: &str, timeout: Duration) -> Result<PathBuf> {
@@ -249,5 +272,16 @@ mod tests {
             Path::new("/dev/vport0p1")
         );
         assert!(find_port(sys.path(), "other").is_err());
+        let d = sys.path().join("class/virtio-ports/vport0p2");
+        fs::create_dir_all(&d).unwrap();
+        fs::write(d.join("name"), "agent.channel.1\n").unwrap();
+        let ports = find_ports_with_prefix(sys.path(), "agent.channel.");
+        assert_eq!(
+            ports,
+            [
+                ("agent.channel.0".to_owned(), PathBuf::from("/dev/vport0p1")),
+                ("agent.channel.1".to_owned(), PathBuf::from("/dev/vport0p2")),
+            ]
+        );
     }
 }

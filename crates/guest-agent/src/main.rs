@@ -52,8 +52,27 @@ async fn run_init(log: &Logger) -> anyhow::Result<()> {
         Duration::from_secs(10),
     )
     .await?;
-    let _server = agent.serve_serial(&port).await?;
+    let mut servers = vec![agent.serve_serial(&port).await?];
     info!(log, "serving"; "port" => %port.display());
+    // The other agent ports (agent.channel.1, ...): one per host process
+    // talking to the agent at the same time. They were probed with the
+    // first one.
+    let prefix = params
+        .channel
+        .trim_end_matches(|c: char| c.is_ascii_digit());
+    for (name, extra) in vc_guest_agent::channel::find_ports_with_prefix(Path::new("/sys"), prefix)
+    {
+        if name == params.channel {
+            continue;
+        }
+        match agent.serve_serial(&extra).await {
+            Ok(server) => {
+                info!(log, "serving"; "port" => %extra.display(), "name" => name);
+                servers.push(server);
+            }
+            Err(e) => warn!(log, "not serving an extra agent port"; "port" => name, "error" => %e),
+        }
+    }
     // PID 1 never returns.
     std::future::pending::<()>().await;
     Ok(())

@@ -25,6 +25,8 @@ pub const MIN_MEMORY_MIB: u64 = 128;
 pub const SUN_PATH_MAX: usize = 107;
 /// vCPU limit of the q35 machine with the default x2APIC-less CPU model.
 pub const MAX_VCPUS: u32 = 255;
+/// Most virtio-serial agent ports a VM gets.
+pub const MAX_AGENT_PORTS: u32 = 16;
 /// Longest name or id accepted.
 pub const MAX_NAME_LEN: usize = 64;
 
@@ -89,6 +91,11 @@ pub enum AgentChannel {
         /// The agent's vsock port.
         port: u32,
     },
+}
+
+/// The name the guest sees for agent port `index` (`agent.channel.<index>`).
+pub fn agent_port_name(index: u32) -> String {
+    format!("agent.channel.{index}")
 }
 
 /// vCPU counts.
@@ -159,6 +166,11 @@ pub struct HypervisorConfig {
     pub devices: Vec<Device>,
     /// PCIe root ports reserved for hot-plug (one device each).
     pub hotplug_ports: u32,
+    /// virtio-serial agent ports (`agent.channel.0` to `agent.channel.<n-1>`,
+    /// sockets [`agent_sockets`](Self::agent_sockets)): one per host
+    /// process talking to the agent at the same time, since a QEMU socket
+    /// chardev serves one client at a time. At least 1.
+    pub agent_ports: u32,
     /// Kill QEMU when this process dies (`PR_SET_PDEATHSIG`, set from a
     /// dedicated thread that lives as long as the process). Turn off for a
     /// VM that must outlive its creator; then hand it over with
@@ -199,6 +211,7 @@ impl HypervisorConfig {
             runtime_dir: runtime_dir.into(),
             devices: Vec::new(),
             hotplug_ports: 8,
+            agent_ports: 4,
             kill_on_parent_exit: true,
             keep_logs: false,
             qmp_timeout: Duration::from_secs(10),
@@ -231,15 +244,36 @@ impl HypervisorConfig {
         self.runtime_dir.join("qemu.log")
     }
 
-    /// The agent channel's socket (virtio-serial).
+    /// The agent channel's first socket (virtio-serial port
+    /// [`AGENT_CHANNEL_NAME`]).
     pub fn agent_socket(&self) -> PathBuf {
         self.runtime_dir.join("agent.sock")
+    }
+
+    /// Every agent port's socket, port 0 first: `agent.sock`, then
+    /// `agent-1.sock`, ... (virtio-serial only; empty for vsock).
+    pub fn agent_sockets(&self) -> Vec<PathBuf> {
+        if self.agent_channel != AgentChannel::VirtioSerial {
+            return Vec::new();
+        }
+        (0..self.agent_ports.max(1))
+            .map(|i| match i {
+                0 => self.agent_socket(),
+                i => self.runtime_dir.join(format!("agent-{i}.sock")),
+            })
+            .collect()
     }
 
     /// Checks the config: files exist, counts and sizes are sane, names
     /// are safe for QEMU's command line, socket paths fit `sun_path`.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("VM name", &self.name)?;
+        if self.agent_ports == 0 || self.agent_ports > MAX_AGENT_PORTS {
+            return Err(ConfigError::AgentPorts {
+                ports: self.agent_ports,
+                max: MAX_AGENT_PORTS,
+            });
+        }
         if !is_executable(&self.qemu_binary) {
             return Err(ConfigError::QemuBinaryNotFound {
                 path: self.qemu_binary.clone(),
@@ -297,9 +331,7 @@ impl HypervisorConfig {
             });
         }
         let mut sockets = vec![self.qmp_socket(), self.console_socket()];
-        if self.agent_channel == AgentChannel::VirtioSerial {
-            sockets.push(self.agent_socket());
-        }
+        sockets.extend(self.agent_sockets());
         let mut ids = HashSet::new();
         for device in &self.devices {
             check_device(device)?;

@@ -12,6 +12,15 @@ use crate::hypervisor::VmExit;
 #[derive(Debug, thiserror::Error, PartialEq, Eq)]
 #[non_exhaustive]
 pub enum ConfigError {
+    /// An agent port count of 0 or above the maximum.
+    #[error("agent_ports is {ports}: must be between 1 and {max}")]
+    AgentPorts {
+        /// The count given.
+        ports: u32,
+        /// The most accepted.
+        max: u32,
+    },
+
     /// The kernel file does not exist or is not a file.
     #[error("kernel {path} is not a file")]
     KernelNotFound {

@@ -138,10 +138,15 @@ pub struct VcpuThread {
 pub enum AgentEndpoint {
     /// A unix socket the VMM listens on, carrying a virtio-serial port's bytes.
     VirtioSerial {
-        /// The socket.
+        /// The socket of port 0.
         socket: PathBuf,
         /// The port name the guest sees.
         port_name: String,
+        /// The sockets of the other agent ports (`agent.channel.1`, ...):
+        /// a QEMU socket serves one client at a time, so each concurrent
+        /// host process takes a port of its own.
+        #[serde(default)]
+        extra_sockets: Vec<PathBuf>,
     },
     /// vsock: connect to `(guest_cid, port)`.
     Vsock {

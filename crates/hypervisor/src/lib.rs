@@ -80,8 +80,8 @@ pub mod testing;
 
 pub use config::{
     AGENT_CHANNEL_NAME, Accelerator, AgentChannel, DEFAULT_QEMU_BINARY, Firmware, HypervisorConfig,
-    MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, MachineType, MemoryConfig, QBOOT_FIRMWARE, RootImage,
-    SUN_PATH_MAX, VcpuConfig, check_socket_path,
+    MAX_AGENT_PORTS, MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, MachineType, MemoryConfig,
+    QBOOT_FIRMWARE, RootImage, SUN_PATH_MAX, VcpuConfig, agent_port_name, check_socket_path,
 };
 pub use device::{
     AttachedDevice, BlockDevice, BlockFormat, Device, DeviceKind, GuestAddress, MacAddress,

@@ -366,6 +366,7 @@ impl Hypervisor for MockHypervisor {
             AgentChannel::VirtioSerial => AgentEndpoint::VirtioSerial {
                 socket: self.config.agent_socket(),
                 port_name: AGENT_CHANNEL_NAME.into(),
+                extra_sockets: self.config.agent_sockets().into_iter().skip(1).collect(),
             },
             AgentChannel::Vsock { guest_cid, port } => AgentEndpoint::Vsock { guest_cid, port },
         }

@@ -47,6 +47,15 @@ pub struct QemuFactory;
 /// The agent transport for a hypervisor's agent endpoint.
 pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
     match endpoint {
+        AgentEndpoint::VirtioSerial {
+            socket,
+            extra_sockets,
+            ..
+        } if !extra_sockets.is_empty() => Transport::SerialPool {
+            sockets: std::iter::once(socket.clone())
+                .chain(extra_sockets.iter().cloned())
+                .collect(),
+        },
         AgentEndpoint::VirtioSerial { socket, .. } => Transport::Serial {
             socket: socket.clone(),
         },

@@ -4,11 +4,13 @@
 //! | transport | host side | guest side |
 //! |---|---|---|
 //! | [`Transport::Serial`] | the unix socket of QEMU's `virtserialport` chardev | `/dev/vportNpM` named `agent.channel.0` |
+//! | [`Transport::SerialPool`] | the first free of several such sockets | `agent.channel.<n>` |
 //! | [`Transport::Vsock`] | `AF_VSOCK` to the guest's CID (needs `/dev/vhost-vsock`) | a vsock listener |
 //! | [`Transport::HybridVsock`] | a VMM's unix socket + `CONNECT <port>\n` / `OK <n>\n` | a vsock listener |
 
 mod hybrid_vsock;
 mod serial;
+mod serial_pool;
 mod vsock;
 
 use std::fmt;
@@ -17,6 +19,7 @@ use std::path::PathBuf;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use hybrid_vsock::handshake as hybrid_vsock_handshake;
+pub use serial_pool::lock_path as serial_pool_lock_path;
 
 /// The vsock port the agent listens on by default (Kata's too).
 pub const DEFAULT_AGENT_VSOCK_PORT: u32 = 1024;
@@ -37,6 +40,14 @@ pub enum Transport {
     Serial {
         /// The chardev's unix socket.
         socket: PathBuf,
+    },
+    /// Several virtio-serial agent ports: the stream takes the first one no
+    /// other process holds (a QEMU socket serves one client at a time),
+    /// marked by an exclusive lock on `<socket>.lock` for the stream's
+    /// life.
+    SerialPool {
+        /// The ports' unix sockets, in order of preference.
+        sockets: Vec<PathBuf>,
     },
     /// vsock (`vhost-vsock-pci`): the guest's context id and the agent's port.
     Vsock {
@@ -59,6 +70,17 @@ impl fmt::Display for Transport {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             Transport::Serial { socket } => write!(f, "serial:{}", socket.display()),
+            Transport::SerialPool { sockets } => {
+                let first = sockets
+                    .first()
+                    .map(|s| s.display().to_string())
+                    .unwrap_or_default();
+                write!(
+                    f,
+                    "serial-pool:{first} (+{})",
+                    sockets.len().saturating_sub(1)
+                )
+            }
             Transport::Vsock { cid, port } => write!(f, "vsock:{cid}:{port}"),
             Transport::HybridVsock { socket, port } => {
                 write!(f, "hvsock:{}:{port}", socket.display())
@@ -73,6 +95,7 @@ impl Transport {
     pub async fn dial(&self) -> crate::Result<AgentStream> {
         match self {
             Transport::Serial { socket } => serial::dial(socket).await,
+            Transport::SerialPool { sockets } => serial_pool::dial(sockets).await,
             Transport::Vsock { cid, port } => vsock::dial(*cid, *port).await,
             Transport::HybridVsock { socket, port } => hybrid_vsock::dial(socket, *port).await,
         }

@@ -9,7 +9,7 @@ use std::path::Path;
 use serde_json::{Value, json};
 
 use crate::accel::ResolvedAccelerator;
-use crate::config::{AGENT_CHANNEL_NAME, AgentChannel, HypervisorConfig};
+use crate::config::{AgentChannel, HypervisorConfig, agent_port_name};
 use crate::device::{
     BlockDevice, BlockFormat, Device, NetworkDevice, SerialPort, ShareBackend, SharedDir,
 };
@@ -341,15 +341,19 @@ pub fn build(
         &mut args,
         json!({ "driver": "virtio-serial-pci", "id": VIRTIO_SERIAL_ID, "bus": "pcie.0", "addr": pci_addr(slots::VIRTIO_SERIAL_SLOT) }),
     );
-    if config.agent_channel == AgentChannel::VirtioSerial {
+    for (index, socket) in (0u32..).zip(config.agent_sockets()) {
+        let (chardev, port) = match index {
+            0 => ("agent".to_owned(), "agent-port".to_owned()),
+            i => (format!("agent-{i}"), format!("agent-port-{i}")),
+        };
         args.push("-chardev".into());
         args.push(format!(
-            "socket,id=agent,path={},server=on,wait=off",
-            escape(path_str(&config.agent_socket())?)
+            "socket,id={chardev},path={},server=on,wait=off",
+            escape(path_str(&socket)?)
         ));
         device_arg(
             &mut args,
-            json!({ "driver": "virtserialport", "id": "agent-port", "bus": format!("{VIRTIO_SERIAL_ID}.0"), "chardev": "agent", "name": AGENT_CHANNEL_NAME }),
+            json!({ "driver": "virtserialport", "id": port, "bus": format!("{VIRTIO_SERIAL_ID}.0"), "chardev": chardev, "name": agent_port_name(index) }),
         );
     }
     for (device, slot) in cold_layout(config) {
@@ -458,6 +462,37 @@ mod tests {
         assert_eq!(ports[0]["addr"], "0x10");
         assert_eq!(ports[1]["addr"], "0x11");
         assert_ne!(ports[0]["slot"], ports[1]["slot"]);
+    }
+
+    #[test]
+    fn one_socket_and_port_per_agent_port() {
+        let mut c = config();
+        c.agent_ports = 3;
+        let args = build(&c, ResolvedAccelerator::Kvm, None).unwrap();
+        let names: Vec<String> = devices(&args)
+            .iter()
+            .filter(|d| d["driver"] == "virtserialport")
+            .map(|d| d["name"].as_str().unwrap().to_owned())
+            .collect();
+        assert_eq!(
+            names,
+            ["agent.channel.0", "agent.channel.1", "agent.channel.2"]
+        );
+        let chardevs = value_after(&args, "-chardev");
+        for (i, socket) in c.agent_sockets().iter().enumerate() {
+            assert!(
+                chardevs
+                    .iter()
+                    .any(|d| d.contains(&format!("path={}", socket.display()))),
+                "port {i}: {chardevs:?}"
+            );
+        }
+        assert!(c.agent_sockets()[2].ends_with("agent-2.sock"));
+        c.agent_ports = 0;
+        assert!(matches!(
+            c.validate(),
+            Err(crate::ConfigError::AgentPorts { ports: 0, .. })
+        ));
     }
 
     #[test]

@@ -5,7 +5,7 @@ use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
 use std::path::{Path, PathBuf};
 
-use crate::config::{AgentChannel, HypervisorConfig};
+use crate::config::HypervisorConfig;
 use crate::device::Device;
 use crate::error::{Error, Result};
 
@@ -15,9 +15,7 @@ const TAIL_BYTES: u64 = 4096;
 /// Sockets QEMU listens on for this config (it creates them, we remove them).
 pub fn listening_sockets(config: &HypervisorConfig) -> Vec<PathBuf> {
     let mut sockets = vec![config.qmp_socket(), config.console_socket()];
-    if config.agent_channel == AgentChannel::VirtioSerial {
-        sockets.push(config.agent_socket());
-    }
+    sockets.extend(config.agent_sockets());
     for device in &config.devices {
         if let Device::Serial(port) = device {
             sockets.push(port.socket.clone());
@@ -55,6 +53,12 @@ pub fn cleanup_runtime_dir(
     let mut first_err = None;
     let mut paths = listening_sockets(config);
     paths.extend_from_slice(extra);
+    // Agent clients mark the port they hold with `<socket>.lock`.
+    paths.extend(config.agent_sockets().iter().map(|s| {
+        let mut name = s.as_os_str().to_owned();
+        name.push(".lock");
+        PathBuf::from(name)
+    }));
     if !config.keep_logs {
         paths.push(config.console_log());
         paths.push(config.qemu_log());

@@ -1,0 +1,469 @@
+//! The Sandbox API end to end: real QEMU (TCG here), the real guest agent
+//! from `make guest-image`, busybox containers, host cgroups, 9p and
+//! virtio-fs. Root needed. The tests run one at a time (two cores), and
+//! each ends by checking that nothing of ours is left on the host: no
+//! QEMU, no virtiofsd, no cgroup, no mount, no state or runtime directory.
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, OnceLock};
+use std::time::Duration;
+
+use oci_spec::runtime::{
+    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
+    RootBuilder, SpecBuilder,
+};
+use tokio::io::AsyncReadExt;
+use virtcontainers::{
+    CgroupsConfig, ContainerConfig, ContainerPhase, Error, FsShareConfig, FsShareKind, Paths,
+    QemuFactory, SandboxConfig, VmConfig, cleanup_container, create_sandbox, fetch_sandbox,
+};
+
+/// Set in the child process of the cross-process test.
+const CHILD_ENV: &str = "VC_E2E_FETCH_CHILD";
+
+fn logger() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+fn image_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-guest-agent-image")
+}
+
+/// Fails, naming what is missing, unless this host can run the VM tests.
+fn require_vm_host() {
+    let mut missing = Vec::new();
+    if !nix::unistd::geteuid().is_root() {
+        missing.push("root".to_owned());
+    }
+    if !Path::new(vc_hypervisor_binary()).exists() {
+        missing.push(format!(
+            "{} (apt-get install qemu-system-x86)",
+            vc_hypervisor_binary()
+        ));
+    }
+    for f in ["vmlinux", "initramfs.cpio"] {
+        if !image_dir().join(f).exists() {
+            missing.push(format!(
+                "{} (run `make guest-image`)",
+                image_dir().join(f).display()
+            ));
+        }
+    }
+    if !Path::new("/bin/busybox").exists() {
+        missing.push("/bin/busybox (apt-get install busybox-static)".into());
+    }
+    assert!(
+        missing.is_empty(),
+        "the VM tests need: {}",
+        missing.join("; ")
+    );
+}
+
+fn vc_hypervisor_binary() -> &'static str {
+    virtcontainers::vc_hypervisor::DEFAULT_QEMU_BINARY
+}
+
+/// One VM test at a time: two cores, TCG.
+fn serial() -> &'static tokio::sync::Mutex<()> {
+    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
+    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
+}
+
+fn unique(tag: &str) -> String {
+    static N: AtomicU32 = AtomicU32::new(0);
+    format!(
+        "e2e-{tag}-{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
+}
+
+/// A busybox rootfs shared by the tests (built once, under target/).
+fn rootfs() -> &'static Path {
+    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
+    ROOTFS.get_or_init(|| {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-e2e-rootfs");
+        if !dir.join("bin/busybox").is_file() {
+            vc_guest_image::rootfs::busybox_rootfs(
+                &dir,
+                Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
+            )
+            .unwrap();
+        }
+        dir
+    })
+}
+
+struct Env {
+    dir: tempfile::TempDir,
+    id: String,
+}
+
+impl Env {
+    fn new(tag: &str) -> Self {
+        require_vm_host();
+        Env {
+            dir: tempfile::Builder::new()
+                .prefix("vce2e")
+                .tempdir_in("/tmp")
+                .unwrap(),
+            id: unique(tag),
+        }
+    }
+
+    fn paths(&self) -> Paths {
+        Paths::under(self.dir.path())
+    }
+
+    fn bundle(&self, name: &str, args: &[&str]) -> ContainerConfig {
+        let bundle = self.dir.path().join("bundles").join(name);
+        std::fs::create_dir_all(&bundle).unwrap();
+        let ns = [
+            LinuxNamespaceType::Mount,
+            LinuxNamespaceType::Pid,
+            LinuxNamespaceType::Uts,
+            LinuxNamespaceType::Ipc,
+        ]
+        .into_iter()
+        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
+        .collect::<Vec<_>>();
+        let spec = SpecBuilder::default()
+            .hostname(name)
+            .root(RootBuilder::default().path(rootfs()).build().unwrap())
+            .process(
+                ProcessBuilder::default()
+                    .args(args.iter().map(ToString::to_string).collect::<Vec<_>>())
+                    .env(vec!["PATH=/bin".to_owned()])
+                    .cwd("/")
+                    .build()
+                    .unwrap(),
+            )
+            .mounts(vec![
+                MountBuilder::default()
+                    .destination("/proc")
+                    .typ("proc")
+                    .source("proc")
+                    .build()
+                    .unwrap(),
+            ])
+            .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+            .build()
+            .unwrap();
+        spec.save(bundle.join("config.json")).unwrap();
+        ContainerConfig::from_bundle(name, &bundle).unwrap()
+    }
+
+    fn config(&self, share: FsShareKind, containers: Vec<ContainerConfig>) -> SandboxConfig {
+        let mut config = SandboxConfig::new(
+            &self.id,
+            VmConfig::new(
+                image_dir().join("vmlinux"),
+                image_dir().join("initramfs.cpio"),
+            ),
+        );
+        config.paths = self.paths();
+        config.cgroups = Some(CgroupsConfig::default());
+        config.fs_share = FsShareConfig {
+            kind: share,
+            virtiofsd: None,
+        };
+        config.containers = containers;
+        config
+    }
+
+    /// Nothing of this sandbox is left on the host.
+    fn assert_clean(&self) {
+        let p = self.paths();
+        for d in [
+            p.state_root.join(&self.id),
+            p.shared_root.join(&self.id),
+            p.runtime_root.join(&self.id),
+        ] {
+            assert!(!d.exists(), "{} left behind", d.display());
+        }
+        let procs = std::process::Command::new("pgrep")
+            .args(["-af", &self.id])
+            .output()
+            .unwrap();
+        let procs = String::from_utf8_lossy(&procs.stdout);
+        let ours: Vec<&str> = procs
+            .lines()
+            .filter(|l| l.contains("qemu-system") || l.contains("virtiofsd"))
+            .collect();
+        assert!(ours.is_empty(), "processes left behind: {ours:?}");
+        for controller in ["cpu", "cpuset", "memory", "pids", "devices"] {
+            for parent in ["virtcontainers", "virtcontainers_overhead"] {
+                let d = Path::new("/sys/fs/cgroup")
+                    .join(controller)
+                    .join(parent)
+                    .join(&self.id);
+                assert!(!d.exists(), "cgroup {} left behind", d.display());
+            }
+        }
+        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
+        let dir = self.dir.path().to_string_lossy().into_owned();
+        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
+        assert!(left.is_empty(), "mounts left behind: {left:?}");
+    }
+}
+
+impl Drop for Env {
+    /// A failed test may leave bind mounts under the temporary directory;
+    /// unmount them before it is removed, or the removal would recurse
+    /// into the shared rootfs.
+    fn drop(&mut self) {
+        // A test that failed half-way leaves its sandbox: reclaim it (this
+        // runs during a panic, so on a runtime of its own).
+        if self.paths().state_root.join(&self.id).exists() {
+            let (paths, id) = (self.paths(), self.id.clone());
+            let _ = std::thread::spawn(move || {
+                let rt = tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                    .unwrap();
+                rt.block_on(virtcontainers::reclaim(&paths, &id, logger()))
+            })
+            .join();
+        }
+        let mut mounts: Vec<PathBuf> =
+            vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
+                .map(|t| t.into_iter().map(|m| m.mount_point).collect())
+                .unwrap_or_default();
+        mounts.retain(|m| m.starts_with(self.dir.path()));
+        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
+        for m in mounts {
+            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
+        }
+    }
+}
+
+async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut s = String::new();
+    r.read_to_string(&mut s).await.unwrap();
+    s
+}
+
+/// The `run` example's path: create, start, stream, wait, stop, delete.
+async fn run_path(share: FsShareKind) {
+    let _serial = serial().lock().await;
+    let env = Env::new("run");
+    let c = env.bundle(
+        "main",
+        &[
+            "sh",
+            "-c",
+            "echo hello; cat /proc/version; echo oops >&2; exit 3",
+        ],
+    );
+    let sandbox = create_sandbox(env.config(share, vec![c]), Arc::new(QemuFactory), logger())
+        .await
+        .unwrap();
+    let io = sandbox.start_container("main").await.unwrap();
+    let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
+    let code = sandbox.wait_container("main").await.unwrap();
+    assert_eq!(code, 3);
+    assert!(out.starts_with("hello\nLinux version "), "{out}");
+    assert_eq!(err, "oops\n");
+    let status = sandbox.status().await.unwrap();
+    assert_eq!(status.containers[0].phase, ContainerPhase::Stopped);
+    assert_eq!(status.containers[0].exit_code, Some(3));
+    sandbox.stop(Duration::from_secs(5)).await.unwrap();
+    sandbox.delete().await.unwrap();
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_path_with_9p() {
+    run_path(FsShareKind::NineP).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_path_with_virtio_fs() {
+    run_path(FsShareKind::VirtioFs).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
+    let _serial = serial().lock().await;
+    let env = Env::new("two");
+    let containers = vec![
+        env.bundle("long", &["sleep", "1000"]),
+        env.bundle("short", &["echo", "short"]),
+    ];
+    let sandbox = create_sandbox(
+        env.config(FsShareKind::NineP, containers),
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    sandbox.start().await.unwrap();
+    assert_eq!(sandbox.wait_container("short").await.unwrap(), 0);
+    // Both run in the same guest: the exec sees the long-running one's pid 1.
+    let process = ProcessBuilder::default()
+        .args(vec!["cat".to_owned(), "/proc/1/cmdline".to_owned()])
+        .env(vec!["PATH=/bin".to_owned()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let io = sandbox.exec("long", "probe", &process).await.unwrap();
+    let out = read_all(io.stdout).await;
+    assert_eq!(out, "sleep\u{0}1000\u{0}");
+    assert_eq!(sandbox.wait_process("long", "probe").await.unwrap(), 0);
+
+    let paths = env.paths();
+    let first = cleanup_container(
+        &paths,
+        &env.id,
+        "short",
+        false,
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    assert!(!first.sandbox_removed);
+    assert_eq!(sandbox.containers().await.unwrap().len(), 1);
+    let last = cleanup_container(
+        &paths,
+        &env.id,
+        "long",
+        false,
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    assert!(last.sandbox_removed);
+    drop(sandbox);
+    env.assert_clean();
+}
+
+/// The child half of the cross-process test: fetch the sandbox named in
+/// the environment, exec a command in its container, print the output.
+async fn fetch_child(spec: &str) {
+    let (root, id) = spec.split_once(':').unwrap();
+    let sandbox = fetch_sandbox(&Paths::under(root), id, Arc::new(QemuFactory), logger())
+        .await
+        .unwrap();
+    let process = ProcessBuilder::default()
+        .args(vec!["echo".to_owned(), "from-another-process".to_owned()])
+        .env(vec!["PATH=/bin".to_owned()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let io = sandbox.exec("main", "child", &process).await.unwrap();
+    print!("{}", read_all(io.stdout).await);
+    assert_eq!(sandbox.wait_process("main", "child").await.unwrap(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fetch_sandbox_from_another_process() {
+    if let Ok(spec) = std::env::var(CHILD_ENV) {
+        return fetch_child(&spec).await;
+    }
+    let _serial = serial().lock().await;
+    let env = Env::new("fetch");
+    let c = env.bundle("main", &["sleep", "1000"]);
+    let sandbox = create_sandbox(
+        env.config(FsShareKind::NineP, vec![c]),
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    sandbox.start_container("main").await.unwrap();
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "fetch_sandbox_from_another_process",
+            "--exact",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(
+            CHILD_ENV,
+            format!("{}:{}", env.dir.path().display(), env.id),
+        )
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success(),
+        "child failed: {stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert!(stdout.contains("from-another-process\n"), "{stdout}");
+    // The handle that created the sandbox still drives it.
+    assert_eq!(
+        sandbox.container_status("main").await.unwrap().phase,
+        ContainerPhase::Running
+    );
+    let last = cleanup_container(
+        &env.paths(),
+        &env.id,
+        "main",
+        false,
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    assert!(last.sandbox_removed);
+    drop(sandbox);
+    env.assert_clean();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
+    let _serial = serial().lock().await;
+    let env = Env::new("kill");
+    let c = env.bundle("main", &["sleep", "1000"]);
+    let sandbox = create_sandbox(
+        env.config(FsShareKind::VirtioFs, vec![c]),
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    sandbox.start_container("main").await.unwrap();
+    let pid = sandbox.status().await.unwrap().vmm_pid.expect("QEMU runs");
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let mut exit = sandbox.hypervisor().exit_watch();
+    tokio::time::timeout(Duration::from_secs(10), exit.wait())
+        .await
+        .unwrap();
+
+    let paths = env.paths();
+    let plain = cleanup_container(
+        &paths,
+        &env.id,
+        "main",
+        false,
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await;
+    assert!(plain.is_err(), "without force a dead VM is an error");
+    let forced = cleanup_container(
+        &paths,
+        &env.id,
+        "main",
+        true,
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await;
+    match forced {
+        Ok(outcome) => assert!(outcome.sandbox_removed),
+        Err(Error::Cleanup { errors, .. }) => assert!(!errors.is_empty()),
+        Err(e) => panic!("forced cleanup: {e}"),
+    }
+    drop(sandbox);
+    env.assert_clean();
+}
