@@ -10,6 +10,7 @@ packages=(
   linux-image-amd64   # the guest kernel and its modules
   busybox-static      # the container rootfs used by the demo and tests
   erofs-utils         # mkfs.erofs, for EROFS layer tests
+  e2fsprogs           # mkfs.ext4 and debugfs, for the device manager's block-volume VM test
   cpio                # inspecting initramfs images by hand
   libseccomp-dev      # building virtiofsd (below)
   libcap-ng-dev       # building virtiofsd (below)
