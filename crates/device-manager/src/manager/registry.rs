@@ -350,6 +350,30 @@ impl DeviceManager for DeviceRegistry {
                 })
             };
         }
+        // One PCI function can be reached through its group node and its
+        // iommufd node: passing it twice would fail in the VMM.
+        if let HostDevice::Vfio(new) = &host {
+            for record in table.records.values() {
+                let HostDevice::Vfio(old) = &record.host else {
+                    continue;
+                };
+                if let Some(f) = new
+                    .functions
+                    .iter()
+                    .find(|f| old.functions.iter().any(|o| o.address == f.address))
+                {
+                    return Err(Error::InvalidDeviceInfo {
+                        path: info.host_path,
+                        reason: format!(
+                            "{} is registered already through {} as device {}",
+                            f.address,
+                            record.info.host_path.display(),
+                            record.id
+                        ),
+                    });
+                }
+            }
+        }
         let id = format!("{}-{}", id_prefix(info.device_type), table.next_index);
         table.next_index += 1;
         slog::debug!(self.inner.logger, "device registered";

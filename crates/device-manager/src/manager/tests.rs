@@ -257,6 +257,13 @@ async fn vfio_group_plugs_every_function_and_unwinds_a_partial_plug() {
     let reg = registry_over(Arc::new(vm.clone()), Some(sys.root()));
     let id = reg.register(DeviceInfo::vfio("/dev/vfio/7")).unwrap();
     assert_eq!(id, "dm-vfio-0");
+    // The same function through its iommufd node is refused.
+    sys.cdev("vfio0", "0000:3b:00.1");
+    let twice = reg.register(DeviceInfo::vfio("/dev/vfio/devices/vfio0"));
+    assert!(
+        matches!(&twice, Err(Error::InvalidDeviceInfo { reason, .. }) if reason.contains("0000:3b:00.1")),
+        "{twice:?}"
+    );
 
     // The second function fails: the first is unplugged again.
     vm.fail_nth(Method::Hotplug, 2);
