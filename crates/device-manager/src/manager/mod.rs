@@ -55,7 +55,10 @@ pub trait DeviceManager: Send + Sync + fmt::Debug {
 
     /// Takes a reference to device `id` for `container_id`, hot-plugging
     /// it first if no container holds it; returns where the guest finds
-    /// it. A failed hot-plug leaves the registry as it was.
+    /// it. A failed hot-plug leaves the registry as it was. A caller that
+    /// stops waiting does not stop the hot-plug: it completes and the
+    /// reference is taken, for the caller's undo to [`detach`](Self::detach)
+    /// (or [`release_container`](Self::release_container)).
     async fn attach(&self, id: &str, container_id: &str) -> Result<GuestDevice>;
 
     /// Drops one reference of `container_id` to device `id`, unplugging
