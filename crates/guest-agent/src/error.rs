@@ -49,12 +49,14 @@ pub enum Error {
     },
     /// Setting up the container's process failed at `step` (in the child,
     /// before the user's program ran).
-    #[error("container {container_id:?}: {step} failed: {source}")]
+    #[error("container {container_id:?}: {step}{detail} failed: {source}")]
     Setup {
         /// The container.
         container_id: String,
         /// The setup step (e.g. `pivot_root`, `executable lookup`).
         step: &'static str,
+        /// More about where it failed (the mount's destination), or empty.
+        detail: String,
         /// The errno.
         #[source]
         source: io::Error,

@@ -140,8 +140,14 @@ impl Step {
     }
 }
 
-/// The size of one status record: `(step: u32, errno: i32)`, native endian.
-pub const RECORD: usize = 8;
+/// The size of one status record: `(step: u32, errno: i32, mount: u32)`,
+/// native endian; `mount` is the index in the plan's mounts of the mount
+/// being made when a mount step fails.
+pub const RECORD: usize = 12;
+
+/// The mount being made, for the status record. The child runs in a copy
+/// of the agent's memory, so this is its own.
+static MOUNT_INDEX: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(0);
 
 /// What the child needs besides the plans: its file descriptors and the
 /// `argv`/`envp` pointer arrays (built before `clone`).
@@ -407,7 +413,8 @@ fn setup_rootfs(plan: &ContainerPlan) -> Result<(), (Step, i32)> {
             return Err((Step::BindRootfs, errno()));
         }
         let root_fd = Fd(fd);
-        for m in &plan.mounts {
+        for (i, m) in plan.mounts.iter().enumerate() {
+            MOUNT_INDEX.store(i as u32, std::sync::atomic::Ordering::Relaxed);
             mount_in_root(root_fd.0, m)?;
         }
         for (contents, link) in &plan.symlinks {
@@ -587,8 +594,10 @@ fn setup_process<'a>(ctx: &ChildContext<'a>) -> Result<&'a CStr, (Step, i32)> {
 fn report(fd: RawFd, step: Step, err: i32) {
     let mut rec = [0u8; RECORD];
     rec[..4].copy_from_slice(&(step as u32).to_ne_bytes());
-    rec[4..].copy_from_slice(&err.to_ne_bytes());
-    // SAFETY: writes 8 bytes from a stack buffer; a pipe write this small is atomic.
+    rec[4..8].copy_from_slice(&err.to_ne_bytes());
+    let mount = MOUNT_INDEX.load(std::sync::atomic::Ordering::Relaxed);
+    rec[8..].copy_from_slice(&mount.to_ne_bytes());
+    // SAFETY: writes RECORD bytes from a stack buffer; a pipe write this small is atomic.
     unsafe { libc::write(fd, rec.as_ptr().cast(), RECORD) };
 }
 

@@ -313,7 +313,7 @@ impl Sandbox {
         let cid = container_id.to_owned();
         let res = tokio::task::spawn_blocking(move || {
             spawn::release(start)?;
-            spawn::read_status(&cid, &status)
+            spawn::read_status(&cid, &status, &[])
         })
         .await
         .map_err(|e| Error::sys("start task")(std::io::Error::other(e)))?;

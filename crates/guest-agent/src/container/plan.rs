@@ -385,7 +385,20 @@ pub fn plan_container(container_id: &str, spec: &Spec, rootfs: &Path) -> Result<
     for m in spec.mounts().iter().flatten() {
         let target = below(container_id, m.destination())?;
         let opts = mount_options::parse(&m.options().clone().unwrap_or_default());
-        let fstype = m.typ().clone().filter(|t| !t.is_empty() && t != "bind");
+        let fstype = m
+            .typ()
+            .clone()
+            .filter(|t| !t.is_empty() && t != "bind")
+            // The guest runs the unified hierarchy only: a v1 `cgroup`
+            // mount (every default spec has one at /sys/fs/cgroup) becomes
+            // cgroup2, as runc does on unified hosts.
+            .map(|t| {
+                if t == "cgroup" {
+                    "cgroup2".to_owned()
+                } else {
+                    t
+                }
+            });
         let is_bind = opts.is_bind() || m.typ().as_deref() == Some("bind");
         if m.destination() == Path::new("/dev") && fstype.as_deref() == Some("tmpfs") {
             dev_is_tmpfs = true;
@@ -610,6 +623,20 @@ mod tests {
             vec![(libc::RLIMIT_NOFILE as libc::c_int, 512, 1024)]
         );
         assert_eq!(p.cwd.as_c_str(), c"/work");
+    }
+
+    #[test]
+    fn the_default_specs_v1_cgroup_mount_becomes_cgroup2() {
+        let mut spec = spec_with(process(&["true"]), &ALL_NS);
+        spec.set_mounts(Some(oci_spec::runtime::get_default_mounts()));
+        let plan = plan_container("c1", &spec, Path::new("/r")).unwrap();
+        let cgroup = plan
+            .mounts
+            .iter()
+            .find(|m| m.target.path() == c"sys/fs/cgroup")
+            .unwrap();
+        assert_eq!(cgroup.fstype.as_deref(), Some(c"cgroup2"));
+        assert!(cgroup.flags & libc::MS_RDONLY != 0);
     }
 
     #[test]

@@ -151,11 +151,12 @@ pub fn spawn_container(
         Ok((pid, ()))
     })?;
     let spawned = pipes.parent_ends(pid, exited);
-    match read_status(container_id, &spawned.status)? {
+    match read_status(container_id, &spawned.status, &mount_names(plan))? {
         Some(Step::Ready) => Ok(spawned),
         _ => Err(Error::Setup {
             container_id: container_id.to_owned(),
             step: Step::Ready.name(),
+            detail: String::new(),
             source: io::Error::other("the container's process exited during setup"),
         }),
     }
@@ -225,11 +226,12 @@ pub fn spawn_exec(
         Ok((pid, ()))
     })?;
     let spawned = pipes.parent_ends(pid, exited);
-    match read_status(container_id, &spawned.status)? {
+    match read_status(container_id, &spawned.status, &[])? {
         None => Ok(spawned),
         Some(step) => Err(Error::Setup {
             container_id: container_id.to_owned(),
             step: step.name(),
+            detail: String::new(),
             source: io::Error::other("unexpected report"),
         }),
     }
@@ -237,7 +239,20 @@ pub fn spawn_exec(
 
 /// Reads one status record: `Ok(None)` at end of file (the child exec'd or
 /// died), `Ok(Some(Ready))`, or the child's setup error.
-pub fn read_status(container_id: &str, status: &OwnedFd) -> Result<Option<Step>> {
+/// The destinations of a plan's mounts, for errors.
+pub fn mount_names(plan: &super::plan::ContainerPlan) -> Vec<String> {
+    plan.mounts
+        .iter()
+        .map(|m| format!("/{}", m.target.path().to_string_lossy()))
+        .collect()
+}
+
+/// `mounts` names the plan's mounts (their destinations), for errors.
+pub fn read_status(
+    container_id: &str,
+    status: &OwnedFd,
+    mounts: &[String],
+) -> Result<Option<Step>> {
     let mut file = File::from(
         status
             .try_clone()
@@ -257,14 +272,22 @@ pub fn read_status(container_id: &str, status: &OwnedFd) -> Result<Option<Step>>
         return Ok(None);
     }
     let step = u32::from_ne_bytes(rec[..4].try_into().unwrap_or_default());
-    let errno = i32::from_ne_bytes(rec[4..].try_into().unwrap_or_default());
+    let errno = i32::from_ne_bytes(rec[4..8].try_into().unwrap_or_default());
+    let mount = u32::from_ne_bytes(rec[8..].try_into().unwrap_or_default());
     let step = Step::from_u32(step).unwrap_or(Step::Exec);
     if got == RECORD && step == Step::Ready {
         return Ok(Some(Step::Ready));
     }
+    let detail = match (step, mounts.get(mount as usize)) {
+        (Step::MountTarget | Step::Mount | Step::Propagation | Step::RemountReadonly, Some(d)) => {
+            format!(" (mount on {d})")
+        }
+        _ => String::new(),
+    };
     Err(Error::Setup {
         container_id: container_id.to_owned(),
         step: step.name(),
+        detail,
         source: io::Error::from_raw_os_error(errno),
     })
 }
