@@ -6,9 +6,12 @@ export CARGO_TERM_COLOR ?= never
 
 .PHONY: demo test prereqs fmt-check clippy doc unit bench guest-image
 
-## Installs what is missing, builds, and runs the main example.
-demo: prereqs
-	$(CARGO) run --release --example cgroups -- --cpus 1.5
+## Installs what is missing, builds, and runs the main example: a command
+## in a container in a fresh VM (its kernel is not the host's).
+demo: prereqs guest-image
+	$(CARGO) run --release --example run -- --cpus 1 -- \
+	  sh -c 'echo "guest: $$(uname -a)"; head -5 /proc/cpuinfo'
+	@echo "host:  $$(uname -a)"
 
 ## Installs what is missing, then the whole suite: fmt, clippy, docs, tests.
 test: prereqs fmt-check clippy doc unit
@@ -41,7 +44,7 @@ guest-image:
 	  CARGO_TARGET_X86_64_UNKNOWN_LINUX_GNU_RUSTFLAGS="-C target-feature=+crt-static" \
 	  CARGO_PROFILE_RELEASE_DEBUG=false CARGO_PROFILE_RELEASE_STRIP=symbols \
 	  $(CARGO) build --release -p vc-guest-agent --bin vc-guest-agent --target $(GUEST_AGENT_TARGET)
-	$(CARGO) run --release -p vc-guest-image -- --out $(GUEST_IMAGE_DIR) --init $(GUEST_AGENT_BIN)
+	$(CARGO) run -p vc-guest-image -- --out $(GUEST_IMAGE_DIR) --init $(GUEST_AGENT_BIN)
 
 ## Benchmarks (not part of `make test`: figures, not pass/fail).
 bench: prereqs

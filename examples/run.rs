@@ -88,7 +88,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
 
 /// Where `make guest-image` puts the image.
 fn image_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/vc-guest-agent-image")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
+        .join("vc-guest-agent-image")
 }
 
 fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {

@@ -27,7 +27,10 @@ fn logger() -> slog::Logger {
 }
 
 fn image_dir() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-guest-agent-image")
+    std::env::var_os("CARGO_TARGET_DIR")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
+        .join("vc-guest-agent-image")
 }
 
 /// Fails, naming what is missing, unless this host can run the VM tests.
