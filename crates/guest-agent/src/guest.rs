@@ -307,6 +307,7 @@ pub fn details(sys: &Path, req: &pb::GuestDetailsRequest) -> pb::GuestDetailsRes
         "blk".into(),
         "ephemeral".into(),
         "local".into(),
+        "overlayfs".into(),
     ];
     a.supports_seccomp = false;
     r.agent_details = protobuf::MessageField::some(a);

@@ -1,9 +1,12 @@
 //! Storages the host asks for (Kata's `Storage`): a 9p or virtio-fs share
-//! by mount tag, a block device by path, a tmpfs. Mounted before the
-//! container is created, unmounted when it is removed.
+//! by mount tag, a block device by path or by the PCI path of a
+//! hot-plugged virtio-blk disk (`blk`), an overlay over earlier storages
+//! (`overlayfs`), a tmpfs. Mounted before the container is created, in
+//! order; unmounted in reverse when it is removed.
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use nix::mount::{MntFlags, MsFlags, mount, umount2};
 use vc_agent_protocol::agent::Storage;
@@ -19,6 +22,64 @@ pub struct MountedStorage {
     /// The directories created for it, outermost first (removed again by
     /// [`unmount_storage`]).
     created: Vec<PathBuf>,
+    /// Guest-local directories made for it (an overlay's upper and work
+    /// dirs), removed with their contents after the unmount.
+    scratch: Vec<PathBuf>,
+}
+
+/// How long a hot-plugged disk may take to show up in the guest.
+pub const DISK_WAIT: Duration = Duration::from_secs(10);
+
+/// The `/dev` node of the virtio-blk disk at PCI path `pci_path` (slots
+/// from the root bus in hex, `10/00` behind a root port or `05` on the root
+/// bus), waiting up to `timeout` for the kernel to probe it.
+pub fn find_pci_disk(sys: &Path, pci_path: &str, timeout: Duration) -> Result<PathBuf> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(dev) = pci_disk_now(sys, pci_path) {
+            return Ok(dev);
+        }
+        if Instant::now() >= deadline {
+            return Err(Error::Io {
+                operation: "finding the disk at PCI path",
+                path: PathBuf::from(pci_path),
+                source: std::io::Error::from(std::io::ErrorKind::NotFound),
+            });
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn pci_disk_now(sys: &Path, pci_path: &str) -> Option<PathBuf> {
+    let slots: Vec<u8> = pci_path
+        .split('/')
+        .map(|s| u8::from_str_radix(s, 16).ok())
+        .collect::<Option<_>>()?;
+    let first = slots.first()?;
+    let mut dir = sys.join(format!("bus/pci/devices/0000:00:{first:02x}.0"));
+    for slot in &slots[1..] {
+        let suffix = format!(":{slot:02x}.0");
+        dir = fs::read_dir(&dir)
+            .ok()?
+            .flatten()
+            .map(|e| e.path())
+            .find(|p| {
+                p.file_name()
+                    .and_then(|n| n.to_str())
+                    .is_some_and(|n| n.starts_with("0000:") && n.ends_with(&suffix))
+            })?;
+    }
+    let virtio = fs::read_dir(&dir)
+        .ok()?
+        .flatten()
+        .map(|e| e.path())
+        .find(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.starts_with("virtio"))
+        })?;
+    let disk = fs::read_dir(virtio.join("block")).ok()?.flatten().next()?;
+    Some(Path::new("/dev").join(disk.file_name()))
 }
 
 /// Creates `dir` and its missing ancestors; returns those it created,
@@ -68,6 +129,7 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
         )));
     }
     let fstype = match (s.driver.as_str(), s.fstype.as_str()) {
+        ("overlayfs", _) => "overlay".to_owned(),
         (_, t) if !t.is_empty() => t.to_owned(),
         ("9p", _) => "9p".to_owned(),
         ("virtio-fs", _) => "virtiofs".to_owned(),
@@ -78,14 +140,51 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
     if fstype == "9p" && !options.iter().any(|o| o.starts_with("trans=")) {
         options.push("trans=virtio".into());
     }
-    let opts = mount_options::parse(&options);
-    let created = create_dirs(&target)?;
-    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-    let source = if s.source.is_empty() {
-        fstype.clone()
-    } else {
-        s.source.clone()
+    let source = match s.driver.as_str() {
+        // A hot-plugged disk named by its PCI path, or a device node.
+        "blk" if !s.source.starts_with('/') => {
+            find_pci_disk(Path::new("/sys"), &s.source, DISK_WAIT)?
+                .to_string_lossy()
+                .into_owned()
+        }
+        _ if s.source.is_empty() => fstype.clone(),
+        _ => s.source.clone(),
     };
+    // An overlay's upper and work dirs are guest-local and made here.
+    let mut scratch = Vec::new();
+    if s.driver == "overlayfs" {
+        for o in &options {
+            if let Some(dir) = o
+                .strip_prefix("upperdir=")
+                .or_else(|| o.strip_prefix("workdir="))
+            {
+                let dir = PathBuf::from(dir);
+                if !dir.is_absolute()
+                    || dir
+                        .components()
+                        .any(|c| c == std::path::Component::ParentDir)
+                {
+                    return Err(invalid(format!(
+                        "overlay dir {} is not a clean absolute path",
+                        dir.display()
+                    )));
+                }
+                if !dir.exists() {
+                    fs::create_dir_all(&dir).map_err(Error::io("creating overlay dir", &dir))?;
+                    scratch.push(dir);
+                }
+            }
+        }
+    }
+    let opts = mount_options::parse(&options);
+    let created = match create_dirs(&target) {
+        Ok(c) => c,
+        Err(e) => {
+            remove_scratch(&scratch);
+            return Err(e);
+        }
+    };
+    let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
     mount(
         Some(source.as_str()),
         &target,
@@ -95,13 +194,24 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
     )
     .map_err(|e| {
         remove_dirs(&created);
+        remove_scratch(&scratch);
         Error::Io {
             operation: "mounting storage",
             path: target.clone(),
             source: std::io::Error::from(e),
         }
     })?;
-    Ok(MountedStorage { target, created })
+    Ok(MountedStorage {
+        target,
+        created,
+        scratch,
+    })
+}
+
+fn remove_scratch(dirs: &[PathBuf]) {
+    for d in dirs {
+        let _ = fs::remove_dir_all(d);
+    }
 }
 
 /// Detaches a storage mount (lazily: a process still holding it does not
@@ -114,6 +224,7 @@ pub fn unmount_storage(m: &MountedStorage) -> Result<()> {
         source: std::io::Error::from(e),
     })?;
     remove_dirs(&m.created);
+    remove_scratch(&m.scratch);
     Ok(())
 }
 
@@ -129,6 +240,65 @@ mod tests {
     }
 
     /// Needs root (mount).
+    #[test]
+    fn finds_a_disk_by_pci_path_in_a_sysfs_fixture() {
+        let sys = tempfile::tempdir().unwrap();
+        let port = sys.path().join("bus/pci/devices/0000:00:10.0");
+        std::fs::create_dir_all(port.join("0000:01:00.0/virtio3/block/vdb")).unwrap();
+        std::fs::create_dir_all(
+            sys.path()
+                .join("bus/pci/devices/0000:00:05.0/virtio1/block/vda"),
+        )
+        .unwrap();
+        let t = Duration::from_millis(50);
+        assert_eq!(
+            find_pci_disk(sys.path(), "10/00", t).unwrap(),
+            Path::new("/dev/vdb")
+        );
+        assert_eq!(
+            find_pci_disk(sys.path(), "05", t).unwrap(),
+            Path::new("/dev/vda")
+        );
+        assert!(find_pci_disk(sys.path(), "11/00", t).is_err());
+        assert!(find_pci_disk(sys.path(), "zz", t).is_err());
+    }
+
+    /// Needs root (mount).
+    #[test]
+    fn overlay_storage_makes_and_removes_its_upper_and_work_dirs() {
+        // SAFETY: geteuid has no preconditions.
+        assert_eq!(
+            unsafe { libc::geteuid() },
+            0,
+            "this test needs root (mount)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let lower = dir.path().join("lower");
+        std::fs::create_dir_all(&lower).unwrap();
+        std::fs::write(lower.join("f"), "from lower").unwrap();
+        let rw = dir.path().join("rw");
+        let mut s = Storage::new();
+        s.driver = "overlayfs".into();
+        s.source = "overlay".into();
+        s.mount_point = dir.path().join("root").display().to_string();
+        s.options = vec![
+            format!("lowerdir={}", lower.display()),
+            format!("upperdir={}/upper", rw.display()),
+            format!("workdir={}/work", rw.display()),
+        ];
+        let m = mount_storage("c1", &s).unwrap();
+        let root = dir.path().join("root");
+        assert_eq!(
+            std::fs::read_to_string(root.join("f")).unwrap(),
+            "from lower"
+        );
+        std::fs::write(root.join("g"), "new").unwrap();
+        assert!(rw.join("upper/g").exists());
+        unmount_storage(&m).unwrap();
+        assert!(!root.exists() && !rw.join("upper").exists() && !rw.join("work").exists());
+        assert!(!lower.join("g").exists());
+    }
+
     #[test]
     fn mount_and_unmount_leave_nothing_behind() {
         // SAFETY: geteuid has no preconditions.
