@@ -267,11 +267,8 @@ mod tests {
     #[test]
     fn overlay_storage_makes_and_removes_its_upper_and_work_dirs() {
         // SAFETY: geteuid has no preconditions.
-        assert_eq!(
-            unsafe { libc::geteuid() },
-            0,
-            "this test needs root (mount)"
-        );
+        let euid = unsafe { libc::geteuid() };
+        assert_eq!(euid, 0, "this test needs root (mount)");
         let dir = tempfile::tempdir().unwrap();
         let lower = dir.path().join("lower");
         std::fs::create_dir_all(&lower).unwrap();
