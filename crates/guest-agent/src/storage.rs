@@ -30,13 +30,14 @@ pub struct MountedStorage {
 /// How long a hot-plugged disk may take to show up in the guest.
 pub const DISK_WAIT: Duration = Duration::from_secs(10);
 
-/// The `/dev` node of the virtio-blk disk at PCI path `pci_path` (slots
-/// from the root bus in hex, `10/00` behind a root port or `05` on the root
-/// bus), waiting up to `timeout` for the kernel to probe it.
-pub fn find_pci_disk(sys: &Path, pci_path: &str, timeout: Duration) -> Result<PathBuf> {
+/// The node in `dev` (`/dev`) of the virtio-blk disk at PCI path
+/// `pci_path` (slots from the root bus in hex, `10/00` behind a root port
+/// or `05` on the root bus), waiting up to `timeout` for the kernel to
+/// probe it.
+pub fn find_pci_disk(sys: &Path, dev: &Path, pci_path: &str, timeout: Duration) -> Result<PathBuf> {
     let deadline = Instant::now() + timeout;
     loop {
-        if let Some(dev) = pci_disk_now(sys, pci_path) {
+        if let Some(dev) = pci_disk_now(sys, dev, pci_path) {
             return Ok(dev);
         }
         if Instant::now() >= deadline {
@@ -50,7 +51,7 @@ pub fn find_pci_disk(sys: &Path, pci_path: &str, timeout: Duration) -> Result<Pa
     }
 }
 
-fn pci_disk_now(sys: &Path, pci_path: &str) -> Option<PathBuf> {
+fn pci_disk_now(sys: &Path, dev_dir: &Path, pci_path: &str) -> Option<PathBuf> {
     let slots: Vec<u8> = pci_path
         .split('/')
         .map(|s| u8::from_str_radix(s, 16).ok())
@@ -79,7 +80,14 @@ fn pci_disk_now(sys: &Path, pci_path: &str) -> Option<PathBuf> {
                 .is_some_and(|n| n.starts_with("virtio"))
         })?;
     let disk = fs::read_dir(virtio.join("block")).ok()?.flatten().next()?;
-    Some(Path::new("/dev").join(disk.file_name()))
+    // Listed in sysfs before the disk is fully added: wait for its node
+    // and its size too.
+    let size = fs::read_to_string(disk.path().join("size")).ok()?;
+    if size.trim().parse::<u64>().ok()? == 0 {
+        return None;
+    }
+    let dev = dev_dir.join(disk.file_name());
+    dev.exists().then_some(dev)
 }
 
 /// Creates `dir` and its missing ancestors; returns those it created,
@@ -143,7 +151,7 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
     let source = match s.driver.as_str() {
         // A hot-plugged disk named by its PCI path, or a device node.
         "blk" if !s.source.starts_with('/') => {
-            find_pci_disk(Path::new("/sys"), &s.source, DISK_WAIT)?
+            find_pci_disk(Path::new("/sys"), Path::new("/dev"), &s.source, DISK_WAIT)?
                 .to_string_lossy()
                 .into_owned()
         }
@@ -185,14 +193,24 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
         }
     };
     let data = (!opts.data.is_empty()).then_some(opts.data.as_str());
-    mount(
-        Some(source.as_str()),
-        &target,
-        Some(fstype.as_str()),
-        MsFlags::from_bits_truncate(opts.flags),
-        data,
-    )
-    .map_err(|e| {
+    let deadline = Instant::now() + DISK_WAIT;
+    let mounted = loop {
+        let r = mount(
+            Some(source.as_str()),
+            &target,
+            Some(fstype.as_str()),
+            MsFlags::from_bits_truncate(opts.flags),
+            data,
+        );
+        // A disk just hot-plugged may still be settling (ENXIO).
+        match r {
+            Err(nix::errno::Errno::ENXIO) if s.driver == "blk" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            r => break r,
+        }
+    };
+    mounted.map_err(|e| {
         remove_dirs(&created);
         remove_scratch(&scratch);
         Error::Io {
@@ -243,24 +261,36 @@ mod tests {
     #[test]
     fn finds_a_disk_by_pci_path_in_a_sysfs_fixture() {
         let sys = tempfile::tempdir().unwrap();
+        let dev = tempfile::tempdir().unwrap();
+        let disk = |dir: PathBuf, name: &str, size: &str| {
+            let d = dir.join("block").join(name);
+            std::fs::create_dir_all(&d).unwrap();
+            std::fs::write(d.join("size"), size).unwrap();
+        };
         let port = sys.path().join("bus/pci/devices/0000:00:10.0");
-        std::fs::create_dir_all(port.join("0000:01:00.0/virtio3/block/vdb")).unwrap();
-        std::fs::create_dir_all(
-            sys.path()
-                .join("bus/pci/devices/0000:00:05.0/virtio1/block/vda"),
-        )
-        .unwrap();
+        disk(port.join("0000:01:00.0/virtio3"), "vdb", "2048\n");
+        disk(
+            sys.path().join("bus/pci/devices/0000:00:05.0/virtio1"),
+            "vda",
+            "8\n",
+        );
+        disk(
+            sys.path().join("bus/pci/devices/0000:00:06.0/virtio2"),
+            "vdc",
+            "0\n",
+        );
+        for n in ["vda", "vdb", "vdc"] {
+            std::fs::write(dev.path().join(n), "").unwrap();
+        }
         let t = Duration::from_millis(50);
-        assert_eq!(
-            find_pci_disk(sys.path(), "10/00", t).unwrap(),
-            Path::new("/dev/vdb")
-        );
-        assert_eq!(
-            find_pci_disk(sys.path(), "05", t).unwrap(),
-            Path::new("/dev/vda")
-        );
-        assert!(find_pci_disk(sys.path(), "11/00", t).is_err());
-        assert!(find_pci_disk(sys.path(), "zz", t).is_err());
+        let find = |p| find_pci_disk(sys.path(), dev.path(), p, t);
+        assert_eq!(find("10/00").unwrap(), dev.path().join("vdb"));
+        assert_eq!(find("05").unwrap(), dev.path().join("vda"));
+        assert!(find("06").is_err(), "a disk of size 0 is still being added");
+        assert!(find("11/00").is_err());
+        assert!(find("zz").is_err());
+        std::fs::remove_file(dev.path().join("vdb")).unwrap();
+        assert!(find("10/00").is_err(), "no node yet");
     }
 
     /// Needs root (mount).

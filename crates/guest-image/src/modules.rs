@@ -37,6 +37,8 @@ pub const DEFAULT_MODULES: &[&str] = &[
     // init fails with ENOENT, and erofs with it.
     "crc32c_generic",
     "erofs",
+    // Block rootfs and volumes (ext4 needs crc32c too, for its checksums).
+    "ext4",
     "fuse",
     "virtiofs",
     "vsock",

@@ -169,7 +169,24 @@ impl Default for AgentSettings {
     }
 }
 
+/// A container rootfs on a disk image or block device, hot-plugged into the
+/// VM as a virtio-blk disk (it must not be mounted on the host).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BlockRootfs {
+    /// The image file or block device.
+    pub image: PathBuf,
+    /// Its filesystem (`ext4`, `xfs`, `erofs`, ...).
+    pub fs_type: String,
+}
+
 /// One container: an OCI bundle.
+///
+/// Its rootfs reaches the guest in one of three ways: a
+/// [`BlockRootfs`] hot-plugged as a disk; an overlay over EROFS layers
+/// (containerd's erofs snapshotter: `root.path` is an overlay whose lower
+/// dirs are loop-mounted `layer.erofs` images), whose layers are
+/// hot-plugged read-only and stacked again in the guest under a guest-local
+/// upper dir; otherwise the directory, through the filesystem share.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerConfig {
     /// The container id, unique in its sandbox.
@@ -178,6 +195,8 @@ pub struct ContainerConfig {
     pub bundle: PathBuf,
     /// The OCI runtime spec.
     pub spec: Spec,
+    /// A rootfs on a disk image instead of the `root.path` directory.
+    pub rootfs_block: Option<BlockRootfs>,
 }
 
 impl ContainerConfig {
@@ -192,7 +211,12 @@ impl ContainerConfig {
             path,
             reason: e.to_string(),
         })?;
-        Ok(ContainerConfig { id, bundle, spec })
+        Ok(ContainerConfig {
+            id,
+            bundle,
+            spec,
+            rootfs_block: None,
+        })
     }
 
     /// The container's rootfs on the host: `root.path`, relative to the
@@ -219,12 +243,23 @@ impl ContainerConfig {
         validate_id(IdKind::Container, &self.id)?;
         check_bundle_dir(&self.id, &self.bundle)?;
         let rootfs = self.rootfs()?;
-        if !rootfs.is_dir() {
-            return Err(Error::InvalidBundle {
-                container: self.id.clone(),
-                path: rootfs,
-                reason: "the rootfs (root.path) is not a directory".into(),
-            });
+        match &self.rootfs_block {
+            Some(b) if !b.image.exists() => {
+                return Err(Error::InvalidBundle {
+                    container: self.id.clone(),
+                    path: b.image.clone(),
+                    reason: "the rootfs image does not exist".into(),
+                });
+            }
+            Some(_) => {}
+            None if !rootfs.is_dir() => {
+                return Err(Error::InvalidBundle {
+                    container: self.id.clone(),
+                    path: rootfs,
+                    reason: "the rootfs (root.path) is not a directory".into(),
+                });
+            }
+            None => {}
         }
         let process = self
             .spec

@@ -10,6 +10,7 @@ use vc_agent_client::protocol::agent::Storage;
 use vc_mountinfo::MountInfo;
 
 use crate::config::ContainerConfig;
+use crate::devices::ContainerDevices;
 use crate::error::Error;
 use crate::fs_share::GUEST_SHARED_DIR;
 use crate::mounts::{GuestMount, classify};
@@ -45,28 +46,38 @@ fn guest_path(container: &str, rel: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{container}/{rel}")
 }
 
-/// Lays out container `cfg` in a sandbox whose share exports `shared_dir`.
+/// Lays out container `cfg` in a sandbox whose share exports `shared_dir`;
+/// what `devices` carries (a rootfs, block volumes) does not go through
+/// the share, and their storages come first.
 pub(crate) fn layout(
     cfg: &ContainerConfig,
     shared_dir: &Path,
     host_mounts: &[MountInfo],
+    devices: &ContainerDevices,
 ) -> Result<ContainerLayout, Error> {
     let id = &cfg.id;
     let host_container_dir = shared_dir.join(id);
-    let mut binds = vec![HostBind {
-        source: cfg.rootfs()?,
-        target: host_container_dir.join("rootfs"),
-        read_only: false,
-    }];
+    let mut binds = Vec::new();
+    let guest_root = match &devices.rootfs {
+        Some(guest) => guest.clone(),
+        None => {
+            binds.push(HostBind {
+                source: cfg.rootfs()?,
+                target: host_container_dir.join("rootfs"),
+                read_only: false,
+            });
+            guest_path(id, "rootfs")
+        }
+    };
     let mut spec = cfg.spec.clone();
     let mut root = spec.root().clone().ok_or_else(|| Error::InvalidSpec {
         container: id.clone(),
         reason: "no root".into(),
     })?;
-    root.set_path(PathBuf::from(guest_path(id, "rootfs")));
+    root.set_path(PathBuf::from(guest_root));
     spec.set_root(Some(root));
 
-    let mut storages: Vec<Storage> = Vec::new();
+    let mut storages: Vec<Storage> = devices.storages.clone();
     let mut mounts: Vec<Mount> = Vec::new();
     for (i, m) in spec
         .mounts()
@@ -78,6 +89,21 @@ pub(crate) fn layout(
         let mut m = m;
         match classify(&m, host_mounts) {
             GuestMount::Guest => {}
+            GuestMount::Block { .. } => {
+                let guest = devices.volumes.get(&i).ok_or_else(|| Error::InvalidSpec {
+                    container: id.clone(),
+                    reason: format!(
+                        "block volume {} was not attached",
+                        m.destination().display()
+                    ),
+                })?;
+                m.set_source(Some(PathBuf::from(guest)));
+                m.set_typ(Some("bind".into()));
+                let mut options = m.options().clone().unwrap_or_default();
+                options.retain(|o| o != "bind" && o != "rbind");
+                options.push("rbind".into());
+                m.set_options(Some(options));
+            }
             GuestMount::Shared { source, read_only } => {
                 let rel = format!("mounts/{i}");
                 binds.push(HostBind {
@@ -194,6 +220,7 @@ mod tests {
             id: "c1".into(),
             bundle: "/bundles/c1".into(),
             spec,
+            rootfs_block: None,
         }
     }
 
@@ -216,7 +243,13 @@ mod tests {
             .build()
             .unwrap();
         let cfg = config(vec![proc_mount.clone(), bind("/srv/data", "/data")]);
-        let l = layout(&cfg, Path::new("/run/vc/shared/sb1"), &[]).unwrap();
+        let l = layout(
+            &cfg,
+            Path::new("/run/vc/shared/sb1"),
+            &[],
+            &ContainerDevices::default(),
+        )
+        .unwrap();
         assert_eq!(
             l.binds,
             vec![
@@ -246,8 +279,61 @@ mod tests {
     }
 
     #[test]
+    fn device_backed_rootfs_and_volumes_skip_the_share() {
+        let volume = MountBuilder::default()
+            .destination("/data")
+            .typ("ext4")
+            .source("/img/v.img")
+            .build()
+            .unwrap();
+        let mut devices = ContainerDevices {
+            rootfs: Some("/run/vc/rootfs/c1".into()),
+            ..Default::default()
+        };
+        devices.volumes.insert(0, "/run/vc/volumes/c1/0".into());
+        let mut s = Storage::new();
+        s.driver = "blk".into();
+        devices.storages.push(s);
+        let l = layout(&config(vec![volume]), Path::new("/s"), &[], &devices).unwrap();
+        assert!(l.binds.is_empty());
+        assert_eq!(
+            l.spec.root().as_ref().unwrap().path(),
+            Path::new("/run/vc/rootfs/c1")
+        );
+        let m = &l.spec.mounts().as_ref().unwrap()[0];
+        assert_eq!(
+            m.source().as_deref(),
+            Some(Path::new("/run/vc/volumes/c1/0"))
+        );
+        assert_eq!(m.typ().as_deref(), Some("bind"));
+        assert_eq!(l.storages.len(), 1);
+        // A block volume that was not attached is an error, not a guess.
+        let unattached = MountBuilder::default()
+            .destination("/data")
+            .typ("xfs")
+            .source("/img/w.img")
+            .build()
+            .unwrap();
+        assert!(matches!(
+            layout(
+                &config(vec![unattached]),
+                Path::new("/s"),
+                &[],
+                &ContainerDevices::default()
+            ),
+            Err(Error::InvalidSpec { .. })
+        ));
+    }
+
+    #[test]
     fn host_only_settings_are_dropped() {
-        let l = layout(&config(vec![]), Path::new("/s"), &[]).unwrap();
+        let l = layout(
+            &config(vec![]),
+            Path::new("/s"),
+            &[],
+            &ContainerDevices::default(),
+        )
+        .unwrap();
         let linux = l.spec.linux().as_ref().unwrap();
         assert_eq!(linux.cgroups_path(), &None);
         let types: Vec<_> = linux
@@ -271,7 +357,7 @@ mod tests {
             bind("/k/pods/u/volumes/kubernetes.io~empty-dir/scratch", "/b"),
             bind("/k/pods/u/volumes/kubernetes.io~empty-dir/mem", "/c"),
         ]);
-        let l = layout(&cfg, Path::new("/s"), &table).unwrap();
+        let l = layout(&cfg, Path::new("/s"), &table, &ContainerDevices::default()).unwrap();
         assert_eq!(l.binds.len(), 1, "only the rootfs crosses the share");
         let points: Vec<_> = l
             .storages

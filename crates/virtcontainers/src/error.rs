@@ -192,6 +192,16 @@ pub enum Error {
         source: vc_cgroups_host::Error,
     },
 
+    /// A device manager operation failed.
+    #[error("devices: cannot {operation}")]
+    Devices {
+        /// What was attempted.
+        operation: &'static str,
+        /// The device manager's error.
+        #[source]
+        source: vc_device_manager::Error,
+    },
+
     /// A host mount or unmount failed.
     #[error("cannot {operation} {target}")]
     HostMount {

@@ -50,6 +50,7 @@
 
 mod config;
 mod container_spec;
+mod devices;
 mod error;
 mod factory;
 pub mod fs_share;
@@ -65,10 +66,11 @@ pub mod testing;
 mod undo;
 
 pub use config::{
-    AgentSettings, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
+    AgentSettings, BlockRootfs, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
     SandboxConfig, VmConfig,
 };
 pub use container_spec::{GUEST_EPHEMERAL_DIR, GUEST_LOCAL_DIR};
+pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};
 pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
@@ -86,4 +88,5 @@ pub use state::{
 pub use oci_spec;
 pub use vc_agent_client;
 pub use vc_cgroups_host;
+pub use vc_device_manager;
 pub use vc_hypervisor;

@@ -8,6 +8,10 @@ use std::path::{Path, PathBuf};
 use oci_spec::runtime::Mount;
 use vc_mountinfo::MountInfo;
 
+/// Filesystems that live on a disk: a mount of one of these types (not a
+/// bind) is a block volume.
+pub const DISK_FILESYSTEMS: [&str; 6] = ["ext4", "ext3", "ext2", "xfs", "btrfs", "erofs"];
+
 /// The path component Kubernetes gives emptyDir volumes on the host:
 /// `/var/lib/kubelet/pods/<uid>/volumes/kubernetes.io~empty-dir/<name>`.
 pub const K8S_EMPTY_DIR: &str = "kubernetes.io~empty-dir";
@@ -32,6 +36,17 @@ pub enum GuestMount {
     Shared {
         /// The host path.
         source: PathBuf,
+        /// Mounted read-only.
+        read_only: bool,
+    },
+    /// A filesystem on a block device or disk image (`type` is a disk
+    /// filesystem, not a bind): the image is hot-plugged as a virtio-blk
+    /// disk and the guest mounts it.
+    Block {
+        /// The host block device or image file.
+        source: PathBuf,
+        /// Its filesystem.
+        fs_type: String,
         /// Mounted read-only.
         read_only: bool,
     },
@@ -66,7 +81,14 @@ fn empty_dir_name(source: &Path) -> Option<String> {
 /// kubelet mounted a tmpfs on.
 pub fn classify(mount: &Mount, host_mounts: &[MountInfo]) -> GuestMount {
     if !is_bind(mount) {
-        return GuestMount::Guest;
+        return match (mount.typ().as_deref(), mount.source()) {
+            (Some(t), Some(source)) if DISK_FILESYSTEMS.contains(&t) => GuestMount::Block {
+                source: source.clone(),
+                fs_type: t.to_owned(),
+                read_only: is_read_only(mount),
+            },
+            _ => GuestMount::Guest,
+        };
     }
     let Some(source) = mount.source() else {
         return GuestMount::Guest;
@@ -164,6 +186,25 @@ mod tests {
             classify(&bind("/srv/kubernetes.io~empty-dir", false), &table()),
             GuestMount::Shared { .. }
         ));
+    }
+
+    #[test]
+    fn disk_filesystems_are_block_volumes() {
+        let ext4 = MountBuilder::default()
+            .destination("/data")
+            .typ("ext4")
+            .source("/var/lib/volumes/v1.img")
+            .options(vec!["ro".to_owned()])
+            .build()
+            .unwrap();
+        assert_eq!(
+            classify(&ext4, &table()),
+            GuestMount::Block {
+                source: "/var/lib/volumes/v1.img".into(),
+                fs_type: "ext4".into(),
+                read_only: true
+            }
+        );
     }
 
     #[test]

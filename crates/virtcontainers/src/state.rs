@@ -133,6 +133,10 @@ pub struct ContainerRecord {
     pub exit_code: Option<i32>,
     /// Host mount points made for it (rootfs and volumes in the share).
     pub mounts: Vec<PathBuf>,
+    /// Ids of the devices it holds in the sandbox's device manager
+    /// (recorded before they are attached).
+    #[serde(default)]
+    pub devices: Vec<String>,
 }
 
 /// The whole persisted state of a sandbox.
@@ -150,4 +154,7 @@ pub struct SandboxState {
     pub guest: Option<GuestInfo>,
     /// Its containers.
     pub containers: BTreeMap<String, ContainerRecord>,
+    /// The device manager's registry (hot-plugged disks and who holds them).
+    #[serde(default)]
+    pub devices: Option<vc_device_manager::DeviceManagerState>,
 }

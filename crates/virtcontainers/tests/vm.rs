@@ -14,6 +14,7 @@ use oci_spec::runtime::{
     RootBuilder, SpecBuilder,
 };
 use tokio::io::AsyncReadExt;
+use virtcontainers::vc_device_manager::DeviceManager;
 use virtcontainers::{
     CgroupsConfig, ContainerConfig, ContainerPhase, Error, FsShareConfig, FsShareKind, Paths,
     QemuFactory, SandboxConfig, VmConfig, cleanup_container, create_sandbox, fetch_sandbox,
@@ -469,4 +470,226 @@ async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
     }
     drop(sandbox);
     env.assert_clean();
+}
+
+/// Runs `cmd` and fails the test with its output when it fails.
+fn sh(cmd: &mut std::process::Command) {
+    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
+    assert!(
+        out.status.success(),
+        "{cmd:?}: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// Host mounts made by a test, unmounted (last first) on drop.
+struct HostMounts(Vec<PathBuf>);
+
+impl Drop for HostMounts {
+    fn drop(&mut self) {
+        for m in self.0.iter().rev() {
+            let _ = std::process::Command::new("umount").arg(m).status();
+        }
+    }
+}
+
+fn loop_devices_backed_by(dir: &Path) -> Vec<String> {
+    let out = std::process::Command::new("losetup")
+        .args(["-ln", "-O", "NAME,BACK-FILE"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&*dir.to_string_lossy()))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// A container rootfs as containerd's erofs snapshotter makes it: two
+/// `layer.erofs` images loop-mounted read-only, an overlay over them with
+/// an upper dir. The sandbox hot-plugs the layers as read-only disks and
+/// the guest stacks them again. In the same VM: a container whose rootfs
+/// is an ext4 image, with an ext4 block volume it writes to.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn erofs_layers_block_rootfs_and_block_volume() {
+    let _serial = serial().lock().await;
+    let env = Env::new("dev");
+    for tool in ["mkfs.erofs", "mkfs.ext4", "debugfs", "losetup"] {
+        assert!(
+            std::process::Command::new("sh")
+                .args(["-c", &format!("command -v {tool}")])
+                .status()
+                .unwrap()
+                .success(),
+            "this test needs {tool} (erofs-utils, e2fsprogs, util-linux)"
+        );
+    }
+    let work = env.dir.path().join("snapshots");
+    let mut mounts = HostMounts(Vec::new());
+    // Layer 1: busybox and a greeting; layer 2 overrides the greeting.
+    let l1 = work.join("1");
+    let l2 = work.join("2");
+    std::fs::create_dir_all(l1.join("src")).unwrap();
+    std::fs::create_dir_all(l2.join("src/etc")).unwrap();
+    sh(std::process::Command::new("cp")
+        .arg("-a")
+        .arg(format!("{}/.", rootfs().display()))
+        .arg(l1.join("src")));
+    std::fs::write(l1.join("src/etc/greeting"), "from layer 1\n").unwrap();
+    std::fs::write(l1.join("src/etc/base"), "base layer\n").unwrap();
+    std::fs::write(l2.join("src/etc/greeting"), "from layer 2\n").unwrap();
+    let mut lowers = Vec::new();
+    for l in [&l2, &l1] {
+        sh(std::process::Command::new("mkfs.erofs")
+            .arg(l.join("layer.erofs"))
+            .arg(l.join("src")));
+        std::fs::create_dir_all(l.join("fs")).unwrap();
+        sh(std::process::Command::new("mount")
+            .args(["-t", "erofs", "-o", "loop,ro"])
+            .arg(l.join("layer.erofs"))
+            .arg(l.join("fs")));
+        mounts.0.push(l.join("fs"));
+        lowers.push(l.join("fs").display().to_string());
+    }
+    let bundle_rootfs = env.dir.path().join("erofs-rootfs");
+    for d in ["upper", "work"] {
+        std::fs::create_dir_all(work.join(d)).unwrap();
+    }
+    std::fs::create_dir_all(&bundle_rootfs).unwrap();
+    sh(std::process::Command::new("mount")
+        .args(["-t", "overlay", "overlay", "-o"])
+        .arg(format!(
+            "lowerdir={},upperdir={},workdir={}",
+            lowers.join(":"),
+            work.join("upper").display(),
+            work.join("work").display()
+        ))
+        .arg(&bundle_rootfs));
+    mounts.0.push(bundle_rootfs.clone());
+
+    let mut layered = env.bundle(
+        "layered",
+        &[
+            "sh",
+            "-c",
+            "cat /etc/greeting /etc/base; echo scratch > /etc/new; cat /etc/new",
+        ],
+    );
+    let mut spec = layered.spec.clone();
+    spec.set_root(Some(
+        RootBuilder::default()
+            .path(&bundle_rootfs)
+            .readonly(false)
+            .build()
+            .unwrap(),
+    ));
+    layered.spec = spec;
+
+    // An ext4 image as the rootfs, and an ext4 volume.
+    let root_img = env.dir.path().join("root.img");
+    let vol_img = env.dir.path().join("volume.img");
+    sh(std::process::Command::new("mkfs.ext4")
+        .args(["-q", "-d"])
+        .arg(rootfs())
+        .arg(&root_img)
+        .arg("64M"));
+    sh(std::process::Command::new("mkfs.ext4")
+        .arg("-q")
+        .arg(&vol_img)
+        .arg("16M"));
+    let mut block = env.bundle(
+        "block",
+        &[
+            "sh",
+            "-c",
+            "echo from-the-guest > /data/hello; cat /data/hello",
+        ],
+    );
+    let mut spec = block.spec.clone();
+    let mut spec_mounts = spec.mounts().clone().unwrap_or_default();
+    spec_mounts.push(
+        MountBuilder::default()
+            .destination("/data")
+            .typ("ext4")
+            .source(&vol_img)
+            .build()
+            .unwrap(),
+    );
+    spec.set_mounts(Some(spec_mounts));
+    block.spec = spec;
+    block.rootfs_block = Some(virtcontainers::BlockRootfs {
+        image: root_img.clone(),
+        fs_type: "ext4".into(),
+    });
+
+    let sandbox = create_sandbox(
+        env.config(FsShareKind::NineP, vec![layered, block]),
+        Arc::new(QemuFactory),
+        logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        sandbox.devices().devices().len(),
+        4,
+        "two layers, a rootfs image, a volume"
+    );
+    let io = sandbox.start_container("layered").await.unwrap();
+    let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
+    assert_eq!(
+        sandbox.wait_container("layered").await.unwrap(),
+        0,
+        "{out}{err}"
+    );
+    assert_eq!(out, "from layer 2\nbase layer\nscratch\n");
+    let io = sandbox.start_container("block").await.unwrap();
+    let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
+    assert_eq!(
+        sandbox.wait_container("block").await.unwrap(),
+        0,
+        "{out}{err}"
+    );
+    assert_eq!(out, "from-the-guest\n");
+
+    let last = async {
+        cleanup_container(
+            &env.paths(),
+            &env.id,
+            "layered",
+            false,
+            Arc::new(QemuFactory),
+            logger(),
+        )
+        .await?;
+        cleanup_container(
+            &env.paths(),
+            &env.id,
+            "block",
+            false,
+            Arc::new(QemuFactory),
+            logger(),
+        )
+        .await
+    }
+    .await
+    .unwrap();
+    assert!(last.sandbox_removed);
+    drop(sandbox);
+
+    // The guest's writes to the layered rootfs stayed in the guest; the
+    // volume's reached the image.
+    assert!(!work.join("upper/etc/new").exists());
+    let dump = std::process::Command::new("debugfs")
+        .args(["-R", "cat /hello"])
+        .arg(&vol_img)
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&dump.stdout), "from-the-guest\n");
+    drop(mounts);
+    env.assert_clean();
+    assert!(
+        loop_devices_backed_by(env.dir.path()).is_empty(),
+        "loop devices left behind"
+    );
 }

@@ -8,6 +8,7 @@ use slog::{debug, warn};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::protocol::convert;
 use vc_agent_client::{Agent, OutputStream, ProcessOutput};
+use vc_device_manager::DeviceManager;
 
 use super::Sandbox;
 use crate::config::ContainerConfig;
@@ -142,9 +143,8 @@ impl Sandbox {
                 path: vc_mountinfo::PROC_SELF_MOUNTINFO.into(),
                 source: std::io::Error::other(e),
             })?;
-        let layout = layout(config, &shared_dir, &host_mounts_table)?;
-        // Write-ahead: the container and its mount points are on disk
-        // before the first mount.
+        // Write-ahead: the container is on disk before its first device or
+        // mount.
         state.containers.insert(
             config.id.clone(),
             ContainerRecord {
@@ -153,11 +153,14 @@ impl Sandbox {
                 spec: config.spec.clone(),
                 phase: ContainerPhase::Created,
                 exit_code: None,
-                mounts: layout.binds.iter().map(|b| b.target.clone()).collect(),
+                mounts: Vec::new(),
+                devices: Vec::new(),
             },
         );
         store.write(state)?;
-        let result = self.create_in_guest(config, &layout).await;
+        let result = self
+            .create_parts(store, state, config, &shared_dir, &host_mounts_table)
+            .await;
         if let Err(e) = result {
             let mounts = state
                 .containers
@@ -167,11 +170,43 @@ impl Sandbox {
             if let Err(undo) = unbind_all(&mounts) {
                 warn!(self.logger, "could not undo a container's mounts"; "error" => %undo);
             }
+            if let Err(undo) = self.devices.release_container(&config.id).await {
+                warn!(self.logger, "could not undo a container's devices"; "error" => %undo);
+            }
+            state.devices = Some(self.devices.save_state());
             store.write(state)?;
             return Err(e);
         }
         debug!(self.logger, "container created"; "container" => &config.id);
         Ok(())
+    }
+
+    /// The devices, the mounts and the guest side of a container whose
+    /// record is written; the caller undoes on error.
+    async fn create_parts(
+        &self,
+        store: &SandboxStore,
+        state: &mut SandboxState,
+        config: &ContainerConfig,
+        shared_dir: &std::path::Path,
+        host_mounts_table: &[vc_mountinfo::MountInfo],
+    ) -> Result<(), Error> {
+        let id = config.id.clone();
+        let devices = crate::devices::attach(self.devices.as_ref(), config, &self.logger, |ids| {
+            if let Some(r) = state.containers.get_mut(&id) {
+                r.devices = ids.to_vec();
+            }
+            store.write(state)
+        })
+        .await?;
+        state.devices = Some(self.devices.save_state());
+        store.write(state)?;
+        let layout = layout(config, shared_dir, host_mounts_table, &devices)?;
+        if let Some(r) = state.containers.get_mut(&id) {
+            r.mounts = layout.binds.iter().map(|b| b.target.clone()).collect();
+        }
+        store.write(state)?;
+        self.create_in_guest(config, &layout).await
     }
 
     async fn create_in_guest(
@@ -475,6 +510,16 @@ impl Sandbox {
         let removed = remove_in_guest(self.agent.as_ref(), id).await;
         let mounts = self.container(state, id)?.mounts.clone();
         let unbound = unbind_all(&mounts);
+        let released = self
+            .devices
+            .release_container(id)
+            .await
+            .map(drop)
+            .map_err(|source| Error::Devices {
+                operation: "release the container's devices",
+                source,
+            });
+        state.devices = Some(self.devices.save_state());
         // Forget it only once its mounts are gone: a failure leaves the
         // record, so a later cleanup still knows what to unmount.
         if unbound.is_ok() {
@@ -482,6 +527,7 @@ impl Sandbox {
             store.write(state)?;
         }
         removed?;
+        released?;
         unbound
     }
 

@@ -16,6 +16,8 @@ use vc_hypervisor::{
     VcpuConfig,
 };
 
+use vc_device_manager::DeviceManager;
+
 use super::{Sandbox, cgroups_manager, remove_empty_dir, remove_runtime_dir};
 use crate::config::SandboxConfig;
 use crate::error::{CreateStep, Error};
@@ -131,6 +133,7 @@ impl Creation<'_> {
             },
             guest: None,
             containers: Default::default(),
+            devices: None,
         };
         sstore.write(&state)?;
 
@@ -169,6 +172,7 @@ impl Creation<'_> {
             settings: state.settings.clone(),
             vm: vm.clone(),
             agent,
+            devices: super::new_device_registry(&vm, &self.logger),
             share: Mutex::new(None),
             logger: self.logger.clone(),
         };
@@ -222,11 +226,20 @@ impl Creation<'_> {
                 .get(&c.id)
                 .map(|r| r.mounts.clone())
                 .unwrap_or_default();
-            let (agent, cid) = (sandbox.agent.clone(), c.id.clone());
+            let (agent, devices, cid) =
+                (sandbox.agent.clone(), sandbox.devices.clone(), c.id.clone());
             undo.push("container", move || async move {
                 let removed = super::container::remove_in_guest(agent.as_ref(), &cid).await;
+                let released = devices
+                    .release_container(&cid)
+                    .await
+                    .map(drop)
+                    .map_err(|source| Error::Devices {
+                        operation: "release the container's devices",
+                        source,
+                    });
                 super::container::unbind_all(&mounts)?;
-                removed
+                removed.and(released)
             });
         }
 

@@ -20,6 +20,7 @@ use slog::Logger;
 use vc_agent_client::Agent;
 use vc_cgroups_host::plan::{ContainerResources, ContainerState};
 use vc_cgroups_host::{CgroupManager, HostCgroups, SandboxTasks};
+use vc_device_manager::{DeviceRegistry, RegistryConfig};
 use vc_hypervisor::Hypervisor;
 
 pub use container::{ContainerStatus, ProcessIo};
@@ -46,6 +47,8 @@ pub struct Sandbox {
     settings: PersistedSettings,
     vm: Arc<dyn Hypervisor>,
     agent: Arc<dyn Agent>,
+    /// The sandbox's hot-plugged disks and who holds them.
+    devices: Arc<DeviceRegistry>,
     /// The share started by this process (to stop its daemon); `None` for a
     /// fetched sandbox, whose daemon is stopped from the state's records.
     share: Mutex<Option<Box<dyn FsShare>>>,
@@ -75,6 +78,11 @@ impl Sandbox {
     /// The guest agent, for what this API does not wrap.
     pub fn agent(&self) -> &Arc<dyn Agent> {
         &self.agent
+    }
+
+    /// The device manager: the disks hot-plugged for the containers.
+    pub fn devices(&self) -> &Arc<DeviceRegistry> {
+        &self.devices
     }
 
     /// The state directory.
@@ -209,6 +217,18 @@ pub(crate) fn cgroups_manager(
         record.state.clone(),
     )
     .map_err(Error::cgroups("load the sandbox's cgroups"))
+}
+
+/// A new device registry over `vm`.
+pub(crate) fn new_device_registry(
+    vm: &Arc<dyn Hypervisor>,
+    logger: &Logger,
+) -> Arc<DeviceRegistry> {
+    Arc::new(DeviceRegistry::new(
+        vm.clone(),
+        RegistryConfig::default(),
+        logger.clone(),
+    ))
 }
 
 /// Removes a VM runtime directory and what is in it: only the VMM's and

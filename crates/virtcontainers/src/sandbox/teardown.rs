@@ -77,12 +77,32 @@ async fn connect(
             &logger,
         )
         .await?;
+    let devices = match state.devices.clone() {
+        Some(saved) => {
+            let (registry, report) = vc_device_manager::DeviceRegistry::restore(
+                saved,
+                vm.clone(),
+                vc_device_manager::RegistryConfig::default(),
+                logger.clone(),
+                &vm.devices(),
+            )
+            .await
+            .map_err(|source| Error::Devices {
+                operation: "restore the device registry",
+                source,
+            })?;
+            slog::debug!(logger, "device registry restored"; "report" => ?report);
+            Arc::new(registry)
+        }
+        None => super::new_device_registry(&vm, &logger),
+    };
     Ok(Sandbox {
         id: state.id.clone(),
         store,
         settings: state.settings.clone(),
         vm,
         agent,
+        devices,
         share: Mutex::new(None),
         logger,
     })

@@ -132,6 +132,7 @@ impl Fixture {
             id: name.to_owned(),
             bundle,
             spec,
+            rootfs_block: None,
         }
     }
 
@@ -547,9 +548,11 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
                 phase: ContainerPhase::Created,
                 exit_code: None,
                 mounts: vec![target.clone()],
+                devices: Vec::new(),
             },
         )]
         .into(),
+        devices: None,
     };
     std::fs::create_dir_all(paths.runtime_root.join(&fx.id)).unwrap();
     let store = crate::persist::Store::new(&paths.state_root);

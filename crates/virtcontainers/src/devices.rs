@@ -1,0 +1,237 @@
+//! A container's devices: the rootfs when it is a block device or an
+//! overlay over EROFS layers, and block volumes. They are hot-plugged as
+//! virtio-blk disks through the sandbox's device manager, and the agent
+//! mounts them from their PCI paths.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use slog::{Logger, debug};
+use vc_agent_client::protocol::agent::Storage;
+use vc_device_manager::erofs::{ErofsDiscovery, GuestOverlayPlan};
+use vc_device_manager::{DeviceInfo, DeviceManager, GuestDevice, GuestLocation};
+
+use crate::config::ContainerConfig;
+use crate::error::Error;
+use crate::mounts::{GuestMount, classify};
+
+/// Where a container's device-backed rootfs is mounted in the guest.
+pub const GUEST_ROOTFS_DIR: &str = "/run/vc/rootfs";
+/// Where EROFS layer disks and the overlay's writable dirs live in the guest.
+pub const GUEST_LAYERS_DIR: &str = "/run/vc/layers";
+/// Where block volumes are mounted in the guest.
+pub const GUEST_VOLUMES_DIR: &str = "/run/vc/volumes";
+
+/// What a container's devices give its guest side.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub(crate) struct ContainerDevices {
+    /// Device ids, registered for the container (recorded before attaching).
+    pub ids: Vec<String>,
+    /// Storages the agent mounts, in order, before the container.
+    pub storages: Vec<Storage>,
+    /// The rootfs's guest path, when a device carries it.
+    pub rootfs: Option<String>,
+    /// Spec mount index -> guest path of its block volume.
+    pub volumes: BTreeMap<usize, String>,
+}
+
+/// What carries the rootfs, worked out before anything is attached.
+enum Plan {
+    /// A block-device rootfs image.
+    BlockRootfs { info: DeviceInfo, fs_type: String },
+    /// An overlay over EROFS layers.
+    Erofs(vc_device_manager::erofs::ErofsRootfs),
+}
+
+fn dm_err(operation: &'static str) -> impl FnOnce(vc_device_manager::Error) -> Error {
+    move |source| Error::Devices { operation, source }
+}
+
+fn blk(
+    source: &GuestDevice,
+    fstype: &str,
+    read_only: bool,
+    mount_point: String,
+) -> Result<Storage, Error> {
+    let GuestLocation::VirtioBlk { pci_path, .. } = &source.location else {
+        return Err(Error::InvalidConfig {
+            what: format!("device {} is not a virtio-blk disk", source.id),
+        });
+    };
+    let mut s = Storage::new();
+    s.driver = "blk".into();
+    s.source = pci_path.to_string();
+    s.fstype = fstype.into();
+    if read_only {
+        s.options = vec!["ro".into()];
+    }
+    s.mount_point = mount_point;
+    Ok(s)
+}
+
+/// Registers and attaches the container's devices, returning what the
+/// guest needs. `record` is called with the registered ids before the
+/// first attach (write-ahead). On failure the container's devices are
+/// released again.
+pub(crate) async fn attach(
+    dm: &dyn DeviceManager,
+    cfg: &ContainerConfig,
+    logger: &Logger,
+    record: impl FnOnce(&[String]) -> Result<(), Error>,
+) -> Result<ContainerDevices, Error> {
+    let id = &cfg.id;
+    let rootfs = cfg.rootfs()?;
+    let plan = match &cfg.rootfs_block {
+        Some(b) => Some(Plan::BlockRootfs {
+            info: DeviceInfo::block(&b.image),
+            fs_type: b.fs_type.clone(),
+        }),
+        None => match ErofsDiscovery::default().discover(&rootfs) {
+            Ok(found) => Some(Plan::Erofs(found)),
+            // Not an overlay over EROFS layers (a plain directory, an
+            // overlay over directories, ...): the share carries it.
+            Err(
+                why @ (vc_device_manager::Error::Unsupported(_)
+                | vc_device_manager::Error::RootfsNotMounted { .. }
+                | vc_device_manager::Error::RootfsNotOverlay { .. }
+                | vc_device_manager::Error::UnsupportedRootfs { .. }
+                | vc_device_manager::Error::UnsupportedLayer { .. }),
+            ) => {
+                debug!(logger, "rootfs goes through the share"; "container" => id, "why" => %why);
+                None
+            }
+            Err(e) => return Err(dm_err("discover the container's EROFS layers")(e)),
+        },
+    };
+    let host_mounts: Vec<vc_mountinfo::MountInfo> = Vec::new();
+    let volumes: Vec<(usize, GuestMount)> = cfg
+        .spec
+        .mounts()
+        .iter()
+        .flatten()
+        .enumerate()
+        .map(|(i, m)| (i, classify(m, &host_mounts)))
+        .filter(|(_, g)| matches!(g, GuestMount::Block { .. }))
+        .collect();
+
+    // Register everything first: a bad path fails before any hot-plug.
+    let mut rootfs_ids = Vec::new();
+    match &plan {
+        Some(Plan::BlockRootfs { info, .. }) => {
+            rootfs_ids.push(
+                dm.register(info.clone())
+                    .map_err(dm_err("register the rootfs image"))?,
+            );
+        }
+        Some(Plan::Erofs(found)) => {
+            for image in found.images() {
+                let info = DeviceInfo::block(image).read_only();
+                rootfs_ids.push(
+                    dm.register(info)
+                        .map_err(dm_err("register an EROFS layer"))?,
+                );
+            }
+        }
+        None => {}
+    }
+    let mut volume_ids = Vec::new();
+    for (_, g) in &volumes {
+        if let GuestMount::Block {
+            source, read_only, ..
+        } = g
+        {
+            let mut info = DeviceInfo::block(source);
+            if *read_only {
+                info = info.read_only();
+            }
+            volume_ids.push(
+                dm.register(info)
+                    .map_err(dm_err("register a block volume"))?,
+            );
+        }
+    }
+    let ids: Vec<String> = rootfs_ids.iter().chain(&volume_ids).cloned().collect();
+    if ids.is_empty() {
+        return Ok(ContainerDevices::default());
+    }
+    record(&ids)?;
+    let attached = match dm.attach_all(&ids, id).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = dm.release_container(id).await;
+            return Err(dm_err("attach the container's devices")(e));
+        }
+    };
+    let (rootfs_disks, volume_disks) = attached.split_at(rootfs_ids.len());
+    let mut out = ContainerDevices {
+        ids,
+        ..Default::default()
+    };
+    let guest_rootfs = format!("{GUEST_ROOTFS_DIR}/{id}");
+    let built = (|| -> Result<(), Error> {
+        match &plan {
+            Some(Plan::BlockRootfs { fs_type, .. }) => {
+                out.storages
+                    .push(blk(&rootfs_disks[0], fs_type, false, guest_rootfs.clone())?);
+                out.rootfs = Some(guest_rootfs.clone());
+            }
+            Some(Plan::Erofs(found)) => {
+                let layers = Path::new(GUEST_LAYERS_DIR).join(id);
+                let overlay = GuestOverlayPlan::new(found, rootfs_disks, &layers)
+                    .map_err(dm_err("plan the guest overlay"))?;
+                for disk in &overlay.disks {
+                    let guest = rootfs_disks
+                        .iter()
+                        .find(|d| d.id == disk.device_id)
+                        .expect("the plan pairs each disk with an attached device");
+                    out.storages.push(blk(
+                        guest,
+                        "erofs",
+                        true,
+                        disk.mount_point.display().to_string(),
+                    )?);
+                }
+                // The overlay's writable dirs live on a tmpfs of their own:
+                // the guest's root (the initramfs) cannot be an upper dir.
+                let rw = layers.join("rw");
+                let mut scratch = Storage::new();
+                scratch.driver = "ephemeral".into();
+                scratch.source = "tmpfs".into();
+                scratch.fstype = "tmpfs".into();
+                scratch.mount_point = rw.display().to_string();
+                out.storages.push(scratch);
+                let mut s = Storage::new();
+                s.driver = "overlayfs".into();
+                s.source = "overlay".into();
+                s.fstype = "overlay".into();
+                s.options = vec![
+                    overlay.lowerdir_option(),
+                    format!("upperdir={}", rw.join("upper").display()),
+                    format!("workdir={}", rw.join("work").display()),
+                ];
+                s.options.extend(overlay.features.iter().cloned());
+                s.mount_point = guest_rootfs.clone();
+                out.storages.push(s);
+                out.rootfs = Some(guest_rootfs.clone());
+            }
+            None => {}
+        }
+        for ((index, g), disk) in volumes.iter().zip(volume_disks) {
+            if let GuestMount::Block {
+                fs_type, read_only, ..
+            } = g
+            {
+                let at = format!("{GUEST_VOLUMES_DIR}/{id}/{index}");
+                out.storages
+                    .push(blk(disk, fs_type, *read_only, at.clone())?);
+                out.volumes.insert(*index, at);
+            }
+        }
+        Ok(())
+    })();
+    if let Err(e) = built {
+        let _ = dm.release_container(id).await;
+        return Err(e);
+    }
+    Ok(out)
+}
