@@ -249,7 +249,7 @@ async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
 }
 
 /// The `run` example's path: create, start, stream, wait, stop, delete.
-async fn run_path(share: FsShareKind) {
+async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
     let _serial = serial().lock().await;
     let env = Env::new("run");
     let c = env.bundle(
@@ -260,7 +260,9 @@ async fn run_path(share: FsShareKind) {
             "echo hello; cat /proc/version; echo oops >&2; exit 3",
         ],
     );
-    let sandbox = create_sandbox(env.config(share, vec![c]), Arc::new(QemuFactory), logger())
+    let mut config = env.config(share, vec![c]);
+    config.cgroups.as_mut().unwrap().sandbox_cgroup_only = sandbox_cgroup_only;
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger())
         .await
         .unwrap();
     let io = sandbox.start_container("main").await.unwrap();
@@ -279,12 +281,26 @@ async fn run_path(share: FsShareKind) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_path_with_9p() {
-    run_path(FsShareKind::NineP).await;
+    run_path(FsShareKind::NineP, false).await;
+}
+
+/// Everything, this process and QEMU included, in the sandbox cgroup with
+/// its device allowlist: the VM still boots and runs the container.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn run_path_with_sandbox_cgroup_only() {
+    let before = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    run_path(FsShareKind::VirtioFs, true).await;
+    let after = std::fs::read_to_string("/proc/self/cgroup").unwrap();
+    assert!(
+        !after.contains("/virtcontainers/"),
+        "the runtime left the sandbox cgroup: {after}"
+    );
+    assert_ne!(before, "");
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn run_path_with_virtio_fs() {
-    run_path(FsShareKind::VirtioFs).await;
+    run_path(FsShareKind::VirtioFs, false).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
