@@ -274,9 +274,60 @@ async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
     let status = sandbox.status().await.unwrap();
     assert_eq!(status.containers[0].phase, ContainerPhase::Stopped);
     assert_eq!(status.containers[0].exit_code, Some(3));
+    // Where the processes run: QEMU's vCPU threads in the sandbox cgroup,
+    // its other threads and virtiofsd in the overhead cgroup (or all in the
+    // sandbox cgroup).
+    let sandbox_cg = status.sandbox_cgroup.clone().unwrap();
+    let overhead_cg = status
+        .overhead_cgroup
+        .clone()
+        .unwrap_or_else(|| sandbox_cg.clone());
+    let qemu = status.vmm_pid.unwrap();
+    assert_eq!(cpu_cgroup(qemu, qemu), overhead_cg);
+    let vcpus = sandbox.hypervisor().vcpu_threads().await.unwrap();
+    assert!(!vcpus.is_empty());
+    for v in vcpus {
+        assert_eq!(cpu_cgroup(qemu, v.tid), sandbox_cg, "vCPU thread {}", v.tid);
+    }
+    if share == FsShareKind::VirtioFs {
+        let helpers = std::process::Command::new("pgrep")
+            .args(["-f", &env.id])
+            .output()
+            .unwrap();
+        let virtiofsd: Vec<u32> = String::from_utf8_lossy(&helpers.stdout)
+            .lines()
+            .filter_map(|l| l.trim().parse().ok())
+            .filter(|&p: &u32| {
+                std::fs::read_to_string(format!("/proc/{p}/comm"))
+                    .is_ok_and(|c| c.starts_with("virtiofsd"))
+            })
+            .collect();
+        assert!(!virtiofsd.is_empty(), "virtiofsd runs");
+        for p in virtiofsd {
+            assert_eq!(cpu_cgroup(p, p), overhead_cg, "virtiofsd {p}");
+        }
+    }
     sandbox.stop(Duration::from_secs(5)).await.unwrap();
     sandbox.delete().await.unwrap();
     env.assert_clean();
+}
+
+/// The cgroup v1 `cpu` path of thread `tid` of `pid`.
+fn cpu_cgroup(pid: u32, tid: u32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
+        .unwrap()
+        .lines()
+        .find_map(|l| {
+            let mut f = l.splitn(3, ':');
+            let _ = f.next();
+            let controllers = f.next()?;
+            let path = f.next()?;
+            controllers
+                .split(',')
+                .any(|c| c == "cpu")
+                .then(|| path.to_owned())
+        })
+        .unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

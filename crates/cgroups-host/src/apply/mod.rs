@@ -39,6 +39,11 @@ pub struct CgroupsState {
     /// Directories this manager created, in creation order, recorded
     /// before each is created. Removed deepest first on delete.
     pub created: Vec<PathBuf>,
+    /// The runtime's own process and the cgroups it was in before it was
+    /// moved into the sandbox cgroup (`sandbox_cgroup_only`): delete puts
+    /// it back there, not merely into a parent.
+    #[serde(default)]
+    pub runtime_origin: Option<(u32, Vec<(String, String)>)>,
 }
 
 /// Manages one sandbox's host cgroups.

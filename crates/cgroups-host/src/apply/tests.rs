@@ -165,6 +165,10 @@ fn v1_sandbox_cgroup_only_puts_everything_in_the_sandbox() {
     let id = unique("only");
     let vmm = Process::fake_vmm(3);
     let runtime = Process::sleeper();
+    let runtime_before: Vec<String> = CHECKED
+        .iter()
+        .map(|c| cgroup_of(runtime.pid(), runtime.pid(), c))
+        .collect();
     let helper = Process::sleeper();
     let plan = plan(
         &v1_config(&id, true),
@@ -208,10 +212,17 @@ fn v1_sandbox_cgroup_only_puts_everything_in_the_sandbox() {
     );
     assert!(leftovers(&roots.v1, &format!("{id}-overhead")).is_empty());
 
-    // Deleting with the tasks still inside moves them out first.
+    // Deleting with the tasks still inside moves them out first: the
+    // runtime back where it came from, the others to the nearest parent
+    // that stays.
     m.delete().unwrap();
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
-    assert_thread_in(runtime.pid(), runtime.pid(), &CgroupPath::root());
+    let runtime_after: Vec<String> = CHECKED
+        .iter()
+        .map(|c| cgroup_of(runtime.pid(), runtime.pid(), c))
+        .collect();
+    assert_eq!(runtime_after, runtime_before);
+    assert_thread_in(helper.pid(), helper.pid(), &CgroupPath::root());
 }
 
 #[test]

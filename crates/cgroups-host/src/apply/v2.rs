@@ -224,6 +224,14 @@ impl CgroupfsV2 {
         let p = plan.placement;
         self.step(Step::PlaceRuntime)?;
         if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
+            if self
+                .state
+                .runtime_origin
+                .as_ref()
+                .is_none_or(|(p, _)| *p != pid)
+            {
+                self.state.runtime_origin = Some((pid, super::tasks::cgroups_of(pid)));
+            }
             self.move_process(plan, role, pid)?;
         }
         self.step(Step::PlaceVmm)?;
@@ -362,6 +370,9 @@ impl CgroupManager for CgroupfsV2 {
     }
 
     fn delete(&mut self) -> Result<(), Error> {
+        if let Some(origin) = self.state.runtime_origin.take() {
+            self.restore(std::slice::from_ref(&origin));
+        }
         if let Some(plan) = self.state.plan.clone() {
             let mut cgroups = plan.cgroups();
             cgroups.reverse();

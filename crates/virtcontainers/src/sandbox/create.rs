@@ -287,7 +287,7 @@ impl Creation<'_> {
             roots: roots.clone(),
             state: CgroupsState {
                 plan: Some(plan.clone()),
-                created: Vec::new(),
+                ..CgroupsState::default()
             },
         };
         state.resources.cgroups = Some(record.clone());

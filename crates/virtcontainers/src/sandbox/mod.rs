@@ -163,8 +163,8 @@ pub(crate) async fn update_cgroups(
             .resources
             .helpers
             .iter()
-            .map(|h| h.pid)
-            .filter(|&pid| crate::process::start_time(pid).is_some())
+            .filter(|h| crate::process::start_time(h.pid) == Some(h.start_time))
+            .flat_map(|h| crate::process::with_descendants(h.pid))
             .collect(),
     };
     let mut manager = cgroups_manager(&record, logger)?;
