@@ -40,7 +40,7 @@ impl MockVmFactory {
         self
     }
 
-    /// The next VM's first call of `method` fails.
+    /// The next VM made or attached fails its first call of `method`.
     pub fn fail_vm(&self, method: Method) {
         self.vm_failures
             .lock()
@@ -106,7 +106,16 @@ impl VmFactory for MockVmFactory {
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         match state {
             HypervisorState::Mock(state) if state.running => {
-                Ok(self.keep(MockHypervisor::from_state(state)))
+                let vm = MockHypervisor::from_state(state);
+                for method in self
+                    .vm_failures
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .drain(..)
+                {
+                    vm.fail_next(method);
+                }
+                Ok(self.keep(vm))
             }
             other => {
                 let vm = vc_hypervisor::attach(other, logger.clone())

@@ -507,7 +507,10 @@ impl Sandbox {
         state: &mut SandboxState,
         id: &str,
     ) -> Result<(), Error> {
-        let removed = remove_in_guest(self.agent.as_ref(), id).await;
+        // The guest first: while it may still use the container's mounts
+        // and disks, they stay, and so does the record, for a retry. (A
+        // forced cleanup frees them from the record regardless.)
+        remove_in_guest(self.agent.as_ref(), id).await?;
         let mounts = self.container(state, id)?.mounts.clone();
         let unbound = unbind_all(&mounts);
         let released = self
@@ -526,7 +529,6 @@ impl Sandbox {
             state.containers.remove(id);
             store.write(state)?;
         }
-        removed?;
         released?;
         unbound
     }

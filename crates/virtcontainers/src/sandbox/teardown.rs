@@ -112,6 +112,10 @@ async fn connect(
 /// under the sandbox's exclusive lock; when no container is left, stops
 /// and deletes the sandbox too.
 ///
+/// Without `force`, a failure leaves what it could not free recorded, so
+/// calling again finishes the job (also when the container is already
+/// gone and only the sandbox's teardown failed).
+///
 /// With `force`, carries on past every error (a dead VM, an agent that
 /// does not answer, a container already gone) and frees everything the
 /// state records; the errors met are returned together in
@@ -133,7 +137,10 @@ pub async fn cleanup_container(
         .open(sandbox_id, LockMode::Exclusive, Duration::from_secs(30))
         .await?;
     let mut state: SandboxState = sstore.read()?;
-    if !state.containers.contains_key(container_id) && !force {
+    // A container already gone from a sandbox that has none left means an
+    // earlier cleanup deleted it but failed to finish the sandbox: finish
+    // it now.
+    if !state.containers.contains_key(container_id) && !force && !state.containers.is_empty() {
         return Err(Error::ContainerNotFound {
             sandbox: sandbox_id.to_owned(),
             container: container_id.to_owned(),
@@ -166,6 +173,31 @@ pub async fn cleanup_container(
                     .await,
             );
             collect(&mut errors, r, force)?;
+            // Forced: what the guest would not let go of is dropped anyway
+            // (its mounts and disks go with the sandbox's teardown below,
+            // or now if other containers remain).
+            if force && let Some(record) = state.containers.remove(container_id) {
+                collect(
+                    &mut errors,
+                    super::container::unbind_all(&record.mounts),
+                    force,
+                )?;
+                if let Err(source) = vc_device_manager::DeviceManager::release_container(
+                    sandbox.devices.as_ref(),
+                    container_id,
+                )
+                .await
+                {
+                    errors.push(Error::Devices {
+                        operation: "release the container's devices",
+                        source,
+                    });
+                }
+                state.devices = Some(vc_device_manager::DeviceManager::save_state(
+                    sandbox.devices.as_ref(),
+                ));
+                sstore.write(&state)?;
+            }
         }
     } else if let Some(record) = state.containers.remove(container_id) {
         collect(
