@@ -87,6 +87,83 @@ pub trait CgroupManager: Send {
     fn state(&self) -> &CgroupsState;
 }
 
+/// The steps a cgroupfs backend implements; [`apply_plan`] and
+/// [`delete_all`] run them in the same order, with the same unwinding, for
+/// every version.
+pub(crate) trait Backend {
+    fn logger(&self) -> &slog::Logger;
+    fn state_mut(&mut self) -> &mut CgroupsState;
+    /// Checks the plan against this backend and its mounts (no changes).
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error>;
+    /// Creates the plan's cgroups.
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error>;
+    /// Writes the settings and device rules.
+    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error>;
+    /// Places the tasks.
+    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error>;
+    /// Puts processes back into the cgroups they were in.
+    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]);
+    /// Empties one planned cgroup and removes it.
+    fn remove(&self, cgroup: &crate::plan::PlannedCgroup) -> Result<(), Error>;
+}
+
+/// The apply flow shared by the cgroupfs backends: check, record the plan
+/// (write-ahead), create, constrain, place; a first apply that fails puts
+/// the processes back and deletes what it made.
+pub(crate) fn apply_plan<B: Backend>(
+    b: &mut B,
+    plan: &CgroupPlan,
+    tasks: &SandboxTasks,
+) -> Result<(), Error> {
+    b.check(plan)?;
+    tasks.validate()?;
+    let first = b.state_mut().plan.is_none();
+    let originals = if first {
+        tasks.current_cgroups(&plan.placement)
+    } else {
+        Vec::new()
+    };
+    b.state_mut().plan = Some(plan.clone());
+    let result = b
+        .create(plan)
+        .and_then(|()| b.constrain(plan))
+        .and_then(|()| b.place(plan, tasks));
+    if let Err(e) = result {
+        if first {
+            b.restore(&originals);
+            if let Err(undo) = delete_all(b) {
+                slog::warn!(b.logger(), "unwinding a failed apply left cgroups behind";
+                    "sandbox" => &plan.sandbox_id, "error" => %undo);
+            }
+        }
+        return Err(e);
+    }
+    slog::debug!(b.logger(), "host cgroups applied";
+        "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
+    Ok(())
+}
+
+/// The delete flow shared by the cgroupfs backends: the runtime back to
+/// its own cgroups, the planned cgroups (children first) emptied and
+/// removed, then the parents this manager created, when empty.
+pub(crate) fn delete_all<B: Backend>(b: &mut B) -> Result<(), Error> {
+    if let Some(origin) = b.state_mut().runtime_origin.take() {
+        b.restore(std::slice::from_ref(&origin));
+    }
+    if let Some(plan) = b.state_mut().plan.clone() {
+        let mut cgroups = plan.cgroups();
+        cgroups.reverse();
+        for (_, c) in cgroups {
+            b.remove(c)?;
+        }
+    }
+    let state = b.state_mut();
+    remove_created_parents(&mut state.created);
+    state.plan = None;
+    state.created.clear();
+    Ok(())
+}
+
 /// Whether two plans name the same cgroups.
 pub(crate) fn same_cgroups(a: &CgroupPlan, b: &CgroupPlan) -> bool {
     let paths = |p: &CgroupPlan| {

@@ -11,11 +11,11 @@ use super::mounts::{V1_CONTROLLERS, V1Mounts, check_cgroupfs};
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::{write_device_rules, write_setting};
 use super::{
-    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, evacuation_target,
-    remove_cgroup_dir, remove_created_parents, same_cgroups,
+    Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
+    ensure_under, evacuation_target, remove_cgroup_dir, same_cgroups,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion};
+use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
 
 /// Controllers the applier cannot work without; `cpuacct` is used (for
 /// accounting) when mounted.
@@ -281,54 +281,41 @@ fn move_error(
 
 impl CgroupManager for CgroupfsV1 {
     fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        self.check(plan)?;
-        tasks.validate()?;
-        let first = self.state.plan.is_none();
-        let originals = if first {
-            tasks.current_cgroups(&plan.placement)
-        } else {
-            Vec::new()
-        };
-        // Write-ahead: the plan (and so every cgroup path) is recorded before
-        // anything is created.
-        self.state.plan = Some(plan.clone());
-        let result = self
-            .create(plan)
-            .and_then(|()| self.constrain(plan))
-            .and_then(|()| self.place(plan, tasks));
-        if let Err(e) = result {
-            if first {
-                self.restore(&originals);
-                if let Err(undo) = self.delete() {
-                    warn!(self.logger, "unwinding a failed apply left cgroups behind";
-                        "sandbox" => &plan.sandbox_id, "error" => %undo);
-                }
-            }
-            return Err(e);
-        }
-        debug!(self.logger, "host cgroups applied";
-            "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
-        Ok(())
+        apply_plan(self, plan, tasks)
     }
 
     fn delete(&mut self) -> Result<(), Error> {
-        if let Some(origin) = self.state.runtime_origin.take() {
-            self.restore(std::slice::from_ref(&origin));
-        }
-        if let Some(plan) = self.state.plan.clone() {
-            let mut roles = plan.cgroups();
-            roles.reverse();
-            for (_, c) in roles {
-                self.remove(&c.path)?;
-            }
-        }
-        remove_created_parents(&mut self.state.created);
-        self.state.plan = None;
-        self.state.created.clear();
-        Ok(())
+        delete_all(self)
     }
 
     fn state(&self) -> &CgroupsState {
         &self.state
+    }
+}
+
+impl Backend for CgroupfsV1 {
+    fn logger(&self) -> &slog::Logger {
+        &self.logger
+    }
+    fn state_mut(&mut self) -> &mut CgroupsState {
+        &mut self.state
+    }
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV1::check(self, plan)
+    }
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV1::create(self, plan)
+    }
+    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV1::constrain(self, plan)
+    }
+    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        CgroupfsV1::place(self, plan, tasks)
+    }
+    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
+        CgroupfsV1::restore(self, originals)
+    }
+    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
+        CgroupfsV1::remove(self, &cgroup.path)
     }
 }

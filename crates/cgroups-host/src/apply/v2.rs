@@ -12,11 +12,11 @@ use super::mounts::check_cgroupfs;
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::write_setting;
 use super::{
-    CgroupManager, CgroupsState, Step, check_step, create_dirs, ensure_under, evacuation_target,
-    remove_cgroup_dir, remove_created_parents, same_cgroups,
+    Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
+    ensure_under, evacuation_target, remove_cgroup_dir, same_cgroups,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion};
+use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
 
 /// The v2 controllers this crate drives.
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
@@ -341,52 +341,41 @@ fn move_error(kind: &'static str, pid: u32, dir: &Path, e: cgroups_rs::fs::error
 
 impl CgroupManager for CgroupfsV2 {
     fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        self.check(plan)?;
-        tasks.validate()?;
-        let first = self.state.plan.is_none();
-        let originals = if first {
-            tasks.current_cgroups(&plan.placement)
-        } else {
-            Vec::new()
-        };
-        self.state.plan = Some(plan.clone());
-        let result = self
-            .create(plan)
-            .and_then(|()| self.constrain(plan))
-            .and_then(|()| self.place(plan, tasks));
-        if let Err(e) = result {
-            if first {
-                self.restore(&originals);
-                if let Err(undo) = self.delete() {
-                    warn!(self.logger, "unwinding a failed apply left cgroups behind";
-                        "sandbox" => &plan.sandbox_id, "error" => %undo);
-                }
-            }
-            return Err(e);
-        }
-        debug!(self.logger, "host cgroups applied";
-            "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
-        Ok(())
+        apply_plan(self, plan, tasks)
     }
 
     fn delete(&mut self) -> Result<(), Error> {
-        if let Some(origin) = self.state.runtime_origin.take() {
-            self.restore(std::slice::from_ref(&origin));
-        }
-        if let Some(plan) = self.state.plan.clone() {
-            let mut cgroups = plan.cgroups();
-            cgroups.reverse();
-            for (_, c) in cgroups {
-                self.remove(&c.path, c.threaded)?;
-            }
-        }
-        remove_created_parents(&mut self.state.created);
-        self.state.plan = None;
-        self.state.created.clear();
-        Ok(())
+        delete_all(self)
     }
 
     fn state(&self) -> &CgroupsState {
         &self.state
+    }
+}
+
+impl Backend for CgroupfsV2 {
+    fn logger(&self) -> &slog::Logger {
+        &self.logger
+    }
+    fn state_mut(&mut self) -> &mut CgroupsState {
+        &mut self.state
+    }
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV2::check(self, plan)
+    }
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV2::create(self, plan)
+    }
+    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        CgroupfsV2::constrain(self, plan)
+    }
+    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        CgroupfsV2::place(self, plan, tasks)
+    }
+    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
+        CgroupfsV2::restore(self, originals)
+    }
+    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
+        CgroupfsV2::remove(self, &cgroup.path, cgroup.threaded)
     }
 }
