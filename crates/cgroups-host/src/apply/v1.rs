@@ -72,6 +72,78 @@ impl CgroupfsV1 {
         point.join(path.trim_start_matches('/'))
     }
 
+    fn step(&self, step: Step) -> Result<(), Error> {
+        check_step(self.fail_at, step)
+    }
+
+    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| move_error("process", pid, &cgroup, e))
+    }
+
+    fn move_thread(&self, plan: &CgroupPlan, role: CgroupRole, tid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task(CgroupPid::from(u64::from(tid)))
+            .map_err(|e| move_error("thread", tid, &cgroup, e))
+    }
+}
+
+/// Which failure-injection step creating a cgroup of `role` is.
+fn step_for_create(role: CgroupRole) -> Step {
+    match role {
+        CgroupRole::Sandbox => Step::CreateSandbox,
+        CgroupRole::Vcpus => Step::CreateVcpus,
+        CgroupRole::Overhead => Step::CreateOverhead,
+    }
+}
+
+fn move_error(
+    kind: &'static str,
+    pid: u32,
+    cgroup: &Cgroup,
+    e: cgroups_rs::fs::error::Error,
+) -> Error {
+    if is_no_such_task(&e) {
+        return Error::NoSuchTask { pid };
+    }
+    Error::MoveTask {
+        kind,
+        pid,
+        path: PathBuf::from(cgroup.path()),
+        source: Box::new(e),
+    }
+}
+
+impl CgroupManager for CgroupfsV1 {
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        apply_plan(self, plan, tasks)
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        delete_all(self)
+    }
+
+    fn state(&self) -> &CgroupsState {
+        &self.state
+    }
+}
+
+impl Backend for CgroupfsV1 {
+    fn logger(&self) -> &slog::Logger {
+        &self.logger
+    }
+
+    fn state_mut(&mut self) -> &mut CgroupsState {
+        &mut self.state
+    }
+
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
         if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V1 {
             return Err(Error::PlanMismatch {
@@ -103,10 +175,6 @@ impl CgroupfsV1 {
             }
         }
         Ok(())
-    }
-
-    fn step(&self, step: Step) -> Result<(), Error> {
-        check_step(self.fail_at, step)
     }
 
     fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
@@ -182,24 +250,6 @@ impl CgroupfsV1 {
         Ok(())
     }
 
-    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
-        let Some(cgroup) = self.cgroup(role, plan) else {
-            return Ok(());
-        };
-        cgroup
-            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(|e| move_error("process", pid, &cgroup, e))
-    }
-
-    fn move_thread(&self, plan: &CgroupPlan, role: CgroupRole, tid: u32) -> Result<(), Error> {
-        let Some(cgroup) = self.cgroup(role, plan) else {
-            return Ok(());
-        };
-        cgroup
-            .add_task(CgroupPid::from(u64::from(tid)))
-            .map_err(|e| move_error("thread", tid, &cgroup, e))
-    }
-
     /// Puts processes back where they were before a failed first apply.
     fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
         for (pid, cgroups) in originals {
@@ -224,7 +274,8 @@ impl CgroupfsV1 {
     /// Moves every task out of the cgroup at `path` into its nearest
     /// ancestor that outlives the sandbox, then removes it in every
     /// controller.
-    fn remove(&self, path: &CgroupPath) -> Result<(), Error> {
+    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
+        let path = &cgroup.path;
         let cgroup = self.hierarchy().cgroup(path.relative());
         let any_mount = self.mounts.iter().next().map(|(_, p)| p.to_path_buf());
         let target = match &any_mount {
@@ -250,72 +301,5 @@ impl CgroupfsV1 {
             remove_cgroup_dir(&point.join(path.relative()))?;
         }
         Ok(())
-    }
-}
-
-/// Which failure-injection step creating a cgroup of `role` is.
-fn step_for_create(role: CgroupRole) -> Step {
-    match role {
-        CgroupRole::Sandbox => Step::CreateSandbox,
-        CgroupRole::Vcpus => Step::CreateVcpus,
-        CgroupRole::Overhead => Step::CreateOverhead,
-    }
-}
-
-fn move_error(
-    kind: &'static str,
-    pid: u32,
-    cgroup: &Cgroup,
-    e: cgroups_rs::fs::error::Error,
-) -> Error {
-    if is_no_such_task(&e) {
-        return Error::NoSuchTask { pid };
-    }
-    Error::MoveTask {
-        kind,
-        pid,
-        path: PathBuf::from(cgroup.path()),
-        source: Box::new(e),
-    }
-}
-
-impl CgroupManager for CgroupfsV1 {
-    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        apply_plan(self, plan, tasks)
-    }
-
-    fn delete(&mut self) -> Result<(), Error> {
-        delete_all(self)
-    }
-
-    fn state(&self) -> &CgroupsState {
-        &self.state
-    }
-}
-
-impl Backend for CgroupfsV1 {
-    fn logger(&self) -> &slog::Logger {
-        &self.logger
-    }
-    fn state_mut(&mut self) -> &mut CgroupsState {
-        &mut self.state
-    }
-    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV1::check(self, plan)
-    }
-    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV1::create(self, plan)
-    }
-    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV1::constrain(self, plan)
-    }
-    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        CgroupfsV1::place(self, plan, tasks)
-    }
-    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
-        CgroupfsV1::restore(self, originals)
-    }
-    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
-        CgroupfsV1::remove(self, &cgroup.path)
     }
 }

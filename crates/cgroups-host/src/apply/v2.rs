@@ -93,48 +93,6 @@ impl CgroupfsV2 {
         check_step(self.fail_at, step)
     }
 
-    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
-        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V2 {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "plan is not for cgroupfs v2",
-            });
-        }
-        if let Some(applied) = &self.state.plan
-            && !same_cgroups(applied, plan)
-        {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "cgroup paths differ from the applied plan",
-            });
-        }
-        check_cgroupfs(&self.root, true)?;
-        for (_, c) in plan.cgroups() {
-            ensure_under(&self.root, &self.dir(c.path.as_str()))?;
-        }
-        Ok(())
-    }
-
-    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
-        for (role, c) in plan.cgroups() {
-            self.step(match role {
-                CgroupRole::Sandbox => Step::CreateSandbox,
-                CgroupRole::Vcpus => Step::CreateVcpus,
-                CgroupRole::Overhead => Step::CreateOverhead,
-            })?;
-            let dir = self.dir(c.path.as_str());
-            let root = self.root.clone();
-            create_dirs(&dir, &root, &mut self.state.created)?;
-            if c.threaded {
-                self.make_threaded(&dir)?;
-            }
-            let needed: BTreeSet<&'static str> =
-                c.settings.iter().map(|s| s.controller()).collect();
-            self.enable_controllers(&dir, &needed)?;
-        }
-        Ok(())
-    }
-
     fn make_threaded(&self, dir: &Path) -> Result<(), Error> {
         let type_file = dir.join("cgroup.type");
         let current =
@@ -202,6 +160,100 @@ impl CgroupfsV2 {
         Ok(())
     }
 
+    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
+        let Some(cgroup) = self.cgroup(role, plan) else {
+            return Ok(());
+        };
+        cgroup
+            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
+            .map_err(|e| move_error("process", pid, &self.dir(cgroup.path()), e))
+    }
+
+    fn log_move_failure(&self, path: &CgroupPath, pid: u64, e: &cgroups_rs::fs::error::Error) {
+        if !is_no_such_task(e) {
+            warn!(self.logger, "cannot move task out of cgroup";
+                "pid" => pid, "cgroup" => %path, "error" => %e);
+        }
+    }
+}
+
+fn move_error(kind: &'static str, pid: u32, dir: &Path, e: cgroups_rs::fs::error::Error) -> Error {
+    if is_no_such_task(&e) {
+        return Error::NoSuchTask { pid };
+    }
+    Error::MoveTask {
+        kind,
+        pid,
+        path: dir.to_owned(),
+        source: Box::new(e),
+    }
+}
+
+impl CgroupManager for CgroupfsV2 {
+    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
+        apply_plan(self, plan, tasks)
+    }
+
+    fn delete(&mut self) -> Result<(), Error> {
+        delete_all(self)
+    }
+
+    fn state(&self) -> &CgroupsState {
+        &self.state
+    }
+}
+
+impl Backend for CgroupfsV2 {
+    fn logger(&self) -> &slog::Logger {
+        &self.logger
+    }
+
+    fn state_mut(&mut self) -> &mut CgroupsState {
+        &mut self.state
+    }
+
+    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
+        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V2 {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "plan is not for cgroupfs v2",
+            });
+        }
+        if let Some(applied) = &self.state.plan
+            && !same_cgroups(applied, plan)
+        {
+            return Err(Error::PlanMismatch {
+                sandbox: plan.sandbox_id.clone(),
+                what: "cgroup paths differ from the applied plan",
+            });
+        }
+        check_cgroupfs(&self.root, true)?;
+        for (_, c) in plan.cgroups() {
+            ensure_under(&self.root, &self.dir(c.path.as_str()))?;
+        }
+        Ok(())
+    }
+
+    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
+        for (role, c) in plan.cgroups() {
+            self.step(match role {
+                CgroupRole::Sandbox => Step::CreateSandbox,
+                CgroupRole::Vcpus => Step::CreateVcpus,
+                CgroupRole::Overhead => Step::CreateOverhead,
+            })?;
+            let dir = self.dir(c.path.as_str());
+            let root = self.root.clone();
+            create_dirs(&dir, &root, &mut self.state.created)?;
+            if c.threaded {
+                self.make_threaded(&dir)?;
+            }
+            let needed: BTreeSet<&'static str> =
+                c.settings.iter().map(|s| s.controller()).collect();
+            self.enable_controllers(&dir, &needed)?;
+        }
+        Ok(())
+    }
+
     fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
         self.step(Step::WriteSettings)?;
         for (_, c) in plan.cgroups() {
@@ -256,15 +308,6 @@ impl CgroupfsV2 {
         Ok(())
     }
 
-    fn move_process(&self, plan: &CgroupPlan, role: CgroupRole, pid: u32) -> Result<(), Error> {
-        let Some(cgroup) = self.cgroup(role, plan) else {
-            return Ok(());
-        };
-        cgroup
-            .add_task_by_tgid(CgroupPid::from(u64::from(pid)))
-            .map_err(|e| move_error("process", pid, &self.dir(cgroup.path()), e))
-    }
-
     fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
         for (pid, cgroups) in originals {
             let Some((_, path)) = cgroups.iter().find(|(list, _)| list.is_empty()) else {
@@ -284,7 +327,8 @@ impl CgroupfsV2 {
     /// nearest ancestor that outlives the sandbox, or to the root when that
     /// ancestor may not hold processes (it has domain controllers enabled
     /// for its children).
-    fn remove(&self, path: &CgroupPath, threaded: bool) -> Result<(), Error> {
+    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
+        let (path, threaded) = (&cgroup.path, cgroup.threaded);
         let cgroup = self.hierarchy().cgroup(path.relative());
         let target = evacuation_target(path, &self.root, &self.state.created);
         let target = self.hierarchy().cgroup(target.relative());
@@ -317,65 +361,5 @@ impl CgroupfsV2 {
             }
         }
         remove_cgroup_dir(&self.dir(path.as_str()))
-    }
-
-    fn log_move_failure(&self, path: &CgroupPath, pid: u64, e: &cgroups_rs::fs::error::Error) {
-        if !is_no_such_task(e) {
-            warn!(self.logger, "cannot move task out of cgroup";
-                "pid" => pid, "cgroup" => %path, "error" => %e);
-        }
-    }
-}
-
-fn move_error(kind: &'static str, pid: u32, dir: &Path, e: cgroups_rs::fs::error::Error) -> Error {
-    if is_no_such_task(&e) {
-        return Error::NoSuchTask { pid };
-    }
-    Error::MoveTask {
-        kind,
-        pid,
-        path: dir.to_owned(),
-        source: Box::new(e),
-    }
-}
-
-impl CgroupManager for CgroupfsV2 {
-    fn apply(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        apply_plan(self, plan, tasks)
-    }
-
-    fn delete(&mut self) -> Result<(), Error> {
-        delete_all(self)
-    }
-
-    fn state(&self) -> &CgroupsState {
-        &self.state
-    }
-}
-
-impl Backend for CgroupfsV2 {
-    fn logger(&self) -> &slog::Logger {
-        &self.logger
-    }
-    fn state_mut(&mut self) -> &mut CgroupsState {
-        &mut self.state
-    }
-    fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV2::check(self, plan)
-    }
-    fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV2::create(self, plan)
-    }
-    fn constrain(&mut self, plan: &CgroupPlan) -> Result<(), Error> {
-        CgroupfsV2::constrain(self, plan)
-    }
-    fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
-        CgroupfsV2::place(self, plan, tasks)
-    }
-    fn restore(&self, originals: &[(u32, Vec<(String, String)>)]) {
-        CgroupfsV2::restore(self, originals)
-    }
-    fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
-        CgroupfsV2::remove(self, &cgroup.path, cgroup.threaded)
     }
 }
