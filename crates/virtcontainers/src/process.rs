@@ -2,22 +2,15 @@
 //! start time so that a pid reused by an unrelated process is never
 //! signalled.
 
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd};
+use std::os::fd::{AsRawFd, OwnedFd};
+
+use crate::state::HelperRecord;
 use std::time::{Duration, Instant};
 
-/// The start time of `pid` (clock ticks since boot, `/proc/<pid>/stat`
-/// field 22), or `None` when it does not exist.
+/// The start time of `pid` (`/proc/<pid>/stat` field 22), or `None` when
+/// it does not exist.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    parse_start_time(&stat)
-}
-
-/// Field 22 of a `/proc/<pid>/stat` line. The command name (field 2) is in
-/// parentheses and may itself contain spaces and parentheses, so fields
-/// are counted after the last `)`.
-pub(crate) fn parse_start_time(stat: &str) -> Option<u64> {
-    let after = &stat[stat.rfind(')')? + 1..];
-    after.split_whitespace().nth(19)?.parse().ok()
+    vc_hypervisor::qemu::process::start_time(pid).ok()
 }
 
 /// `pid` and every process descending from it (a daemon that forks, as
@@ -55,19 +48,6 @@ fn parse_ppid(stat: &str) -> Option<u32> {
     after.split_whitespace().nth(1)?.parse().ok()
 }
 
-fn pidfd_open(pid: u32) -> Option<OwnedFd> {
-    let pid = libc::pid_t::try_from(pid).ok()?;
-    // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1;
-    // no memory is passed.
-    let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid, 0) };
-    if fd < 0 {
-        return None;
-    }
-    let fd = i32::try_from(fd).ok()?;
-    // SAFETY: `fd` was just returned by pidfd_open and is owned by nobody else.
-    Some(unsafe { OwnedFd::from_raw_fd(fd) })
-}
-
 fn pidfd_signal(fd: &OwnedFd, signal: i32) -> bool {
     // SAFETY: pidfd_send_signal takes a valid pidfd, a signal number, a
     // null siginfo and flags 0; no memory is written.
@@ -87,7 +67,7 @@ fn pidfd_signal(fd: &OwnedFd, signal: i32) -> bool {
 /// SIGTERM, then SIGKILL after `grace`. Returns once it is gone (reaped by
 /// us if it was our child) or `grace` twice over has passed.
 pub(crate) fn terminate(pid: u32, start: u64, grace: Duration) -> bool {
-    let Some(fd) = pidfd_open(pid) else {
+    let Ok(fd) = vc_hypervisor::qemu::process::pidfd_open(pid) else {
         return true;
     };
     // With the pidfd open the pid cannot be recycled under us: check that
@@ -113,6 +93,25 @@ pub(crate) fn terminate(pid: u32, start: u64, grace: Duration) -> bool {
     gone(Instant::now() + grace)
 }
 
+/// Ends each recorded process (see [`terminate`]) off the async runtime;
+/// returns those that survived SIGKILL.
+pub(crate) async fn terminate_all(
+    records: Vec<HelperRecord>,
+    grace: Duration,
+) -> Vec<HelperRecord> {
+    let mut left = Vec::new();
+    for r in records {
+        let (pid, start) = (r.pid, r.start_time);
+        let gone = tokio::task::spawn_blocking(move || terminate(pid, start, grace))
+            .await
+            .unwrap_or(false);
+        if !gone {
+            left.push(r);
+        }
+    }
+    left
+}
+
 /// Reaps `pid` if it is an exited child of ours (a zombie keeps its
 /// /proc entry); does nothing otherwise.
 fn reap(pid: u32) {
@@ -127,14 +126,6 @@ fn reap(pid: u32) {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn parses_stat_with_awkward_names() {
-        let stat =
-            "1234 (a (b) c) S 1 1234 1234 0 -1 4194560 100 0 0 0 1 2 0 0 20 0 1 0 98765 1000 10";
-        assert_eq!(parse_start_time(stat), Some(98765));
-        assert_eq!(parse_start_time("garbage"), None);
-    }
 
     #[test]
     fn finds_a_process_tree() {

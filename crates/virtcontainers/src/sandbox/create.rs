@@ -368,14 +368,7 @@ impl Creation<'_> {
         state.resources.helpers.extend(helpers.clone());
         sstore.write(state)?;
         undo.push("share", move || async move {
-            for h in helpers {
-                let (pid, start) = (h.pid, h.start_time);
-                tokio::task::spawn_blocking(move || {
-                    crate::process::terminate(pid, start, std::time::Duration::from_secs(2))
-                })
-                .await
-                .ok();
-            }
+            crate::process::terminate_all(helpers, std::time::Duration::from_secs(2)).await;
             if virtiofs {
                 host_mounts::unmount(&shared_dir)?;
             }

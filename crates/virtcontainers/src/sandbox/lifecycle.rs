@@ -169,18 +169,7 @@ impl Sandbox {
             share.stop().await?;
         }
         let helpers = std::mem::take(&mut state.resources.helpers);
-        let mut left = Vec::new();
-        for h in helpers {
-            let (pid, start) = (h.pid, h.start_time);
-            let gone = tokio::task::spawn_blocking(move || {
-                crate::process::terminate(pid, start, Duration::from_secs(2))
-            })
-            .await
-            .unwrap_or(false);
-            if !gone {
-                left.push(h);
-            }
-        }
+        let left = crate::process::terminate_all(helpers, Duration::from_secs(2)).await;
         if let Some(h) = left.first() {
             let program = h.program.clone();
             state.resources.helpers = left;

@@ -288,22 +288,14 @@ async fn stop_in_place(sandbox: &Sandbox, state: &mut SandboxState, id: &str) ->
 async fn kill_recorded_processes(state: &mut SandboxState, logger: &Logger) -> Result<(), Error> {
     let mut procs = std::mem::take(&mut state.resources.helpers);
     procs.extend(state.resources.vmm.take());
-    let mut failed = None;
-    for p in procs {
-        let (pid, start) = (p.pid, p.start_time);
-        let gone = tokio::task::spawn_blocking(move || {
-            crate::process::terminate(pid, start, RECLAIM_GRACE)
-        })
-        .await
-        .unwrap_or(false);
-        if !gone {
-            warn!(logger, "process survived SIGKILL"; "pid" => pid);
-            failed.get_or_insert(Error::Helper {
-                program: p.program.clone(),
-                reason: format!("pid {pid} survived SIGKILL"),
-            });
+    let left = crate::process::terminate_all(procs, RECLAIM_GRACE).await;
+    let failed = left.first().map(|p| {
+        warn!(logger, "process survived SIGKILL"; "pid" => p.pid);
+        Error::Helper {
+            program: p.program.clone(),
+            reason: format!("pid {} survived SIGKILL", p.pid),
         }
-    }
+    });
     state.resources.vm = None;
     failed.map_or(Ok(()), Err)
 }
