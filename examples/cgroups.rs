@@ -122,11 +122,18 @@ fn show(plan: &vc_cgroups_host::CgroupPlan, roots: &CgroupRoots, vmm: &FakeVmm, 
         ""
     };
     for tid in vmm.threads() {
-        println!("{tid}\t{}", cgroup_of(vmm.pid(), tid, controller));
+        println!(
+            "{tid}\t{}",
+            vc_cgroups_host::thread_cgroup(vmm.pid(), tid, controller)
+                .unwrap_or_else(|| "?".into())
+        );
     }
     println!("# runtime (this process)");
     let me = std::process::id();
-    println!("{me}\t{}", cgroup_of(me, me, controller));
+    println!(
+        "{me}\t{}",
+        vc_cgroups_host::thread_cgroup(me, me, controller).unwrap_or_else(|| "?".into())
+    );
 
     println!("limits written:");
     for (role, c) in plan.cgroups() {
@@ -164,27 +171,6 @@ fn dir_of(
         CgroupVersion::V1 => roots.v1.get(controller).unwrap_or(Path::new("/")).join(rel),
         CgroupVersion::V2 => roots.v2.clone().unwrap_or_default().join(rel),
     }
-}
-
-/// The path of `tid` in the hierarchy holding `controller` (`""`: v2).
-fn cgroup_of(pid: u32, tid: u32, controller: &str) -> String {
-    let text =
-        std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).unwrap_or_default();
-    text.lines()
-        .filter_map(|l| {
-            let mut parts = l.splitn(3, ':');
-            let _ = parts.next()?;
-            Some((parts.next()?, parts.next()?))
-        })
-        .find(|(list, _)| {
-            if controller.is_empty() {
-                list.is_empty()
-            } else {
-                list.split(',').any(|c| c == controller)
-            }
-        })
-        .map(|(_, p)| p.to_owned())
-        .unwrap_or_else(|| "?".to_owned())
 }
 
 fn nix_is_root() -> bool {

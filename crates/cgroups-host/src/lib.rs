@@ -86,7 +86,7 @@ pub mod plan;
 
 pub use apply::{
     CgroupManager, CgroupRoots, CgroupfsV1, CgroupfsV2, CgroupsState, HostCgroups, SandboxTasks,
-    SystemdCgroups, V1Mounts,
+    SystemdCgroups, V1Mounts, thread_cgroup,
 };
 pub use error::{CpuListError, Error, IdError, PathError, Result, SystemdPathError};
 pub use plan::{CgroupPlan, VmBaseSize, VmSize, plan, vm_size};

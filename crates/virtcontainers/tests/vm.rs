@@ -314,20 +314,7 @@ async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
 
 /// The cgroup v1 `cpu` path of thread `tid` of `pid`.
 fn cpu_cgroup(pid: u32, tid: u32) -> String {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
-        .unwrap()
-        .lines()
-        .find_map(|l| {
-            let mut f = l.splitn(3, ':');
-            let _ = f.next();
-            let controllers = f.next()?;
-            let path = f.next()?;
-            controllers
-                .split(',')
-                .any(|c| c == "cpu")
-                .then(|| path.to_owned())
-        })
-        .unwrap()
+    virtcontainers::vc_cgroups_host::thread_cgroup(pid, tid, "cpu").unwrap()
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

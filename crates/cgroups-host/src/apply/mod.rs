@@ -23,7 +23,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 pub use mounts::V1Mounts;
-pub use tasks::SandboxTasks;
+pub use tasks::{SandboxTasks, thread_cgroup};
 pub use v1::CgroupfsV1;
 pub use v2::CgroupfsV2;
 

@@ -88,6 +88,24 @@ pub(crate) fn cgroups_of(pid: u32) -> Vec<(String, String)> {
         .unwrap_or_default()
 }
 
+/// The cgroup of thread `tid` of process `pid` in the hierarchy holding
+/// `controller` (`""`: the cgroup v2 hierarchy), from
+/// `/proc/<pid>/task/<tid>/cgroup`; `None` when the thread is gone or the
+/// controller is not mounted.
+pub fn thread_cgroup(pid: u32, tid: u32, controller: &str) -> Option<String> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup")).ok()?;
+    parse_proc_cgroup(&text)
+        .into_iter()
+        .find(|(list, _)| {
+            if controller.is_empty() {
+                list.is_empty()
+            } else {
+                list.split(',').any(|c| c == controller)
+            }
+        })
+        .map(|(_, path)| path)
+}
+
 /// Parses `/proc/<pid>/cgroup` text (`id:controllers:path` lines).
 pub(crate) fn parse_proc_cgroup(text: &str) -> Vec<(String, String)> {
     text.lines()

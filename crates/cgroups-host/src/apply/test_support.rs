@@ -76,18 +76,7 @@ pub(crate) fn leftovers(mounts: &V1Mounts, id: &str) -> Vec<PathBuf> {
 /// The cgroup path of thread `tid` of `pid` in the hierarchy of
 /// `controller` (`""` for cgroup v2).
 pub(crate) fn cgroup_of(pid: u32, tid: u32, controller: &str) -> String {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/cgroup"))
-        .unwrap_or_else(|e| panic!("reading cgroups of {pid}/{tid}: {e}"));
-    super::tasks::parse_proc_cgroup(&text)
-        .into_iter()
-        .find(|(list, _)| {
-            if controller.is_empty() {
-                list.is_empty()
-            } else {
-                list.split(',').any(|c| c == controller)
-            }
-        })
-        .map(|(_, path)| path)
+    super::tasks::thread_cgroup(pid, tid, controller)
         .unwrap_or_else(|| panic!("{pid}/{tid} has no {controller:?} cgroup"))
 }
 
