@@ -93,7 +93,9 @@ pub trait CgroupManager: Send {
 pub(crate) trait Backend {
     fn logger(&self) -> &slog::Logger;
     fn state_mut(&mut self) -> &mut CgroupsState;
-    /// Checks the plan against this backend and its mounts (no changes).
+    /// The hierarchy version this backend writes.
+    fn version(&self) -> CgroupVersion;
+    /// Checks this backend's mounts and the plan's paths in them (no changes).
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error>;
     /// Creates the plan's cgroups.
     fn create(&mut self, plan: &CgroupPlan) -> Result<(), Error>;
@@ -115,6 +117,20 @@ pub(crate) fn apply_plan<B: Backend>(
     plan: &CgroupPlan,
     tasks: &SandboxTasks,
 ) -> Result<(), Error> {
+    if plan.driver != CgroupDriver::Cgroupfs || plan.version != b.version() {
+        return Err(Error::PlanMismatch {
+            sandbox: plan.sandbox_id.clone(),
+            what: "plan is not for this cgroupfs backend's version",
+        });
+    }
+    if let Some(applied) = &b.state_mut().plan
+        && !same_cgroups(applied, plan)
+    {
+        return Err(Error::PlanMismatch {
+            sandbox: plan.sandbox_id.clone(),
+            what: "cgroup paths differ from the applied plan",
+        });
+    }
     b.check(plan)?;
     tasks.validate()?;
     let first = b.state_mut().plan.is_none();

@@ -12,10 +12,10 @@ use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::{write_device_rules, write_setting};
 use super::{
     Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
-    ensure_under, evacuation_target, remove_cgroup_dir, same_cgroups,
+    ensure_under, evacuation_target, remove_cgroup_dir,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
+use crate::plan::{CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
 
 /// Controllers the applier cannot work without; `cpuacct` is used (for
 /// accounting) when mounted.
@@ -144,21 +144,11 @@ impl Backend for CgroupfsV1 {
         &mut self.state
     }
 
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V1
+    }
+
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
-        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V1 {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "plan is not for cgroupfs v1",
-            });
-        }
-        if let Some(applied) = &self.state.plan
-            && !same_cgroups(applied, plan)
-        {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "cgroup paths differ from the applied plan",
-            });
-        }
         for controller in REQUIRED {
             let point = self
                 .mounts

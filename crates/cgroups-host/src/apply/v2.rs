@@ -13,10 +13,10 @@ use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::write_setting;
 use super::{
     Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
-    ensure_under, evacuation_target, remove_cgroup_dir, same_cgroups,
+    ensure_under, evacuation_target, remove_cgroup_dir,
 };
 use crate::error::Error;
-use crate::plan::{CgroupDriver, CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
+use crate::plan::{CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
 
 /// The v2 controllers this crate drives.
 const V2_CONTROLLERS: [&str; 4] = ["cpu", "cpuset", "memory", "pids"];
@@ -212,21 +212,11 @@ impl Backend for CgroupfsV2 {
         &mut self.state
     }
 
+    fn version(&self) -> CgroupVersion {
+        CgroupVersion::V2
+    }
+
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
-        if plan.driver != CgroupDriver::Cgroupfs || plan.version != CgroupVersion::V2 {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "plan is not for cgroupfs v2",
-            });
-        }
-        if let Some(applied) = &self.state.plan
-            && !same_cgroups(applied, plan)
-        {
-            return Err(Error::PlanMismatch {
-                sandbox: plan.sandbox_id.clone(),
-                what: "cgroup paths differ from the applied plan",
-            });
-        }
         check_cgroupfs(&self.root, true)?;
         for (_, c) in plan.cgroups() {
             ensure_under(&self.root, &self.dir(c.path.as_str()))?;
