@@ -54,11 +54,8 @@ fn planning(c: &mut Criterion) {
 }
 
 fn apply_delete(c: &mut Criterion) {
-    assert!(
-        std::fs::read_to_string("/proc/self/status")
-            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t"))),
-        "the apply+delete bench writes the real cgroupfs: run it as root"
-    );
+    // The apply+delete bench writes the real cgroupfs.
+    vc_test_support::require_root();
     let roots = CgroupRoots::discover().unwrap();
     let version = roots.preferred_version();
     let logger = slog::Logger::root(slog::Discard, slog::o!());

@@ -1,0 +1,111 @@
+//! What VM tests share: a small VM config, one VM test at a time, a
+//! runtime and loggers.
+
+use std::path::Path;
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail, ensure};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio::net::UnixStream;
+use vc_guest_image::GuestImage;
+use vc_hypervisor::HypervisorConfig;
+
+use crate::host::ChildGuard;
+use crate::init::READY;
+
+/// Guest RAM of [`small_vm_config`]: enough for the test inits and a few
+/// busybox containers.
+pub const SMALL_VM_MIB: u64 = 256;
+
+/// A config booting `image` with 1 vCPU and [`SMALL_VM_MIB`] of RAM,
+/// `hotplug_ports` PCIe root ports for hot-plug, its sockets and logs in
+/// `runtime_dir`.
+pub fn small_vm_config(
+    name: &str,
+    image: &GuestImage,
+    runtime_dir: &Path,
+    hotplug_ports: u32,
+) -> HypervisorConfig {
+    let mut config =
+        HypervisorConfig::new(name, &image.vmlinux, runtime_dir).with_initrd(&image.initramfs);
+    config.memory.boot_mib = SMALL_VM_MIB;
+    config.memory.max_mib = SMALL_VM_MIB;
+    config.hotplug_ports = hotplug_ports;
+    config
+}
+
+static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+/// Serialises the VM tests of a test binary (the CI machines have 2 cores
+/// and no KVM). For a synchronous test; not from inside a runtime.
+pub fn vm_lock() -> tokio::sync::MutexGuard<'static, ()> {
+    VM_LOCK.blocking_lock()
+}
+
+/// [`vm_lock`] for an async test (the same lock).
+pub async fn vm_lock_async() -> tokio::sync::MutexGuard<'static, ()> {
+    VM_LOCK.lock().await
+}
+
+/// A multi-threaded runtime (2 workers) for one synchronous test.
+pub fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .expect("building a tokio runtime")
+}
+
+/// A logger whose output the test harness captures (shown for a failing
+/// test).
+pub fn logger() -> slog::Logger {
+    use slog::Drain;
+    let decorator = slog_term::PlainSyncDecorator::new(slog_term::TestStdoutWriter);
+    let drain = slog_term::FullFormat::new(decorator).build().fuse();
+    slog::Logger::root(drain, slog::o!())
+}
+
+/// A logger that drops everything (benches, noisy fixtures).
+pub fn discard() -> slog::Logger {
+    slog::Logger::root(slog::Discard, slog::o!())
+}
+
+/// QEMU started by hand with `args` (the SDK's command line for the same
+/// config), stdio to `/dev/null`, killed on drop: the benches' bare
+/// baseline.
+pub fn spawn_bare_qemu(binary: &Path, args: &[String]) -> ChildGuard {
+    ChildGuard(
+        Command::new(binary)
+            .args(args)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display())),
+    )
+}
+
+/// Connects to the agent socket (retrying until QEMU has made it) and
+/// waits for the guest's first line, which must be [`READY`]; within
+/// `timeout`. Returns the time it took.
+pub async fn wait_ready_line(socket: &Path, timeout: Duration) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let stream = loop {
+        match UnixStream::connect(socket).await {
+            Ok(stream) => break stream,
+            Err(_) if start.elapsed() < timeout => {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+            Err(e) => bail!("agent socket {}: {e}", socket.display()),
+        }
+    };
+    let mut line = String::new();
+    let left = timeout.saturating_sub(start.elapsed());
+    tokio::time::timeout(left, BufReader::new(stream).read_line(&mut line))
+        .await
+        .ok()
+        .with_context(|| format!("the guest wrote no line within {timeout:?}"))??;
+    ensure!(line.starts_with(READY), "the guest's first line: {line:?}");
+    Ok(start.elapsed())
+}
