@@ -31,8 +31,8 @@ use vc_test_support::agent::{
     transport,
 };
 use vc_test_support::{
-    ChildGuard, InitMode, agent_binary, agent_image, busybox_image, busybox_rootfs, discard,
-    require_vm_host, spawn_bare_qemu, wait_ready_line,
+    ChildGuard, InitMode, agent_binary, agent_image, bench_args, busybox_image, busybox_rootfs,
+    discard, require_vm_host, time_bare_boot,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
@@ -107,20 +107,6 @@ async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples)
     vm.stop(Duration::from_secs(10)).await.unwrap();
 }
 
-/// The same QEMU command line with the bare image, started by hand.
-async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> Duration {
-    std::fs::create_dir_all(run_dir).unwrap();
-    let start = Instant::now();
-    let qemu = spawn_bare_qemu(binary, args);
-    wait_ready_line(&run_dir.join("agent.sock"), TIMEOUT)
-        .await
-        .expect("the bare guest never wrote its line");
-    let ready = start.elapsed();
-    drop(qemu);
-    std::fs::remove_dir_all(run_dir).unwrap();
-    ready
-}
-
 /// The agent binary serving on a unix socket on the host; killed on drop.
 struct HostAgent {
     _child: ChildGuard,
@@ -159,14 +145,11 @@ fn stats(samples: &mut [Duration]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench targets without --bench: nothing to do then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let mut numbers = args.iter().skip(1).filter_map(|a| a.parse::<usize>().ok());
-    let rounds = numbers.next().unwrap_or(5).max(1);
-    let containers = numbers.next().unwrap_or(10).max(1);
+    };
+    let rounds = numbers.first().copied().unwrap_or(5).max(1);
+    let containers = numbers.get(1).copied().unwrap_or(10).max(1);
     require_vm_host();
     agent_image();
     let bare_image = busybox_image(InitMode::ReadyLine, &[]);
@@ -218,7 +201,7 @@ fn main() {
             &mut Samples::default(),
         )
         .await;
-        bare_round(&qemu, &qemu_args, &bare_run).await;
+        time_bare_boot(&qemu, &qemu_args, &bare_run, TIMEOUT).await;
         for round in 0..rounds {
             vm_round(
                 &tmp.path().join(format!("vm{round}")),
@@ -228,7 +211,7 @@ fn main() {
             )
             .await;
             s.bare_ready
-                .push(bare_round(&qemu, &qemu_args, &bare_run).await);
+                .push(time_bare_boot(&qemu, &qemu_args, &bare_run, TIMEOUT).await);
             for _ in 0..containers {
                 let t = Instant::now();
                 host_agent.check().await.unwrap();

@@ -17,7 +17,7 @@ use std::time::{Duration, Instant};
 use vc_guest_image::GuestImage;
 use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
 use vc_test_support::{
-    InitMode, Need, busybox_image, discard, require, small_vm_config, spawn_bare_qemu,
+    InitMode, Need, bench_args, busybox_image, discard, require, small_vm_config, time_bare_boot,
     wait_ready_line,
 };
 
@@ -41,20 +41,6 @@ async fn sdk_round(image: &GuestImage, run_dir: &Path) -> (Duration, Duration) {
     (boot, stop_start.elapsed())
 }
 
-/// Bare: the same arguments, spawned and killed by hand.
-async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> Duration {
-    std::fs::create_dir_all(run_dir).unwrap();
-    let start = Instant::now();
-    let qemu = spawn_bare_qemu(binary, args);
-    wait_ready_line(&run_dir.join("agent.sock"), TIMEOUT)
-        .await
-        .unwrap();
-    let boot = start.elapsed();
-    drop(qemu);
-    std::fs::remove_dir_all(run_dir).unwrap();
-    boot
-}
-
 fn stats(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
     samples.sort();
     let median = samples[samples.len() / 2];
@@ -63,16 +49,10 @@ fn stats(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench targets without --bench: nothing to do then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let rounds: usize = args
-        .iter()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
+    };
+    let rounds = numbers.first().copied().unwrap_or(5).max(1);
     require(&[Need::Qemu, Need::Busybox, Need::GuestKernel]);
     let image = busybox_image(InitMode::ReadyLine, &[]);
     let tmp = tempfile::tempdir().unwrap();
@@ -98,10 +78,10 @@ fn main() {
     rt.block_on(async {
         // One warm-up of each, not counted (page cache, first QEMU start).
         sdk_round(image, &run_dir).await;
-        bare_round(&binary, &qemu_args, &run_dir).await;
+        time_bare_boot(&binary, &qemu_args, &run_dir, TIMEOUT).await;
         for round in 0..rounds {
             let (boot, stop) = sdk_round(image, &run_dir).await;
-            let baseline = bare_round(&binary, &qemu_args, &run_dir).await;
+            let baseline = time_bare_boot(&binary, &qemu_args, &run_dir, TIMEOUT).await;
             println!(
                 "round {round}: sdk {:>6.0} ms   bare {:>6.0} ms",
                 boot.as_secs_f64() * 1e3,

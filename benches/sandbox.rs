@@ -22,7 +22,7 @@ use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
 use vc_guest_image::GuestImage;
 use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
 use vc_test_support::{
-    ContainerSpec, busybox_rootfs, discard, require_sandbox_host, spawn_bare_qemu,
+    ContainerSpec, bench_args, busybox_rootfs, discard, require_sandbox_host, spawn_bare_qemu,
 };
 use virtcontainers::{
     ContainerConfig, FsShareConfig, FsShareKind, Paths, QemuFactory, SandboxConfig, VmConfig,
@@ -138,15 +138,10 @@ fn median<T: Copy + Ord>(v: &mut [T]) -> T {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let rounds: usize = args
-        .iter()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3);
+    };
+    let rounds = numbers.first().copied().unwrap_or(3).max(1);
     let image = require_sandbox_host();
     let tmp = tempfile::Builder::new()
         .prefix("vcbench")

@@ -50,7 +50,7 @@ fn main() -> Result<()> {
         run_fake_vmm();
     }
     ensure!(
-        nix_is_root(),
+        nix::unistd::geteuid().is_root(),
         "this example writes the host's cgroupfs: run it as root"
     );
     ensure!(args.cpus > 0.0, "--cpus must be positive");
@@ -171,17 +171,6 @@ fn dir_of(
         CgroupVersion::V1 => roots.v1.get(controller).unwrap_or(Path::new("/")).join(rel),
         CgroupVersion::V2 => roots.v2.clone().unwrap_or_default().join(rel),
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The stand-in VMM: killed and reaped on drop.

@@ -86,12 +86,10 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Where `make guest-image` puts the image.
+/// Where `make guest-image` puts the image: `vc-guest-agent-image` in the
+/// cargo target dir.
 fn image_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("vc-guest-agent-image")
+    vc_guest_image::cargo_target_dir().join("vc-guest-agent-image")
 }
 
 fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
@@ -144,7 +142,7 @@ async fn pump(
 async fn main() -> Result<ExitCode> {
     let args = Args::parse();
     ensure!(
-        nix_is_root(),
+        nix::unistd::geteuid().is_root(),
         "this example starts QEMU, mounts and writes host cgroups: run it as root"
     );
     let level = if args.debug {
@@ -252,9 +250,4 @@ async fn main() -> Result<ExitCode> {
     let code = result?;
     deleted.context("cleaning up the sandbox")?;
     Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
 }

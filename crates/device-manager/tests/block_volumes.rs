@@ -19,7 +19,7 @@ use vc_device_manager::{
     DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, DeviceState, Error, GuestDevice,
     GuestLocation, ReconcileReport, RegistryConfig,
 };
-use vc_hypervisor::{DeviceHotplug, Hypervisor, PciPath, Qemu};
+use vc_hypervisor::{Hypervisor, PciPath};
 
 const START: Duration = Duration::from_secs(60);
 const BOOT: Duration = Duration::from_secs(90);
@@ -65,15 +65,7 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
     sparse_file(&extra, 1 << 20);
 
     // Two hot-plug ports: the third disk has nowhere to go.
-    let config = support::vm_config("vc-dm-block", tmp.path(), 2);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(
-        hotplug,
-        RegistryConfig::default(),
-        vc_test_support::logger(),
-    );
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-block", tmp.path(), 2);
 
     vc_test_support::runtime().block_on(async {
         vm.start(START).await.unwrap();

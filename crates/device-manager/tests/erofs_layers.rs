@@ -13,14 +13,11 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
 use vc_device_manager::erofs::{ErofsDiscovery, ErofsRootfs, GuestOverlayPlan, MountTableFile};
-use vc_device_manager::{
-    DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, DeviceState, Error, RegistryConfig,
-};
-use vc_hypervisor::{DeviceHotplug, Hypervisor, Qemu};
+use vc_device_manager::{DetachOutcome, DeviceInfo, DeviceManager, DeviceState, Error};
+use vc_hypervisor::Hypervisor;
 use vc_test_support::{HostMounts, leftovers_under, make_layer};
 
 /// A containerd-like snapshotter root (with a space, as escaping must
@@ -213,15 +210,7 @@ fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
     let found = ErofsDiscovery::default().discover(&snaps.rootfs).unwrap();
     check_discovered(&found, &snaps);
 
-    let config = support::vm_config("vc-dm-erofs", tmp.path(), 4);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(
-        hotplug,
-        RegistryConfig::default(),
-        vc_test_support::logger(),
-    );
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-erofs", tmp.path(), 4);
 
     vc_test_support::runtime().block_on(async {
         vm.start(START).await.unwrap();

@@ -104,15 +104,7 @@ fn a_vfio_group_passes_through_to_a_vm_and_back() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let config = support::vm_config("vc-dm-vfio-e2e", tmp.path(), 4);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(
-        hotplug,
-        RegistryConfig::default(),
-        vc_test_support::logger(),
-    );
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-vfio-e2e", tmp.path(), 4);
     vc_test_support::runtime().block_on(async {
         vm.start(Duration::from_secs(60)).await.unwrap();
         let (mut guest, _) =

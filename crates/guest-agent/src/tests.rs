@@ -7,11 +7,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, Spec};
-use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{
-    Agent as _, AgentConfig, AgentError, OutputStream, ProcessOutput, Transport, TtrpcAgent,
-};
+use vc_agent_client::{Agent as _, AgentConfig, AgentError, Transport, TtrpcAgent};
 use vc_test_support::{ContainerSpec, Need};
 
 use crate::Agent;
@@ -110,15 +107,7 @@ impl Harness {
     }
 
     async fn output(&self, cid: &str, eid: &str) -> (String, String) {
-        let mut out = String::new();
-        let mut err = String::new();
-        let agent: Arc<dyn vc_agent_client::Agent> = self.agent.clone();
-        let mut o = ProcessOutput::new(agent.clone(), cid, eid, OutputStream::Stdout);
-        let mut e = ProcessOutput::new(agent, cid, eid, OutputStream::Stderr);
-        let (a, b) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
-        a.unwrap();
-        b.unwrap();
-        (out, err)
+        vc_test_support::agent::read_output(self.agent.clone(), cid, eid).await
     }
 
     async fn remove(&self, id: &str) {

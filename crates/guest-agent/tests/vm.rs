@@ -8,9 +8,8 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::ProcessBuilder;
-use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{Agent, AgentError, OutputStream, ProcessOutput, TtrpcAgent};
+use vc_agent_client::{Agent, AgentError, TtrpcAgent};
 use vc_hypervisor::{Hypervisor, Qemu};
 use vc_test_support::agent;
 
@@ -67,14 +66,7 @@ async fn create(agent: &TtrpcAgent, cid: &str, args: &[&str]) -> vc_agent_client
 }
 
 async fn output(agent: &Arc<TtrpcAgent>, cid: &str, eid: &str) -> (String, String) {
-    let a: Arc<dyn Agent> = agent.clone();
-    let (mut out, mut err) = (String::new(), String::new());
-    let mut o = ProcessOutput::new(a.clone(), cid, eid, OutputStream::Stdout);
-    let mut e = ProcessOutput::new(a, cid, eid, OutputStream::Stderr);
-    let (x, y) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
-    x.unwrap();
-    y.unwrap();
-    (out, err)
+    agent::read_output(agent.clone(), cid, eid).await
 }
 
 async fn run(agent: &Arc<TtrpcAgent>, cid: &str, args: &[&str]) -> (String, String, i32) {

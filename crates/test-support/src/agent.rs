@@ -4,12 +4,14 @@
 //! [`ContainerSpec`]s.
 
 use std::path::Path;
+use std::sync::Arc;
 use std::time::Duration;
 
 use oci_spec::runtime::Spec;
+use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::protobuf::MessageField;
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
+use vc_agent_client::{Agent, AgentConfig, OutputStream, ProcessOutput, Transport, TtrpcAgent};
 use vc_hypervisor::{
     AgentEndpoint, Device, Hypervisor, HypervisorConfig, KernelParamsBuilder, Qemu, ShareBackend,
     SharedDir,
@@ -119,4 +121,15 @@ pub async fn connect(vm: &Qemu) -> vc_agent_client::Result<TtrpcAgent> {
 /// The guest console so far (kernel and agent logs).
 pub fn console(vm: &Qemu) -> String {
     std::fs::read_to_string(vm.config().console_log()).unwrap_or_default()
+}
+
+/// Reads process `eid` of container `cid` to its end: (stdout, stderr).
+pub async fn read_output(agent: Arc<dyn Agent>, cid: &str, eid: &str) -> (String, String) {
+    let (mut out, mut err) = (String::new(), String::new());
+    let mut o = ProcessOutput::new(agent.clone(), cid, eid, OutputStream::Stdout);
+    let mut e = ProcessOutput::new(agent, cid, eid, OutputStream::Stderr);
+    let (a, b) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
+    a.unwrap_or_else(|e| panic!("reading {cid}/{eid}'s stdout: {e}"));
+    b.unwrap_or_else(|e| panic!("reading {cid}/{eid}'s stderr: {e}"));
+    (out, err)
 }

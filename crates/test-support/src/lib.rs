@@ -20,7 +20,9 @@
 //!   ([`leftovers_under`]) and a snapshot of everything the SDK can leave
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
 //! - **VM tests**: [`small_vm_config`], one VM test at a time
-//!   ([`vm_lock`]), [`runtime`], [`logger`].
+//!   ([`vm_lock`]), [`runtime`], [`logger`]; for the benches, their
+//!   arguments ([`bench_args`]) and the bare QEMU baseline
+//!   ([`time_bare_boot`]).
 //!
 //! ```no_run
 //! use vc_test_support::{HostSnapshot, InitMode, assert_unchanged_since, busybox_image,
@@ -40,6 +42,7 @@
 
 #[cfg(feature = "agent")]
 pub mod agent;
+mod bench;
 mod host;
 mod ids;
 mod image;
@@ -50,6 +53,7 @@ mod snapshot;
 mod spec;
 mod vm;
 
+pub use bench::{bench_args, spawn_bare_qemu, time_bare_boot, wait_ready_line};
 pub use host::{
     ChildGuard, HostMounts, leftovers_under, loop_devices, make_layer, mounts_under, run,
     unmount_under,
@@ -71,7 +75,4 @@ pub use snapshot::{
     assert_unchanged_since_matching,
 };
 pub use spec::{ContainerSpec, ISOLATED, busybox_rootfs, shared_busybox_rootfs};
-pub use vm::{
-    SMALL_VM_MIB, discard, logger, runtime, small_vm_config, spawn_bare_qemu, vm_lock,
-    vm_lock_async, wait_ready_line,
-};
+pub use vm::{SMALL_VM_MIB, discard, logger, runtime, small_vm_config, vm_lock, vm_lock_async};

@@ -2,17 +2,9 @@
 //! runtime and loggers.
 
 use std::path::Path;
-use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
-use anyhow::{Context, bail, ensure};
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixStream;
 use vc_guest_image::GuestImage;
 use vc_hypervisor::HypervisorConfig;
-
-use crate::host::ChildGuard;
-use crate::init::READY;
 
 /// Guest RAM of [`small_vm_config`]: enough for the test inits and a few
 /// busybox containers.
@@ -69,43 +61,4 @@ pub fn logger() -> slog::Logger {
 /// A logger that drops everything (benches, noisy fixtures).
 pub fn discard() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
-}
-
-/// QEMU started by hand with `args` (the SDK's command line for the same
-/// config), stdio to `/dev/null`, killed on drop: the benches' bare
-/// baseline.
-pub fn spawn_bare_qemu(binary: &Path, args: &[String]) -> ChildGuard {
-    ChildGuard(
-        Command::new(binary)
-            .args(args)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap_or_else(|e| panic!("spawning {}: {e}", binary.display())),
-    )
-}
-
-/// Connects to the agent socket (retrying until QEMU has made it) and
-/// waits for the guest's first line, which must be [`READY`]; within
-/// `timeout`. Returns the time it took.
-pub async fn wait_ready_line(socket: &Path, timeout: Duration) -> anyhow::Result<Duration> {
-    let start = Instant::now();
-    let stream = loop {
-        match UnixStream::connect(socket).await {
-            Ok(stream) => break stream,
-            Err(_) if start.elapsed() < timeout => {
-                tokio::time::sleep(Duration::from_millis(5)).await;
-            }
-            Err(e) => bail!("agent socket {}: {e}", socket.display()),
-        }
-    };
-    let mut line = String::new();
-    let left = timeout.saturating_sub(start.elapsed());
-    tokio::time::timeout(left, BufReader::new(stream).read_line(&mut line))
-        .await
-        .ok()
-        .with_context(|| format!("the guest wrote no line within {timeout:?}"))??;
-    ensure!(line.starts_with(READY), "the guest's first line: {line:?}");
-    Ok(start.elapsed())
 }

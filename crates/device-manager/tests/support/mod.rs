@@ -6,9 +6,11 @@
 
 #![allow(dead_code)]
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
-use vc_hypervisor::HypervisorConfig;
+use vc_device_manager::{DeviceRegistry, RegistryConfig};
+use vc_hypervisor::{DeviceHotplug, HypervisorConfig, Qemu};
 use vc_test_support::{EROFS_HOST, InitMode, Need, VM_HOST, busybox_image, require};
 
 /// Fails the test, naming what is missing, unless the host can boot the
@@ -31,4 +33,19 @@ pub fn require_disk_vm_host() {
 pub fn vm_config(name: &str, dir: &Path, hotplug_ports: u32) -> HypervisorConfig {
     let image = busybox_image(InitMode::Serve, &["ext4"]);
     vc_test_support::small_vm_config(name, image, &dir.join("run"), hotplug_ports)
+}
+
+/// A prepared (not started) test VM with `hotplug_ports` ports, the
+/// device registry hot-plugging into it, and its agent socket.
+pub fn test_vm(name: &str, dir: &Path, hotplug_ports: u32) -> (Arc<Qemu>, DeviceRegistry, PathBuf) {
+    let config = vm_config(name, dir, hotplug_ports);
+    let agent_socket = config.agent_socket();
+    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).expect("a VM config"));
+    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
+    let devices = DeviceRegistry::new(
+        hotplug,
+        RegistryConfig::default(),
+        vc_test_support::logger(),
+    );
+    (vm, devices, agent_socket)
 }
