@@ -140,6 +140,13 @@ impl ContainerSpec {
         self
     }
 
+    /// No mounts at all (instead of `oci-spec`'s default mounts); the
+    /// mounts added after stay.
+    pub fn without_default_mounts(mut self) -> Self {
+        self.mounts.get_or_insert_with(Vec::new);
+        self
+    }
+
     /// Adds a mount; the first one replaces `oci-spec`'s default mounts.
     pub fn mount(mut self, mount: Mount) -> Self {
         self.mounts.get_or_insert_with(Vec::new).push(mount);
@@ -292,6 +299,11 @@ mod tests {
             .as_ref()
             .unwrap();
         assert_eq!(ns.len(), 4);
+
+        let bare = ContainerSpec::new("/r", &["true"])
+            .without_default_mounts()
+            .build();
+        assert_eq!(bare.mounts().as_deref(), Some(&[][..]));
 
         // Unset fields keep oci-spec's defaults.
         let plain = ContainerSpec::new("/r", &["true"]).build();
