@@ -84,7 +84,7 @@ async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> R
         .unwrap();
     spec.save(bundle.join("config.json")).unwrap();
     let mut config = SandboxConfig::new(
-        &id,
+        id.parse().unwrap(),
         VmConfig::new(
             image_dir().join("vmlinux"),
             image_dir().join("initramfs.cpio"),
@@ -97,14 +97,17 @@ async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> R
     };
     config
         .containers
-        .push(ContainerConfig::from_bundle("c", &bundle).unwrap());
+        .push(ContainerConfig::from_bundle("c1".parse().unwrap(), &bundle).unwrap());
     let logger = slog::Logger::root(slog::Discard, slog::o!());
 
     let start = Instant::now();
     let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger)
         .await
         .unwrap();
-    let mut io = sandbox.start_container("c").await.unwrap();
+    let mut io = sandbox
+        .start_container(&"c1".parse().unwrap())
+        .await
+        .unwrap();
     let mut byte = [0u8; 1];
     io.stdout.read_exact(&mut byte).await.unwrap();
     let first_byte = start.elapsed();

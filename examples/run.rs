@@ -27,8 +27,8 @@ use virtcontainers::oci_spec::runtime::{
     RootBuilder, SpecBuilder,
 };
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, ProcessIo, QemuFactory,
-    SandboxConfig, VmConfig, create_sandbox,
+    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, ProcessIo,
+    QemuFactory, SandboxConfig, VmConfig, create_sandbox,
 };
 
 /// Run a command in a container inside a VM.
@@ -128,7 +128,12 @@ fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
         .build()?;
     std::fs::create_dir_all(dir)?;
     spec.save(dir.join("config.json"))?;
-    Ok(ContainerConfig::from_bundle("main", dir)?)
+    Ok(ContainerConfig::from_bundle(main_id(), dir)?)
+}
+
+/// The container's id.
+fn main_id() -> ContainerId {
+    "main".parse().expect("a valid id")
 }
 
 async fn pump(
@@ -194,7 +199,7 @@ async fn main() -> Result<ExitCode> {
     let id = format!("run-{}", std::process::id());
     let mut vm = VmConfig::new(kernel, initrd);
     vm.debug = args.debug;
-    let mut config = SandboxConfig::new(&id, vm);
+    let mut config = SandboxConfig::new(id.parse()?, vm);
     config.cgroups = Some(CgroupsConfig {
         sandbox_cgroup_only: args.sandbox_cgroup_only,
         ..CgroupsConfig::default()
@@ -211,10 +216,10 @@ async fn main() -> Result<ExitCode> {
 
     let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger.clone()).await?;
     let result = async {
-        let ProcessIo { stdout, stderr } = sandbox.start_container("main").await?;
+        let ProcessIo { stdout, stderr } = sandbox.start_container(&main_id()).await?;
         let out = tokio::spawn(pump(stdout, tokio::io::stdout()));
         let err = tokio::spawn(pump(stderr, tokio::io::stderr()));
-        let code = sandbox.wait_container("main").await?;
+        let code = sandbox.wait_container(&main_id()).await?;
         out.await??;
         err.await??;
         if args.hold {

@@ -217,7 +217,7 @@ mod tests {
             .build()
             .unwrap();
         ContainerConfig {
-            id: "c1".into(),
+            id: "c1".parse().unwrap(),
             bundle: "/bundles/c1".into(),
             spec,
             rootfs_block: None,

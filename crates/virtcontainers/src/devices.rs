@@ -54,9 +54,11 @@ fn blk(
     mount_point: String,
 ) -> Result<Storage, Error> {
     let GuestLocation::VirtioBlk { pci_path, .. } = &source.location else {
-        return Err(Error::InvalidConfig {
-            what: format!("device {} is not a virtio-blk disk", source.id),
-        });
+        return Err(vc_types::Unsupported::new(
+            "a container disk that is not virtio-blk",
+            format!("device {} is attached as {:?}", source.id, source.location),
+        )
+        .into());
     };
     let mut s = Storage::new();
     s.driver = "blk".into();
@@ -97,7 +99,7 @@ pub(crate) async fn attach(
                 | vc_device_manager::Error::UnsupportedRootfs { .. }
                 | vc_device_manager::Error::UnsupportedLayer { .. }),
             ) => {
-                debug!(logger, "rootfs goes through the share"; "container" => id, "why" => %why);
+                debug!(logger, "rootfs goes through the share"; "container" => %id, "why" => %why);
                 None
             }
             Err(e) => return Err(dm_err("discover the container's EROFS layers")(e)),

@@ -646,7 +646,7 @@ fn a_plan_for_another_backend_is_refused() {
     .unwrap();
     assert!(matches!(
         systemd.apply(&systemd_plan, &SandboxTasks::default()),
-        Err(Error::Unsupported { .. })
+        Err(Error::Unsupported(_))
     ));
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }
@@ -727,4 +727,79 @@ fn v2_threaded_split_on_the_hosts_cgroup2_mount() {
     assert!(!root.join(format!("{id}-parent")).exists());
     assert!(!root.join(format!("{id}-overhead")).exists());
     assert_eq!(cgroup_of(vmm.pid(), vmm.pid(), ""), "/");
+}
+
+/// The journal sees the plan and every directory before it exists, so a
+/// manager rebuilt from the last record (another process, after a kill -9
+/// anywhere in apply) deletes exactly what was made, parents included.
+#[test]
+fn v1_journal_records_every_directory_before_it_is_made() {
+    let roots = require_root_v1();
+    let id = unique("journal");
+    let config = v1_config(&id, false);
+    let plan = plan(&config, &[container("a", 50_000, "0", 64 << 20, 10)]).unwrap();
+    let records: std::sync::Arc<std::sync::Mutex<Vec<CgroupsState>>> = Default::default();
+    let seen = records.clone();
+    let journal = move |state: &CgroupsState| -> Result<(), JournalError> {
+        if seen.lock().unwrap().is_empty() {
+            // The first record comes before any mkdir of this apply.
+            for dir in &state.created {
+                assert!(
+                    !dir.exists(),
+                    "{} made before it was recorded",
+                    dir.display()
+                );
+            }
+        }
+        seen.lock().unwrap().push(state.clone());
+        Ok(())
+    };
+    let mut m = HostCgroups::new(CgroupDriver::Cgroupfs, CgroupVersion::V1, &roots, logger())
+        .unwrap()
+        .with_journal(Box::new(journal));
+    m.apply(&plan, &SandboxTasks::default()).unwrap();
+
+    let first = records.lock().unwrap()[0].clone();
+    assert_eq!(
+        first.plan.as_ref(),
+        Some(&plan),
+        "the plan is recorded first"
+    );
+    let made = leftovers(&roots.v1, &id);
+    assert!(!made.is_empty());
+    for dir in &made {
+        assert!(
+            first.created.contains(dir),
+            "{} was not recorded",
+            dir.display()
+        );
+    }
+
+    // Another process, after a crash, has only the first record: it is
+    // enough to remove everything, the parents too.
+    let mut reclaimer = HostCgroups::from_state(
+        CgroupDriver::Cgroupfs,
+        CgroupVersion::V1,
+        &roots,
+        logger(),
+        first,
+    )
+    .unwrap();
+    reclaimer.delete().unwrap();
+    assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
+}
+
+#[test]
+fn v1_a_journal_that_fails_stops_apply_before_any_change() {
+    let roots = require_root_v1();
+    let id = unique("journal-fail");
+    let plan = plan(&v1_config(&id, false), &[]).unwrap();
+    let journal = |_: &CgroupsState| -> Result<(), JournalError> { Err("disk full".into()) };
+    let mut m = v1(&roots).with_journal(Box::new(journal));
+    let err = m.apply(&plan, &SandboxTasks::default()).unwrap_err();
+    assert!(
+        matches!(&err, Error::Journal { sandbox, .. } if sandbox == id.as_str()),
+        "{err:?}"
+    );
+    assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }

@@ -11,8 +11,9 @@ use super::Sandbox;
 use super::lifecycle::free_host_resources;
 use crate::config::Paths;
 use crate::error::Error;
+use vc_types::{ContainerId, SandboxId};
+
 use crate::factory::VmFactory;
-use crate::id::{IdKind, validate_id};
 use crate::persist::{LockMode, SandboxStore, Store};
 use crate::state::{SandboxPhase, SandboxState};
 
@@ -31,12 +32,11 @@ pub struct CleanupOutcome {
 /// one): reconnects to its VM and its agent.
 pub async fn fetch_sandbox(
     paths: &Paths,
-    id: &str,
+    id: &SandboxId,
     factory: Arc<dyn VmFactory>,
     logger: Logger,
 ) -> Result<Sandbox, Error> {
-    validate_id(IdKind::Sandbox, id)?;
-    let logger = logger.new(o!("sandbox" => id.to_owned()));
+    let logger = logger.new(o!("sandbox" => id.to_string()));
     let store = Store::new(&paths.state_root);
     let state: SandboxState = {
         let s = store
@@ -60,7 +60,7 @@ async fn connect(
         (phase, _) => {
             return Err(Error::WrongState {
                 operation: "fetch",
-                subject: format!("sandbox {:?}", state.id),
+                subject: format!("sandbox \"{}\"", state.id),
                 state: format!("{phase:?}").to_lowercase(),
             });
         }
@@ -122,16 +122,14 @@ async fn connect(
 /// [`Error::Cleanup`] after everything that could be freed was.
 pub async fn cleanup_container(
     paths: &Paths,
-    sandbox_id: &str,
-    container_id: &str,
+    sandbox_id: &SandboxId,
+    container_id: &ContainerId,
     force: bool,
     factory: Arc<dyn VmFactory>,
     logger: Logger,
 ) -> Result<CleanupOutcome, Error> {
-    validate_id(IdKind::Sandbox, sandbox_id)?;
-    validate_id(IdKind::Container, container_id)?;
-    let logger =
-        logger.new(o!("sandbox" => sandbox_id.to_owned(), "container" => container_id.to_owned()));
+    let logger = logger
+        .new(o!("sandbox" => sandbox_id.to_string(), "container" => container_id.to_string()));
     let store = Store::new(&paths.state_root);
     let sstore = store
         .open(sandbox_id, LockMode::Exclusive, Duration::from_secs(30))
@@ -142,8 +140,8 @@ pub async fn cleanup_container(
     // it now.
     if !state.containers.contains_key(container_id) && !force && !state.containers.is_empty() {
         return Err(Error::ContainerNotFound {
-            sandbox: sandbox_id.to_owned(),
-            container: container_id.to_owned(),
+            sandbox: sandbox_id.clone(),
+            container: container_id.clone(),
         });
     }
     let mut errors = Vec::new();
@@ -232,7 +230,7 @@ pub async fn cleanup_container(
         }
         info!(logger, "last container cleaned up: sandbox removed");
     } else if let Some(s) = &sandbox
-        && let Err(e) = s.update_cgroups(&sstore, &mut state).await
+        && let Err(e) = s.update_cgroups(&state).await
     {
         warn!(logger, "host cgroups not updated"; "error" => %e);
     }
@@ -242,7 +240,7 @@ pub async fn cleanup_container(
         })
     } else {
         Err(Error::Cleanup {
-            sandbox: sandbox_id.to_owned(),
+            sandbox: sandbox_id.clone(),
             errors,
         })
     }
@@ -260,7 +258,11 @@ fn collect(errors: &mut Vec<Error>, r: Result<(), Error>, force: bool) -> Result
 }
 
 /// Stops a container with the sandbox lock held by the caller.
-async fn stop_in_place(sandbox: &Sandbox, state: &mut SandboxState, id: &str) -> Result<(), Error> {
+async fn stop_in_place(
+    sandbox: &Sandbox,
+    state: &mut SandboxState,
+    id: &ContainerId,
+) -> Result<(), Error> {
     use crate::state::ContainerPhase::{Paused, Running};
     let Some(c) = state.containers.get(id) else {
         return Ok(());
@@ -269,7 +271,9 @@ async fn stop_in_place(sandbox: &Sandbox, state: &mut SandboxState, id: &str) ->
         return Ok(());
     }
     let agent = sandbox.agent.clone();
-    let _ = agent.signal_process(id, "", libc::SIGKILL as u32).await;
+    let _ = agent
+        .signal_process(id, "", vc_types::Signal::KILL.into())
+        .await;
     let code = tokio::time::timeout(Duration::from_secs(10), agent.wait_process(id, id))
         .await
         .map_err(|_| Error::Timeout {
@@ -305,9 +309,8 @@ async fn kill_recorded_processes(state: &mut SandboxState, logger: &Logger) -> R
 /// the VMM and helper processes (matched by pid and start time), host
 /// mounts, cgroups, directories, and the state itself. Needs no agent and
 /// no VM. Errors are collected; what can be freed is.
-pub async fn reclaim(paths: &Paths, sandbox_id: &str, logger: Logger) -> Result<(), Error> {
-    validate_id(IdKind::Sandbox, sandbox_id)?;
-    let logger = logger.new(o!("sandbox" => sandbox_id.to_owned()));
+pub async fn reclaim(paths: &Paths, sandbox_id: &SandboxId, logger: Logger) -> Result<(), Error> {
+    let logger = logger.new(o!("sandbox" => sandbox_id.to_string()));
     let store = Store::new(&paths.state_root);
     let sstore: SandboxStore = store
         .open(sandbox_id, LockMode::Exclusive, Duration::from_secs(30))
@@ -333,7 +336,7 @@ pub async fn reclaim(paths: &Paths, sandbox_id: &str, logger: Logger) -> Result<
         Ok(())
     } else {
         Err(Error::Cleanup {
-            sandbox: sandbox_id.to_owned(),
+            sandbox: sandbox_id.clone(),
             errors,
         })
     }

@@ -16,11 +16,16 @@ use vc_hypervisor::testing::Method;
 
 use super::*;
 use crate::config::{
-    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths, SandboxConfig, VmConfig,
+    CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
+    SandboxConfig, VmConfig,
 };
 use crate::error::CreateStep;
-use crate::state::SandboxPhase;
+use crate::state::{ContainerPhase, SandboxPhase};
 use crate::testing::MockVmFactory;
+
+fn cid(id: &str) -> ContainerId {
+    id.parse().unwrap()
+}
 
 fn logger() -> Logger {
     Logger::root(slog::Discard, slog::o!())
@@ -68,7 +73,7 @@ impl Drop for FakeVmm {
 
 struct Fixture {
     dir: tempfile::TempDir,
-    id: String,
+    id: SandboxId,
     vmm: FakeVmm,
     factory: Arc<MockVmFactory>,
 }
@@ -80,7 +85,7 @@ impl Fixture {
         let factory = Arc::new(MockVmFactory::new().with_processes(vmm.pid(), vec![vmm.pid()]));
         Fixture {
             dir: tempfile::tempdir().unwrap(),
-            id: unique(tag),
+            id: unique(tag).parse().unwrap(),
             vmm,
             factory,
         }
@@ -129,7 +134,7 @@ impl Fixture {
             .build()
             .unwrap();
         ContainerConfig {
-            id: name.to_owned(),
+            id: cid(name),
             bundle,
             spec,
             rootfs_block: None,
@@ -142,9 +147,11 @@ impl Fixture {
         std::fs::write(images.join("vmlinux"), "").unwrap();
         std::fs::write(images.join("initrd"), "").unwrap();
         let mut config = SandboxConfig::new(
-            &self.id,
+            self.id.clone(),
             VmConfig::new(images.join("vmlinux"), images.join("initrd")),
         );
+        // Any executable stands in for QEMU: the mock factory starts none.
+        config.vm.qemu_binary = "/bin/sh".into();
         config.paths = self.paths();
         config.cgroups = Some(CgroupsConfig {
             cgroups_path: Some(format!("/{}-pod/{}", self.id, self.id)),
@@ -189,9 +196,9 @@ impl Fixture {
     fn assert_clean(&self, context: &str) {
         let p = self.paths();
         for d in [
-            p.state_root.join(&self.id),
-            p.shared_root.join(&self.id),
-            p.runtime_root.join(&self.id),
+            p.state_root.join(self.id.as_str()),
+            p.shared_root.join(self.id.as_str()),
+            p.runtime_root.join(self.id.as_str()),
         ] {
             assert!(!d.exists(), "{context}: {} left behind", d.display());
         }
@@ -233,7 +240,7 @@ async fn create_run_and_cleanup_the_last_container_removes_everything() {
         .unwrap();
 
     // The share carries each rootfs and the volume, read-only as asked.
-    let shared = fx.paths().shared_root.join(&fx.id);
+    let shared = fx.paths().shared_root.join(fx.id.as_str());
     assert_eq!(
         std::fs::read_to_string(shared.join("c1/rootfs/bin/marker")).unwrap(),
         "c1"
@@ -265,10 +272,10 @@ async fn create_run_and_cleanup_the_last_container_removes_everything() {
     );
     assert_eq!(fx.factory.agent().containers().len(), 2);
 
-    sandbox.start_container("c1").await.unwrap();
-    assert_eq!(sandbox.wait_container("c1").await.unwrap(), 0);
+    sandbox.start_container(&cid("c1")).await.unwrap();
+    assert_eq!(sandbox.wait_container(&cid("c1")).await.unwrap(), 0);
     assert_eq!(
-        sandbox.container_status("c1").await.unwrap().phase,
+        sandbox.container_status(&cid("c1")).await.unwrap().phase,
         ContainerPhase::Stopped
     );
     // c1 stopped: only c2 counts now.
@@ -280,15 +287,29 @@ async fn create_run_and_cleanup_the_last_container_removes_everything() {
     );
 
     let paths = fx.paths();
-    let first = cleanup_container(&paths, &fx.id, "c1", false, fx.factory.clone(), logger())
-        .await
-        .unwrap();
+    let first = cleanup_container(
+        &paths,
+        &fx.id,
+        &cid("c1"),
+        false,
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
     assert!(!first.sandbox_removed);
     assert!(!shared.join("c1").exists());
     assert_eq!(sandbox.containers().await.unwrap().len(), 1);
-    let last = cleanup_container(&paths, &fx.id, "c2", false, fx.factory.clone(), logger())
-        .await
-        .unwrap();
+    let last = cleanup_container(
+        &paths,
+        &fx.id,
+        &cid("c2"),
+        false,
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
     assert!(last.sandbox_removed);
     assert_eq!(fx.factory.agent().count(AgentMethod::DestroySandbox), 1);
     let stops: usize = fx
@@ -328,10 +349,20 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
                 std::fs::write(fx.dir.path().join("sbs"), "not a directory").unwrap();
             }
             CreateStep::Cgroups => {
-                // The systemd driver is planned but not applied.
-                config.cgroups.as_mut().unwrap().driver =
-                    vc_cgroups_host::plan::CgroupDriver::Systemd;
-                config.cgroups.as_mut().unwrap().cgroups_path = None;
+                // Mounts that are not a cgroupfs: the plan is sound, the
+                // applier refuses the hierarchy.
+                let fake = fx.dir.path().join("not-cgroupfs");
+                let mounts = ["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"].map(|c| {
+                    std::fs::create_dir_all(fake.join(c)).unwrap();
+                    (c.to_owned(), fake.join(c))
+                });
+                config.cgroups.as_mut().unwrap().hierarchy = CgroupHierarchy::At {
+                    roots: vc_cgroups_host::CgroupRoots {
+                        v1: vc_cgroups_host::V1Mounts::from_pairs(mounts),
+                        v2: None,
+                    },
+                    version: vc_cgroups_host::plan::CgroupVersion::V1,
+                };
             }
             CreateStep::FsShare => {
                 std::fs::write(fx.dir.path().join("shared"), "not a directory").unwrap();
@@ -351,7 +382,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
                 // vanished after validation, so sharing it fails.
                 config.containers[1] = fx.bundle("c2", Some(&fx.dir.path().join("gone")));
             }
-            CreateStep::Validate => unreachable!(),
+            CreateStep::Plan => unreachable!(),
         }
         let err = create_sandbox(config, fx.factory.clone(), logger())
             .await
@@ -436,14 +467,20 @@ async fn fetch_sandbox_reconnects_to_a_running_sandbox() {
     let fetched = fetch_sandbox(&fx.paths(), &fx.id, fx.factory.clone(), logger())
         .await
         .unwrap();
-    assert_eq!(fetched.id(), fx.id);
-    fetched.start_container("c1").await.unwrap();
+    assert_eq!(fetched.id(), &fx.id);
+    fetched.start_container(&cid("c1")).await.unwrap();
     assert_eq!(
-        created.container_status("c1").await.unwrap().phase,
+        created.container_status(&cid("c1")).await.unwrap().phase,
         ContainerPhase::Running
     );
     assert!(matches!(
-        fetch_sandbox(&fx.paths(), "no-such-sandbox", fx.factory.clone(), logger()).await,
+        fetch_sandbox(
+            &fx.paths(),
+            &"no-such-sandbox".parse().unwrap(),
+            fx.factory.clone(),
+            logger()
+        )
+        .await,
         Err(Error::NotFound { .. })
     ));
     fetched.stop(Duration::from_secs(1)).await.unwrap();
@@ -492,8 +529,15 @@ async fn a_failure_at_every_step_of_cleanup_is_survived_with_force() {
                 Fail::StopVm => fx.factory.fail_vm(Method::Stop),
             }
             let paths = fx.paths();
-            let r =
-                cleanup_container(&paths, &fx.id, "c1", force, fx.factory.clone(), logger()).await;
+            let r = cleanup_container(
+                &paths,
+                &fx.id,
+                &cid("c1"),
+                force,
+                fx.factory.clone(),
+                logger(),
+            )
+            .await;
             if force {
                 match r {
                     Ok(o) => assert!(o.sandbox_removed, "{fail:?}"),
@@ -510,9 +554,16 @@ async fn a_failure_at_every_step_of_cleanup_is_survived_with_force() {
                 assert!(r.is_err(), "{fail:?}: {r:?}");
                 // A retry, the failure gone, finishes the job.
                 fx.factory.fail_connect(false);
-                cleanup_container(&paths, &fx.id, "c1", false, fx.factory.clone(), logger())
-                    .await
-                    .unwrap_or_else(|e| panic!("retry after {fail:?}: {e}"));
+                cleanup_container(
+                    &paths,
+                    &fx.id,
+                    &cid("c1"),
+                    false,
+                    fx.factory.clone(),
+                    logger(),
+                )
+                .await
+                .unwrap_or_else(|e| panic!("retry after {fail:?}: {e}"));
                 fx.assert_clean(&format!("retried cleanup after {fail:?}"));
             }
             drop(sandbox);
@@ -533,10 +584,25 @@ async fn forced_cleanup_of_an_unreachable_sandbox_frees_everything() {
     // The guest is gone: nothing answers.
     fx.factory.fail_connect(true);
     let paths = fx.paths();
-    let refused =
-        cleanup_container(&paths, &fx.id, "c1", false, fx.factory.clone(), logger()).await;
+    let refused = cleanup_container(
+        &paths,
+        &fx.id,
+        &cid("c1"),
+        false,
+        fx.factory.clone(),
+        logger(),
+    )
+    .await;
     assert!(refused.is_err());
-    let forced = cleanup_container(&paths, &fx.id, "c1", true, fx.factory.clone(), logger()).await;
+    let forced = cleanup_container(
+        &paths,
+        &fx.id,
+        &cid("c1"),
+        true,
+        fx.factory.clone(),
+        logger(),
+    )
+    .await;
     assert!(
         matches!(forced, Err(Error::Cleanup { .. })),
         "errors are reported: {forced:?}"
@@ -556,22 +622,26 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
     let helper_pid = helper.pid();
     let source = fx.dir.path().join("rootfs-src");
     std::fs::create_dir_all(&source).unwrap();
-    let shared = paths.shared_root.join(&fx.id);
+    let shared = paths.shared_root.join(fx.id.as_str());
     let target = shared.join("c1/rootfs");
     crate::host_mounts::bind(&source, &target, false).unwrap();
+    let store = crate::persist::Store::new(&paths.state_root);
+    let sstore = store.create(&fx.id).unwrap();
     let roots = vc_cgroups_host::CgroupRoots::discover().unwrap();
     let version = roots.preferred_version();
     let planner = vc_cgroups_host::plan::SandboxCgroupConfig::new(
-        &fx.id,
+        fx.id.clone(),
         vc_cgroups_host::plan::CgroupDriver::Cgroupfs,
         version,
     );
     let plan = vc_cgroups_host::plan(&planner, &[]).unwrap();
-    let mut manager =
-        vc_cgroups_host::HostCgroups::new(planner.driver, version, &roots, logger()).unwrap();
-    manager
-        .apply(&plan, &vc_cgroups_host::SandboxTasks::default())
-        .unwrap();
+    let cgroups_plan = crate::plan::CgroupsPlan {
+        config: planner,
+        roots,
+        plan: plan.clone(),
+    };
+    // The owner records the cgroups next to the state, in its own file.
+    super::cgroups::SandboxCgroups::create(sstore.dir(), &cgroups_plan, &logger()).unwrap();
     let state = SandboxState {
         id: fx.id.clone(),
         phase: SandboxPhase::Creating,
@@ -580,7 +650,7 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
             agent: Default::default(),
             share: crate::fs_share::ShareKind::NineP,
             cgroups: None,
-            vm_base: vc_cgroups_host::VmBaseSize {
+            vm_base: crate::plan::VmBaseSize {
                 default_vcpus: 1,
                 default_memory_mib: 256,
                 max_vcpus: None,
@@ -589,14 +659,8 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
             lock_timeout: Duration::from_secs(1),
         },
         resources: crate::state::HostResources {
-            runtime_dir: Some(paths.runtime_root.join(&fx.id)),
+            runtime_dir: Some(paths.runtime_root.join(fx.id.as_str())),
             shared_dir: Some(shared.clone()),
-            cgroups: Some(crate::state::CgroupsRecord {
-                config: planner,
-                version,
-                roots,
-                state: vc_cgroups_host::CgroupManager::state(&manager).clone(),
-            }),
             vm: None,
             vmm: None,
             helpers: vec![crate::state::HelperRecord {
@@ -608,9 +672,9 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
         },
         guest: None,
         containers: [(
-            "c1".to_owned(),
+            cid("c1"),
             crate::state::ContainerRecord {
-                id: "c1".into(),
+                id: cid("c1"),
                 bundle: fx.dir.path().into(),
                 spec: Default::default(),
                 phase: ContainerPhase::Created,
@@ -622,9 +686,9 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
         .into(),
         devices: None,
     };
-    std::fs::create_dir_all(paths.runtime_root.join(&fx.id)).unwrap();
-    let store = crate::persist::Store::new(&paths.state_root);
-    store.create(&fx.id).unwrap().write(&state).unwrap();
+    std::fs::create_dir_all(paths.runtime_root.join(fx.id.as_str())).unwrap();
+    sstore.write(&state).unwrap();
+    drop(sstore);
 
     // Creating again is refused: never a second VM for a live id.
     let again = create_sandbox(fx.config(vec![]), fx.factory.clone(), logger()).await;
@@ -649,11 +713,13 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
 #[tokio::test]
 async fn bad_ids_and_bundles_are_refused_before_anything_is_made() {
     let fx = Fixture::new("bad");
-    let mut config = fx.config(vec![]);
-    config.id = "../escape".into();
+    // An id is checked where it enters: a bad one is never a SandboxId.
     assert!(matches!(
-        create_sandbox(config, fx.factory.clone(), logger()).await,
-        Err(Error::Create { step: CreateStep::Validate, ref source, .. }) if matches!(**source, Error::InvalidId { .. })
+        "../escape".parse::<SandboxId>(),
+        Err(vc_types::IdError {
+            rule: vc_types::IdRule::Character('/'),
+            ..
+        })
     ));
     let mut missing = fx.bundle("c1", None);
     missing.bundle = fx.dir.path().join("no-such-bundle");
@@ -681,4 +747,139 @@ async fn bad_ids_and_bundles_are_refused_before_anything_is_made() {
     );
     assert!(fx.factory.vms().is_empty());
     fx.assert_clean("after refused configs");
+}
+
+/// Every kind of configuration error comes back from planning, typed by
+/// the layer whose rule it broke, before anything exists on the host: no
+/// state directory, no cgroup, no VM or other process.
+#[tokio::test]
+async fn config_errors_of_every_kind_change_nothing_on_the_host() {
+    type Check = fn(&Error) -> bool;
+    type Break = Box<dyn Fn(&Fixture, &mut SandboxConfig)>;
+    let cases: Vec<(&str, Break, Check)> = vec![
+        (
+            "bad kernel parameter",
+            Box::new(|_, c| c.vm.kernel_params = vec!["console=\"hvc0".into()]),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidVmConfig {
+                        source: vc_hypervisor::ConfigError::InvalidKernelParams { .. }
+                    }
+                )
+            },
+        ),
+        ("0 vCPUs", Box::new(|_, c| c.vm.default_vcpus = 0), |e| {
+            matches!(
+                e,
+                Error::InvalidVmConfig {
+                    source: vc_hypervisor::ConfigError::ZeroVcpus
+                }
+            )
+        }),
+        (
+            "missing kernel",
+            Box::new(|fx, c| c.vm.kernel = fx.dir.path().join("no-such-vmlinux")),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidVmConfig {
+                        source: vc_hypervisor::ConfigError::KernelNotFound { .. }
+                    }
+                )
+            },
+        ),
+        (
+            "socket path too long",
+            Box::new(|fx, c| c.paths.runtime_root = fx.dir.path().join("r".repeat(100))),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidVmConfig {
+                        source: vc_hypervisor::ConfigError::SocketPathTooLong { .. }
+                    }
+                )
+            },
+        ),
+        (
+            "bad cgroups path",
+            Box::new(|_, c| c.cgroups.as_mut().unwrap().cgroups_path = Some("/pod/../../x".into())),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidCgroupsConfig {
+                        source: vc_cgroups_host::Error::InvalidCgroupPath { .. }
+                    }
+                )
+            },
+        ),
+        (
+            "systemd driver",
+            Box::new(|_, c| {
+                c.cgroups.as_mut().unwrap().driver = vc_cgroups_host::plan::CgroupDriver::Systemd
+            }),
+            |e| matches!(e, Error::Unsupported(_)),
+        ),
+        (
+            "bad hostname",
+            Box::new(|_, c| c.hostname = Some("a b".into())),
+            |e| matches!(e, Error::InvalidHostname { .. }),
+        ),
+        (
+            "bad container resources",
+            Box::new(|fx, c| {
+                let mut bad = fx.bundle("c1", None);
+                let cpu = LinuxCpuBuilder::default().quota(-7i64).build().unwrap();
+                bad.spec.set_linux(Some(
+                    LinuxBuilder::default()
+                        .resources(LinuxResourcesBuilder::default().cpu(cpu).build().unwrap())
+                        .build()
+                        .unwrap(),
+                ));
+                c.containers = vec![bad];
+            }),
+            |e| {
+                matches!(
+                    e,
+                    Error::InvalidCgroupsConfig {
+                        source: vc_cgroups_host::Error::InvalidCpuQuota { .. }
+                    }
+                )
+            },
+        ),
+    ];
+    // A bad id never becomes a SandboxId or ContainerId, so it cannot
+    // reach create_sandbox at all.
+    assert!("a/b".parse::<SandboxId>().is_err());
+    assert!("-rf".parse::<ContainerId>().is_err());
+    for (what, breaks, expected) in cases {
+        let fx = Fixture::new("config");
+        let mut config = fx.config(vec![fx.bundle("c1", None)]);
+        breaks(&fx, &mut config);
+        let err = create_sandbox(config, fx.factory.clone(), logger())
+            .await
+            .unwrap_err();
+        match &err {
+            Error::Create {
+                step: CreateStep::Plan,
+                source,
+                ..
+            } => assert!(expected(source), "{what}: {source:?}"),
+            other => panic!("{what}: {other:?}"),
+        }
+        assert!(
+            !fx.paths().state_root.exists(),
+            "{what}: the state root was made"
+        );
+        assert!(fx.factory.vms().is_empty(), "{what}: a VM was made");
+        fx.assert_clean(what);
+        let mut pod = Vec::new();
+        for (_, point) in vc_cgroups_host::CgroupRoots::discover().unwrap().v1.iter() {
+            let dir = point.join(format!("{}-pod", fx.id));
+            if dir.exists() {
+                pod.push(dir);
+            }
+        }
+        assert_eq!(pod, Vec::<PathBuf>::new(), "{what}: cgroups were made");
+    }
 }
