@@ -84,6 +84,8 @@ pub mod apply;
 mod error;
 pub mod host_devices;
 pub mod plan;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use apply::{
     CgroupManager, CgroupRoots, CgroupfsV1, CgroupfsV2, CgroupsState, HostCgroups, Journal,
