@@ -8,6 +8,8 @@
 //! where the hierarchies are.
 
 mod hierarchy;
+#[cfg(test)]
+mod journal_tests;
 pub mod mounts;
 mod tasks;
 #[cfg(test)]

@@ -7,11 +7,13 @@
 //! container's process to exit.
 
 mod cgroups;
+mod cleanup;
 mod container;
 mod create;
+mod fetch;
 mod lifecycle;
 mod process;
-mod teardown;
+mod reclaim;
 #[cfg(test)]
 mod tests;
 
@@ -25,11 +27,13 @@ use vc_hypervisor::Hypervisor;
 use vc_types::{ContainerId, SandboxId};
 
 pub use cgroups::CgroupsRecord;
+pub use cleanup::{CleanupOutcome, cleanup_container};
 pub use container::ContainerStatus;
 pub use create::create_sandbox;
+pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;
 pub use process::ProcessIo;
-pub use teardown::{CleanupOutcome, cleanup_container, fetch_sandbox, reclaim};
+pub use reclaim::reclaim;
 
 use self::cgroups::SandboxCgroups;
 use crate::error::Error;
