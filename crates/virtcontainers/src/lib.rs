@@ -79,8 +79,8 @@ pub use plan::{
     resources_of, vm_size,
 };
 pub use sandbox::{
-    CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, Sandbox, SandboxStatus,
-    cleanup_container, create_sandbox, fetch_sandbox, reclaim,
+    CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
+    SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
     ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources, PersistedSettings,

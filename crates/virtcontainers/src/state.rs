@@ -132,6 +132,10 @@ pub struct SandboxState {
     pub id: SandboxId,
     /// Where it is.
     pub phase: SandboxPhase,
+    /// The process that created it (pid and start time): with the VM, what
+    /// [`crate::reclaim_stale`] checks for life.
+    #[serde(default)]
+    pub owner: Option<HelperRecord>,
     /// How to drive it.
     pub settings: PersistedSettings,
     /// What it holds on the host.

@@ -163,6 +163,7 @@ impl Creation<'_> {
             state: SandboxState {
                 id: plan.id.clone(),
                 phase: SandboxPhase::Creating,
+                owner: crate::process::this_process(),
                 settings: plan.settings.clone(),
                 resources: HostResources {
                     runtime_dir: Some(plan.runtime_dir.clone()),

@@ -33,7 +33,7 @@ pub use create::create_sandbox;
 pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;
 pub use process::ProcessIo;
-pub use reclaim::reclaim;
+pub use reclaim::{ReclaimReport, reclaim, reclaim_stale};
 
 use self::cgroups::SandboxCgroups;
 use crate::error::Error;
