@@ -138,13 +138,13 @@ async fn reclaim_stale_frees_only_sandboxes_whose_owner_and_vm_are_gone() {
         .await
         .unwrap();
     let report = reclaim_stale(&alive.paths(), logger()).await.unwrap();
-    assert_eq!(report.alive, [alive.id.clone()]);
+    assert_eq!(report.alive, std::slice::from_ref(&alive.id));
     assert!(report.reclaimed.is_empty());
 
     // Owner gone, VM (the fake VMM) running: a CLI-style sandbox, alive.
     set_owner(&alive, dead_owner(), None);
     let report = reclaim_stale(&alive.paths(), logger()).await.unwrap();
-    assert_eq!(report.alive, [alive.id.clone()], "{report:?}");
+    assert_eq!(report.alive, std::slice::from_ref(&alive.id), "{report:?}");
 
     // Owner gone and VM gone: stale, freed whole.
     let vmm_pid = alive.vmm.pid();
@@ -157,12 +157,22 @@ async fn reclaim_stale_frees_only_sandboxes_whose_owner_and_vm_are_gone() {
     let start = crate::process::start_time(vmm_pid).unwrap();
     let deadline = std::time::Instant::now() + Duration::from_secs(5);
     while crate::process::is_alive(vmm_pid, start) {
-        assert!(std::time::Instant::now() < deadline, "SIGKILL not delivered");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGKILL not delivered"
+        );
         std::thread::sleep(Duration::from_millis(5));
     }
-    assert!(crate::process::start_time(vmm_pid).is_some(), "still a zombie");
+    assert!(
+        crate::process::start_time(vmm_pid).is_some(),
+        "still a zombie"
+    );
     let report = reclaim_stale(&alive.paths(), logger()).await.unwrap();
-    assert_eq!(report.reclaimed, [alive.id.clone()], "{report:?}");
+    assert_eq!(
+        report.reclaimed,
+        std::slice::from_ref(&alive.id),
+        "{report:?}"
+    );
     assert!(report.failed.is_empty(), "{report:?}");
     alive.assert_clean("after reclaim_stale of a dead sandbox");
     drop(sandbox);
@@ -178,7 +188,7 @@ async fn reclaim_stale_frees_a_half_created_sandbox_and_skips_a_busy_one() {
         .unwrap();
     set_owner(&fx, dead_owner(), Some(SandboxPhase::Creating));
     let report = reclaim_stale(&fx.paths(), logger()).await.unwrap();
-    assert_eq!(report.reclaimed, [fx.id.clone()], "{report:?}");
+    assert_eq!(report.reclaimed, std::slice::from_ref(&fx.id), "{report:?}");
     assert!(
         crate::process::start_time(fx.vmm.pid()).is_none()
             || !crate::process::is_alive(
@@ -205,7 +215,7 @@ async fn reclaim_stale_frees_a_half_created_sandbox_and_skips_a_busy_one() {
         .await
         .unwrap();
     let report = reclaim_stale(&busy.paths(), logger()).await.unwrap();
-    assert_eq!(report.alive, [busy.id.clone()], "{report:?}");
+    assert_eq!(report.alive, std::slice::from_ref(&busy.id), "{report:?}");
     drop(held);
     sandbox.stop(Duration::from_secs(1)).await.unwrap();
     sandbox.delete().await.unwrap();
