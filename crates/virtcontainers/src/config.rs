@@ -227,15 +227,21 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
-    /// Loads `<bundle>/config.json`.
+    /// Loads `<bundle>/config.json`. A file that does not parse is
+    /// [`Error::BundleConfig`], whose cause names the line and column.
     pub fn from_bundle(id: ContainerId, bundle: impl Into<PathBuf>) -> Result<Self, Error> {
         let bundle = bundle.into();
         check_bundle_dir(&id, &bundle)?;
         let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|e| Error::InvalidBundle {
+        let text = std::fs::read(&path).map_err(|e| Error::InvalidBundle {
+            container: id.clone(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::BundleConfig {
             container: id.clone(),
             path,
-            reason: e.to_string(),
+            source,
         })?;
         Ok(ContainerConfig {
             id,
@@ -355,5 +361,28 @@ impl SandboxConfig {
             containers: Vec::new(),
             lock_timeout: Duration::from_secs(10),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_config_json_names_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            "{\n  \"ociVersion\": \"1.0.2\",\n  \"process\": {\"args\": [\"sh\",]}\n}\n",
+        )
+        .unwrap();
+        let err = ContainerConfig::from_bundle("app".parse().unwrap(), dir.path()).unwrap_err();
+        let Error::BundleConfig { source, path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &dir.path().join("config.json"));
+        assert_eq!((source.line(), source.column()), (3, 29), "{source}");
+        let chain = format!("{err}: {source}");
+        assert!(chain.contains("line 3 column 29"), "{chain}");
     }
 }

@@ -92,6 +92,18 @@ pub enum Error {
         reason: String,
     },
 
+    /// A bundle's `config.json` that does not parse as an OCI runtime spec.
+    #[error("container \"{container}\": {path} is not a valid OCI runtime spec")]
+    BundleConfig {
+        /// The container id.
+        container: vc_types::ContainerId,
+        /// The file.
+        path: PathBuf,
+        /// The parse error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// An OCI spec the SDK cannot run.
     #[error("container \"{container}\": invalid spec: {reason}")]
     InvalidSpec {
