@@ -324,6 +324,24 @@ fn check_bundle_dir(id: &ContainerId, bundle: &Path) -> Result<(), Error> {
     })
 }
 
+/// How long a sandbox's VM and helper processes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLifetime {
+    /// They die with the process that created the sandbox, whatever the
+    /// way it ends (kill -9 included), as a containerd shim's VM dies with
+    /// the shim; dropping the creating [`crate::Sandbox`] handle without
+    /// stopping it kills them too. What is left on the host afterwards is
+    /// freed by [`crate::reclaim_stale`].
+    #[default]
+    DiesWithOwner,
+    /// They live on after their creator exits, until the sandbox is
+    /// deleted: a CLI-style runtime creates in one process and starts,
+    /// execs and deletes from later ones (`runc create/start/delete`, Kata
+    /// 1.x). Dropping a handle never stops them.
+    UntilDeleted,
+}
+
 /// Everything [`crate::create_sandbox`] needs.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
@@ -345,6 +363,8 @@ pub struct SandboxConfig {
     pub containers: Vec<ContainerConfig>,
     /// How long an operation waits for the sandbox's lock.
     pub lock_timeout: Duration,
+    /// How long the VM and helpers live.
+    pub lifetime: SandboxLifetime,
 }
 
 impl SandboxConfig {
@@ -360,6 +380,7 @@ impl SandboxConfig {
             hostname: None,
             containers: Vec::new(),
             lock_timeout: Duration::from_secs(10),
+            lifetime: SandboxLifetime::DiesWithOwner,
         }
     }
 }

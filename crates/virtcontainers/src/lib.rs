@@ -67,7 +67,7 @@ mod undo;
 
 pub use config::{
     AgentSettings, BlockRootfs, CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig,
-    FsShareKind, Paths, SandboxConfig, VmConfig,
+    FsShareKind, Paths, SandboxConfig, SandboxLifetime, VmConfig,
 };
 pub use container_spec::{GUEST_EPHEMERAL_DIR, GUEST_LOCAL_DIR};
 pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};

@@ -93,6 +93,9 @@ pub struct PersistedSettings {
     pub stop_timeout: std::time::Duration,
     /// Lock wait limit.
     pub lock_timeout: std::time::Duration,
+    /// How long the VM and helpers live.
+    #[serde(default)]
+    pub lifetime: crate::config::SandboxLifetime,
 }
 
 /// What the guest agent reported at start.

@@ -114,6 +114,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         vm_base,
         stop_timeout: config.vm.stop_timeout,
         lock_timeout: config.lock_timeout,
+        lifetime: config.lifetime,
     };
     Ok(SandboxPlan {
         state_dir: config.paths.state_root.join(id.as_str()),

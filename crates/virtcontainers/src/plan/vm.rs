@@ -9,7 +9,7 @@ use vc_hypervisor::{
 };
 
 use super::vm_size::{VmBaseSize, VmSize};
-use crate::config::{SandboxConfig, VmConfig};
+use crate::config::{SandboxConfig, SandboxLifetime, VmConfig};
 use crate::error::Error;
 use crate::fs_share::FsShare;
 
@@ -66,6 +66,7 @@ pub(super) fn hypervisor_config(
     };
     hc.agent_channel = AgentChannel::VirtioSerial;
     hc.keep_logs = vm.debug;
+    hc.kill_on_parent_exit = config.lifetime == SandboxLifetime::DiesWithOwner;
     hc.kernel_params = kernel_params(vm)?;
     // Checked without the share's device: its directory is made by a later
     // step (the hypervisor checks the whole config again when it starts).

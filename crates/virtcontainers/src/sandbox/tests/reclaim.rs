@@ -50,6 +50,7 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
             },
             stop_timeout: Duration::from_secs(1),
             lock_timeout: Duration::from_secs(1),
+            lifetime: Default::default(),
         },
         resources: crate::state::HostResources {
             runtime_dir: Some(paths.runtime_root.join(fx.id.as_str())),
