@@ -121,6 +121,16 @@ pub enum Error {
         id: vc_types::SandboxId,
     },
 
+    /// The sandbox's VM died without being stopped (its VMM exited or was
+    /// killed): it can only be cleaned up ([`crate::cleanup_container`]).
+    #[error("the VM of sandbox \"{id}\" is gone (pid {pid}): only its cleanup remains")]
+    VmDied {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// The VMM's pid.
+        pid: u32,
+    },
+
     /// No sandbox with this id.
     #[error("sandbox \"{id}\" not found")]
     NotFound {

@@ -28,6 +28,11 @@ pub enum SandboxPhase {
     Paused,
     /// The VM is stopped; only deletion remains.
     Stopped,
+    /// The VM died without being stopped (its VMM exited or was killed),
+    /// and every container with it; only the teardown remains, which
+    /// [`crate::cleanup_container`] does without `force`. Seen by every
+    /// process, from the recorded VMM's pid and start time.
+    VmDied,
 }
 
 /// Where a container is in its life.
@@ -126,6 +131,27 @@ pub struct ContainerRecord {
     /// (recorded before they are attached).
     #[serde(default)]
     pub devices: Vec<String>,
+}
+
+impl SandboxState {
+    /// The phase, with a VM that should run but whose VMM is gone (exited,
+    /// killed, or a zombie nobody reaps) seen as [`SandboxPhase::VmDied`].
+    pub fn effective_phase(&self) -> SandboxPhase {
+        let should_run = matches!(
+            self.phase,
+            SandboxPhase::Ready | SandboxPhase::Running | SandboxPhase::Paused
+        );
+        let vmm_gone = self
+            .resources
+            .vmm
+            .as_ref()
+            .is_some_and(|v| !crate::process::is_alive(v.pid, v.start_time));
+        if should_run && vmm_gone {
+            SandboxPhase::VmDied
+        } else {
+            self.phase
+        }
+    }
 }
 
 /// The whole persisted state of a sandbox.

@@ -17,7 +17,7 @@ use crate::config::Paths;
 use crate::error::Error;
 use crate::factory::VmFactory;
 use crate::persist::{LockMode, SandboxStore, Store};
-use crate::state::{ContainerPhase, SandboxState};
+use crate::state::{ContainerPhase, SandboxPhase, SandboxState};
 
 /// How long a cleanup waits for the sandbox's lock.
 const LOCK_WAIT: Duration = Duration::from_secs(30);
@@ -73,6 +73,12 @@ pub async fn cleanup_container(
         errors: Vec::new(),
         logger,
     };
+    if state.effective_phase() == SandboxPhase::VmDied {
+        // Every container died with the VM: finish the teardown, no guest
+        // to ask, nothing to force.
+        cleanup.remove_dead_sandbox(sstore, &mut state).await?;
+        return cleanup.outcome(sandbox_id, true);
+    }
     let sandbox = match connect(
         store,
         state.clone(),
@@ -102,15 +108,7 @@ pub async fn cleanup_container(
     {
         warn!(cleanup.logger, "host cgroups not updated"; "error" => %e);
     }
-    match cleanup.errors.is_empty() {
-        true => Ok(CleanupOutcome {
-            sandbox_removed: last,
-        }),
-        false => Err(Error::Cleanup {
-            sandbox: sandbox_id.clone(),
-            errors: cleanup.errors,
-        }),
-    }
+    cleanup.outcome(sandbox_id, last)
 }
 
 /// One run of `cleanup_container`: with `force`, errors are collected and
@@ -122,6 +120,36 @@ struct Cleanup {
 }
 
 impl Cleanup {
+    fn outcome(self, sandbox: &SandboxId, removed: bool) -> Result<CleanupOutcome, Error> {
+        match self.errors.is_empty() {
+            true => Ok(CleanupOutcome {
+                sandbox_removed: removed,
+            }),
+            false => Err(Error::Cleanup {
+                sandbox: sandbox.clone(),
+                errors: self.errors,
+            }),
+        }
+    }
+
+    /// A sandbox whose VM died: its containers' host mounts, its helpers
+    /// and everything else it holds on the host, and its state.
+    async fn remove_dead_sandbox(
+        &mut self,
+        sstore: SandboxStore,
+        state: &mut SandboxState,
+    ) -> Result<(), Error> {
+        warn!(
+            self.logger,
+            "the sandbox's VM is gone: tearing down what is left"
+        );
+        let ids: Vec<ContainerId> = state.containers.keys().cloned().collect();
+        for id in ids {
+            self.remove_container(None, &sstore, state, &id).await?;
+        }
+        self.remove_sandbox(None, sstore, state).await
+    }
+
     fn collect(&mut self, r: Result<(), Error>) -> Result<(), Error> {
         match r {
             Err(e) if self.force => {

@@ -39,6 +39,12 @@ pub(super) async fn connect(
     factory: &dyn VmFactory,
     logger: Logger,
 ) -> Result<Sandbox, Error> {
+    if state.effective_phase() == SandboxPhase::VmDied {
+        return Err(Error::VmDied {
+            id: state.id.clone(),
+            pid: state.resources.vmm.as_ref().map_or(0, |v| v.pid),
+        });
+    }
     let vm_state = match (state.phase, &state.resources.vm) {
         (SandboxPhase::Ready | SandboxPhase::Running | SandboxPhase::Paused, Some(vm)) => {
             vm.clone()

@@ -21,7 +21,8 @@ pub struct SandboxStatus {
     pub id: SandboxId,
     /// Its phase.
     pub phase: SandboxPhase,
-    /// The VMM's pid, while it runs.
+    /// The VMM's pid, while it runs (`None` once it is gone, in every
+    /// process).
     pub vmm_pid: Option<u32>,
     /// The sandbox cgroup's path, when host cgroups are managed.
     pub sandbox_cgroup: Option<String>,
@@ -204,11 +205,7 @@ impl Sandbox {
     pub async fn status(&self) -> Result<SandboxStatus, Error> {
         let (store, state) = self.lock(LockMode::Shared).await?;
         let cgroups = SandboxCgroups::load(store.dir(), &self.logger)?;
-        Ok(status_of(
-            &state,
-            self.vm.vmm_pids().first().copied(),
-            cgroups.as_ref(),
-        ))
+        Ok(status_of(&state, cgroups.as_ref()))
     }
 
     /// The sandbox's containers.
@@ -217,14 +214,17 @@ impl Sandbox {
     }
 }
 
-pub(crate) fn status_of(
-    state: &SandboxState,
-    vmm_pid: Option<u32>,
-    cgroups: Option<&SandboxCgroups>,
-) -> SandboxStatus {
+pub(crate) fn status_of(state: &SandboxState, cgroups: Option<&SandboxCgroups>) -> SandboxStatus {
+    // The same answer in every process: the recorded VMM, if it runs.
+    let vmm_pid = state
+        .resources
+        .vmm
+        .as_ref()
+        .filter(|v| crate::process::is_alive(v.pid, v.start_time))
+        .map(|v| v.pid);
     SandboxStatus {
         id: state.id.clone(),
-        phase: state.phase,
+        phase: state.effective_phase(),
         vmm_pid,
         sandbox_cgroup: cgroups.and_then(SandboxCgroups::sandbox_path),
         overhead_cgroup: cgroups.and_then(SandboxCgroups::overhead_path),

@@ -123,3 +123,62 @@ async fn forced_cleanup_of_an_unreachable_sandbox_frees_everything() {
     fx.assert_clean("after a forced cleanup");
     drop(sandbox);
 }
+
+/// A VM that died (its VMM killed) is seen as dead by every process:
+/// `status()` says so, `fetch_sandbox` refuses with a typed error, and a
+/// plain `cleanup_container` finishes the teardown.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_vm_is_reported_and_a_plain_cleanup_finishes_it() {
+    let fx = Fixture::new("vmdied");
+    let sandbox = create_sandbox(
+        fx.config(vec![
+            fx.bundle("c1", Some(fx.dir.path())),
+            fx.bundle("c2", None),
+        ]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let status = sandbox.status().await.unwrap();
+    assert_eq!(status.phase, SandboxPhase::Ready);
+    assert_eq!(status.vmm_pid, Some(fx.vmm.pid()));
+
+    let pid = fx.vmm.pid();
+    let start = crate::process::start_time(pid).unwrap();
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(pid as i32),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(5);
+    while crate::process::is_alive(pid, start) {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "SIGKILL not delivered"
+        );
+        std::thread::sleep(Duration::from_millis(5));
+    }
+
+    let status = sandbox.status().await.unwrap();
+    assert_eq!(status.phase, SandboxPhase::VmDied);
+    assert_eq!(status.vmm_pid, None);
+    let fetched = fetch_sandbox(&fx.paths(), &fx.id, fx.factory.clone(), logger()).await;
+    assert!(
+        matches!(&fetched, Err(Error::VmDied { id, pid: p }) if *id == fx.id && *p == pid),
+        "{fetched:?}"
+    );
+    let outcome = cleanup_container(
+        &fx.paths(),
+        &fx.id,
+        &cid("c1"),
+        false,
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.sandbox_removed, "both containers died with the VM");
+    fx.assert_clean("after the cleanup of a dead sandbox");
+    drop(sandbox);
+}
