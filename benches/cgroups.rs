@@ -40,7 +40,8 @@ fn containers(n: usize) -> Vec<ContainerResources> {
 fn planning(c: &mut Criterion) {
     let mut group = c.benchmark_group("plan");
     for version in [CgroupVersion::V1, CgroupVersion::V2] {
-        let config = SandboxCgroupConfig::new("bench", CgroupDriver::Cgroupfs, version);
+        let config =
+            SandboxCgroupConfig::new("bench".parse().unwrap(), CgroupDriver::Cgroupfs, version);
         for n in [1, 10, 100] {
             let input = containers(n);
             group.bench_with_input(
@@ -66,7 +67,7 @@ fn apply_delete(c: &mut Criterion) {
             overhead_parent: "/vc-bench-overhead".into(),
             sandbox_cgroup_only: only,
             ..SandboxCgroupConfig::new(
-                format!("bench-{}", std::process::id()),
+                format!("bench-{}", std::process::id()).parse().unwrap(),
                 CgroupDriver::Cgroupfs,
                 version,
             )

@@ -69,7 +69,10 @@ async fn sdk_round(
     let bundle = ContainerSpec::new(rootfs, &["sh", "-c", "echo ready; sleep 1000"])
         .cwd("/")
         .save_bundle(&dir.join("bundle"));
-    let mut config = SandboxConfig::new(&id, VmConfig::new(&image.vmlinux, &image.initramfs));
+    let mut config = SandboxConfig::new(
+        id.parse().unwrap(),
+        VmConfig::new(&image.vmlinux, &image.initramfs),
+    );
     config.paths = Paths::under(dir);
     config.fs_share = FsShareConfig {
         kind: share,
@@ -77,12 +80,15 @@ async fn sdk_round(
     };
     config
         .containers
-        .push(ContainerConfig::from_bundle("c", &bundle).unwrap());
+        .push(ContainerConfig::from_bundle("c1".parse().unwrap(), &bundle).unwrap());
     let start = Instant::now();
     let sandbox = create_sandbox(config, Arc::new(QemuFactory), discard())
         .await
         .unwrap();
-    let mut io = sandbox.start_container("c").await.unwrap();
+    let mut io = sandbox
+        .start_container(&"c1".parse().unwrap())
+        .await
+        .unwrap();
     let mut byte = [0u8; 1];
     io.stdout.read_exact(&mut byte).await.unwrap();
     let first_byte = start.elapsed();

@@ -63,11 +63,12 @@ fn main() -> Result<()> {
 
     let roots = CgroupRoots::discover()?;
     let version = roots.preferred_version();
-    let id = args
+    let id: vc_types::SandboxId = args
         .id
         .clone()
-        .unwrap_or_else(|| format!("demo-{}", std::process::id()));
-    let mut config = SandboxCgroupConfig::new(&id, CgroupDriver::Cgroupfs, version);
+        .unwrap_or_else(|| format!("demo-{}", std::process::id()))
+        .parse()?;
+    let mut config = SandboxCgroupConfig::new(id.clone(), CgroupDriver::Cgroupfs, version);
     config.sandbox_cgroup_only = args.sandbox_cgroup_only;
     config.vmm_devices = vc_cgroups_host::host_devices::discover_vmm_devices(Path::new("/dev"));
 

@@ -13,6 +13,30 @@ pub(crate) fn start_time(pid: u32) -> Option<u64> {
     vc_hypervisor::qemu::process::start_time(pid).ok()
 }
 
+/// Whether the process recorded as `pid` started at `start` still runs.
+/// A zombie is dead: it runs nothing, and when it is another process's
+/// child this process cannot even reap it.
+pub(crate) fn is_alive(pid: u32, start: u64) -> bool {
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let zombie = matches!(after.split_whitespace().next(), Some("Z" | "X"));
+    !zombie && vc_hypervisor::qemu::process::parse_start_time(&stat) == Some(start)
+}
+
+/// This process, as a record (pid and start time).
+pub(crate) fn this_process() -> Option<HelperRecord> {
+    let pid = std::process::id();
+    Some(HelperRecord {
+        program: std::env::current_exe().unwrap_or_default(),
+        pid,
+        start_time: start_time(pid)?,
+    })
+}
+
 /// `pid` and every process descending from it (a daemon that forks, as
 /// virtiofsd's namespace sandbox does, must be placed whole).
 pub(crate) fn with_descendants(pid: u32) -> Vec<u32> {

@@ -32,7 +32,11 @@ pub(crate) fn v1_config(id: &str, sandbox_cgroup_only: bool) -> SandboxCgroupCon
         location: CgroupLocation::Parent(format!("/{id}-parent")),
         overhead_parent: format!("/{id}-overhead"),
         sandbox_cgroup_only,
-        ..SandboxCgroupConfig::new(id, CgroupDriver::Cgroupfs, CgroupVersion::V1)
+        ..SandboxCgroupConfig::new(
+            id.parse().unwrap(),
+            CgroupDriver::Cgroupfs,
+            CgroupVersion::V1,
+        )
     }
 }
 
