@@ -34,14 +34,20 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let logger = slog::Logger::root(slog::Discard, slog::o!());
 //! let vm = VmConfig::new("/var/lib/vc/vmlinux", "/var/lib/vc/initramfs.cpio");
-//! let mut config = SandboxConfig::new("sandbox-1", vm);
-//! config.containers.push(ContainerConfig::from_bundle("app", "/bundles/app")?);
+//! // Ids are checked once, here: a bad one never reaches the SDK.
+//! let mut config = SandboxConfig::new("sandbox-1".parse()?, vm);
+//! let app = "app".parse()?;
+//! config.containers.push(ContainerConfig::from_bundle(app, "/bundles/app")?);
 //!
+//! // Every configuration error comes back from planning, before the host
+//! // changes; create_sandbox plans first too.
+//! virtcontainers::plan_sandbox(&config)?;
 //! let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger).await?;
-//! let mut io = sandbox.start_container("app").await?;
+//! let app = "app".parse()?;
+//! let mut io = sandbox.start_container(&app).await?;
 //! let mut out = String::new();
 //! io.stdout.read_to_string(&mut out).await?;
-//! let code = sandbox.wait_container("app").await?;
+//! let code = sandbox.wait_container(&app).await?;
 //! println!("{out} (exit {code})");
 //! sandbox.stop(std::time::Duration::from_secs(5)).await?;
 //! sandbox.delete().await?;

@@ -5,7 +5,6 @@
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use oci_spec::runtime::{
@@ -16,6 +15,7 @@ use vc_agent_client::AgentMethod;
 use vc_hypervisor::testing::Method;
 
 use super::*;
+use vc_test_support::{ChildGuard, require_root, unique, unmount_under};
 
 mod cleanup;
 mod create;
@@ -37,57 +37,18 @@ pub(super) fn logger() -> Logger {
     Logger::root(slog::Discard, slog::o!())
 }
 
-fn require_root() {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "these tests need root: they create host cgroups and bind mounts"
-    );
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vct-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A sleeping child standing in for the VMM (real cgroups place it).
-pub(super) struct FakeVmm(std::process::Child);
-
-impl FakeVmm {
-    pub(super) fn start() -> Self {
-        FakeVmm(
-            std::process::Command::new("sleep")
-                .arg("1000")
-                .spawn()
-                .unwrap(),
-        )
-    }
-    pub(super) fn pid(&self) -> u32 {
-        self.0.id()
-    }
-}
-
-impl Drop for FakeVmm {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
 pub(super) struct Fixture {
     pub(super) dir: tempfile::TempDir,
     pub(super) id: SandboxId,
-    pub(super) vmm: FakeVmm,
+    pub(super) vmm: ChildGuard,
     pub(super) factory: Arc<MockVmFactory>,
 }
 
 impl Fixture {
     pub(super) fn new(tag: &str) -> Self {
         require_root();
-        let vmm = FakeVmm::start();
+        // A sleeping child stands in for the VMM (real cgroups place it).
+        let vmm = ChildGuard::sleeper();
         let factory = Arc::new(MockVmFactory::new().with_processes(vmm.pid(), vec![vmm.pid()]));
         Fixture {
             dir: tempfile::tempdir().unwrap(),
@@ -226,10 +187,6 @@ impl Drop for Fixture {
     /// unmount them before it is removed, or the removal would recurse into
     /// their sources.
     fn drop(&mut self) {
-        let mut mounts = self.mounts_under_dir();
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.dir.path());
     }
 }

@@ -10,7 +10,7 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
     // What a creator killed right after starting virtiofsd and sharing a
     // rootfs leaves behind: a state in phase `creating` that records a
     // helper process, a host mount and the host cgroups.
-    let helper = FakeVmm::start();
+    let helper = vc_test_support::ChildGuard::sleeper();
     let helper_pid = helper.pid();
     let source = fx.dir.path().join("rootfs-src");
     std::fs::create_dir_all(&source).unwrap();
