@@ -24,10 +24,11 @@ use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use slog::{Drain, o};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
 use tokio::signal::unix::{SignalKind, signal};
 use virtcontainers::oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
@@ -93,12 +94,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Where `make guest-image` puts the image: `vc-guest-agent-image` in the
-/// cargo target dir.
-fn image_dir() -> PathBuf {
-    vc_guest_image::cargo_target_dir().join("vc-guest-agent-image")
-}
-
 fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(cpus) = args.cpus {
@@ -141,15 +136,6 @@ fn main_id() -> ContainerId {
     "main".parse().expect("a valid id")
 }
 
-async fn pump(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-) -> Result<()> {
-    tokio::io::copy(&mut from, &mut to).await?;
-    to.flush().await?;
-    Ok(())
-}
-
 /// Signals forwarded to the container, as `runc run` does.
 const FORWARDED: [SignalKind; 3] = [
     SignalKind::interrupt(),
@@ -178,25 +164,7 @@ fn forwarded_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
 }
 
 fn main() -> ExitCode {
-    let args = Args::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("run: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(args)) {
-        Ok(code) => code,
-        Err(e) => {
-            // The whole chain: what failed, and why, down to the cause.
-            eprintln!("run: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_main("run", run(Args::parse()))
 }
 
 async fn run(args: Args) -> Result<ExitCode> {
@@ -204,7 +172,7 @@ async fn run(args: Args) -> Result<ExitCode> {
         nix::unistd::geteuid().is_root(),
         "this example starts QEMU, mounts and writes host cgroups: run it as root"
     );
-    let logger = logger(args.debug);
+    let logger = common::logger(args.debug);
     let mut signals = forwarded_signals()?;
     let paths = Paths::default();
     // What an earlier run killed with SIGKILL left behind.
@@ -227,21 +195,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     };
     let code = result?;
     deleted.context("cleaning up the sandbox")?;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
-}
-
-fn logger(debug: bool) -> slog::Logger {
-    let level = if debug {
-        slog::Level::Debug
-    } else {
-        slog::Level::Warning
-    };
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::CompactFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain.filter_level(level).fuse())
-        .build()
-        .fuse();
-    slog::Logger::root(drain, o!())
+    Ok(common::exit_code(code))
 }
 
 /// The sandbox for the command: its VM, cgroups, share and one container.
@@ -249,11 +203,11 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
     let kernel = args
         .kernel
         .clone()
-        .unwrap_or_else(|| image_dir().join("vmlinux"));
+        .unwrap_or_else(|| common::image_dir().join("vmlinux"));
     let initrd = args
         .initrd
         .clone()
-        .unwrap_or_else(|| image_dir().join("initramfs.cpio"));
+        .unwrap_or_else(|| common::image_dir().join("initramfs.cpio"));
     if !kernel.is_file() || !initrd.is_file() {
         bail!(
             "no guest image at {} / {}: run `make guest-image` first",
@@ -311,8 +265,8 @@ async fn run_container(
         return Ok(128 + sig.number());
     }
     let ProcessIo { stdout, stderr } = sandbox.start_container(&main).await?;
-    let out = tokio::spawn(pump(stdout, tokio::io::stdout()));
-    let err = tokio::spawn(pump(stderr, tokio::io::stderr()));
+    let out = tokio::spawn(common::copy(stdout, tokio::io::stdout()));
+    let err = tokio::spawn(common::copy(stderr, tokio::io::stderr()));
     let wait = sandbox.wait_container(&main);
     tokio::pin!(wait);
     let code = loop {
@@ -320,7 +274,7 @@ async fn run_container(
             code = &mut wait => break code?,
             Some(sig) = signals.recv() => {
                 if let Err(e) = sandbox.signal_process(&main, None, sig).await {
-                    eprintln!("run: forwarding {sig}: {:#}", anyhow::Error::from(e));
+                    eprintln!("run: forwarding {sig}: {}", common::chain(&e));
                 }
             }
         }

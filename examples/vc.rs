@@ -21,10 +21,10 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 
+mod common;
+
 use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
-use slog::{Drain, o};
-use tokio::io::AsyncWriteExt;
 use virtcontainers::oci_spec::runtime::ProcessBuilder;
 use virtcontainers::{
     ContainerConfig, ContainerId, ExecId, Paths, QemuFactory, SandboxConfig, SandboxId,
@@ -109,24 +109,7 @@ enum Command {
 }
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("vc: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
-    };
-    match runtime.block_on(run(cli)) {
-        Ok(code) => code,
-        Err(e) => {
-            eprintln!("vc: {e:#}");
-            ExitCode::FAILURE
-        }
-    }
+    common::run_main("vc", run(Cli::parse()))
 }
 
 fn paths(root: Option<&Path>) -> Paths {
@@ -140,20 +123,6 @@ fn paths(root: Option<&Path>) -> Paths {
     }
 }
 
-fn logger(debug: bool) -> slog::Logger {
-    let level = if debug {
-        slog::Level::Debug
-    } else {
-        slog::Level::Warning
-    };
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::CompactFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain.filter_level(level).fuse())
-        .build()
-        .fuse();
-    slog::Logger::root(drain, o!())
-}
-
 /// Each container has a sandbox of its own, named after it.
 fn sandbox_of(id: &ContainerId) -> Result<SandboxId> {
     Ok(id.as_str().parse()?)
@@ -161,7 +130,7 @@ fn sandbox_of(id: &ContainerId) -> Result<SandboxId> {
 
 async fn run(cli: Cli) -> Result<ExitCode> {
     let paths = paths(cli.root.as_deref());
-    let logger = logger(cli.debug);
+    let logger = common::logger(cli.debug);
     let factory = Arc::new(QemuFactory);
     match cli.command {
         Command::Create {
@@ -170,7 +139,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             initrd,
             id,
         } => {
-            let image = image_dir();
+            let image = common::image_dir();
             let vm = VmConfig::new(
                 kernel.unwrap_or_else(|| image.join("vmlinux")),
                 initrd.unwrap_or_else(|| image.join("initramfs.cpio")),
@@ -191,7 +160,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let sandbox = fetch_sandbox(&paths, &sandbox_of(&id)?, factory, logger).await?;
             let io = sandbox.start_container(&id).await?;
             let code = stream(io, sandbox.wait_container(&id)).await?;
-            Ok(exit_code(code))
+            Ok(common::exit_code(code))
         }
         Command::Exec {
             exec_id,
@@ -210,7 +179,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 .build()?;
             let io = sandbox.exec(&id, &exec_id, &process).await?;
             let code = stream(io, sandbox.wait_process(&id, Some(&exec_id))).await?;
-            Ok(exit_code(code))
+            Ok(common::exit_code(code))
         }
         Command::Kill { all, id, signal } => {
             let sandbox = fetch_sandbox(&paths, &sandbox_of(&id)?, factory, logger).await?;
@@ -251,7 +220,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 println!("reclaimed {id}");
             }
             for (id, e) in &report.failed {
-                eprintln!("vc: reclaiming {id}: {}", chain(e));
+                eprintln!("vc: reclaiming {id}: {}", common::chain(e));
             }
             Ok(match report.failed.is_empty() {
                 true => ExitCode::SUCCESS,
@@ -261,47 +230,15 @@ async fn run(cli: Cli) -> Result<ExitCode> {
     }
 }
 
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
-    let mut text = e.to_string();
-    let mut source = e.source();
-    while let Some(s) = source {
-        text.push_str(&format!(": {s}"));
-        source = s.source();
-    }
-    text
-}
-
 /// Copies a process's output to ours until it exits; returns its exit code.
 async fn stream(
     io: virtcontainers::ProcessIo,
     wait: impl std::future::Future<Output = Result<i32, virtcontainers::Error>>,
 ) -> Result<i32> {
-    let out = tokio::spawn(copy(io.stdout, tokio::io::stdout()));
-    let err = tokio::spawn(copy(io.stderr, tokio::io::stderr()));
+    let out = tokio::spawn(common::copy(io.stdout, tokio::io::stdout()));
+    let err = tokio::spawn(common::copy(io.stderr, tokio::io::stderr()));
     let code = wait.await?;
     out.await??;
     err.await??;
     Ok(code)
-}
-
-async fn copy(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-) -> Result<()> {
-    tokio::io::copy(&mut from, &mut to).await?;
-    to.flush().await?;
-    Ok(())
-}
-
-fn exit_code(code: i32) -> ExitCode {
-    ExitCode::from(u8::try_from(code).unwrap_or(1))
-}
-
-/// Where `make guest-image` puts the image.
-fn image_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("vc-guest-agent-image")
 }

@@ -8,7 +8,7 @@ use std::collections::BTreeSet;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
-use crate::apply::{CgroupManager, CgroupsState, Journal, SandboxTasks, same_cgroups};
+use crate::apply::{CgroupManager, CgroupsState, Journal, SandboxTasks, record, same_cgroups};
 use crate::error::Error;
 use crate::plan::CgroupPlan;
 
@@ -96,21 +96,13 @@ impl FakeCgroups {
     }
 
     fn save(&self) -> Result<(), Error> {
-        let Some(journal) = &self.journal else {
-            return Ok(());
-        };
-        let mut journal = journal.lock().unwrap_or_else(|e| e.into_inner());
-        journal
-            .record(&self.state)
-            .map_err(|source| Error::Journal {
-                sandbox: self
-                    .state
-                    .plan
-                    .as_ref()
-                    .map(|p| p.sandbox_id.clone())
-                    .unwrap_or_else(|| "unknown".parse().expect("a valid id")),
-                source,
-            })
+        match &self.journal {
+            Some(journal) => {
+                let mut journal = journal.lock().unwrap_or_else(|e| e.into_inner());
+                record(journal.as_mut(), &self.state)
+            }
+            None => Ok(()),
+        }
     }
 }
 

@@ -75,6 +75,18 @@ where
     }
 }
 
+/// Writes `state` to `journal`, naming the sandbox in the error.
+pub(crate) fn record(journal: &mut dyn Journal, state: &CgroupsState) -> Result<(), Error> {
+    journal.record(state).map_err(|source| Error::Journal {
+        sandbox: state
+            .plan
+            .as_ref()
+            .map(|p| p.sandbox_id.clone())
+            .unwrap_or_else(|| "unknown".parse().expect("a valid id")),
+        source,
+    })
+}
+
 /// A backend's state and the journal it is recorded in.
 pub(crate) struct Recorded {
     pub(crate) state: CgroupsState,
@@ -104,20 +116,10 @@ impl Recorded {
 
     /// Writes the state to the journal, if there is one.
     pub(crate) fn save(&mut self) -> Result<(), Error> {
-        let Some(journal) = self.journal.as_mut() else {
-            return Ok(());
-        };
-        journal
-            .record(&self.state)
-            .map_err(|source| Error::Journal {
-                sandbox: self
-                    .state
-                    .plan
-                    .as_ref()
-                    .map(|p| p.sandbox_id.clone())
-                    .unwrap_or_else(|| "unknown".parse().expect("a valid id")),
-                source,
-            })
+        match self.journal.as_mut() {
+            Some(journal) => record(journal.as_mut(), &self.state),
+            None => Ok(()),
+        }
     }
 }
 

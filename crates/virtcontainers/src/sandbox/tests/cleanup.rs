@@ -41,16 +41,7 @@ async fn a_failure_at_every_step_of_cleanup_is_survived_with_force() {
                     .fail(AgentMethod::DestroySandbox, Some(1)),
                 Fail::StopVm => fx.factory.fail_vm(Method::Stop),
             }
-            let paths = fx.paths();
-            let r = cleanup_container(
-                &paths,
-                &fx.id,
-                &cid("c1"),
-                force,
-                fx.factory.clone(),
-                logger(),
-            )
-            .await;
+            let r = fx.cleanup("c1", force).await;
             if force {
                 match r {
                     Ok(o) => assert!(o.sandbox_removed, "{fail:?}"),
@@ -67,16 +58,9 @@ async fn a_failure_at_every_step_of_cleanup_is_survived_with_force() {
                 assert!(r.is_err(), "{fail:?}: {r:?}");
                 // A retry, the failure gone, finishes the job.
                 fx.factory.fail_connect(false);
-                cleanup_container(
-                    &paths,
-                    &fx.id,
-                    &cid("c1"),
-                    false,
-                    fx.factory.clone(),
-                    logger(),
-                )
-                .await
-                .unwrap_or_else(|e| panic!("retry after {fail:?}: {e}"));
+                fx.cleanup("c1", false)
+                    .await
+                    .unwrap_or_else(|e| panic!("retry after {fail:?}: {e}"));
                 fx.assert_clean(&format!("retried cleanup after {fail:?}"));
             }
             drop(sandbox);
@@ -96,26 +80,9 @@ async fn forced_cleanup_of_an_unreachable_sandbox_frees_everything() {
     .unwrap();
     // The guest is gone: nothing answers.
     fx.factory.fail_connect(true);
-    let paths = fx.paths();
-    let refused = cleanup_container(
-        &paths,
-        &fx.id,
-        &cid("c1"),
-        false,
-        fx.factory.clone(),
-        logger(),
-    )
-    .await;
+    let refused = fx.cleanup("c1", false).await;
     assert!(refused.is_err());
-    let forced = cleanup_container(
-        &paths,
-        &fx.id,
-        &cid("c1"),
-        true,
-        fx.factory.clone(),
-        logger(),
-    )
-    .await;
+    let forced = fx.cleanup("c1", true).await;
     assert!(
         matches!(forced, Err(Error::Cleanup { .. })),
         "errors are reported: {forced:?}"
@@ -145,20 +112,7 @@ async fn a_dead_vm_is_reported_and_a_plain_cleanup_finishes_it() {
     assert_eq!(status.vmm_pid, Some(fx.vmm.pid()));
 
     let pid = fx.vmm.pid();
-    let start = crate::process::start_time(pid).unwrap();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while crate::process::is_alive(pid, start) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "SIGKILL not delivered"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    fx.kill_vmm();
 
     let status = sandbox.status().await.unwrap();
     assert_eq!(status.phase, SandboxPhase::VmDied);
@@ -168,16 +122,7 @@ async fn a_dead_vm_is_reported_and_a_plain_cleanup_finishes_it() {
         matches!(&fetched, Err(Error::VmDied { id, pid: p }) if *id == fx.id && *p == pid),
         "{fetched:?}"
     );
-    let outcome = cleanup_container(
-        &fx.paths(),
-        &fx.id,
-        &cid("c1"),
-        false,
-        fx.factory.clone(),
-        logger(),
-    )
-    .await
-    .unwrap();
+    let outcome = fx.cleanup("c1", false).await.unwrap();
     assert!(outcome.sandbox_removed, "both containers died with the VM");
     fx.assert_clean("after the cleanup of a dead sandbox");
     drop(sandbox);

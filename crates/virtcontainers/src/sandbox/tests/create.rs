@@ -60,30 +60,11 @@ async fn create_run_and_cleanup_the_last_container_removes_everything() {
         "50000"
     );
 
-    let paths = fx.paths();
-    let first = cleanup_container(
-        &paths,
-        &fx.id,
-        &cid("c1"),
-        false,
-        fx.factory.clone(),
-        logger(),
-    )
-    .await
-    .unwrap();
+    let first = fx.cleanup("c1", false).await.unwrap();
     assert!(!first.sandbox_removed);
     assert!(!shared.join("c1").exists());
     assert_eq!(sandbox.containers().await.unwrap().len(), 1);
-    let last = cleanup_container(
-        &paths,
-        &fx.id,
-        &cid("c2"),
-        false,
-        fx.factory.clone(),
-        logger(),
-    )
-    .await
-    .unwrap();
+    let last = fx.cleanup("c2", false).await.unwrap();
     assert!(last.sandbox_removed);
     assert_eq!(fx.factory.agent().count(AgentMethod::DestroySandbox), 1);
     let stops: usize = fx

@@ -58,6 +58,43 @@ impl Fixture {
         }
     }
 
+    /// `cleanup_container` of `container` in this fixture's sandbox.
+    pub(super) async fn cleanup(
+        &self,
+        container: &str,
+        force: bool,
+    ) -> Result<CleanupOutcome, Error> {
+        cleanup_container(
+            &self.paths(),
+            &self.id,
+            &cid(container),
+            force,
+            self.factory.clone(),
+            logger(),
+        )
+        .await
+    }
+
+    /// Kills the fake VMM and waits until it is dead (a zombie: this test
+    /// process does not reap it until the fixture goes).
+    pub(super) fn kill_vmm(&self) {
+        let pid = self.vmm.pid();
+        let start = crate::process::start_time(pid).unwrap();
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(pid as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        while crate::process::is_alive(pid, start) {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "SIGKILL not delivered"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+    }
+
     pub(super) fn paths(&self) -> Paths {
         Paths::under(self.dir.path())
     }

@@ -149,21 +149,8 @@ async fn reclaim_stale_frees_only_sandboxes_whose_owner_and_vm_are_gone() {
 
     // Owner gone and VM gone: stale, freed whole.
     let vmm_pid = alive.vmm.pid();
-    nix::sys::signal::kill(
-        nix::unistd::Pid::from_raw(vmm_pid as i32),
-        nix::sys::signal::Signal::SIGKILL,
-    )
-    .unwrap();
     // Killed but not reaped: a zombie, which is dead for reclaim_stale.
-    let start = crate::process::start_time(vmm_pid).unwrap();
-    let deadline = std::time::Instant::now() + Duration::from_secs(5);
-    while crate::process::is_alive(vmm_pid, start) {
-        assert!(
-            std::time::Instant::now() < deadline,
-            "SIGKILL not delivered"
-        );
-        std::thread::sleep(Duration::from_millis(5));
-    }
+    alive.kill_vmm();
     assert!(
         crate::process::start_time(vmm_pid).is_some(),
         "still a zombie"
