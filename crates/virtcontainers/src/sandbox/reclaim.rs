@@ -8,7 +8,7 @@ use slog::{Logger, debug, info, o, warn};
 use vc_types::SandboxId;
 
 use super::lifecycle::free_host_resources;
-use crate::config::Paths;
+use crate::config::{Paths, SandboxLifetime};
 use crate::error::Error;
 use crate::persist::{LockMode, SandboxStore, Store};
 use crate::state::{SandboxPhase, SandboxState};
@@ -66,9 +66,11 @@ pub async fn reclaim(paths: &Paths, sandbox_id: &SandboxId, logger: Logger) -> R
 }
 
 /// Frees every sandbox under `paths` whose owner (the process that
-/// created it) and VM are both gone, or that its dead creator left half
-/// created; leaves alone every sandbox whose owner or VM runs, and every
-/// one another process holds locked. Returns what it found.
+/// created it) is gone and that nobody can use any more: its VM died with
+/// its owner ([`SandboxLifetime::DiesWithOwner`]), or is gone too, or the
+/// dead creator left it half created. Leaves alone every sandbox whose
+/// owner runs, every [`SandboxLifetime::UntilDeleted`] one whose VM runs,
+/// and every one another process holds locked. Returns what it found.
 pub async fn reclaim_stale(paths: &Paths, logger: Logger) -> Result<ReclaimReport, Error> {
     let store = Store::new(&paths.state_root);
     let mut report = ReclaimReport::default();
@@ -111,8 +113,10 @@ pub async fn reclaim_stale(paths: &Paths, logger: Logger) -> Result<ReclaimRepor
     Ok(report)
 }
 
-/// A sandbox nobody will ever finish or use: its owner is gone, and so is
-/// its VM (or it never got past creation).
+/// A sandbox nobody will ever finish or use: its owner is gone and, unless
+/// its VM was meant to outlive the owner and still runs, so is the VM (a
+/// VM that dies with its owner may still be dying: it is ended here), or
+/// it never got past creation.
 fn is_stale(state: &SandboxState) -> bool {
     let alive = |r: &Option<crate::state::HelperRecord>| {
         r.as_ref()
@@ -121,7 +125,12 @@ fn is_stale(state: &SandboxState) -> bool {
     if alive(&state.owner) {
         return false;
     }
-    state.phase == SandboxPhase::Creating || !alive(&state.resources.vmm)
+    match state.settings.lifetime {
+        SandboxLifetime::DiesWithOwner => true,
+        SandboxLifetime::UntilDeleted => {
+            state.phase == SandboxPhase::Creating || !alive(&state.resources.vmm)
+        }
+    }
 }
 
 async fn reclaim_locked(sstore: SandboxStore, logger: &Logger) -> Result<(), Error> {

@@ -135,14 +135,17 @@ fn dead_owner() -> Option<crate::state::HelperRecord> {
 async fn reclaim_stale_frees_only_sandboxes_whose_owner_and_vm_are_gone() {
     // Owner alive (this process): left alone, whatever the VM.
     let alive = Fixture::new("stale-alive");
-    let sandbox = create_sandbox(alive.config(vec![]), alive.factory.clone(), logger())
+    let mut config = alive.config(vec![]);
+    config.lifetime = crate::config::SandboxLifetime::UntilDeleted;
+    let sandbox = create_sandbox(config, alive.factory.clone(), logger())
         .await
         .unwrap();
     let report = reclaim_stale(&alive.paths(), logger()).await.unwrap();
     assert_eq!(report.alive, std::slice::from_ref(&alive.id));
     assert!(report.reclaimed.is_empty());
 
-    // Owner gone, VM (the fake VMM) running: a CLI-style sandbox, alive.
+    // Owner gone, VM (the fake VMM) running, and meant to outlive its
+    // owner: a CLI-style sandbox, alive.
     set_owner(&alive, dead_owner(), None);
     let report = reclaim_stale(&alive.paths(), logger()).await.unwrap();
     assert_eq!(report.alive, std::slice::from_ref(&alive.id), "{report:?}");
@@ -163,6 +166,26 @@ async fn reclaim_stale_frees_only_sandboxes_whose_owner_and_vm_are_gone() {
     );
     assert!(report.failed.is_empty(), "{report:?}");
     alive.assert_clean("after reclaim_stale of a dead sandbox");
+    drop(sandbox);
+}
+
+/// A VM that dies with its owner may still be dying when its owner is
+/// already gone: the sandbox is stale, and its VM is ended.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reclaim_stale_ends_a_vm_whose_owner_is_gone_when_it_dies_with_its_owner() {
+    let fx = Fixture::new("stale-owned");
+    let sandbox = create_sandbox(fx.config(vec![]), fx.factory.clone(), logger())
+        .await
+        .unwrap();
+    set_owner(&fx, dead_owner(), None);
+    let report = reclaim_stale(&fx.paths(), logger()).await.unwrap();
+    assert_eq!(report.reclaimed, std::slice::from_ref(&fx.id), "{report:?}");
+    let pid = fx.vmm.pid();
+    assert!(
+        crate::process::start_time(pid).is_none_or(|start| !crate::process::is_alive(pid, start)),
+        "the VM (its fake VMM) was ended"
+    );
+    fx.assert_clean("after reclaim_stale");
     drop(sandbox);
 }
 
