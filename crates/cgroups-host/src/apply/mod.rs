@@ -18,6 +18,8 @@ mod test_support;
 mod tests;
 mod v1;
 mod v2;
+#[cfg(test)]
+mod v2_host_tests;
 mod write;
 
 use std::path::{Path, PathBuf};
