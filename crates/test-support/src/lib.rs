@@ -9,7 +9,9 @@
 //!   [`require_guest_image`]), the static agent built fresh from this tree
 //!   ([`agent_binary`], [`agent_image`]), and busybox images with a test
 //!   init ([`busybox_image`], [`init_script`]) whose command server
-//!   [`GuestShell`] talks to.
+//!   [`GuestShell`] talks to ([`ShellVm`] boots one and connects), also
+//!   carrying a host executable with its libraries
+//!   ([`busybox_image_with_files`], [`host_binary_files`]).
 //! - **Containers**: busybox root filesystems ([`busybox_rootfs`],
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
@@ -44,11 +46,13 @@
 pub mod agent;
 mod bench;
 mod host;
+mod host_binary;
 mod ids;
 mod image;
 mod init;
 mod require;
 mod shell;
+mod shell_vm;
 mod snapshot;
 mod spec;
 mod vm;
@@ -58,10 +62,11 @@ pub use host::{
     ChildGuard, HostMounts, leftovers_under, loop_devices, make_layer, mounts_under, run,
     unmount_under,
 };
+pub use host_binary::{HOST_BINARY_TOOLS, host_binary_files};
 pub use ids::{ID_PREFIX, unique};
 pub use image::{
-    AGENT_TARGET, GUEST_IMAGE_DIR_NAME, agent_binary, agent_image, busybox_image, guest_image_dir,
-    workspace_root,
+    AGENT_TARGET, GUEST_IMAGE_DIR_NAME, agent_binary, agent_image, busybox_image,
+    busybox_image_with_files, guest_image_dir, workspace_root,
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
 pub use require::{
@@ -70,6 +75,7 @@ pub use require::{
     require_program, require_qemu, require_root, require_sandbox_host, require_vm_host,
 };
 pub use shell::{GuestShell, RUN_TIMEOUT};
+pub use shell_vm::ShellVm;
 pub use snapshot::{
     Change, HostSnapshot, RUN_VC, Resource, SETTLE, assert_unchanged_since,
     assert_unchanged_since_matching,

@@ -14,11 +14,9 @@ use oci_spec::runtime::{
 };
 use vc_test_support::unique;
 
-use super::test_support::{Process, Prober, cgroup_of, read};
+use super::test_support::{Prober, Process, cgroup_of, read};
 use super::*;
-use crate::plan::{
-    CgroupLocation, ContainerResources, FileValue, SandboxCgroupConfig, plan,
-};
+use crate::plan::{CgroupLocation, ContainerResources, FileValue, SandboxCgroupConfig, plan};
 
 /// The env var naming the cgroup2 mount the guest tests run on.
 pub(crate) const V2_ROOT_ENV: &str = "VC_CGROUPS_TEST_V2_ROOT";
@@ -33,12 +31,14 @@ fn logger() -> slog::Logger {
 /// The full cgroup2 hierarchy the guest VM test named, with every
 /// controller the backend drives available and enabled at its root.
 fn full_v2_root() -> PathBuf {
-    let root = std::env::var_os(V2_ROOT_ENV).map(PathBuf::from).unwrap_or_else(|| {
-        panic!(
-            "this test needs a cgroup2 hierarchy with every controller ({V2_ROOT_ENV} unset): \
+    let root = std::env::var_os(V2_ROOT_ENV)
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            panic!(
+                "this test needs a cgroup2 hierarchy with every controller ({V2_ROOT_ENV} unset): \
              it runs inside a guest VM, through apply::guest_vm's test"
-        )
-    });
+            )
+        });
     for file in ["cgroup.controllers", "cgroup.subtree_control"] {
         let listed = read(root.join(file));
         for c in CONTROLLERS {
@@ -164,7 +164,11 @@ fn guest_v2_split_with_every_constraint_and_delete_with_tasks_inside() {
         } else {
             &plan.sandbox.path
         };
-        assert_eq!(cgroup_of(vmm.pid(), tid, ""), expected.as_str(), "thread {tid}");
+        assert_eq!(
+            cgroup_of(vmm.pid(), tid, ""),
+            expected.as_str(),
+            "thread {tid}"
+        );
     }
     assert_eq!(cgroup_of(helper.pid(), helper.pid(), ""), overhead.as_str());
     let mut threads: Vec<u32> = read(vcpu_dir.join("cgroup.threads"))
@@ -186,7 +190,14 @@ fn guest_v2_split_with_every_constraint_and_delete_with_tasks_inside() {
     assert_eq!(read(vcpu_dir.join("cpu.weight")), "100");
     assert_files_hold_the_plan(&root, &plan);
     // The overhead cgroup is unconstrained and has no device program.
-    assert_eq!(read(dir(&root, overhead).join("memory.max")), "max");
+    for limit in ["memory.max", "pids.max", "cpu.max"] {
+        // Absent where no controller was enabled for it, else unlimited.
+        let value = std::fs::read_to_string(dir(&root, overhead).join(limit)).unwrap_or_default();
+        assert!(
+            value.is_empty() || value.starts_with("max"),
+            "{limit}: {value:?}"
+        );
+    }
     assert_eq!(crate::device_filter::attached(&sandbox).unwrap().len(), 1);
     assert!(
         crate::device_filter::attached(&dir(&root, overhead))
@@ -239,9 +250,14 @@ fn guest_v2_update_reaggregates_and_follows_new_vcpu_threads() {
             .build()
             .unwrap(),
     );
-    let two = plan(&config, &[container("a", 50_000, "0", 64 << 20, 10), joiner]).unwrap();
+    let two = plan(
+        &config,
+        &[container("a", 50_000, "0", 64 << 20, 10), joiner],
+    )
+    .unwrap();
     let program_before = crate::device_filter::attached(&dir(&root, &sandbox)).unwrap();
-    m.update(&two, &with_vcpus(vec![workers[1], workers[2]])).unwrap();
+    m.update(&two, &with_vcpus(vec![workers[1], workers[2]]))
+        .unwrap();
     assert_eq!(read(vcpu_dir.join("cpu.max")), "150000 100000");
     assert_eq!(read(vcpu_dir.join("cpuset.cpus")), "0-1");
     assert_eq!(
@@ -254,7 +270,10 @@ fn guest_v2_update_reaggregates_and_follows_new_vcpu_threads() {
     assert_eq!(cgroup_of(vmm.pid(), workers[2], ""), vcpus.as_str());
     let program_after = crate::device_filter::attached(&dir(&root, &sandbox)).unwrap();
     assert_eq!(program_after.len(), 1);
-    assert_ne!(program_after, program_before, "the device program is replaced");
+    assert_ne!(
+        program_after, program_before,
+        "the device program is replaced"
+    );
 
     // It leaves again: the limits shrink.
     m.update(&one, &with_vcpus(vec![workers[1]])).unwrap();
@@ -322,7 +341,11 @@ fn guest_v2_sandbox_cgroup_only_puts_everything_in_the_sandbox() {
 fn guest_v2_journal_records_every_directory_before_it_is_made() {
     let root = full_v2_root();
     let id = unique("g2journal");
-    let plan = plan(&config(&id, false), &[container("a", 50_000, "0", 64 << 20, 10)]).unwrap();
+    let plan = plan(
+        &config(&id, false),
+        &[container("a", 50_000, "0", 64 << 20, 10)],
+    )
+    .unwrap();
     let records: std::sync::Arc<std::sync::Mutex<Vec<CgroupsState>>> = Default::default();
     let seen = records.clone();
     let journal = move |state: &CgroupsState| -> Result<(), JournalError> {
@@ -330,7 +353,11 @@ fn guest_v2_journal_records_every_directory_before_it_is_made() {
         // A directory in no earlier record does not exist yet.
         for dir in &state.created {
             if !seen.iter().any(|s| s.created.contains(dir)) {
-                assert!(!dir.exists(), "{} made before it was recorded", dir.display());
+                assert!(
+                    !dir.exists(),
+                    "{} made before it was recorded",
+                    dir.display()
+                );
             }
         }
         seen.push(state.clone());
@@ -354,7 +381,11 @@ fn guest_v2_journal_records_every_directory_before_it_is_made() {
     made.extend(leftovers(&root, &id));
     for d in &made {
         assert!(d.exists(), "{}", d.display());
-        assert!(first.created.contains(d), "{} was not recorded", d.display());
+        assert!(
+            first.created.contains(d),
+            "{} was not recorded",
+            d.display()
+        );
     }
     // Another process, after a crash, has only the first record.
     let mut reclaimer = HostCgroups::from_state(
@@ -410,7 +441,11 @@ fn guest_v2_a_failure_at_any_step_unwinds_everything() {
                 result.unwrap();
                 m.delete().unwrap();
             }
-            assert_eq!(leftovers(&root, &id), Vec::<PathBuf>::new(), "{step:?} only={only}");
+            assert_eq!(
+                leftovers(&root, &id),
+                Vec::<PathBuf>::new(),
+                "{step:?} only={only}"
+            );
             assert_eq!(m.state(), &CgroupsState::default(), "{step:?} only={only}");
         }
     }
@@ -428,7 +463,11 @@ fn guest_v2_device_allowlist_is_enforced() {
     let nodes = tempfile::tempdir().unwrap();
     // /dev/mem (c 1:1) is no basic device; /dev/full (c 1:7) is.
     assert_eq!(prober.open("/dev/mem"), 0, "outside the sandbox cgroup");
-    let plan = plan(&config(&id, false), &[container("a", 100_000, "0", 64 << 20, 10)]).unwrap();
+    let plan = plan(
+        &config(&id, false),
+        &[container("a", 100_000, "0", 64 << 20, 10)],
+    )
+    .unwrap();
     let mut m = CgroupfsV2::new(root.clone(), logger());
     m.apply(
         &plan,
@@ -438,7 +477,10 @@ fn guest_v2_device_allowlist_is_enforced() {
         },
     )
     .unwrap();
-    assert_eq!(cgroup_of(prober.pid(), prober.pid(), ""), plan.sandbox.path.as_str());
+    assert_eq!(
+        cgroup_of(prober.pid(), prober.pid(), ""),
+        plan.sandbox.path.as_str()
+    );
     for allowed in ["/dev/null", "/dev/zero", "/dev/full", "/dev/urandom"] {
         assert_eq!(prober.open(allowed), 0, "{allowed}");
     }
