@@ -451,9 +451,10 @@ fn guest_v2_a_failure_at_any_step_unwinds_everything() {
     }
 }
 
-/// The planner's allowlist enforced by the device program: a process in
-/// the sandbox cgroup opens the basic devices and a container's device,
-/// and is refused (`EPERM`) any other, also as a node it makes itself.
+/// The planner's allowlist enforced by the device program: a thread in
+/// the threaded `vcpus` child of the sandbox cgroup (the program covers
+/// it too) opens the basic devices and is refused (`EPERM`) any other,
+/// also as a node it makes itself.
 #[test]
 #[ignore = "needs a cgroup2 hierarchy with every controller: run in a guest VM by apply::guest_vm"]
 fn guest_v2_device_allowlist_is_enforced() {
@@ -489,5 +490,56 @@ fn guest_v2_device_allowlist_is_enforced() {
     assert_eq!(prober.mknod(&nodes.path().join("null"), 1, 3), 0);
     m.delete().unwrap();
     assert_eq!(prober.open("/dev/mem"), 0);
+    assert_eq!(leftovers(&root, &id), Vec::<PathBuf>::new());
+}
+
+/// A sandbox cgroup that cannot be the root of a threaded subtree (here:
+/// another manager's, with a populated domain child) cannot take the vCPU
+/// split: a typed error saying so, the VMM back where it was, the `vcpus`
+/// and overhead cgroups gone and the other manager's cgroup untouched.
+#[test]
+#[ignore = "needs a cgroup2 hierarchy with every controller: run in a guest VM by apply::guest_vm"]
+fn guest_v2_a_sandbox_cgroup_that_cannot_split_threads_is_a_typed_error() {
+    let root = full_v2_root();
+    let id = unique("g2nothr");
+    let plan = plan(
+        &config(&id, false),
+        &[container("a", 100_000, "0", 64 << 20, 10)],
+    )
+    .unwrap();
+    let sandbox = dir(&root, &plan.sandbox.path);
+    let theirs = sandbox.join("theirs");
+    std::fs::create_dir_all(&theirs).unwrap();
+    let occupant = Process::sleeper();
+    std::fs::write(theirs.join("cgroup.procs"), occupant.pid().to_string()).unwrap();
+    let vmm = Process::fake_vmm(2);
+    let before = cgroup_of(vmm.pid(), vmm.pid(), "");
+
+    let mut m = CgroupfsV2::new(root.clone(), logger());
+    let err = m
+        .apply(
+            &plan,
+            &SandboxTasks {
+                vmm: Some(vmm.pid()),
+                vcpu_threads: vmm.worker_threads(),
+                ..Default::default()
+            },
+        )
+        .unwrap_err();
+    let vcpus = dir(&root, &plan.vcpus.as_ref().unwrap().path);
+    assert!(
+        matches!(&err, Error::ThreadedModeUnavailable { path, .. } if *path == vcpus),
+        "{err:?}"
+    );
+    assert!(!vcpus.exists());
+    assert!(!dir(&root, &plan.overhead.as_ref().unwrap().path).exists());
+    assert_eq!(cgroup_of(vmm.pid(), vmm.pid(), ""), before);
+    let theirs_path = format!("/{}", theirs.strip_prefix(&root).unwrap().display());
+    assert_eq!(cgroup_of(occupant.pid(), occupant.pid(), ""), theirs_path);
+
+    std::fs::write(root.join("cgroup.procs"), occupant.pid().to_string()).unwrap();
+    for d in [theirs, sandbox, root.join(format!("{id}-parent"))] {
+        let _ = std::fs::remove_dir(d);
+    }
     assert_eq!(leftovers(&root, &id), Vec::<PathBuf>::new());
 }
