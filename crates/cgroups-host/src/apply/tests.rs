@@ -652,3 +652,60 @@ fn a_plan_for_another_backend_is_refused() {
     ));
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }
+
+/// The v1 `devices` controller takes the whole rule language: partial
+/// access, `*` majors, allow-all and back, and a deny rule, which the
+/// kernel applies by narrowing the matching exception (here with the same
+/// result as the v2 program: read and mknod stay, write goes).
+#[test]
+fn v1_device_rules_beyond_the_allowlist() {
+    use crate::plan::{DeviceAccess, DeviceKind, permits};
+    let roots = require_root_v1();
+    let id = unique("v1rules");
+    let mut plan = plan(&v1_config(&id, false), &[]).unwrap();
+    let list = |plan: &CgroupPlan| -> Vec<String> {
+        sorted(
+            read(dir(&roots, "devices", &plan.sandbox.path).join("devices.list"))
+                .lines()
+                .map(str::to_owned)
+                .collect(),
+        )
+    };
+    let loops_read_only = DeviceRule {
+        kind: DeviceKind::Block,
+        major: Some(7),
+        minor: None,
+        access: DeviceAccess::READ,
+        allow: true,
+    };
+    plan.devices = vec![loops_read_only, DeviceRule::char(1, 3)];
+    let mut m = v1(&roots);
+    m.apply(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["b 7:* r", "c 1:3 rwm"]);
+
+    let everything = DeviceRule {
+        kind: DeviceKind::All,
+        major: None,
+        minor: None,
+        access: DeviceAccess::RWM,
+        allow: true,
+    };
+    plan.devices = vec![everything];
+    m.update(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["a *:* rwm"]);
+
+    let no_write = DeviceRule {
+        access: DeviceAccess::WRITE,
+        allow: false,
+        ..DeviceRule::char(1, 3)
+    };
+    plan.devices = vec![DeviceRule::char(1, 3), no_write];
+    m.update(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["c 1:3 rm"]);
+    let (c, r, w) = (DeviceKind::Char, DeviceAccess::READ, DeviceAccess::WRITE);
+    assert!(permits(&plan.devices, c, 1, 3, r));
+    assert!(!permits(&plan.devices, c, 1, 3, w));
+
+    m.delete().unwrap();
+    assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
+}
