@@ -105,7 +105,7 @@ struct Samples {
 async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples) {
     let config = support::vm_config("vc-bench-agent", dir, rootfs);
     let start = Instant::now();
-    let vm = Qemu::new(config, discard()).unwrap();
+    let vm = Qemu::new(config, support::qemu_options(), discard()).unwrap();
     vm.start(TIMEOUT).await.unwrap();
     let agent = TtrpcAgent::connect(support::transport(&vm), support::agent_config(), &discard())
         .await
@@ -233,9 +233,9 @@ fn main() {
     let mut bare_config = support::vm_config("vc-bench-bare", &tmp.path().join("bare"), &vm_rootfs);
     bare_config.kernel = bare_image.vmlinux.clone();
     bare_config.initrd = Some(bare_image.initramfs.clone());
-    let probe = Qemu::new(bare_config, discard()).unwrap();
+    let probe = Qemu::new(bare_config, support::qemu_options(), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let qemu = probe.config().qemu_binary.clone();
+    let qemu = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,

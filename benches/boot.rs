@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::net::UnixStream;
 use vc_guest_image::{GuestImageBuilder, ImageCache, KernelPackage};
-use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
+use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu, QemuOptions};
 
 /// The guest side: ready as soon as the agent channel can carry a line.
 const READY_INIT: &str = r#"#!/bin/busybox sh
@@ -67,8 +67,14 @@ fn config(image: &vc_guest_image::GuestImage, run_dir: &Path) -> HypervisorConfi
         .with_initrd(&image.initramfs);
     config.memory.boot_mib = 256;
     config.memory.max_mib = 256;
-    config.hotplug_ports = 2;
     config
+}
+
+fn options() -> QemuOptions {
+    QemuOptions {
+        hotplug_ports: 2,
+        ..QemuOptions::default()
+    }
 }
 
 /// SDK: new + start + guest ready; the stop is timed apart.
@@ -77,7 +83,7 @@ async fn sdk_round(image: &vc_guest_image::GuestImage, run_dir: &Path) -> (Durat
     let config = config(image, run_dir);
     let socket = config.agent_socket();
     let start = Instant::now();
-    let vm = Qemu::new(config, logger).unwrap();
+    let vm = Qemu::new(config, options(), logger).unwrap();
     vm.start(TIMEOUT).await.unwrap();
     wait_guest_ready(&socket).await;
     let boot = start.elapsed();
@@ -144,11 +150,12 @@ fn main() {
     // The bare baseline runs exactly the SDK's command line.
     let probe = Qemu::new(
         config(&image, &run_dir),
+        options(),
         slog::Logger::root(slog::Discard, slog::o!()),
     )
     .unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,

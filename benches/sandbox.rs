@@ -19,7 +19,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
-use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
+use vc_hypervisor::{HypervisorConfig, Qemu, QemuOptions};
 use virtcontainers::oci_spec::runtime::{ProcessBuilder, RootBuilder, SpecBuilder};
 use virtcontainers::{
     ContainerConfig, FsShareConfig, FsShareKind, Paths, QemuFactory, SandboxConfig, VmConfig,
@@ -101,7 +101,7 @@ async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> R
     let logger = slog::Logger::root(slog::Discard, slog::o!());
 
     let start = Instant::now();
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger)
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger)
         .await
         .unwrap();
     let mut io = sandbox.start_container("c").await.unwrap();
@@ -204,9 +204,15 @@ fn main() {
     hc.memory.boot_mib = 256;
     hc.memory.max_mib = 256;
     hc.agent_ports = 1;
-    let probe = Qemu::new(hc, slog::Logger::root(slog::Discard, slog::o!())).unwrap();
+    // The options QemuFactory::default() boots with.
+    let probe = Qemu::new(
+        hc,
+        QemuOptions::default(),
+        slog::Logger::root(slog::Discard, slog::o!()),
+    )
+    .unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     drop(probe);
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

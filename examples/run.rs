@@ -209,7 +209,7 @@ async fn main() -> Result<ExitCode> {
     };
     config.containers.push(container);
 
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger.clone()).await?;
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger.clone()).await?;
     let result = async {
         let ProcessIo { stdout, stderr } = sandbox.start_container("main").await?;
         let out = tokio::spawn(pump(stdout, tokio::io::stdout()));

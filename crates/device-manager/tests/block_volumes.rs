@@ -65,9 +65,9 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
     sparse_file(&extra, 1 << 20);
 
     // Two hot-plug ports: the third disk has nowhere to go.
-    let config = support::vm_config("vc-dm-block", tmp.path(), 2);
+    let (config, options) = support::vm_config("vc-dm-block", tmp.path(), 2);
     let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, options, support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
     let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
 
@@ -141,8 +141,8 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         // Another process takes over: the VM from its saved state, the
         // registry from its own, reconciled with the VM's devices.
         let saved_devices = serde_json::to_string(&devices.save_state()).unwrap();
-        let other_vm: Arc<dyn Hypervisor> = Arc::from(
-            vc_hypervisor::attach(vm.save_state().unwrap(), support::logger())
+        let other_vm: Arc<dyn Hypervisor> = Arc::new(
+            Qemu::attach(vm.save_state().unwrap(), support::logger())
                 .await
                 .unwrap(),
         );

@@ -213,9 +213,9 @@ fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
     let found = ErofsDiscovery::default().discover(&snaps.rootfs).unwrap();
     check_discovered(&found, &snaps);
 
-    let config = support::vm_config("vc-dm-erofs", tmp.path(), 4);
+    let (config, options) = support::vm_config("vc-dm-erofs", tmp.path(), 4);
     let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, options, support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
     let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
 

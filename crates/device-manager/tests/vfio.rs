@@ -59,7 +59,7 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
     std::fs::write(&initrd, b"").unwrap();
     let config =
         HypervisorConfig::new("vc-dm-vfio", &kernel, tmp.path().join("run")).with_initrd(&initrd);
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, Default::default(), support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
     let devices = DeviceRegistry::new(
         hotplug,
@@ -108,9 +108,9 @@ fn a_vfio_group_passes_through_to_a_vm_and_back() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let config = support::vm_config("vc-dm-vfio-e2e", tmp.path(), 4);
+    let (config, options) = support::vm_config("vc-dm-vfio-e2e", tmp.path(), 4);
     let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, options, support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
     let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
     support::runtime().block_on(async {

@@ -29,7 +29,8 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = support::busybox_rootfs(dir.path());
         let config = support::vm_config("vc-agent-vm-test", dir.path(), &rootfs);
-        let qemu = Qemu::new(config, support::logger()).expect("VM config");
+        let qemu =
+            Qemu::new(config, support::qemu_options(), support::logger()).expect("VM config");
         let started = Instant::now();
         qemu.start(Duration::from_secs(60))
             .await

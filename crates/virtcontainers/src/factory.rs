@@ -1,5 +1,6 @@
 //! How a sandbox gets its VM and its agent connection: the [`VmFactory`]
-//! seam. [`QemuFactory`] boots a fresh QEMU VM per sandbox; a pool of
+//! seam, and the one place that knows VMM backends. [`QemuFactory`] boots
+//! a fresh QEMU VM per sandbox with its [`QemuOptions`]; a pool of
 //! pre-booted VMs or VM templating plug in here, and tests inject fakes.
 
 use std::sync::Arc;
@@ -7,7 +8,9 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use slog::Logger;
 use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
-use vc_hypervisor::{AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu};
+use vc_hypervisor::{
+    AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu, QemuOptions,
+};
 
 use crate::error::Error;
 
@@ -23,7 +26,8 @@ pub trait VmFactory: Send + Sync {
     ) -> Result<Arc<dyn Hypervisor>, Error>;
 
     /// Takes over a running VM from its saved state (another process
-    /// started it).
+    /// started it). A state of a backend this factory does not run is a
+    /// typed error (`vc_hypervisor::Error::WrongBackend`).
     async fn attach_vm(
         &self,
         state: HypervisorState,
@@ -41,8 +45,25 @@ pub trait VmFactory: Send + Sync {
 }
 
 /// Boots a new QEMU VM for every sandbox and talks ttrpc to its agent.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QemuFactory;
+/// [`QemuFactory::default`] runs Debian's QEMU with the default
+/// [`QemuOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct QemuFactory {
+    options: QemuOptions,
+}
+
+impl QemuFactory {
+    /// A factory whose VMs run with `options` (QEMU binary, machine,
+    /// firmware, hot-plug ports).
+    pub fn new(options: QemuOptions) -> Self {
+        Self { options }
+    }
+
+    /// The QEMU options of the VMs it makes.
+    pub fn options(&self) -> &QemuOptions {
+        &self.options
+    }
+}
 
 /// The agent transport for a hypervisor's agent endpoint.
 pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
@@ -77,7 +98,8 @@ impl VmFactory for QemuFactory {
         config: HypervisorConfig,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let vm = Qemu::new(config, logger.clone()).map_err(Error::hypervisor("prepare the VM"))?;
+        let vm = Qemu::new(config, self.options.clone(), logger.clone())
+            .map_err(Error::hypervisor("prepare the VM"))?;
         Ok(Arc::new(vm))
     }
 
@@ -86,10 +108,11 @@ impl VmFactory for QemuFactory {
         state: HypervisorState,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let vm = vc_hypervisor::attach(state, logger.clone())
+        // The saved state carries the options the VM was started with.
+        let vm = Qemu::attach(state, logger.clone())
             .await
             .map_err(Error::hypervisor("attach to the running VM"))?;
-        Ok(Arc::from(vm))
+        Ok(Arc::new(vm))
     }
 
     async fn connect_agent(

@@ -37,7 +37,7 @@
 //! let mut config = SandboxConfig::new("sandbox-1", vm);
 //! config.containers.push(ContainerConfig::from_bundle("app", "/bundles/app")?);
 //!
-//! let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger).await?;
+//! let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger).await?;
 //! let mut io = sandbox.start_container("app").await?;
 //! let mut out = String::new();
 //! io.stdout.read_to_string(&mut out).await?;

@@ -262,7 +262,7 @@ async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
     );
     let mut config = env.config(share, vec![c]);
     config.cgroups.as_mut().unwrap().sandbox_cgroup_only = sandbox_cgroup_only;
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger())
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger())
         .await
         .unwrap();
     let io = sandbox.start_container("main").await.unwrap();
@@ -351,7 +351,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     ];
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, containers),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -376,7 +376,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         &env.id,
         "short",
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -388,7 +388,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         &env.id,
         "long",
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -402,9 +402,14 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
 /// the environment, exec a command in its container, print the output.
 async fn fetch_child(spec: &str) {
     let (root, id) = spec.split_once(':').unwrap();
-    let sandbox = fetch_sandbox(&Paths::under(root), id, Arc::new(QemuFactory), logger())
-        .await
-        .unwrap();
+    let sandbox = fetch_sandbox(
+        &Paths::under(root),
+        id,
+        Arc::new(QemuFactory::default()),
+        logger(),
+    )
+    .await
+    .unwrap();
     let process = ProcessBuilder::default()
         .args(vec!["echo".to_owned(), "from-another-process".to_owned()])
         .env(vec!["PATH=/bin".to_owned()])
@@ -426,7 +431,7 @@ async fn fetch_sandbox_from_another_process() {
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -463,7 +468,7 @@ async fn fetch_sandbox_from_another_process() {
         &env.id,
         "main",
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -480,7 +485,7 @@ async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::VirtioFs, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -503,7 +508,7 @@ async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
         &env.id,
         "main",
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await;
@@ -513,7 +518,7 @@ async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
         &env.id,
         "main",
         true,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await;
@@ -679,7 +684,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
 
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![layered, block]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -712,7 +717,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
             &env.id,
             "layered",
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await?;
@@ -721,7 +726,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
             &env.id,
             "block",
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await

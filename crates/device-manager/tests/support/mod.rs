@@ -17,7 +17,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
-use vc_hypervisor::HypervisorConfig;
+use vc_hypervisor::{HypervisorConfig, QemuOptions};
 
 /// The test init: loads the image's modules (erofs among them), finds
 /// the `agent.channel.0` port, and runs each line it reads there as a
@@ -303,15 +303,19 @@ pub fn vm_lock() -> std::sync::MutexGuard<'static, ()> {
     LOCK.lock().unwrap_or_else(|e| e.into_inner())
 }
 
-/// A VM config for the test image, with its runtime dir under `dir`.
-pub fn vm_config(name: &str, dir: &Path, hotplug_ports: u32) -> HypervisorConfig {
+/// A VM config for the test image, with its runtime dir under `dir`, and
+/// QEMU options with `hotplug_ports` ports.
+pub fn vm_config(name: &str, dir: &Path, hotplug_ports: u32) -> (HypervisorConfig, QemuOptions) {
     let image = guest_image();
     let mut config =
         HypervisorConfig::new(name, &image.vmlinux, dir.join("run")).with_initrd(&image.initramfs);
     config.memory.boot_mib = 256;
     config.memory.max_mib = 256;
-    config.hotplug_ports = hotplug_ports;
-    config
+    let options = QemuOptions {
+        hotplug_ports,
+        ..QemuOptions::default()
+    };
+    (config, options)
 }
 
 /// A logger the test harness captures.

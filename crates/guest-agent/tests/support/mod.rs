@@ -23,8 +23,8 @@ use vc_agent_client::protocol::{agent as pb, convert};
 use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
 use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
 use vc_hypervisor::{
-    AgentEndpoint, Device, Hypervisor, HypervisorConfig, KernelParamsBuilder, Qemu, ShareBackend,
-    SharedDir,
+    AgentEndpoint, Device, Hypervisor, HypervisorConfig, KernelParamsBuilder, Qemu, QemuOptions,
+    ShareBackend, SharedDir,
 };
 
 /// The target the static agent is built for (glibc, `+crt-static`).
@@ -211,6 +211,15 @@ pub fn logger() -> slog::Logger {
     slog::Logger::root(drain, slog::o!())
 }
 
+/// The QEMU options of the agent VM: no hot-plug ports (nothing is
+/// hot-plugged).
+pub fn qemu_options() -> QemuOptions {
+    QemuOptions {
+        hotplug_ports: 0,
+        ..QemuOptions::default()
+    }
+}
+
 /// The VM config: the agent image, 2 vCPUs, 512 MiB, agent debug logs,
 /// `rootfs` shared by 9p under [`ROOTFS_TAG`], sockets and logs under `dir/run`.
 pub fn vm_config(name: &str, dir: &Path, rootfs: &Path) -> HypervisorConfig {
@@ -221,7 +230,6 @@ pub fn vm_config(name: &str, dir: &Path, rootfs: &Path) -> HypervisorConfig {
     config.vcpus.max = 2;
     config.kernel_params = KernelParamsBuilder::new().agent("log", "debug").build();
     config.keep_logs = true;
-    config.hotplug_ports = 0;
     config.devices.push(Device::SharedDir(SharedDir {
         id: "rootfs".into(),
         mount_tag: ROOTFS_TAG.into(),

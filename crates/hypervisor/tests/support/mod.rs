@@ -19,7 +19,7 @@ use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::UnixStream;
 use tokio::net::unix::{OwnedReadHalf, OwnedWriteHalf};
 use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
-use vc_hypervisor::HypervisorConfig;
+use vc_hypervisor::{HypervisorConfig, QemuOptions};
 
 /// The first line the guest writes once it serves.
 pub const READY: &str = "VC-TEST-READY";
@@ -126,8 +126,15 @@ pub fn config(name: &str, dir: &Path) -> HypervisorConfig {
         HypervisorConfig::new(name, &image.vmlinux, dir.join("run")).with_initrd(&image.initramfs);
     config.memory.boot_mib = 256;
     config.memory.max_mib = 256;
-    config.hotplug_ports = 2;
     config
+}
+
+/// The QEMU options of the test VMs: Debian's QEMU, 2 hot-plug ports.
+pub fn options() -> QemuOptions {
+    QemuOptions {
+        hotplug_ports: 2,
+        ..QemuOptions::default()
+    }
 }
 
 /// A multi-threaded runtime for one test.

@@ -395,7 +395,6 @@ impl Creation<'_> {
         let runtime_dir = state.resources.runtime_dir.clone().unwrap_or_default();
         let mut hc = HypervisorConfig::new(&config.id, &config.vm.kernel, &runtime_dir)
             .with_initrd(&config.vm.initrd);
-        hc.qemu_binary = config.vm.qemu_binary.clone();
         hc.accelerator = config.vm.accelerator;
         hc.vcpus = VcpuConfig {
             boot: size.vcpus,
@@ -435,13 +434,7 @@ impl Creation<'_> {
             vm.save_state()
                 .map_err(Error::hypervisor("save the VM's state"))?,
         );
-        state.resources.vmm = vm.vmm_pids().first().and_then(|&pid| {
-            Some(crate::state::HelperRecord {
-                program: config.vm.qemu_binary.clone(),
-                pid,
-                start_time: crate::process::start_time(pid)?,
-            })
-        });
+        state.resources.vmm = vm.vmm_processes().into_iter().next().map(Into::into);
         sstore.write(state)?;
         Ok(vm)
     }
