@@ -62,6 +62,7 @@
 //! ```
 
 mod child;
+mod handle;
 mod ledger;
 mod spawn;
 mod stat;
@@ -75,8 +76,9 @@ use rustix::process::{Pid, PidfdFlags, Signal, WaitId, WaitIdOptions};
 use serde::{Deserialize, Serialize};
 use tokio::io::unix::AsyncFd;
 
+pub use self::handle::ProcessHandle;
 pub use self::ledger::{LEDGER_FILE, ProcessLedger, STATUS_PREFIX, exit_status};
-pub use self::spawn::{ProcessHandle, ProcessSpec, spawn};
+pub use self::spawn::{ProcessSpec, spawn};
 pub use self::stat::{is_alive, start_time, with_descendants};
 use crate::hypervisor::ExitStatus;
 
