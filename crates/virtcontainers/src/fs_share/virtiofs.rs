@@ -153,7 +153,7 @@ impl FsShare for VirtioFsShare {
         let child = vmm_process::spawn(spec, self.lifetime, &self.ledger())
             .await
             .map(Arc::new)
-            .map_err(|e| self.helper_error(format!("cannot start: {e}")))?;
+            .map_err(Error::hypervisor("start virtiofsd"))?;
         let record = HelperRecord::from(child.record().clone());
         self.record = Some(record.clone());
         let deadline = Instant::now() + SOCKET_WAIT;
