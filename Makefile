@@ -34,7 +34,7 @@ unit: guest-image
 ## The guest image the agent's VM tests boot: the static guest agent as
 ## /init, and vmlinux, built through vc-guest-image into the target dir.
 ## The VM tests and the agent bench build the agent with the same command
-## and flags (crates/guest-agent/tests/support), a no-op after this.
+## and flags (vc_test_support::agent_binary), a no-op after this.
 GUEST_AGENT_TARGET := x86_64-unknown-linux-gnu
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 GUEST_AGENT_BIN := $(TARGET_DIR)/$(GUEST_AGENT_TARGET)/release/vc-guest-agent

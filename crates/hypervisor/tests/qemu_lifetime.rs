@@ -6,18 +6,31 @@
 //! without them fails the tests with a message naming what is missing.
 
 mod reexec;
-mod support;
 
 use std::ffi::OsStr;
 use std::path::Path;
 use std::time::Duration;
 
 use reexec::{eventually, line_from, wait_exit};
-use support::{GuestChannel, config, logger, options, require_vm_host, runtime, vm_lock};
 use vc_hypervisor::process::{self, KEEPER_NAME, ProcessLedger};
 use vc_hypervisor::{
-    Error, ExitStatus, Hypervisor, HypervisorState, ProcessLifetime, Qemu, QemuState, VmStatus,
+    Error, ExitStatus, Hypervisor, HypervisorConfig, HypervisorState, ProcessLifetime, Qemu,
+    QemuOptions, QemuState, VmStatus,
 };
+use vc_test_support::{
+    GuestShell, InitMode, busybox_image, logger, require_vm_host, runtime, small_vm_config,
+    small_vm_options, vm_lock,
+};
+
+/// A config for the busybox test image with its runtime dir under `dir`.
+fn config(name: &str, dir: &Path) -> HypervisorConfig {
+    small_vm_config(name, busybox_image(InitMode::Serve, &[]), &dir.join("run"))
+}
+
+/// The QEMU options of the test VMs.
+fn options() -> QemuOptions {
+    small_vm_options(2)
+}
 
 const START: Duration = Duration::from_secs(60);
 const BOOT: Duration = Duration::from_secs(60);
@@ -107,7 +120,7 @@ fn an_outliving_vm_survives_its_creator_and_is_stopped_by_another_process() {
         let vm = Qemu::attach(state.clone(), logger()).await.unwrap();
         assert_eq!(vm.vmm_processes(), std::slice::from_ref(&record));
         assert_eq!(vm.check().await.unwrap(), VmStatus::Running);
-        let (mut guest, _) = GuestChannel::connect(&vm.config().agent_socket(), BOOT)
+        let (mut guest, _) = GuestShell::connect(&vm.config().agent_socket(), BOOT)
             .await
             .unwrap();
         assert_eq!(guest.run("echo alive").await.unwrap(), "alive");

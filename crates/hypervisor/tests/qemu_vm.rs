@@ -4,17 +4,28 @@
 //! Needs root, QEMU, busybox-static and the Debian kernel package; a host
 //! without them fails the tests with a message naming what is missing.
 
-mod support;
-
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use support::{GuestChannel, config, logger, options, require_vm_host, runtime, vm_lock};
 use vc_hypervisor::{
     BlockDevice, ConfigError, Device, DeviceHotplug, Error, ExitStatus, GuestAddress, Hypervisor,
-    HypervisorState, KvmUnusable, MacAddress, NetworkDevice, ProcessLifetime, Qemu,
+    HypervisorState, KvmUnusable, MacAddress, NetworkDevice, ProcessLifetime, Qemu, QemuOptions,
     QemuOptionsError, SerialPort, ShareBackend, SharedDir, VmStatus,
 };
+use vc_test_support::{
+    GuestShell, InitMode, busybox_image, logger, require_vm_host, runtime, small_vm_config,
+    small_vm_options, vm_lock,
+};
+
+/// A config for the busybox test image with its runtime dir under `dir`.
+fn config(name: &str, dir: &Path) -> vc_hypervisor::HypervisorConfig {
+    small_vm_config(name, busybox_image(InitMode::Serve, &[]), &dir.join("run"))
+}
+
+/// The QEMU options of the test VMs: 2 hot-plug ports.
+fn options() -> QemuOptions {
+    small_vm_options(2)
+}
 
 const START: Duration = Duration::from_secs(60);
 const BOOT: Duration = Duration::from_secs(60);
@@ -105,7 +116,7 @@ fn vm_lifecycle_vcpus_pause_hotplug_and_clean_stop() {
 
     runtime().block_on(async {
         vm.start(START).await.unwrap();
-        let (mut guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, ready) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
         let ready = ready.expect("no readiness marker on the agent channel");
         println!("guest ready: {ready}");
         assert_eq!(vm.check().await.unwrap(), VmStatus::Running);
@@ -252,7 +263,7 @@ fn qemu_killed_mid_run_is_reported_and_cleaned_up() {
     let vm = Qemu::new(cfg, options(), logger()).unwrap();
     runtime().block_on(async {
         vm.start(START).await.unwrap();
-        let (mut guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, ready) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
         assert!(ready.is_some(), "no readiness marker");
         assert_eq!(guest.run("echo up").await.unwrap(), "up");
         let pid = vm.vmm_pids()[0];
@@ -308,7 +319,7 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
     runtime().block_on(async {
         let owner = Qemu::new(cfg, options(), logger()).unwrap();
         owner.start(START).await.unwrap();
-        let (guest, ready) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (guest, ready) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
         assert!(ready.is_some(), "no readiness marker");
         drop(guest);
         owner
@@ -343,7 +354,7 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
                 .any(|d| d.device.id() == "disk1" && d.hotplugged)
         );
         // The agent channel is reachable again through the same socket.
-        let (mut guest, _) = GuestChannel::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, _) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
         guest
             .run_until("ls /sys/block", Duration::from_secs(30), |o| {
                 o.contains("vda")

@@ -17,6 +17,14 @@ use crate::error::Error;
 /// Provides a sandbox's VM and agent.
 #[async_trait]
 pub trait VmFactory: Send + Sync {
+    /// Checks, before anything is created, what this factory adds to a VM
+    /// config of its own (a backend's options: binary, firmware, ...).
+    /// The default has nothing to check.
+    fn check_vm(&self, config: &HypervisorConfig) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
+
     /// A VM for `config`, prepared (validated, accelerator chosen) but not
     /// started.
     fn new_vm(
@@ -93,6 +101,12 @@ pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
 
 #[async_trait]
 impl VmFactory for QemuFactory {
+    fn check_vm(&self, _config: &HypervisorConfig) -> Result<(), Error> {
+        self.options
+            .validate()
+            .map_err(|e| Error::hypervisor("check the QEMU options")(e.into()))
+    }
+
     fn new_vm(
         &self,
         config: HypervisorConfig,

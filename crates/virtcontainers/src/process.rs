@@ -7,9 +7,10 @@ use std::time::Duration;
 
 use vc_hypervisor::process::{self, ProcessRecord};
 
+use crate::config::SandboxLifetime;
 use crate::state::HelperRecord;
 
-pub(crate) use vc_hypervisor::process::with_descendants;
+pub(crate) use vc_hypervisor::process::{is_alive, with_descendants};
 
 impl From<HelperRecord> for ProcessRecord {
     fn from(r: HelperRecord) -> Self {
@@ -31,10 +32,29 @@ impl From<ProcessRecord> for HelperRecord {
     }
 }
 
+impl From<SandboxLifetime> for vc_hypervisor::ProcessLifetime {
+    fn from(lifetime: SandboxLifetime) -> Self {
+        match lifetime {
+            SandboxLifetime::DiesWithOwner => Self::DiesWithOwner,
+            SandboxLifetime::UntilDeleted => Self::OutlivesOwner,
+        }
+    }
+}
+
 /// The start time of `pid` (`/proc/<pid>/stat` field 22), or `None` when
 /// it does not exist.
 pub(crate) fn start_time(pid: u32) -> Option<u64> {
     process::start_time(pid).ok()
+}
+
+/// This process, as a record (pid and start time).
+pub(crate) fn this_process() -> Option<HelperRecord> {
+    let pid = std::process::id();
+    Some(HelperRecord {
+        program: std::env::current_exe().unwrap_or_default(),
+        pid,
+        start_time: start_time(pid)?,
+    })
 }
 
 /// Ends each recorded process (`vc_hypervisor::process::terminate`: a
