@@ -141,3 +141,53 @@ impl VmFactory for QemuFactory {
         Ok(Arc::new(agent))
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FsShareConfig, FsShareKind, Paths, SandboxConfig, VmConfig};
+    use crate::error::CreateStep;
+
+    /// A QEMU binary the factory cannot run is a planning error: nothing
+    /// exists on the host when `create_sandbox` returns.
+    #[tokio::test]
+    async fn the_factorys_qemu_options_are_checked_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initrd) = (dir.path().join("vmlinux"), dir.path().join("initrd"));
+        std::fs::write(&kernel, "").unwrap();
+        std::fs::write(&initrd, "").unwrap();
+        let mut config =
+            SandboxConfig::new("qemu-opts".parse().unwrap(), VmConfig::new(kernel, initrd));
+        config.paths = Paths::under(dir.path().join("root"));
+        config.cgroups = None;
+        config.fs_share = FsShareConfig {
+            kind: FsShareKind::NineP,
+            virtiofsd: None,
+        };
+        let factory = QemuFactory::new(QemuOptions {
+            binary: "/nonexistent/qemu-system-x86_64".into(),
+            ..QemuOptions::default()
+        });
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let r = crate::create_sandbox(config, Arc::new(factory), logger).await;
+        assert!(
+            matches!(
+                &r,
+                Err(Error::Create { step: CreateStep::Plan, source, .. }) if matches!(
+                    **source,
+                    Error::Hypervisor {
+                        source: vc_hypervisor::Error::InvalidQemuOptions(
+                            vc_hypervisor::QemuOptionsError::BinaryNotFound { .. }
+                        ),
+                        ..
+                    }
+                )
+            ),
+            "{r:?}"
+        );
+        assert!(!dir.path().join("root").exists(), "something was made");
+        QemuFactory::default()
+            .check_vm(&HypervisorConfig::new("vm", "/k", "/run/vm"))
+            .unwrap();
+    }
+}
