@@ -95,15 +95,17 @@ pub(crate) fn terminate(pid: u32, start: u64, grace: Duration) -> bool {
         return true;
     };
     // With the pidfd open the pid cannot be recycled under us: check that
-    // it is still the process we started.
-    if start_time(pid) != Some(start) {
+    // it is still the process we started. A zombie is gone: it runs
+    // nothing, and another process's zombie is not ours to reap.
+    if !is_alive(pid, start) {
         return true;
     }
     pidfd_signal(&fd, libc::SIGTERM);
     let gone = |deadline: Instant| {
         while Instant::now() < deadline {
-            reap(pid);
-            if start_time(pid) != Some(start) {
+            if !is_alive(pid, start) {
+                // Ours to reap when it is our child.
+                reap(pid);
                 return true;
             }
             std::thread::sleep(Duration::from_millis(5));
