@@ -89,7 +89,7 @@ pub use sandbox::{
     SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
-    ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources, PersistedSettings,
+    ContainerPhase, ContainerRecord, GuestInfo, HostResources, PersistedSettings, ProcessRecord,
     SandboxPhase, SandboxState,
 };
 pub use vc_types::{ContainerId, ExecId, IdError, IdKind, IdRule, MAX_ID_LEN, SandboxId, Signal};

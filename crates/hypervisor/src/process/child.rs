@@ -71,7 +71,10 @@ pub(super) struct ChildPlan<'a> {
 
 /// The program of a [`DiesWithOwner`](super::ProcessLifetime) spawn,
 /// forked by the creator's long-lived spawner thread: dies with it
-/// (`PR_SET_PDEATHSIG`), sets up its fds, waits at the gate, execs.
+/// (`PR_SET_PDEATHSIG`), leaves the creator's session (a Ctrl-C at the
+/// terminal, or `timeout`/a service manager signalling the creator's
+/// process group, is the creator's to handle, not the VMM's), sets up its
+/// fds, waits at the gate, execs.
 ///
 /// # Safety
 /// Call only in a freshly forked child; `plan` must be valid.
@@ -91,6 +94,7 @@ pub(super) unsafe fn run_owned_program(plan: &ChildPlan<'_>) -> ! {
         if libc::getppid() != plan.creator {
             libc::_exit(GATE_CLOSED_EXIT);
         }
+        libc::setsid();
         install_fds(plan);
         gate_and_exec(plan)
     }

@@ -529,6 +529,37 @@ mod tests {
         }
     }
 
+    /// The session of a process (field 6 of `/proc/<pid>/stat`).
+    fn session_of(pid: u32) -> u32 {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        let after = &stat[stat.rfind(')').unwrap() + 1..];
+        after.split_whitespace().nth(3).unwrap().parse().unwrap()
+    }
+
+    /// A spawned VMM or helper is never in its creator's session or process
+    /// group: the SIGINT of a Ctrl-C, or `timeout`'s SIGTERM to the group,
+    /// reaches the runtime (which forwards it to the container) and not
+    /// the VM under it.
+    #[tokio::test]
+    async fn a_spawned_process_leaves_its_creators_session() {
+        for lifetime in [
+            ProcessLifetime::DiesWithOwner,
+            ProcessLifetime::OutlivesOwner,
+        ] {
+            let (_dir, ledger) = ledger();
+            let spec = ProcessSpec::new("sleep").arg("100");
+            let handle = spawn(spec, lifetime, &ledger).await.unwrap();
+            let pid = handle.pid();
+            // Its own session, or its keeper's.
+            assert_ne!(
+                session_of(pid),
+                session_of(std::process::id()),
+                "{lifetime:?}"
+            );
+            assert!(handle.terminate(Duration::from_secs(2)), "{lifetime:?}");
+        }
+    }
+
     #[tokio::test]
     async fn a_program_that_cannot_run_is_an_error_and_leaves_no_record() {
         for lifetime in [

@@ -23,7 +23,7 @@ pub use virtiofs::VirtioFsShare;
 
 use crate::config::{FsShareConfig, FsShareKind};
 use crate::error::Error;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// The mount tag of the sandbox share.
 pub const SHARE_MOUNT_TAG: &str = "vcShared";
@@ -55,7 +55,7 @@ pub trait FsShare: Send + Sync + std::fmt::Debug {
     /// Starts what serves the share before the VM boots; returns the helper
     /// processes started (none for 9p), for the caller to record and place
     /// in the overhead cgroup.
-    async fn start(&mut self) -> Result<Vec<HelperRecord>, Error>;
+    async fn start(&mut self) -> Result<Vec<ProcessRecord>, Error>;
 
     /// The device the VM boots with.
     fn device(&self) -> Device;

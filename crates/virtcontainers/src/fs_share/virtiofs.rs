@@ -18,7 +18,7 @@ use vc_hypervisor::{Device, ProcessLifetime, ShareBackend, SharedDir};
 
 use super::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
 use crate::error::Error;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -39,7 +39,7 @@ pub struct VirtioFsShare {
     logger: Logger,
     lifetime: ProcessLifetime,
     child: Option<Arc<ProcessHandle>>,
-    record: Option<HelperRecord>,
+    record: Option<ProcessRecord>,
 }
 
 impl VirtioFsShare {
@@ -87,7 +87,7 @@ impl VirtioFsShare {
         virtiofsd: PathBuf,
         host_dir: PathBuf,
         socket: PathBuf,
-        record: Option<HelperRecord>,
+        record: Option<ProcessRecord>,
         logger: Logger,
     ) -> Self {
         let mut share = Self::new(virtiofsd, host_dir, socket, logger);
@@ -115,7 +115,7 @@ impl FsShare for VirtioFsShare {
         &self.host_dir
     }
 
-    async fn start(&mut self) -> Result<Vec<HelperRecord>, Error> {
+    async fn start(&mut self) -> Result<Vec<ProcessRecord>, Error> {
         // The self-bind that makes the directory a shared mount; the caller
         // recorded it as a host mount of the sandbox (host_dir) beforehand.
         let dir = &self.host_dir;
@@ -154,7 +154,7 @@ impl FsShare for VirtioFsShare {
             .await
             .map(Arc::new)
             .map_err(Error::hypervisor("start virtiofsd"))?;
-        let record = HelperRecord::from(child.record().clone());
+        let record = child.record().clone();
         self.record = Some(record.clone());
         let deadline = Instant::now() + SOCKET_WAIT;
         while !self.socket.exists() {
@@ -212,10 +212,10 @@ impl FsShare for VirtioFsShare {
                 // sandbox started elsewhere) is ended by pid and start time.
                 let gone = match child {
                     Some(child) => child.terminate(STOP_GRACE),
-                    None => vmm_process::terminate(&record.clone().into(), STOP_GRACE),
+                    None => vmm_process::terminate(&record, STOP_GRACE),
                 };
                 if gone {
-                    let _ = ledger.remove(&record.into());
+                    let _ = ledger.remove(&record);
                 }
                 gone
             })

@@ -282,7 +282,7 @@ impl Creation<'_> {
             vm.save_state()
                 .map_err(Error::hypervisor("save the VM's state"))?,
         );
-        rec.state.resources.vmm = vm.vmm_processes().into_iter().next().map(Into::into);
+        rec.state.resources.vmm = vm.vmm_processes().into_iter().next();
         rec.write()?;
         Ok(vm)
     }
