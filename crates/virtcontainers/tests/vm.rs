@@ -15,7 +15,6 @@ use vc_test_support::{
     make_layer, require, require_sandbox_host, run, shared_busybox_rootfs, unique, unmount_under,
     vm_lock_async,
 };
-use virtcontainers::vc_device_manager::DeviceManager;
 use virtcontainers::{
     CgroupsConfig, ContainerConfig, ContainerId, ContainerPhase, Error, FsShareConfig, FsShareKind,
     Paths, QemuFactory, SandboxConfig, SandboxId, VmConfig, cleanup_container, create_sandbox,

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slog::{Logger, info, o, warn};
-use vc_device_manager::DeviceManager;
 use vc_types::{ContainerId, SandboxId, Signal};
 
 use super::Sandbox;

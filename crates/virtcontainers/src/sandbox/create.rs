@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use slog::{Logger, info, o};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig};
-use vc_device_manager::DeviceManager;
 use vc_hypervisor::Hypervisor;
 
 use super::cgroups::SandboxCgroups;
