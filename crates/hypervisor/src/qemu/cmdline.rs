@@ -269,8 +269,32 @@ pub fn build(
     firmware: Option<&Path>,
 ) -> Result<Vec<String>, ConfigError> {
     let mut args: Vec<String> = Vec::new();
-    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-    push(&["-name", &format!("{},debug-threads=on", config.name)]);
+    machine_args(&mut args, config, options, accelerator, firmware)?;
+    boot_args(&mut args, config)?;
+    control_args(&mut args, config)?;
+    for (device, slot) in cold_layout(config) {
+        cold_device(&mut args, &device, slot.unwrap_or(0))?;
+    }
+    hotplug_port_args(&mut args, options);
+    Ok(args)
+}
+
+fn push(args: &mut Vec<String>, items: &[&str]) {
+    args.extend(items.iter().map(|s| (*s).to_owned()));
+}
+
+/// The machine, accelerator, CPUs, memory and firmware.
+fn machine_args(
+    args: &mut Vec<String>,
+    config: &HypervisorConfig,
+    options: &QemuOptions,
+    accelerator: ResolvedAccelerator,
+    firmware: Option<&Path>,
+) -> Result<(), ConfigError> {
+    push(
+        args,
+        &["-name", &format!("{},debug-threads=on", config.name)],
+    );
     let mut machine = format!(
         "{},sata=off,smbus=off,vmport=off",
         options.machine.qemu_name()
@@ -278,68 +302,93 @@ pub fn build(
     if config.memory.shared {
         machine.push_str(",memory-backend=mem0");
     }
-    push(&["-machine", &machine]);
+    push(args, &["-machine", &machine]);
     match accelerator {
-        ResolvedAccelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        ResolvedAccelerator::Kvm => push(args, &["-accel", "kvm", "-cpu", "host"]),
         // `max` offers the guest every feature TCG emulates (x86-64-v2 and
         // up), which some container userlands require.
-        ResolvedAccelerator::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        ResolvedAccelerator::Tcg => push(args, &["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    push(&[
-        "-smp",
-        &format!("{},maxcpus={}", config.vcpus.boot, config.vcpus.max),
-    ]);
+    push(
+        args,
+        &[
+            "-smp",
+            &format!("{},maxcpus={}", config.vcpus.boot, config.vcpus.max),
+        ],
+    );
     let mut memory = format!("{}M", config.memory.boot_mib);
     if config.memory.max_mib > config.memory.boot_mib {
         memory.push_str(&format!(",slots=8,maxmem={}M", config.memory.max_mib));
     }
-    push(&["-m", &memory]);
+    push(args, &["-m", &memory]);
     if config.memory.shared {
-        push(&[
-            "-object",
-            &format!(
-                "memory-backend-memfd,id=mem0,size={}M,share=on",
-                config.memory.boot_mib
-            ),
-        ]);
+        push(
+            args,
+            &[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    config.memory.boot_mib
+                ),
+            ],
+        );
     }
     if let Some(firmware) = firmware {
-        push(&["-bios", path_str(firmware)?]);
+        push(args, &["-bios", path_str(firmware)?]);
     }
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
-    push(&["-kernel", path_str(&config.kernel)?]);
+    push(
+        args,
+        &[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ],
+    );
+    Ok(())
+}
+
+/// The kernel, initrd and command line.
+fn boot_args(args: &mut Vec<String>, config: &HypervisorConfig) -> Result<(), ConfigError> {
+    push(args, &["-kernel", path_str(&config.kernel)?]);
     if let Some(initrd) = &config.initrd {
-        push(&["-initrd", path_str(initrd)?]);
+        push(args, &["-initrd", path_str(initrd)?]);
     }
-    push(&["-append", &kernel_params(config).to_string()]);
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            escape(path_str(&files::qmp_socket(config))?)
-        ),
-        "-mon",
-        "chardev=qmp,mode=control",
-    ]);
+    push(args, &["-append", &kernel_params(config).to_string()]);
+    Ok(())
+}
+
+/// QMP, the logged console, and the agent's virtio-serial ports.
+fn control_args(args: &mut Vec<String>, config: &HypervisorConfig) -> Result<(), ConfigError> {
+    push(
+        args,
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                escape(path_str(&files::qmp_socket(config))?)
+            ),
+            "-mon",
+            "chardev=qmp,mode=control",
+        ],
+    );
     // The console is logged to a file whether or not anyone is connected.
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=console,path={},server=on,wait=off,logfile={}",
-            escape(path_str(&config.console_socket())?),
-            escape(path_str(&config.console_log())?)
-        ),
-        "-serial",
-        "chardev:console",
-    ]);
+    push(
+        args,
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                escape(path_str(&config.console_socket())?),
+                escape(path_str(&config.console_log())?)
+            ),
+            "-serial",
+            "chardev:console",
+        ],
+    );
     device_arg(
-        &mut args,
+        args,
         json!({ "driver": "virtio-serial-pci", "id": VIRTIO_SERIAL_ID, "bus": "pcie.0", "addr": pci_addr(slots::VIRTIO_SERIAL_SLOT) }),
     );
     for (index, socket) in (0u32..).zip(config.agent_sockets()) {
@@ -353,16 +402,18 @@ pub fn build(
             escape(path_str(&socket)?)
         ));
         device_arg(
-            &mut args,
+            args,
             json!({ "driver": "virtserialport", "id": port, "bus": format!("{VIRTIO_SERIAL_ID}.0"), "chardev": chardev, "name": agent_port_name(index) }),
         );
     }
-    for (device, slot) in cold_layout(config) {
-        cold_device(&mut args, &device, slot.unwrap_or(0))?;
-    }
+    Ok(())
+}
+
+/// The PCIe root ports hot-plugged devices go on.
+fn hotplug_port_args(args: &mut Vec<String>, options: &QemuOptions) {
     for index in 0..options.hotplug_ports {
         device_arg(
-            &mut args,
+            args,
             json!({
                 "driver": "pcie-root-port",
                 "id": slots::port_id(index),
@@ -375,7 +426,6 @@ pub fn build(
             }),
         );
     }
-    Ok(args)
 }
 
 #[cfg(test)]
