@@ -266,11 +266,11 @@ impl agent_ttrpc::AgentService for AgentService {
             .map_err(|e| self.fail("CloseStdin", e))
     }
 
-    async fn tty_win_resize(&self, _: &TtrpcContext, _: pb::TtyWinResizeRequest) -> R<Empty> {
-        Err(self.fail(
-            "TtyWinResize",
-            Error::Unsupported("terminals (process.terminal) are not supported yet".into()),
-        ))
+    async fn tty_win_resize(&self, _: &TtrpcContext, req: pb::TtyWinResizeRequest) -> R<Empty> {
+        self.sandbox
+            .resize_tty(&req.container_id, &req.exec_id, req.row, req.column)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("TtyWinResize", e))
     }
 
     async fn create_sandbox(&self, _: &TtrpcContext, req: pb::CreateSandboxRequest) -> R<Empty> {

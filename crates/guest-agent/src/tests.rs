@@ -421,10 +421,11 @@ async fn mount_targets_resolve_inside_the_rootfs() {
         0,
         "{err}"
     );
-    // Both land in the rootfs's own /outside, where the container sees them.
+    // Both land in the rootfs's own /outside, where the container sees them
+    // (and the default spec's masked /proc/acpi directory is a tmpfs).
     assert_eq!(
         out,
-        " /dev tmpfs\n /outside/made-rel tmpfs\n /outside/made-rooted tmpfs\nshared\nro\n"
+        " /dev tmpfs\n /outside/made-rel tmpfs\n /outside/made-rooted tmpfs\n /proc/acpi tmpfs\nshared\nro\n"
     );
     assert!(h.root.join("outside/made-rel").is_dir());
     assert!(
