@@ -14,7 +14,7 @@
 //!   after evaluating youki's `libcontainer`; the module doc says why) — a
 //!   pure [`container::plan`] and the clone/exec machinery;
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
-//! - [`reaper`], [`cgroup`], [`storage`], [`guest`], [`channel`].
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -39,6 +39,7 @@ pub mod channel;
 pub mod container;
 pub mod error;
 pub mod guest;
+pub mod oom;
 pub mod reaper;
 pub mod service;
 pub mod storage;

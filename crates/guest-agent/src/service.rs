@@ -314,6 +314,13 @@ impl agent_ttrpc::AgentService for AgentService {
         Ok(guest::details(std::path::Path::new("/sys"), &req))
     }
 
+    async fn get_oom_event(&self, _: &TtrpcContext, _: pb::GetOOMEventRequest) -> R<pb::OOMEvent> {
+        let mut event = pb::OOMEvent::new();
+        event.container_id = self.sandbox.next_oom_event().await;
+        info!(self.logger, "OOM kill"; "id" => &event.container_id);
+        Ok(event)
+    }
+
     async fn copy_file(&self, _: &TtrpcContext, req: pb::CopyFileRequest) -> R<Empty> {
         guest::copy_file(std::path::Path::new("/run"), &req)
             .map(|()| Empty::new())

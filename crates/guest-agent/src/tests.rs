@@ -266,7 +266,7 @@ async fn stdin_comes_back_and_kill_reports_137() {
     assert_eq!(out, "sleep\u{0}100\u{0}\ninside\n/tmp\n");
 
     h.agent
-        .signal_process("sleeper", "sleeper", libc::SIGKILL as u32)
+        .signal_process("sleeper", "sleeper", vc_types::Signal::KILL)
         .await
         .unwrap();
     assert_eq!(

@@ -187,7 +187,7 @@ async fn containers_run_in_the_vm() {
     let stats = agent.stats_container("sleeper").await.unwrap();
     assert!(stats.cgroup_stats.pids_stats.current >= 1, "{stats:?}");
     agent
-        .signal_process("sleeper", "sleeper", libc::SIGKILL as u32)
+        .signal_process("sleeper", "sleeper", vc_types::Signal::KILL)
         .await
         .unwrap();
     assert_eq!(agent.wait_process("sleeper", "sleeper").await.unwrap(), 137);

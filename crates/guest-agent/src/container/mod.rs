@@ -137,6 +137,7 @@ pub struct Sandbox {
     storages: Mutex<Vec<storage::MountedStorage>>,
     reaper: Arc<Reaper>,
     config: SandboxConfig,
+    oom: crate::oom::OomMonitor,
     logger: Logger,
 }
 
@@ -179,6 +180,7 @@ impl Sandbox {
             storages: Mutex::new(Vec::new()),
             reaper,
             config,
+            oom: crate::oom::OomMonitor::new(),
             logger,
         }
     }
@@ -309,6 +311,9 @@ impl Sandbox {
             // Lost a race with a create of the same id: undo ours.
             kill(pid, libc::SIGKILL);
             return Err(Error::ContainerExists(container_id.to_owned()));
+        }
+        if let Some(cg) = &container.cgroup {
+            self.oom.watch(container_id, cg.path());
         }
         containers.insert(container_id.to_owned(), container);
         info!(self.logger, "container created"; "id" => container_id, "pid" => pid);
@@ -482,6 +487,12 @@ impl Sandbox {
         })
     }
 
+    /// The id of the container of the next OOM kill (`GetOOMEvent`),
+    /// waiting for one.
+    pub async fn next_oom_event(&self) -> String {
+        self.oom.next_event().await
+    }
+
     /// Resizes a process's terminal (`TtyWinResize`).
     pub fn resize_tty(
         &self,
@@ -568,6 +579,7 @@ impl Sandbox {
         let Some(c) = self.lock().remove(container_id) else {
             return Ok(());
         };
+        self.oom.unwatch(container_id);
         let mut first_err = None;
         if let Some(cg) = c.cgroup {
             // The processes may take a moment to leave after the reap.

@@ -346,7 +346,12 @@ impl Sandbox {
 
     /// Sends `signal` to process `exec_id` of container `id` (empty
     /// `exec_id`: every process of the container).
-    pub async fn signal_process(&self, id: &str, exec_id: &str, signal: u32) -> Result<(), Error> {
+    pub async fn signal_process(
+        &self,
+        id: &str,
+        exec_id: &str,
+        signal: vc_agent_client::Signal,
+    ) -> Result<(), Error> {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         self.container(&state, id)?;
         self.agent
@@ -356,7 +361,11 @@ impl Sandbox {
     }
 
     /// Sends `signal` to the container's process.
-    pub async fn kill_container(&self, id: &str, signal: u32) -> Result<(), Error> {
+    pub async fn kill_container(
+        &self,
+        id: &str,
+        signal: vc_agent_client::Signal,
+    ) -> Result<(), Error> {
         self.signal_process(id, id, signal).await
     }
 
@@ -373,7 +382,7 @@ impl Sandbox {
             }
         }
         self.agent
-            .signal_process(id, id, libc::SIGTERM as u32)
+            .signal_process(id, id, vc_agent_client::Signal::TERM)
             .await
             .map_err(Error::agent("SignalProcess"))?;
         match tokio::time::timeout(timeout, self.agent.wait_process(id, id)).await {
@@ -385,7 +394,7 @@ impl Sandbox {
             Err(_) => debug!(self.logger, "container ignored SIGTERM; killing"; "container" => id),
         }
         self.agent
-            .signal_process(id, "", libc::SIGKILL as u32)
+            .signal_process(id, "", vc_agent_client::Signal::KILL)
             .await
             .map_err(Error::agent("SignalProcess"))?;
         let code = tokio::time::timeout(

@@ -269,7 +269,9 @@ async fn stop_in_place(sandbox: &Sandbox, state: &mut SandboxState, id: &str) ->
         return Ok(());
     }
     let agent = sandbox.agent.clone();
-    let _ = agent.signal_process(id, "", libc::SIGKILL as u32).await;
+    let _ = agent
+        .signal_process(id, "", vc_agent_client::Signal::KILL)
+        .await;
     let code = tokio::time::timeout(Duration::from_secs(10), agent.wait_process(id, id))
         .await
         .map_err(|_| Error::Timeout {

@@ -33,6 +33,8 @@ pub enum Step {
     Ready = 0,
     /// Waiting for the agent's part (ID maps, OOM score).
     WaitParent,
+    /// Becoming root of the new user namespace.
+    UserNamespace,
     /// Making the agent's mounts private in the new mount namespace.
     MakePrivate,
     /// Binding the rootfs onto itself.
@@ -105,9 +107,10 @@ pub enum Step {
 
 impl Step {
     /// All steps, indexed by their number.
-    const ALL: [Step; 36] = [
+    const ALL: [Step; 37] = [
         Step::Ready,
         Step::WaitParent,
+        Step::UserNamespace,
         Step::MakePrivate,
         Step::BindRootfs,
         Step::MountTarget,
@@ -154,6 +157,7 @@ impl Step {
         match self {
             Step::Ready => "setup",
             Step::WaitParent => "waiting for the agent",
+            Step::UserNamespace => "becoming root of the user namespace (linux.uidMappings)",
             Step::MakePrivate => "making mounts private",
             Step::BindRootfs => "binding the rootfs",
             Step::MountTarget => "creating a mount target",
@@ -351,6 +355,9 @@ fn run(entry: Entry<'_>, ctx: &ChildContext<'_>) -> Result<std::convert::Infalli
     }
     let plan = match entry {
         Entry::Create(plan) => {
+            if plan.user_ns.as_ref().is_some_and(|m| m.root_mapped) {
+                process::become_root().map_err(|e| (Step::UserNamespace, e))?;
+            }
             rootfs::setup_rootfs(plan)?;
             Some(plan)
         }

@@ -175,3 +175,16 @@ fn set_identity(p: &ProcessPlan) -> Result<(), (Step, i32)> {
     unsafe { libc::umask(p.umask) };
     Ok(())
 }
+
+/// Root of a new user namespace whose maps the agent wrote: ids 0, no
+/// supplementary groups (raw calls: see `set_identity`).
+pub fn become_root() -> Result<(), i32> {
+    // SAFETY: plain integer arguments; an empty group list.
+    check(unsafe {
+        libc::syscall(libc::SYS_setgroups, 0, ptr::null::<libc::gid_t>()) as libc::c_int
+    })?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresgid, 0, 0, 0) as libc::c_int })?;
+    // SAFETY: as above.
+    check(unsafe { libc::syscall(libc::SYS_setresuid, 0, 0, 0) as libc::c_int })
+}

@@ -28,6 +28,10 @@ pub struct IdMaps {
     pub uid_map: String,
     /// `gid_map`.
     pub gid_map: String,
+    /// Whether uid 0 and gid 0 are mapped: the child then becomes root of
+    /// the namespace before building the rootfs (as runc's nsexec), so
+    /// that what it creates has mapped owners.
+    pub root_mapped: bool,
 }
 
 /// Whether `id` is inside one of `maps`' container ranges.
@@ -91,6 +95,7 @@ pub fn id_maps(
     let maps = IdMaps {
         uid_map: map_text(cid, "linux.uidMappings", uid_mappings)?,
         gid_map: map_text(cid, "linux.gidMappings", gid_mappings)?,
+        root_mapped: mapped(uid_mappings, 0) && mapped(gid_mappings, 0),
     };
     if !mapped(uid_mappings, uid) {
         return Err(invalid(
