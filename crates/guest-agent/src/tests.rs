@@ -487,7 +487,7 @@ async fn sandbox_storages_live_until_destroy() {
     let base = h.root.parent().unwrap().join("sandbox");
     let storage = |name: &str, fstype: &str| {
         let mut s = pb::Storage::new();
-        s.driver = "local".into();
+        s.driver = "ephemeral".into();
         s.fstype = fstype.into();
         s.mount_point = base.join(name).display().to_string();
         s
@@ -512,4 +512,39 @@ async fn sandbox_storages_live_until_destroy() {
     h.agent.destroy_sandbox().await.unwrap();
     assert!(!base.exists(), "DestroySandbox left its mount points");
     h.finish().await;
+}
+
+/// The vsock listener's address is the one Kata's runtime dials (port 1024,
+/// any CID), and it is set up only where `/dev/vsock` exists.
+#[test]
+fn vsock_listener_setup() {
+    assert_eq!(crate::vsock_address(crate::VSOCK_PORT), "vsock://-1:1024");
+    let dev = tempfile::tempdir().unwrap();
+    assert!(!crate::has_vsock(dev.path()));
+    std::fs::write(dev.path().join("vsock"), "").unwrap();
+    assert!(crate::has_vsock(dev.path()));
+}
+
+/// Binding the listener needs the vsock address family (the host's
+/// `vsock` module): the agent listens as it does in a guest.
+#[tokio::test]
+async fn vsock_listener_binds() {
+    // SAFETY: socket(2) with constant arguments; closed at once.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    assert!(
+        fd >= 0,
+        "this test needs the vsock address family on the host (modprobe vsock): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closes the probe socket.
+    unsafe { libc::close(fd) };
+    let agent = Agent::new(
+        ReapMode::Registered,
+        None,
+        slog::Logger::root(slog::Discard, slog::o!()),
+    )
+    .unwrap();
+    // A free port: 1024 may be taken by the host's own agent.
+    let mut server = agent.serve_vsock(0x7654_3210).await.unwrap();
+    server.shutdown().await.unwrap();
 }
