@@ -14,65 +14,74 @@ use crate::error::Result;
 /// Symlinks `(contents, link)` to make below the rootfs.
 pub type Symlinks = Vec<(CString, InRoot)>;
 
+/// One spec mount as a `mount(2)`; `true` when it is a tmpfs on `/dev`.
+fn mount_op(cid: &str, m: &oci_spec::runtime::Mount) -> Result<(MountOp, bool)> {
+    let mut dev_tmpfs = false;
+    let target = below(cid, m.destination())?;
+    let opts = mount_options::parse(&m.options().clone().unwrap_or_default());
+    let fstype = m
+        .typ()
+        .clone()
+        .filter(|t| !t.is_empty() && t != "bind")
+        // The guest runs the unified hierarchy only: a v1 `cgroup`
+        // mount (every default spec has one at /sys/fs/cgroup) becomes
+        // cgroup2, as runc does on unified hosts.
+        .map(|t| {
+            if t == "cgroup" {
+                "cgroup2".to_owned()
+            } else {
+                t
+            }
+        });
+    let is_bind = opts.is_bind() || m.typ().as_deref() == Some("bind");
+    if m.destination() == Path::new("/dev") && fstype.as_deref() == Some("tmpfs") {
+        dev_tmpfs = true;
+    }
+    // A bind of a file gets a file as its target.
+    let kind = match m.source() {
+        Some(src) if is_bind && src.is_file() => Target::File,
+        _ => Target::Dir,
+    };
+    let mut flags = opts.flags;
+    if is_bind {
+        flags |= libc::MS_BIND;
+    }
+    let op = MountOp {
+        source: m
+            .source()
+            .as_ref()
+            .map(|s| path_cstring(cid, "mount source", s))
+            .transpose()?,
+        target,
+        kind,
+        fstype: if is_bind {
+            None
+        } else {
+            fstype.map(|t| cstring(cid, "mount type", t)).transpose()?
+        },
+        // The kernel ignores MS_RDONLY on the first bind: remount after.
+        flags: if is_bind {
+            flags & !libc::MS_RDONLY
+        } else {
+            flags
+        },
+        data: (!opts.data.is_empty())
+            .then(|| cstring(cid, "mount options", opts.data.clone()))
+            .transpose()?,
+        propagation: opts.propagation,
+        remount_ro: is_bind && opts.is_readonly(),
+    };
+    Ok((op, dev_tmpfs))
+}
+
 /// The mounts and symlinks of a container, in order.
 pub fn spec_mounts(cid: &str, spec: &Spec) -> Result<(Vec<MountOp>, Symlinks)> {
     let mut mounts = Vec::new();
     let mut dev_is_tmpfs = false;
     for m in spec.mounts().iter().flatten() {
-        let target = below(cid, m.destination())?;
-        let opts = mount_options::parse(&m.options().clone().unwrap_or_default());
-        let fstype = m
-            .typ()
-            .clone()
-            .filter(|t| !t.is_empty() && t != "bind")
-            // The guest runs the unified hierarchy only: a v1 `cgroup`
-            // mount (every default spec has one at /sys/fs/cgroup) becomes
-            // cgroup2, as runc does on unified hosts.
-            .map(|t| {
-                if t == "cgroup" {
-                    "cgroup2".to_owned()
-                } else {
-                    t
-                }
-            });
-        let is_bind = opts.is_bind() || m.typ().as_deref() == Some("bind");
-        if m.destination() == Path::new("/dev") && fstype.as_deref() == Some("tmpfs") {
-            dev_is_tmpfs = true;
-        }
-        // A bind of a file gets a file as its target.
-        let kind = match m.source() {
-            Some(src) if is_bind && src.is_file() => Target::File,
-            _ => Target::Dir,
-        };
-        let mut flags = opts.flags;
-        if is_bind {
-            flags |= libc::MS_BIND;
-        }
-        mounts.push(MountOp {
-            source: m
-                .source()
-                .as_ref()
-                .map(|s| path_cstring(cid, "mount source", s))
-                .transpose()?,
-            target,
-            kind,
-            fstype: if is_bind {
-                None
-            } else {
-                fstype.map(|t| cstring(cid, "mount type", t)).transpose()?
-            },
-            // The kernel ignores MS_RDONLY on the first bind: remount after.
-            flags: if is_bind {
-                flags & !libc::MS_RDONLY
-            } else {
-                flags
-            },
-            data: (!opts.data.is_empty())
-                .then(|| cstring(cid, "mount options", opts.data.clone()))
-                .transpose()?,
-            propagation: opts.propagation,
-            remount_ro: is_bind && opts.is_readonly(),
-        });
+        let (op, dev_tmpfs) = mount_op(cid, m)?;
+        dev_is_tmpfs |= dev_tmpfs;
+        mounts.push(op);
     }
 
     let mut symlinks = Vec::new();

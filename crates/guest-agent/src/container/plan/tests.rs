@@ -243,3 +243,169 @@ fn capabilities_become_masks() {
     assert_eq!(caps.effective, want);
     assert_eq!(caps.permitted, 0);
 }
+
+fn id_map(container: u32, host: u32, size: u32) -> oci_spec::runtime::LinuxIdMapping {
+    oci_spec::runtime::LinuxIdMappingBuilder::default()
+        .container_id(container)
+        .host_id(host)
+        .size(size)
+        .build()
+        .unwrap()
+}
+
+#[test]
+fn id_maps_are_checked_as_the_kernel_would() {
+    let ok = linux::id_maps(
+        "c",
+        &[id_map(0, 100_000, 65_536)],
+        &[id_map(0, 100_000, 65_536)],
+        0,
+        0,
+    )
+    .unwrap();
+    assert_eq!(ok.uid_map, "0 100000 65536\n");
+    assert!(ok.root_mapped);
+    let two = linux::id_maps(
+        "c",
+        &[id_map(0, 1000, 1), id_map(1, 100_000, 65_535)],
+        &[id_map(0, 1000, 1)],
+        5,
+        0,
+    )
+    .unwrap();
+    assert_eq!(two.uid_map, "0 1000 1\n1 100000 65535\n");
+    for (uids, gids, uid, want) in [
+        (
+            vec![id_map(0, 1, 0)],
+            vec![id_map(0, 1, 1)],
+            0,
+            "has size 0",
+        ),
+        (
+            vec![id_map(0, 10, 10), id_map(5, 100, 10)],
+            vec![id_map(0, 1, 1)],
+            0,
+            "overlaps",
+        ),
+        (
+            vec![id_map(0, 10, 10), id_map(20, 15, 10)],
+            vec![id_map(0, 1, 1)],
+            0,
+            "overlaps",
+        ),
+        (
+            vec![id_map(0, u32::MAX, 2)],
+            vec![id_map(0, 1, 1)],
+            0,
+            "past id",
+        ),
+        (vec![id_map(0, 1, 1)], vec![], 0, "needs linux.gidMappings"),
+        (
+            vec![id_map(0, 1, 1)],
+            vec![id_map(0, 1, 1)],
+            7,
+            "uid 7 is not mapped",
+        ),
+    ] {
+        let err = linux::id_maps("c", &uids, &gids, uid, 0).unwrap_err();
+        assert!(err.to_string().contains(want), "{want}: {err}");
+    }
+}
+
+#[test]
+fn devices_sysctls_propagation_personality_and_io_priority() {
+    use oci_spec::runtime::{LinuxDeviceBuilder, LinuxDeviceType};
+    let dev = |path: &str, typ, mode: Option<u32>| {
+        let mut b = LinuxDeviceBuilder::default()
+            .path(path)
+            .typ(typ)
+            .major(10)
+            .minor(229);
+        if let Some(m) = mode {
+            b = b.file_mode(m);
+        }
+        b.build().unwrap()
+    };
+    let nodes = linux::devices(
+        "c",
+        &[
+            dev("/dev/fuse", LinuxDeviceType::C, Some(0o620)),
+            dev("/dev/net/tun", LinuxDeviceType::C, None),
+            dev("/dev/fifo", LinuxDeviceType::P, None),
+        ],
+    )
+    .unwrap();
+    assert_eq!(nodes[0].mode, libc::S_IFCHR | 0o620);
+    assert_eq!(nodes[0].dev, libc::makedev(10, 229));
+    assert_eq!(nodes[0].dir.as_ref().unwrap().path(), c"dev");
+    assert_eq!(nodes[1].mode, libc::S_IFCHR | 0o666, "0666 when unset");
+    assert_eq!(nodes[1].dir.as_ref().unwrap().path(), c"dev/net");
+    assert_eq!((nodes[2].mode, nodes[2].dev), (libc::S_IFIFO | 0o666, 0));
+    for bad in ["/etc/fuse", "/dev/../etc/x"] {
+        assert!(
+            linux::devices("c", &[dev(bad, LinuxDeviceType::C, None)]).is_err(),
+            "{bad}"
+        );
+    }
+    assert!(linux::devices("c", &[dev("/dev/x", LinuxDeviceType::A, None)]).is_err());
+
+    let sysctl = |k: &str| [(k.to_string(), "1".to_string())].into_iter().collect();
+    let got = linux::sysctls("c", &sysctl("net.ipv4.ip_forward"), false, false).unwrap();
+    assert_eq!(got[0].0.as_c_str(), c"/proc/sys/net/ipv4/ip_forward");
+    assert!(linux::sysctls("c", &sysctl("kernel.shmmax"), false, true).is_err());
+    assert!(linux::sysctls("c", &sysctl("kernel.shmmax"), true, false).is_ok());
+    assert!(linux::sysctls("c", &sysctl("kernel.hostname"), true, false).is_err());
+    assert!(linux::sysctls("c", &sysctl("net..x"), true, true).is_err());
+    assert!(linux::sysctls("c", &sysctl("net/../../x"), true, true).is_err());
+
+    assert_eq!(linux::propagation("c", None).unwrap(), 0);
+    assert_eq!(
+        linux::propagation("c", Some("rslave")).unwrap(),
+        libc::MS_SLAVE | libc::MS_REC
+    );
+    assert!(linux::propagation("c", Some("sideways")).is_err());
+
+    let pers = oci_spec::runtime::LinuxPersonalityBuilder::default()
+        .domain(oci_spec::runtime::LinuxPersonalityDomain::PerLinux32)
+        .flags(vec!["ADDR_NO_RANDOMIZE".to_string()])
+        .build()
+        .unwrap();
+    assert_eq!(linux::personality("c", &pers).unwrap(), 0x8 | 0x004_0000);
+    let mut bad = pers.clone();
+    bad.set_flags(Some(vec!["NOPE".into()]));
+    assert!(linux::personality("c", &bad).is_err());
+
+    use oci_spec::runtime::IOPriorityClass;
+    assert_eq!(
+        linux::io_priority("c", IOPriorityClass::IoprioClassBe, 6).unwrap(),
+        (2 << 13) | 6
+    );
+    assert!(linux::io_priority("c", IOPriorityClass::IoprioClassRt, 8).is_err());
+}
+
+#[test]
+fn process_fields_are_checked() {
+    let mut p = process(&["sh"]);
+    let mut user = p.user().clone();
+    user.set_umask(Some(0o1000));
+    p.set_user(user);
+    assert!(
+        plan_process("c", &p)
+            .unwrap_err()
+            .to_string()
+            .contains("umask")
+    );
+    let mut p = process(&["sh"]);
+    p.set_oom_score_adj(Some(1001));
+    assert!(
+        plan_process("c", &p)
+            .unwrap_err()
+            .to_string()
+            .contains("oomScoreAdj")
+    );
+    let mut p = process(&["sh"]);
+    p.set_terminal(Some(true));
+    let plan = plan_process("c", &p).unwrap();
+    assert!(plan.terminal);
+    assert_eq!(plan.umask, DEFAULT_UMASK);
+}
