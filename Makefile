@@ -28,13 +28,18 @@ clippy:
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
+## The suite checks itself: the host's cgroups, mounts, /run/vc, loop
+## devices and QEMU/virtiofsd processes must be the same after it as before.
+HOST_SNAPSHOT := $(TARGET_DIR)/host-before-tests.txt
 unit: guest-image
+	$(CARGO) run -q -p vc-test-support --bin vc-host-snapshot -- save $(HOST_SNAPSHOT)
 	$(CARGO) test --workspace
+	$(CARGO) run -q -p vc-test-support --bin vc-host-snapshot -- check $(HOST_SNAPSHOT)
 
 ## The guest image the agent's VM tests boot: the static guest agent as
 ## /init, and vmlinux, built through vc-guest-image into the target dir.
 ## The VM tests and the agent bench build the agent with the same command
-## and flags (crates/guest-agent/tests/support), a no-op after this.
+## and flags (vc_test_support::agent_binary), a no-op after this.
 GUEST_AGENT_TARGET := x86_64-unknown-linux-gnu
 TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 GUEST_AGENT_BIN := $(TARGET_DIR)/$(GUEST_AGENT_TARGET)/release/vc-guest-agent

@@ -19,43 +19,23 @@
 //! (default 5 VMs, 10 containers each). Needs root, QEMU, busybox-static
 //! and the Debian kernel package, like the VM tests.
 
-#[path = "../crates/guest-agent/tests/support/mod.rs"]
-mod support;
-
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixStream;
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
-use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, KernelPackage};
 use vc_hypervisor::{Hypervisor, Qemu};
-
-/// The bare guest: ready as soon as the agent channel can carry a line.
-const READY_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-while read -r m; do /bin/busybox insmod "/lib/modules/vc/$m"; done < /lib/modules/vc/load-order
-for _ in $(/bin/busybox seq 1 400); do
-  for p in /sys/class/virtio-ports/*; do
-    if [ "$(/bin/busybox cat "$p/name" 2>/dev/null)" = agent.channel.0 ] && [ -e "/dev/${p##*/}" ]; then
-      echo READY > "/dev/${p##*/}"
-      exec /bin/busybox sleep 3600
-    fi
-  done
-  /bin/busybox sleep 0.02
-done
-/bin/busybox poweroff -f
-"#;
+use vc_test_support::agent::{
+    agent_config, agent_vm_config, agent_vm_options, console, container_spec, create_request,
+    guest_create_request, transport,
+};
+use vc_test_support::{
+    ChildGuard, InitMode, agent_binary, agent_image, bench_args, busybox_image, busybox_rootfs,
+    discard, require_vm_host, time_bare_boot,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
-
-fn discard() -> slog::Logger {
-    slog::Logger::root(slog::Discard, slog::o!())
-}
 
 /// One container: create, start, first stdout byte; then drains, checks
 /// the output and exit code, and removes it. Returns (create, first byte),
@@ -103,13 +83,13 @@ struct Samples {
 /// Boots the agent VM, times start -> first Check, then `containers`
 /// containers; stops the VM.
 async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples) {
-    let config = support::vm_config("vc-bench-agent", dir, rootfs);
+    let config = agent_vm_config("vc-bench-agent", dir, rootfs);
     let start = Instant::now();
-    let vm = Qemu::new(config, discard()).unwrap();
+    let vm = Qemu::new(config, agent_vm_options(), discard()).unwrap();
     vm.start(TIMEOUT).await.unwrap();
-    let agent = TtrpcAgent::connect(support::transport(&vm), support::agent_config(), &discard())
+    let agent = TtrpcAgent::connect(transport(&vm), agent_config(), &discard())
         .await
-        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", support::console(&vm)));
+        .unwrap_or_else(|e| panic!("{e}\nconsole:\n{}", console(&vm)));
     s.ready.push(start.elapsed());
     for _ in 0..containers {
         let t = Instant::now();
@@ -118,7 +98,7 @@ async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples)
     }
     for i in 0..containers {
         let cid = format!("c{i}");
-        let req = support::guest_create_request(&cid, &["echo", "hello"]);
+        let req = guest_create_request(&cid, &["echo", "hello"]);
         let (created, first) = container_round(&agent, &cid, req).await;
         s.vm_create.push(created);
         s.vm_first.push(first);
@@ -127,48 +107,16 @@ async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples)
     vm.stop(Duration::from_secs(10)).await.unwrap();
 }
 
-/// The same QEMU command line with the bare image, started by hand.
-async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> Duration {
-    std::fs::create_dir_all(run_dir).unwrap();
-    let socket = run_dir.join("agent.sock");
-    let start = Instant::now();
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let stream = loop {
-        match UnixStream::connect(&socket).await {
-            Ok(stream) => break stream,
-            Err(e) if start.elapsed() > TIMEOUT => panic!("{}: {e}", socket.display()),
-            Err(_) => tokio::time::sleep(Duration::from_millis(5)).await,
-        }
-    };
-    let mut line = String::new();
-    tokio::time::timeout(TIMEOUT, BufReader::new(stream).read_line(&mut line))
-        .await
-        .expect("the bare guest never wrote its line")
-        .unwrap();
-    assert_eq!(line.trim(), "READY");
-    let ready = start.elapsed();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::fs::remove_dir_all(run_dir).unwrap();
-    ready
-}
-
 /// The agent binary serving on a unix socket on the host; killed on drop.
 struct HostAgent {
-    child: Child,
+    _child: ChildGuard,
     socket: PathBuf,
 }
 
 impl HostAgent {
     fn spawn(dir: &Path) -> HostAgent {
         let socket = dir.join("host-agent.sock");
-        let child = Command::new(support::agent_binary())
+        let child = Command::new(agent_binary())
             .arg("--listen")
             .arg(&socket)
             .stdin(Stdio::null())
@@ -176,14 +124,10 @@ impl HostAgent {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        HostAgent { child, socket }
-    }
-}
-
-impl Drop for HostAgent {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        HostAgent {
+            _child: ChildGuard(child),
+            socket,
+        }
     }
 }
 
@@ -201,27 +145,18 @@ fn stats(samples: &mut [Duration]) -> String {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench targets without --bench: nothing to do then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let mut numbers = args.iter().skip(1).filter_map(|a| a.parse::<usize>().ok());
-    let rounds = numbers.next().unwrap_or(5).max(1);
-    let containers = numbers.next().unwrap_or(10).max(1);
-    support::require_vm_host();
-    support::guest_image();
-    let bare_image: GuestImage = GuestImageBuilder::new(
-        KernelPackage::find_installed().unwrap(),
-        READY_INIT.as_bytes().to_vec(),
-    )
-    .extra_file("/bin/busybox", PathBuf::from("/bin/busybox"), 0o755)
-    .build_cached(&ImageCache::in_target_dir())
-    .unwrap();
+    };
+    let rounds = numbers.first().copied().unwrap_or(5).max(1);
+    let containers = numbers.get(1).copied().unwrap_or(10).max(1);
+    require_vm_host();
+    agent_image();
+    let bare_image = busybox_image(InitMode::ReadyLine, &[]);
 
     let tmp = tempfile::tempdir().unwrap();
-    let vm_rootfs = support::busybox_rootfs(&tmp.path().join("vm"));
-    let host_rootfs = support::busybox_rootfs(&tmp.path().join("host"));
+    let vm_rootfs = busybox_rootfs(&tmp.path().join("vm"));
+    let host_rootfs = busybox_rootfs(&tmp.path().join("host"));
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -230,12 +165,12 @@ fn main() {
 
     // The bare baseline runs the agent VM's command line with the bare image.
     let bare_run = tmp.path().join("bare/run");
-    let mut bare_config = support::vm_config("vc-bench-bare", &tmp.path().join("bare"), &vm_rootfs);
+    let mut bare_config = agent_vm_config("vc-bench-bare", &tmp.path().join("bare"), &vm_rootfs);
     bare_config.kernel = bare_image.vmlinux.clone();
     bare_config.initrd = Some(bare_image.initramfs.clone());
-    let probe = Qemu::new(bare_config, discard()).unwrap();
+    let probe = Qemu::new(bare_config, agent_vm_options(), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let qemu = probe.config().qemu_binary.clone();
+    let qemu = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,
@@ -266,7 +201,7 @@ fn main() {
             &mut Samples::default(),
         )
         .await;
-        bare_round(&qemu, &qemu_args, &bare_run).await;
+        time_bare_boot(&qemu, &qemu_args, &bare_run, TIMEOUT).await;
         for round in 0..rounds {
             vm_round(
                 &tmp.path().join(format!("vm{round}")),
@@ -276,7 +211,7 @@ fn main() {
             )
             .await;
             s.bare_ready
-                .push(bare_round(&qemu, &qemu_args, &bare_run).await);
+                .push(time_bare_boot(&qemu, &qemu_args, &bare_run, TIMEOUT).await);
             for _ in 0..containers {
                 let t = Instant::now();
                 host_agent.check().await.unwrap();
@@ -284,9 +219,8 @@ fn main() {
             }
             for i in 0..containers {
                 let cid = format!("h{round}-{i}");
-                let spec =
-                    support::container_spec(host_rootfs.to_str().unwrap(), &["echo", "hello"]);
-                let req = support::create_request(&cid, &spec);
+                let spec = container_spec(host_rootfs.to_str().unwrap(), &["echo", "hello"]);
+                let req = create_request(&cid, &spec);
                 let (created, first) = container_round(&host_agent, &cid, req).await;
                 s.host_create.push(created);
                 s.host_first.push(first);

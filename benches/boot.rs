@@ -11,99 +11,34 @@
 //!
 //! `cargo bench -p vc-benches --bench boot [-- ROUNDS]` (default 5 rounds).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncBufReadExt, BufReader};
-use tokio::net::UnixStream;
-use vc_guest_image::{GuestImageBuilder, ImageCache, KernelPackage};
+use vc_guest_image::GuestImage;
 use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
-
-/// The guest side: ready as soon as the agent channel can carry a line.
-const READY_INIT: &str = r#"#!/bin/busybox sh
-/bin/busybox mount -t proc proc /proc
-/bin/busybox mount -t sysfs sysfs /sys
-/bin/busybox mount -t devtmpfs devtmpfs /dev
-while read -r m; do /bin/busybox insmod "/lib/modules/vc/$m"; done < /lib/modules/vc/load-order
-for _ in $(/bin/busybox seq 1 400); do
-  for p in /sys/class/virtio-ports/*; do
-    if [ "$(/bin/busybox cat "$p/name" 2>/dev/null)" = agent.channel.0 ] && [ -e "/dev/${p##*/}" ]; then
-      echo READY > "/dev/${p##*/}"
-      exec /bin/busybox sleep 3600
-    fi
-  done
-  /bin/busybox sleep 0.02
-done
-/bin/busybox poweroff -f
-"#;
+use vc_test_support::{
+    InitMode, Need, bench_args, busybox_image, discard, require, small_vm_config, small_vm_options,
+    time_bare_boot, wait_ready_line,
+};
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
-/// Connects to the agent socket (retrying until QEMU creates it) and
-/// waits for the guest's first line.
-async fn wait_guest_ready(socket: &Path) -> Duration {
-    let start = Instant::now();
-    let stream = loop {
-        match UnixStream::connect(socket).await {
-            Ok(stream) => break stream,
-            Err(_) if start.elapsed() < TIMEOUT => {
-                tokio::time::sleep(Duration::from_millis(5)).await
-            }
-            Err(e) => panic!("agent socket {}: {e}", socket.display()),
-        }
-    };
-    let mut line = String::new();
-    tokio::time::timeout(TIMEOUT, BufReader::new(stream).read_line(&mut line))
-        .await
-        .expect("guest never became ready")
-        .unwrap();
-    assert_eq!(line.trim(), "READY");
-    start.elapsed()
-}
-
-fn config(image: &vc_guest_image::GuestImage, run_dir: &Path) -> HypervisorConfig {
-    let mut config = HypervisorConfig::new("vc-bench-boot", &image.vmlinux, run_dir)
-        .with_initrd(&image.initramfs);
-    config.memory.boot_mib = 256;
-    config.memory.max_mib = 256;
-    config.hotplug_ports = 2;
-    config
+fn config(image: &GuestImage, run_dir: &Path) -> HypervisorConfig {
+    small_vm_config("vc-bench-boot", image, run_dir)
 }
 
 /// SDK: new + start + guest ready; the stop is timed apart.
-async fn sdk_round(image: &vc_guest_image::GuestImage, run_dir: &Path) -> (Duration, Duration) {
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
+async fn sdk_round(image: &GuestImage, run_dir: &Path) -> (Duration, Duration) {
     let config = config(image, run_dir);
     let socket = config.agent_socket();
     let start = Instant::now();
-    let vm = Qemu::new(config, logger).unwrap();
+    let vm = Qemu::new(config, small_vm_options(2), discard()).unwrap();
     vm.start(TIMEOUT).await.unwrap();
-    wait_guest_ready(&socket).await;
+    wait_ready_line(&socket, TIMEOUT).await.unwrap();
     let boot = start.elapsed();
     let stop_start = Instant::now();
     vm.stop(Duration::from_secs(10)).await.unwrap();
     (boot, stop_start.elapsed())
-}
-
-/// Bare: the same arguments, spawned and killed by hand.
-async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> Duration {
-    std::fs::create_dir_all(run_dir).unwrap();
-    let socket = run_dir.join("agent.sock");
-    let start = Instant::now();
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    wait_guest_ready(&socket).await;
-    let boot = start.elapsed();
-    child.kill().unwrap();
-    child.wait().unwrap();
-    std::fs::remove_dir_all(run_dir).unwrap();
-    boot
 }
 
 fn stats(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
@@ -114,26 +49,12 @@ fn stats(samples: &mut [Duration]) -> (Duration, Duration, Duration) {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    // `cargo test --benches` runs bench targets without --bench: nothing to do then.
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let rounds: usize = args
-        .iter()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(5);
-    let kernel =
-        KernelPackage::find_installed().expect("the boot bench needs the Debian kernel package");
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "the boot bench needs busybox-static"
-    );
-    let image = GuestImageBuilder::new(kernel, READY_INIT.as_bytes().to_vec())
-        .extra_file("/bin/busybox", PathBuf::from("/bin/busybox"), 0o755)
-        .build_cached(&ImageCache::in_target_dir())
-        .unwrap();
+    };
+    let rounds = numbers.first().copied().unwrap_or(5).max(1);
+    require(&[Need::Qemu, Need::Busybox, Need::GuestKernel]);
+    let image = busybox_image(InitMode::ReadyLine, &[]);
     let tmp = tempfile::tempdir().unwrap();
     let run_dir = tmp.path().join("run");
     let rt = tokio::runtime::Builder::new_multi_thread()
@@ -142,13 +63,9 @@ fn main() {
         .unwrap();
 
     // The bare baseline runs exactly the SDK's command line.
-    let probe = Qemu::new(
-        config(&image, &run_dir),
-        slog::Logger::root(slog::Discard, slog::o!()),
-    )
-    .unwrap();
+    let probe = Qemu::new(config(image, &run_dir), small_vm_options(2), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,
@@ -160,11 +77,11 @@ fn main() {
     let (mut sdk, mut bare, mut stops) = (Vec::new(), Vec::new(), Vec::new());
     rt.block_on(async {
         // One warm-up of each, not counted (page cache, first QEMU start).
-        sdk_round(&image, &run_dir).await;
-        bare_round(&binary, &qemu_args, &run_dir).await;
+        sdk_round(image, &run_dir).await;
+        time_bare_boot(&binary, &qemu_args, &run_dir, TIMEOUT).await;
         for round in 0..rounds {
-            let (boot, stop) = sdk_round(&image, &run_dir).await;
-            let baseline = bare_round(&binary, &qemu_args, &run_dir).await;
+            let (boot, stop) = sdk_round(image, &run_dir).await;
+            let baseline = time_bare_boot(&binary, &qemu_args, &run_dir, TIMEOUT).await;
             println!(
                 "round {round}: sdk {:>6.0} ms   bare {:>6.0} ms",
                 boot.as_secs_f64() * 1e3,

@@ -40,7 +40,8 @@ fn containers(n: usize) -> Vec<ContainerResources> {
 fn planning(c: &mut Criterion) {
     let mut group = c.benchmark_group("plan");
     for version in [CgroupVersion::V1, CgroupVersion::V2] {
-        let config = SandboxCgroupConfig::new("bench", CgroupDriver::Cgroupfs, version);
+        let config =
+            SandboxCgroupConfig::new("bench".parse().unwrap(), CgroupDriver::Cgroupfs, version);
         for n in [1, 10, 100] {
             let input = containers(n);
             group.bench_with_input(
@@ -54,11 +55,8 @@ fn planning(c: &mut Criterion) {
 }
 
 fn apply_delete(c: &mut Criterion) {
-    assert!(
-        std::fs::read_to_string("/proc/self/status")
-            .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t"))),
-        "the apply+delete bench writes the real cgroupfs: run it as root"
-    );
+    // The apply+delete bench writes the real cgroupfs.
+    vc_test_support::require_root();
     let roots = CgroupRoots::discover().unwrap();
     let version = roots.preferred_version();
     let logger = slog::Logger::root(slog::Discard, slog::o!());
@@ -69,7 +67,7 @@ fn apply_delete(c: &mut Criterion) {
             overhead_parent: "/vc-bench-overhead".into(),
             sandbox_cgroup_only: only,
             ..SandboxCgroupConfig::new(
-                format!("bench-{}", std::process::id()),
+                format!("bench-{}", std::process::id()).parse().unwrap(),
                 CgroupDriver::Cgroupfs,
                 version,
             )

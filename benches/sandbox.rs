@@ -12,26 +12,22 @@
 //! Needs root and `make guest-image`.
 //! `cargo bench -p vc-benches --bench sandbox [-- ROUNDS]` (default 3).
 
-use std::path::{Path, PathBuf};
-use std::process::{Command, Stdio};
+use std::path::Path;
+use std::process::Command;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use tokio::io::AsyncReadExt;
 use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
-use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
-use virtcontainers::oci_spec::runtime::{ProcessBuilder, RootBuilder, SpecBuilder};
+use vc_guest_image::GuestImage;
+use vc_hypervisor::{HypervisorConfig, Qemu, QemuOptions};
+use vc_test_support::{
+    ContainerSpec, bench_args, busybox_rootfs, discard, require_sandbox_host, spawn_bare_qemu,
+};
 use virtcontainers::{
     ContainerConfig, FsShareConfig, FsShareKind, Paths, QemuFactory, SandboxConfig, VmConfig,
     create_sandbox,
 };
-
-fn image_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("vc-guest-agent-image")
-}
 
 fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -62,33 +58,20 @@ struct Round {
     teardown: Duration,
 }
 
-async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> Round {
+async fn sdk_round(
+    image: &GuestImage,
+    dir: &Path,
+    rootfs: &Path,
+    share: FsShareKind,
+    n: usize,
+) -> Round {
     let id = format!("bench-{}-{n}", std::process::id());
-    let bundle = dir.join("bundle");
-    std::fs::create_dir_all(&bundle).unwrap();
-    let spec = SpecBuilder::default()
-        .root(RootBuilder::default().path(rootfs).build().unwrap())
-        .process(
-            ProcessBuilder::default()
-                .args(vec![
-                    "sh".into(),
-                    "-c".into(),
-                    "echo ready; sleep 1000".into(),
-                ])
-                .env(vec!["PATH=/bin".to_owned()])
-                .cwd("/")
-                .build()
-                .unwrap(),
-        )
-        .build()
-        .unwrap();
-    spec.save(bundle.join("config.json")).unwrap();
+    let bundle = ContainerSpec::new(rootfs, &["sh", "-c", "echo ready; sleep 1000"])
+        .cwd("/")
+        .save_bundle(&dir.join("bundle"));
     let mut config = SandboxConfig::new(
-        &id,
-        VmConfig::new(
-            image_dir().join("vmlinux"),
-            image_dir().join("initramfs.cpio"),
-        ),
+        id.parse().unwrap(),
+        VmConfig::new(&image.vmlinux, &image.initramfs),
     );
     config.paths = Paths::under(dir);
     config.fs_share = FsShareConfig {
@@ -97,14 +80,15 @@ async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> R
     };
     config
         .containers
-        .push(ContainerConfig::from_bundle("c", &bundle).unwrap());
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
-
+        .push(ContainerConfig::from_bundle("c1".parse().unwrap(), &bundle).unwrap());
     let start = Instant::now();
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger)
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), discard())
         .await
         .unwrap();
-    let mut io = sandbox.start_container("c").await.unwrap();
+    let mut io = sandbox
+        .start_container(&"c1".parse().unwrap())
+        .await
+        .unwrap();
     let mut byte = [0u8; 1];
     io.stdout.read_exact(&mut byte).await.unwrap();
     let first_byte = start.elapsed();
@@ -132,14 +116,7 @@ async fn sdk_round(dir: &Path, rootfs: &Path, share: FsShareKind, n: usize) -> R
 async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> (Duration, u64) {
     std::fs::create_dir_all(run_dir).unwrap();
     let start = Instant::now();
-    let mut child = Command::new(binary)
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .unwrap();
-    let logger = slog::Logger::root(slog::Discard, slog::o!());
+    let qemu = spawn_bare_qemu(binary, args);
     let agent = TtrpcAgent::connect(
         Transport::Serial {
             socket: run_dir.join("agent.sock"),
@@ -148,16 +125,15 @@ async fn bare_round(binary: &Path, args: &[String], run_dir: &Path) -> (Duration
             connect_timeout: Duration::from_secs(120),
             ..AgentConfig::default()
         },
-        &logger,
+        &discard(),
     )
     .await
     .unwrap();
     let ready = start.elapsed();
     tokio::time::sleep(Duration::from_secs(2)).await;
-    let rss = rss_kib(child.id());
+    let rss = rss_kib(qemu.pid());
     drop(agent);
-    child.kill().unwrap();
-    child.wait().unwrap();
+    drop(qemu);
     std::fs::remove_dir_all(run_dir).unwrap();
     (ready, rss)
 }
@@ -168,29 +144,16 @@ fn median<T: Copy + Ord>(v: &mut [T]) -> T {
 }
 
 fn main() {
-    let args: Vec<String> = std::env::args().collect();
-    if !args.iter().any(|a| a == "--bench") {
+    let Some(numbers) = bench_args() else {
         return;
-    }
-    let rounds: usize = args
-        .iter()
-        .skip(1)
-        .find_map(|a| a.parse().ok())
-        .unwrap_or(3);
-    assert!(
-        image_dir().join("vmlinux").exists(),
-        "the sandbox bench needs the guest image: run `make guest-image`"
-    );
+    };
+    let rounds = numbers.first().copied().unwrap_or(3).max(1);
+    let image = require_sandbox_host();
     let tmp = tempfile::Builder::new()
         .prefix("vcbench")
         .tempdir_in("/tmp")
         .unwrap();
-    let rootfs = tmp.path().join("rootfs");
-    vc_guest_image::rootfs::busybox_rootfs(
-        &rootfs,
-        Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
-    )
-    .unwrap();
+    let rootfs = busybox_rootfs(tmp.path());
     let rt = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -199,21 +162,22 @@ fn main() {
     // The bare baseline: the SDK's command line for the same image, VM
     // size (1 vCPU + 256 MiB for a container without limits) and agent port.
     let run_dir = tmp.path().join("bare");
-    let mut hc = HypervisorConfig::new("vc-bench-bare", image_dir().join("vmlinux"), &run_dir)
-        .with_initrd(image_dir().join("initramfs.cpio"));
+    let mut hc = HypervisorConfig::new("vc-bench-bare", &image.vmlinux, &run_dir)
+        .with_initrd(&image.initramfs);
     hc.memory.boot_mib = 256;
     hc.memory.max_mib = 256;
     hc.agent_ports = 1;
-    let probe = Qemu::new(hc, slog::Logger::root(slog::Discard, slog::o!())).unwrap();
+    // The options QemuFactory::default() boots with.
+    let probe = Qemu::new(hc, QemuOptions::default(), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     drop(probe);
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;
     rt.block_on(async {
         // Warm-ups, not counted.
         bare_round(&binary, &qemu_args, &run_dir).await;
-        sdk_round(&tmp.path().join("w"), &rootfs, FsShareKind::NineP, 0).await;
+        sdk_round(&image, &tmp.path().join("w"), &rootfs, FsShareKind::NineP, 0).await;
         let (mut bare_ready, mut bare_rss) = (Vec::new(), Vec::new());
         let mut results: Vec<(FsShareKind, Vec<Round>)> =
             vec![(FsShareKind::NineP, Vec::new()), (FsShareKind::VirtioFs, Vec::new())];
@@ -222,7 +186,7 @@ fn main() {
             bare_ready.push(ready);
             bare_rss.push(rss);
             for (share, rounds) in &mut results {
-                let r = sdk_round(&tmp.path().join(format!("r{n}")), &rootfs, *share, n + 1).await;
+                let r = sdk_round(&image, &tmp.path().join(format!("r{n}")), &rootfs, *share, n + 1).await;
                 println!(
                     "round {n} {share:?}: create->stdout {:>6.0} ms, idle RSS {:>6} KiB, teardown {:>5.0} ms (bare ready {:>6.0} ms)",
                     ms(r.first_byte),

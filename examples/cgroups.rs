@@ -50,7 +50,7 @@ fn main() -> Result<()> {
         run_fake_vmm();
     }
     ensure!(
-        nix_is_root(),
+        nix::unistd::geteuid().is_root(),
         "this example writes the host's cgroupfs: run it as root"
     );
     ensure!(args.cpus > 0.0, "--cpus must be positive");
@@ -63,11 +63,12 @@ fn main() -> Result<()> {
 
     let roots = CgroupRoots::discover()?;
     let version = roots.preferred_version();
-    let id = args
+    let id: vc_types::SandboxId = args
         .id
         .clone()
-        .unwrap_or_else(|| format!("demo-{}", std::process::id()));
-    let mut config = SandboxCgroupConfig::new(&id, CgroupDriver::Cgroupfs, version);
+        .unwrap_or_else(|| format!("demo-{}", std::process::id()))
+        .parse()?;
+    let mut config = SandboxCgroupConfig::new(id.clone(), CgroupDriver::Cgroupfs, version);
     config.sandbox_cgroup_only = args.sandbox_cgroup_only;
     config.vmm_devices = vc_cgroups_host::host_devices::discover_vmm_devices(Path::new("/dev"));
 
@@ -171,17 +172,6 @@ fn dir_of(
         CgroupVersion::V1 => roots.v1.get(controller).unwrap_or(Path::new("/")).join(rel),
         CgroupVersion::V2 => roots.v2.clone().unwrap_or_default().join(rel),
     }
-}
-
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|s| {
-            s.lines()
-                .find(|l| l.starts_with("Uid:"))
-                .and_then(|l| l.split_whitespace().nth(2).map(|e| e == "0"))
-        })
-        .unwrap_or(false)
 }
 
 /// The stand-in VMM: killed and reaped on drop.

@@ -12,23 +12,31 @@
 //! built from the host's `busybox-static`. `--hold` keeps the sandbox up
 //! after the command, prints where to look (sandbox id, QEMU pid, cgroup
 //! paths) and waits for Enter or Ctrl-C before cleaning up.
+//!
+//! Like `runc run`: SIGINT, SIGTERM and SIGHUP are forwarded to the
+//! container's process, whose exit code (128 + the signal when it was
+//! killed) is the example's. The sandbox is removed on every exit path;
+//! if the example itself is killed with SIGKILL, the VM dies with it and
+//! the next run reclaims what it left (`reclaim_stale`).
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Duration;
 
+mod common;
+
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use slog::{Drain, o};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+use tokio::io::AsyncBufReadExt;
+use tokio::signal::unix::{SignalKind, signal};
 use virtcontainers::oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
     RootBuilder, SpecBuilder,
 };
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, ProcessIo, QemuFactory,
-    SandboxConfig, VmConfig, create_sandbox,
+    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, Paths, ProcessIo,
+    QemuFactory, Sandbox, SandboxConfig, Signal, VmConfig, create_sandbox, reclaim_stale,
 };
 
 /// Run a command in a container inside a VM.
@@ -86,14 +94,6 @@ fn parse_size(s: &str) -> Result<u64, String> {
         .ok_or_else(|| format!("{s:?} is too large"))
 }
 
-/// Where `make guest-image` puts the image.
-fn image_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../target"))
-        .join("vc-guest-agent-image")
-}
-
 fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
     let mut resources = LinuxResourcesBuilder::default();
     if let Some(cpus) = args.cpus {
@@ -128,45 +128,86 @@ fn bundle(dir: &Path, rootfs: &Path, args: &Args) -> Result<ContainerConfig> {
         .build()?;
     std::fs::create_dir_all(dir)?;
     spec.save(dir.join("config.json"))?;
-    Ok(ContainerConfig::from_bundle("main", dir)?)
+    Ok(ContainerConfig::from_bundle(main_id(), dir)?)
 }
 
-async fn pump(
-    mut from: impl tokio::io::AsyncRead + Unpin,
-    mut to: impl tokio::io::AsyncWrite + Unpin,
-) -> Result<()> {
-    tokio::io::copy(&mut from, &mut to).await?;
-    to.flush().await?;
-    Ok(())
+/// The container's id.
+fn main_id() -> ContainerId {
+    "main".parse().expect("a valid id")
 }
 
-#[tokio::main]
-async fn main() -> Result<ExitCode> {
-    let args = Args::parse();
+/// Signals forwarded to the container, as `runc run` does.
+const FORWARDED: [SignalKind; 3] = [
+    SignalKind::interrupt(),
+    SignalKind::terminate(),
+    SignalKind::hangup(),
+];
+
+/// Every forwarded signal, as one stream. Registered before the sandbox
+/// exists, so a signal during creation is not fatal: it is delivered once
+/// the container runs (or ends a run that has not started it yet).
+fn forwarded_signals() -> Result<tokio::sync::mpsc::UnboundedReceiver<Signal>> {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    for kind in FORWARDED {
+        let mut stream = signal(kind)?;
+        let tx = tx.clone();
+        let number = Signal::new(kind.as_raw_value())?;
+        tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                if tx.send(number).is_err() {
+                    break;
+                }
+            }
+        });
+    }
+    Ok(rx)
+}
+
+fn main() -> ExitCode {
+    common::run_main("run", run(Args::parse()))
+}
+
+async fn run(args: Args) -> Result<ExitCode> {
     ensure!(
-        nix_is_root(),
+        nix::unistd::geteuid().is_root(),
         "this example starts QEMU, mounts and writes host cgroups: run it as root"
     );
-    let level = if args.debug {
-        slog::Level::Debug
-    } else {
-        slog::Level::Warning
-    };
-    let decorator = slog_term::TermDecorator::new().stderr().build();
-    let drain = slog_term::CompactFormat::new(decorator).build().fuse();
-    let drain = slog_async::Async::new(drain.filter_level(level).fuse())
-        .build()
-        .fuse();
-    let logger = slog::Logger::root(drain, o!());
+    let logger = common::logger(args.debug);
+    let mut signals = forwarded_signals()?;
+    let paths = Paths::default();
+    // What an earlier run killed with SIGKILL left behind.
+    let stale = reclaim_stale(&paths, logger.clone()).await?;
+    for id in &stale.reclaimed {
+        eprintln!("run: reclaimed sandbox {id} left by a process that died");
+    }
 
+    let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
+    let config = sandbox_config(&args, work.path(), paths)?;
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger.clone())
+        .await
+        .context("creating the sandbox")?;
+    let result = run_container(&sandbox, &args, &mut signals).await;
+    // Every exit path cleans up: a failed run, a signal, a normal exit.
+    let stopped = sandbox.stop(Duration::from_secs(5)).await;
+    let deleted = match stopped {
+        Ok(()) => sandbox.delete().await,
+        Err(e) => Err(e),
+    };
+    let code = result?;
+    deleted.context("cleaning up the sandbox")?;
+    Ok(common::exit_code(code))
+}
+
+/// The sandbox for the command: its VM, cgroups, share and one container.
+fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfig> {
     let kernel = args
         .kernel
         .clone()
-        .unwrap_or_else(|| image_dir().join("vmlinux"));
+        .unwrap_or_else(|| common::image_dir().join("vmlinux"));
     let initrd = args
         .initrd
         .clone()
-        .unwrap_or_else(|| image_dir().join("initramfs.cpio"));
+        .unwrap_or_else(|| common::image_dir().join("initramfs.cpio"));
     if !kernel.is_file() || !initrd.is_file() {
         bail!(
             "no guest image at {} / {}: run `make guest-image` first",
@@ -174,14 +215,12 @@ async fn main() -> Result<ExitCode> {
             initrd.display()
         );
     }
-
-    let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
     let rootfs = match &args.rootfs {
         Some(r) => r
             .canonicalize()
             .with_context(|| format!("--rootfs {}", r.display()))?,
         None => {
-            let r = work.path().join("rootfs");
+            let r = work.join("rootfs");
             vc_guest_image::rootfs::busybox_rootfs(
                 &r,
                 Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
@@ -189,12 +228,12 @@ async fn main() -> Result<ExitCode> {
             r
         }
     };
-    let container = bundle(&work.path().join("bundle"), &rootfs, &args)?;
-
+    let container = bundle(&work.join("bundle"), &rootfs, args)?;
     let id = format!("run-{}", std::process::id());
     let mut vm = VmConfig::new(kernel, initrd);
     vm.debug = args.debug;
-    let mut config = SandboxConfig::new(&id, vm);
+    let mut config = SandboxConfig::new(id.parse()?, vm);
+    config.paths = paths;
     config.cgroups = Some(CgroupsConfig {
         sandbox_cgroup_only: args.sandbox_cgroup_only,
         ..CgroupsConfig::default()
@@ -208,53 +247,72 @@ async fn main() -> Result<ExitCode> {
         virtiofsd: None,
     };
     config.containers.push(container);
-
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger.clone()).await?;
-    let result = async {
-        let ProcessIo { stdout, stderr } = sandbox.start_container("main").await?;
-        let out = tokio::spawn(pump(stdout, tokio::io::stdout()));
-        let err = tokio::spawn(pump(stderr, tokio::io::stderr()));
-        let code = sandbox.wait_container("main").await?;
-        out.await??;
-        err.await??;
-        if args.hold {
-            let status = sandbox.status().await?;
-            eprintln!("sandbox:         {}", status.id);
-            eprintln!(
-                "QEMU pid:        {}",
-                status.vmm_pid.map_or("-".into(), |p| p.to_string())
-            );
-            eprintln!(
-                "sandbox cgroup:  {}",
-                status.sandbox_cgroup.unwrap_or_default()
-            );
-            eprintln!(
-                "overhead cgroup: {}",
-                status.overhead_cgroup.unwrap_or_else(|| "none".into())
-            );
-            eprintln!("state:           {}", sandbox.state_dir().display());
-            eprintln!("holding; press Enter or Ctrl-C to clean up");
-            let mut line = String::new();
-            let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
-            tokio::select! {
-                _ = stdin.read_line(&mut line) => {}
-                _ = tokio::signal::ctrl_c() => {}
-            }
-        }
-        anyhow::Ok(code)
-    }
-    .await;
-    let stopped = sandbox.stop(Duration::from_secs(5)).await;
-    let deleted = match stopped {
-        Ok(()) => sandbox.delete().await,
-        Err(e) => Err(e),
-    };
-    let code = result?;
-    deleted.context("cleaning up the sandbox")?;
-    Ok(ExitCode::from(u8::try_from(code).unwrap_or(1)))
+    Ok(config)
 }
 
-fn nix_is_root() -> bool {
-    std::fs::read_to_string("/proc/self/status")
-        .is_ok_and(|s| s.lines().any(|l| l.starts_with("Uid:\t0\t")))
+/// Starts the container, streams its output, forwards signals to it until
+/// it exits, and returns its exit code.
+async fn run_container(
+    sandbox: &Sandbox,
+    args: &Args,
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>,
+) -> Result<i32> {
+    let main = main_id();
+    // A signal that came while the sandbox was being made ends the run
+    // before the command starts, as it would have ended `runc run`.
+    if let Ok(sig) = signals.try_recv() {
+        eprintln!("run: {sig} before the container started; cleaning up");
+        return Ok(128 + sig.number());
+    }
+    let ProcessIo { stdout, stderr } = sandbox.start_container(&main).await?;
+    let out = tokio::spawn(common::copy(stdout, tokio::io::stdout()));
+    let err = tokio::spawn(common::copy(stderr, tokio::io::stderr()));
+    let wait = sandbox.wait_container(&main);
+    tokio::pin!(wait);
+    let code = loop {
+        tokio::select! {
+            code = &mut wait => break code?,
+            Some(sig) = signals.recv() => {
+                if let Err(e) = sandbox.signal_process(&main, None, sig).await {
+                    eprintln!("run: forwarding {sig}: {}", common::chain(&e));
+                }
+            }
+        }
+    };
+    out.await??;
+    err.await??;
+    if args.hold {
+        hold(sandbox, signals).await?;
+    }
+    Ok(code)
+}
+
+/// Prints where to look and waits for Enter or a signal.
+async fn hold(
+    sandbox: &Sandbox,
+    signals: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>,
+) -> Result<()> {
+    let status = sandbox.status().await?;
+    eprintln!("sandbox:         {}", status.id);
+    eprintln!(
+        "QEMU pid:        {}",
+        status.vmm_pid.map_or("-".into(), |p| p.to_string())
+    );
+    eprintln!(
+        "sandbox cgroup:  {}",
+        status.sandbox_cgroup.unwrap_or_default()
+    );
+    eprintln!(
+        "overhead cgroup: {}",
+        status.overhead_cgroup.unwrap_or_else(|| "none".into())
+    );
+    eprintln!("state:           {}", sandbox.state_dir().display());
+    eprintln!("holding; press Enter or Ctrl-C to clean up");
+    let mut line = String::new();
+    let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());
+    tokio::select! {
+        _ = stdin.read_line(&mut line) => {}
+        _ = signals.recv() => {}
+    }
+    Ok(())
 }

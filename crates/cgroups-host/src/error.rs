@@ -13,15 +13,6 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// A sandbox id that cannot name a cgroup.
-    #[error("invalid sandbox id {id:?}: {reason}")]
-    InvalidSandboxId {
-        /// The rejected id.
-        id: String,
-        /// Which rule it broke.
-        reason: IdError,
-    },
-
     /// A cgroupfs path (parent or OCI `cgroupsPath`) that is unsafe or malformed.
     #[error("invalid cgroup path {path:?}: {reason}")]
     InvalidCgroupPath {
@@ -97,7 +88,7 @@ pub enum Error {
     #[error("plan for sandbox {sandbox:?} does not match the applied cgroups: {what}")]
     PlanMismatch {
         /// The sandbox id.
-        sandbox: String,
+        sandbox: vc_types::SandboxId,
         /// What differs.
         what: &'static str,
     },
@@ -242,28 +233,20 @@ pub enum Error {
         source: std::io::Error,
     },
 
-    /// The operation is not supported by this backend.
-    #[error("unsupported: {what}")]
-    Unsupported {
-        /// What is not supported, and why.
-        what: &'static str,
-    },
-}
+    /// The operation is not supported by this backend or host.
+    #[error(transparent)]
+    Unsupported(#[from] vc_types::Unsupported),
 
-/// Why a sandbox id was rejected.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum IdError {
-    /// The id is empty.
-    #[error("empty")]
-    Empty,
-    /// The id is longer than [`crate::plan::MAX_SANDBOX_ID_LEN`].
-    #[error("longer than {} bytes", crate::plan::MAX_SANDBOX_ID_LEN)]
-    TooLong,
-    /// The id contains a character outside `[A-Za-z0-9_.-]`, or does not
-    /// start with a letter or digit.
-    #[error("only letters, digits, '_', '.' and '-' are allowed, starting with a letter or digit")]
-    BadCharacter,
+    /// The journal refused to record the manager's state before a change
+    /// (see [`crate::Journal`]); the change was not made.
+    #[error("recording the cgroups state of sandbox {sandbox} before changing the host")]
+    Journal {
+        /// The sandbox.
+        sandbox: vc_types::SandboxId,
+        /// The journal's error.
+        #[source]
+        source: crate::apply::JournalError,
+    },
 }
 
 /// Why a cgroupfs path was rejected.

@@ -15,8 +15,8 @@
 //! - [`plan`](mod@plan): a pure planner — sandbox configuration and container
 //!   resources in, a [`CgroupPlan`] out (paths, constraint values for
 //!   cgroup v1 or v2, device allowlist, placement of each process and
-//!   thread class). Also the pure [`vm_size`] that sizes the VM from the
-//!   same resources. No I/O; exhaustively unit-tested.
+//!   thread class). [`plan::ContainerResources::limits`] gives the checked
+//!   per-container limits that VM sizing (in `virtcontainers`) starts from. No I/O; exhaustively unit-tested.
 //! - [`apply`]: the applier, which executes a plan on a real cgroupfs
 //!   through `cgroups-rs` ([`CgroupfsV1`], [`CgroupfsV2`]) and removes
 //!   everything it made. It is built by [`HostCgroups::new`] from explicit
@@ -45,7 +45,8 @@
 //!     let cpu = LinuxCpuBuilder::default().quota(quota).period(100_000u64).build().unwrap();
 //!     ContainerResources::new(id, LinuxResourcesBuilder::default().cpu(cpu).build().unwrap())
 //! };
-//! let config = SandboxCgroupConfig::new("sandbox1", CgroupDriver::Cgroupfs, CgroupVersion::V2);
+//! let id = "sandbox1".parse()?;
+//! let config = SandboxCgroupConfig::new(id, CgroupDriver::Cgroupfs, CgroupVersion::V2);
 //! let plan = plan(&config, &[container("a", 100_000), container("b", 50_000)])?;
 //!
 //! assert_eq!(plan.sandbox.path.as_str(), "/virtcontainers/sandbox1");
@@ -57,7 +58,7 @@
 //!     .flat_map(|s| s.files(plan.version))
 //!     .find(|(file, _)| *file == "cpu.max");
 //! assert_eq!(cpu_max, Some(("cpu.max", FileValue::Text("150000 100000".into()))));
-//! # Ok::<(), vc_cgroups_host::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 //!
 //! Apply it (as root, on the host's real hierarchy) and tear it down:
@@ -69,24 +70,26 @@
 //! let logger = slog::Logger::root(slog::Discard, slog::o!());
 //! let roots = CgroupRoots::discover()?;
 //! let version = roots.preferred_version();
-//! let config = SandboxCgroupConfig::new("sandbox1", CgroupDriver::Cgroupfs, version);
+//! let config = SandboxCgroupConfig::new("sandbox1".parse()?, CgroupDriver::Cgroupfs, version);
 //! let plan = plan(&config, &[])?;
 //! let mut cgroups = HostCgroups::new(CgroupDriver::Cgroupfs, version, &roots, logger)?;
 //! let vmm_pid = 4242; // the VMM, started after the cgroups exist
 //! cgroups.apply(&plan, &SandboxTasks::default())?;
 //! cgroups.update(&plan, &SandboxTasks { vmm: Some(vmm_pid), ..Default::default() })?;
 //! cgroups.delete()?;
-//! # Ok::<(), vc_cgroups_host::Error>(())
+//! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
 pub mod apply;
 mod error;
 pub mod host_devices;
 pub mod plan;
+#[cfg(any(test, feature = "testing"))]
+pub mod testing;
 
 pub use apply::{
-    CgroupManager, CgroupRoots, CgroupfsV1, CgroupfsV2, CgroupsState, HostCgroups, SandboxTasks,
-    SystemdCgroups, V1Mounts, thread_cgroup,
+    CgroupManager, CgroupRoots, CgroupfsV1, CgroupfsV2, CgroupsState, HostCgroups, Journal,
+    JournalError, SandboxTasks, SystemdCgroups, V1Mounts, systemd_unsupported, thread_cgroup,
 };
-pub use error::{CpuListError, Error, IdError, PathError, Result, SystemdPathError};
-pub use plan::{CgroupPlan, VmBaseSize, VmSize, plan, vm_size};
+pub use error::{CpuListError, Error, PathError, Result, SystemdPathError};
+pub use plan::{CgroupPlan, plan};

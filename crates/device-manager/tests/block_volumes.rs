@@ -19,7 +19,7 @@ use vc_device_manager::{
     DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, DeviceState, Error, GuestDevice,
     GuestLocation, ReconcileReport, RegistryConfig,
 };
-use vc_hypervisor::{DeviceHotplug, Hypervisor, PciPath, Qemu};
+use vc_hypervisor::{Hypervisor, PciPath, Qemu};
 
 const START: Duration = Duration::from_secs(60);
 const BOOT: Duration = Duration::from_secs(90);
@@ -53,27 +53,25 @@ fn sparse_file(path: &Path, size: u64) {
 
 #[test]
 fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
-    support::require_vm_host();
-    let _one_vm_at_a_time = support::vm_lock();
+    support::require_disk_vm_host();
+    let _one_vm_at_a_time = vc_test_support::vm_lock();
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data.ext4");
     sparse_file(&data, 32 << 20);
-    support::run("mkfs.ext4", &["-q", "-F", data.to_str().unwrap()]).unwrap();
+    vc_test_support::run("mkfs.ext4", &["-q", "-F", data.to_str().unwrap()]).unwrap();
     let scratch = tmp.path().join("scratch.img");
     sparse_file(&scratch, 1 << 20);
     let extra = tmp.path().join("extra.img");
     sparse_file(&extra, 1 << 20);
 
     // Two hot-plug ports: the third disk has nowhere to go.
-    let config = support::vm_config("vc-dm-block", tmp.path(), 2);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-block", tmp.path(), 2);
 
-    support::runtime().block_on(async {
+    vc_test_support::runtime().block_on(async {
         vm.start(START).await.unwrap();
-        let mut guest = support::Guest::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, _) = vc_test_support::GuestShell::connect(&agent_socket, BOOT)
+            .await
+            .unwrap();
 
         // Two containers attach the writable volume at the same moment:
         // one hot-plug, one disk, both told the same place.
@@ -141,8 +139,8 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         // Another process takes over: the VM from its saved state, the
         // registry from its own, reconciled with the VM's devices.
         let saved_devices = serde_json::to_string(&devices.save_state()).unwrap();
-        let other_vm: Arc<dyn Hypervisor> = Arc::from(
-            vc_hypervisor::attach(vm.save_state().unwrap(), support::logger())
+        let other_vm: Arc<dyn Hypervisor> = Arc::new(
+            Qemu::attach(vm.save_state().unwrap(), vc_test_support::logger())
                 .await
                 .unwrap(),
         );
@@ -150,7 +148,7 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
             serde_json::from_str(&saved_devices).unwrap(),
             other_vm.clone(),
             RegistryConfig::default(),
-            support::logger(),
+            vc_test_support::logger(),
             &other_vm.devices(),
         )
         .await
@@ -177,8 +175,9 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
     });
 
     // What the guest wrote is on the host's image.
-    let out = support::run("debugfs", &["-R", "cat /hello.txt", data.to_str().unwrap()]).unwrap();
+    let out =
+        vc_test_support::run("debugfs", &["-R", "cat /hello.txt", data.to_str().unwrap()]).unwrap();
     assert_eq!(out.trim(), "written in the guest");
-    let left = support::leftovers_under(tmp.path());
+    let left = vc_test_support::leftovers_under(tmp.path());
     assert!(left.is_empty(), "left on the host: {left:?}");
 }

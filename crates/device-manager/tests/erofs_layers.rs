@@ -13,15 +13,12 @@
 mod support;
 
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 use std::time::Duration;
 
-use support::{HostMounts, leftovers_under, make_layer};
 use vc_device_manager::erofs::{ErofsDiscovery, ErofsRootfs, GuestOverlayPlan, MountTableFile};
-use vc_device_manager::{
-    DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, DeviceState, Error, RegistryConfig,
-};
-use vc_hypervisor::{DeviceHotplug, Hypervisor, Qemu};
+use vc_device_manager::{DetachOutcome, DeviceInfo, DeviceManager, DeviceState, Error};
+use vc_hypervisor::Hypervisor;
+use vc_test_support::{HostMounts, leftovers_under, make_layer};
 
 /// A containerd-like snapshotter root (with a space, as escaping must
 /// hold), three committed layers and one active snapshot.
@@ -110,7 +107,7 @@ fn check_discovered(found: &ErofsRootfs, snaps: &Snapshots) {
 
 #[test]
 fn erofs_layers_are_found_through_the_real_mount_table_and_sysfs() {
-    support::require_erofs_host();
+    vc_test_support::require_erofs();
     let tmp = tempfile::tempdir().unwrap();
     let mut mounts = HostMounts::default();
     let snaps = containerd_rootfs(tmp.path(), &mut mounts).unwrap();
@@ -205,23 +202,19 @@ fn disk_name_command(pci_path: &vc_hypervisor::PciPath) -> String {
 
 #[test]
 fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
-    support::require_vm_host();
-    let _one_vm_at_a_time = support::vm_lock();
+    support::require_disk_vm_host();
+    let _one_vm_at_a_time = vc_test_support::vm_lock();
     let tmp = tempfile::tempdir().unwrap();
     let mut mounts = HostMounts::default();
     let snaps = containerd_rootfs(tmp.path(), &mut mounts).unwrap();
     let found = ErofsDiscovery::default().discover(&snaps.rootfs).unwrap();
     check_discovered(&found, &snaps);
 
-    let config = support::vm_config("vc-dm-erofs", tmp.path(), 4);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-erofs", tmp.path(), 4);
 
-    support::runtime().block_on(async {
+    vc_test_support::runtime().block_on(async {
         vm.start(START).await.unwrap();
-        let mut guest = support::Guest::connect(&agent_socket, BOOT).await.unwrap();
+        let (mut guest, _) = vc_test_support::GuestShell::connect(&agent_socket, BOOT).await.unwrap();
 
         let ids: Vec<String> = found
             .images()

@@ -44,11 +44,7 @@ fn fixture_sysfs(root: &Path) {
 
 #[test]
 fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
-    assert!(
-        Path::new(vc_hypervisor::DEFAULT_QEMU_BINARY).exists(),
-        "this test needs {} (apt-get install qemu-system-x86)",
-        vc_hypervisor::DEFAULT_QEMU_BINARY
-    );
+    vc_test_support::require_qemu();
     let tmp = tempfile::tempdir().unwrap();
     let sys = tmp.path().join("sys");
     fixture_sysfs(&sys);
@@ -59,7 +55,7 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
     std::fs::write(&initrd, b"").unwrap();
     let config =
         HypervisorConfig::new("vc-dm-vfio", &kernel, tmp.path().join("run")).with_initrd(&initrd);
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, Default::default(), vc_test_support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
     let devices = DeviceRegistry::new(
         hotplug,
@@ -67,11 +63,11 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
             sys_root: sys.clone(),
             ..RegistryConfig::default()
         },
-        support::logger(),
+        vc_test_support::logger(),
     );
     let id = devices.register(DeviceInfo::vfio("/dev/vfio/3")).unwrap();
     let before = devices.save_state();
-    let result = support::runtime().block_on(devices.attach(&id, "c1"));
+    let result = vc_test_support::runtime().block_on(devices.attach(&id, "c1"));
     let host_has_vfio = Path::new("/dev/vfio/vfio").exists();
     match result {
         Err(Error::Hotplug {
@@ -91,8 +87,8 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
 #[test]
 #[ignore = "no VFIO hardware on this host"]
 fn a_vfio_group_passes_through_to_a_vm_and_back() {
-    support::require_vm_host();
-    let _one_vm_at_a_time = support::vm_lock();
+    support::require_disk_vm_host();
+    let _one_vm_at_a_time = vc_test_support::vm_lock();
     let node = std::env::var("VC_TEST_VFIO_NODE")
         .expect("set VC_TEST_VFIO_NODE to a /dev/vfio/<group> whose devices are bound to vfio-pci");
     assert!(
@@ -108,16 +104,13 @@ fn a_vfio_group_passes_through_to_a_vm_and_back() {
     )
     .unwrap();
     let tmp = tempfile::tempdir().unwrap();
-    let config = support::vm_config("vc-dm-vfio-e2e", tmp.path(), 4);
-    let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, support::logger()).unwrap());
-    let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(hotplug, RegistryConfig::default(), support::logger());
-    support::runtime().block_on(async {
+    let (vm, devices, agent_socket) = support::test_vm("vc-dm-vfio-e2e", tmp.path(), 4);
+    vc_test_support::runtime().block_on(async {
         vm.start(Duration::from_secs(60)).await.unwrap();
-        let mut guest = support::Guest::connect(&agent_socket, Duration::from_secs(90))
-            .await
-            .unwrap();
+        let (mut guest, _) =
+            vc_test_support::GuestShell::connect(&agent_socket, Duration::from_secs(90))
+                .await
+                .unwrap();
         let ids: Vec<String> = attachments
             .iter()
             .map(|a| devices.register(DeviceInfo::vfio(&a.host_path)).unwrap())

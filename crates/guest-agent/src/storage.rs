@@ -471,9 +471,7 @@ mod tests {
     /// Needs root (mount).
     #[test]
     fn overlay_storage_makes_and_removes_its_upper_and_work_dirs() {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "this test needs root (mount)");
+        vc_test_support::require_root();
         let dir = tempfile::tempdir().unwrap();
         let lower = dir.path().join("lower");
         std::fs::create_dir_all(&lower).unwrap();
@@ -503,9 +501,7 @@ mod tests {
 
     #[test]
     fn mount_and_unmount_leave_nothing_behind() {
-        // SAFETY: geteuid has no preconditions.
-        let euid = unsafe { libc::geteuid() };
-        assert_eq!(euid, 0, "this test needs root (mount)");
+        vc_test_support::require_root();
         let dir = tempfile::tempdir().unwrap();
         let target = dir.path().join("vc/c1/rootfs");
         let m = mount_storage("c1", &tmpfs_storage(&target)).unwrap();

@@ -6,15 +6,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
-    RootBuilder, Spec, SpecBuilder, UserBuilder,
-};
-use tokio::io::AsyncReadExt;
+use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder, Spec};
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{
-    Agent as _, AgentConfig, AgentError, OutputStream, ProcessOutput, Transport, TtrpcAgent,
-};
+use vc_agent_client::{Agent as _, AgentConfig, AgentError, Transport, TtrpcAgent};
+use vc_test_support::{ContainerSpec, Need};
 
 use crate::Agent;
 use crate::reaper::ReapMode;
@@ -22,19 +17,6 @@ use crate::reaper::ReapMode;
 const APPLETS: [&str; 12] = [
     "sh", "echo", "cat", "sleep", "id", "pwd", "env", "hostname", "ls", "true", "false", "ps",
 ];
-
-fn require_root() {
-    // SAFETY: geteuid has no preconditions.
-    let euid = unsafe { libc::geteuid() };
-    assert_eq!(
-        euid, 0,
-        "these tests need root (namespaces, mounts): run them as root"
-    );
-    assert!(
-        Path::new("/bin/busybox").exists(),
-        "these tests need /bin/busybox (Debian package busybox-static)"
-    );
-}
 
 /// A busybox rootfs: /bin/busybox and applet links, and mount points.
 fn rootfs(dir: &Path) -> PathBuf {
@@ -50,54 +32,17 @@ fn rootfs(dir: &Path) -> PathBuf {
 }
 
 fn spec(root: &Path, args: &[&str]) -> Spec {
-    let ns = [
-        LinuxNamespaceType::Mount,
-        LinuxNamespaceType::Pid,
-        LinuxNamespaceType::Uts,
-        LinuxNamespaceType::Ipc,
-    ]
-    .into_iter()
-    .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
-    .collect::<Vec<_>>();
-    SpecBuilder::default()
+    ContainerSpec::new(root, args)
         .version("1.0.2")
         .hostname("inside")
-        .root(RootBuilder::default().path(root).build().unwrap())
-        .process(
-            ProcessBuilder::default()
-                .args(args.iter().map(|s| s.to_string()).collect::<Vec<_>>())
-                .env(vec!["PATH=/bin".to_string(), "FOO=bar baz".into()])
-                .cwd("/work")
-                .user(
-                    UserBuilder::default()
-                        .uid(1234u32)
-                        .gid(567u32)
-                        .additional_gids(vec![89u32])
-                        .build()
-                        .unwrap(),
-                )
-                .rlimits(vec![])
-                .build()
-                .unwrap(),
-        )
-        .mounts(vec![
-            MountBuilder::default()
-                .destination("/proc")
-                .typ("proc")
-                .source("proc")
-                .build()
-                .unwrap(),
-            MountBuilder::default()
-                .destination("/dev")
-                .typ("tmpfs")
-                .source("tmpfs")
-                .options(vec!["nosuid".to_string(), "mode=755".into()])
-                .build()
-                .unwrap(),
-        ])
-        .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
+        .env("FOO=bar baz")
+        .cwd("/work")
+        .user(1234, 567, &[89])
+        .no_rlimits()
+        .isolated()
+        .proc_mount()
+        .tmpfs("/dev", &["nosuid", "mode=755"])
         .build()
-        .unwrap()
 }
 
 struct Harness {
@@ -110,7 +55,8 @@ struct Harness {
 
 impl Harness {
     async fn new() -> Harness {
-        require_root();
+        // Namespaces and mounts need root; the rootfs needs busybox.
+        vc_test_support::require(&[Need::Root, Need::Busybox]);
         let dir = tempfile::tempdir().unwrap();
         let root = rootfs(dir.path());
         let guest = Agent::new(
@@ -146,11 +92,9 @@ impl Harness {
     }
 
     async fn create_spec(&self, id: &str, spec: Spec) -> vc_agent_client::Result<()> {
-        let mut req = pb::CreateContainerRequest::new();
-        req.container_id = id.into();
-        req.exec_id = id.into();
-        req.OCI = protobuf::MessageField::some(convert::spec_to_proto(&spec).unwrap());
-        self.agent.create_container(req).await
+        self.agent
+            .create_container(vc_test_support::agent::create_request(id, &spec))
+            .await
     }
 
     /// Runs a container to its end: (stdout, stderr, exit code).
@@ -163,15 +107,7 @@ impl Harness {
     }
 
     async fn output(&self, cid: &str, eid: &str) -> (String, String) {
-        let mut out = String::new();
-        let mut err = String::new();
-        let agent: Arc<dyn vc_agent_client::Agent> = self.agent.clone();
-        let mut o = ProcessOutput::new(agent.clone(), cid, eid, OutputStream::Stdout);
-        let mut e = ProcessOutput::new(agent, cid, eid, OutputStream::Stderr);
-        let (a, b) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
-        a.unwrap();
-        b.unwrap();
-        (out, err)
+        vc_test_support::agent::read_output(self.agent.clone(), cid, eid).await
     }
 
     async fn remove(&self, id: &str) {

@@ -10,7 +10,6 @@
 
 mod docker_profile;
 mod parity;
-mod support;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use vc_agent_client::protocol::protobuf::MessageField;
 use vc_agent_client::protocol::{agent as pb, oci};
 use vc_agent_client::{Agent, AgentError, OutputStream, ProcessOutput, TtrpcAgent};
 use vc_hypervisor::{Hypervisor, Qemu};
+use vc_test_support::agent as support;
 
 /// The CreateContainer request for `spec` in the VM: the rootfs share
 /// mounted at the container's guest rootfs.
@@ -176,10 +176,10 @@ async fn bad_requests(agent: &Arc<TtrpcAgent>, rootfs: &str) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_agent_runs_what_runc_runs() {
-    support::require_vm_host();
+    vc_test_support::require_vm_host();
     parity::require_runc();
     let dir = tempfile::tempdir().unwrap();
-    let rootfs = support::busybox_rootfs(dir.path());
+    let rootfs = vc_test_support::busybox_rootfs(dir.path());
     parity::prepare_rootfs(&rootfs);
 
     // runc first, on the host.
@@ -194,8 +194,13 @@ async fn the_agent_runs_what_runc_runs() {
         runc.push(got);
     }
 
-    let config = support::vm_config("vc-agent-parity", dir.path(), &rootfs);
-    let qemu = Qemu::new(config, support::logger()).expect("VM config");
+    let config = support::agent_vm_config("vc-agent-parity", dir.path(), &rootfs);
+    let qemu = Qemu::new(
+        config,
+        support::agent_vm_options(),
+        vc_test_support::logger(),
+    )
+    .expect("VM config");
     qemu.start(Duration::from_secs(60))
         .await
         .expect("starting QEMU");

@@ -1,19 +1,17 @@
 //! End to end in a real VM (root, QEMU under TCG): `vc-hypervisor`'s QEMU
 //! backend boots the image `vc-guest-image` builds around the static agent
-//! (see `support`); the container rootfs is a busybox tree shared by 9p.
-//! One VM serves all the checks, in order, to keep the suite short on two
-//! shared cores.
-
-mod support;
+//! (`vc_test_support::agent_image`, built fresh from this tree); the
+//! container rootfs is a busybox tree shared by 9p. One VM serves all the
+//! checks, in order, to keep the suite short on two shared cores.
 
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use oci_spec::runtime::ProcessBuilder;
-use tokio::io::AsyncReadExt;
 use vc_agent_client::protocol::{agent as pb, convert};
-use vc_agent_client::{Agent, AgentError, OutputStream, ProcessOutput, TtrpcAgent};
+use vc_agent_client::{Agent, AgentError, TtrpcAgent};
 use vc_hypervisor::{Hypervisor, Qemu};
+use vc_test_support::agent;
 
 /// The VM, killed when dropped; on a failing test its console (kernel and
 /// agent logs) is printed.
@@ -25,11 +23,12 @@ struct Vm {
 
 impl Vm {
     async fn boot() -> Vm {
-        support::require_vm_host();
+        vc_test_support::require_vm_host();
         let dir = tempfile::tempdir().unwrap();
-        let rootfs = support::busybox_rootfs(dir.path());
-        let config = support::vm_config("vc-agent-vm-test", dir.path(), &rootfs);
-        let qemu = Qemu::new(config, support::logger()).expect("VM config");
+        let rootfs = vc_test_support::busybox_rootfs(dir.path());
+        let config = agent::agent_vm_config("vc-agent-vm-test", dir.path(), &rootfs);
+        let options = agent::agent_vm_options();
+        let qemu = Qemu::new(config, options, vc_test_support::logger()).expect("VM config");
         let started = Instant::now();
         qemu.start(Duration::from_secs(60))
             .await
@@ -42,11 +41,11 @@ impl Vm {
     }
 
     fn console(&self) -> String {
-        support::console(&self.qemu)
+        agent::console(&self.qemu)
     }
 
     async fn connect(&self) -> Arc<TtrpcAgent> {
-        match support::connect(&self.qemu).await {
+        match agent::connect(&self.qemu).await {
             Ok(a) => Arc::new(a),
             Err(e) => panic!("agent did not come up: {e}\nconsole:\n{}", self.console()),
         }
@@ -63,19 +62,12 @@ impl Drop for Vm {
 
 async fn create(agent: &TtrpcAgent, cid: &str, args: &[&str]) -> vc_agent_client::Result<()> {
     agent
-        .create_container(support::guest_create_request(cid, args))
+        .create_container(agent::guest_create_request(cid, args))
         .await
 }
 
 async fn output(agent: &Arc<TtrpcAgent>, cid: &str, eid: &str) -> (String, String) {
-    let a: Arc<dyn Agent> = agent.clone();
-    let (mut out, mut err) = (String::new(), String::new());
-    let mut o = ProcessOutput::new(a.clone(), cid, eid, OutputStream::Stdout);
-    let mut e = ProcessOutput::new(a, cid, eid, OutputStream::Stderr);
-    let (x, y) = tokio::join!(o.read_to_string(&mut out), e.read_to_string(&mut err));
-    x.unwrap();
-    y.unwrap();
-    (out, err)
+    agent::read_output(agent.clone(), cid, eid).await
 }
 
 async fn run(agent: &Arc<TtrpcAgent>, cid: &str, args: &[&str]) -> (String, String, i32) {
@@ -215,7 +207,7 @@ async fn containers_run_in_the_vm() {
 
     // A storage the VM does not have: a clear error naming it, the agent
     // still answers, and the id is free again.
-    let mut req = support::guest_create_request("lost", &["true"]);
+    let mut req = agent::guest_create_request("lost", &["true"]);
     req.storages[0].source = "no-such-tag".into();
     match agent.create_container(req).await {
         Err(AgentError::Rpc { message, .. }) => {

@@ -5,7 +5,6 @@
 
 mod docker_profile;
 mod parity;
-mod support;
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -20,6 +19,7 @@ use vc_agent_client::protocol::convert;
 use vc_agent_client::protocol::protobuf::MessageField;
 use vc_agent_client::{Agent, OutputStream, ProcessOutput, TtrpcAgent};
 use vc_hypervisor::{Hypervisor, Qemu};
+use vc_test_support::agent as support;
 
 fn request(cid: &str, spec: &Spec) -> pb::CreateContainerRequest {
     let mut req = support::create_request(cid, spec);
@@ -163,11 +163,16 @@ async fn process_fields(agent: &Arc<TtrpcAgent>) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_terminals_and_process_fields_in_the_vm() {
-    support::require_vm_host();
+    vc_test_support::require_vm_host();
     let dir = tempfile::tempdir().unwrap();
-    let rootfs = support::busybox_rootfs(dir.path());
-    let config = support::vm_config("vc-agent-spec", dir.path(), &rootfs);
-    let qemu = Qemu::new(config, support::logger()).expect("VM config");
+    let rootfs = vc_test_support::busybox_rootfs(dir.path());
+    let config = support::agent_vm_config("vc-agent-spec", dir.path(), &rootfs);
+    let qemu = Qemu::new(
+        config,
+        support::agent_vm_options(),
+        vc_test_support::logger(),
+    )
+    .expect("VM config");
     qemu.start(Duration::from_secs(60))
         .await
         .expect("starting QEMU");

@@ -32,7 +32,7 @@ impl ImageCache {
     /// else the target dir holding the running executable (found by
     /// cargo's `CACHEDIR.TAG`), else `./target`.
     pub fn in_target_dir() -> Self {
-        Self::new(target_dir().join(CACHE_DIR_NAME))
+        Self::new(cargo_target_dir().join(CACHE_DIR_NAME))
     }
 
     /// The cache root.
@@ -113,7 +113,12 @@ impl ImageCache {
 }
 
 /// The cargo target dir this process belongs to.
-fn target_dir() -> PathBuf {
+/// The cargo target dir: `$CARGO_TARGET_DIR` when set (relative to the
+/// current dir), else the target dir holding the running executable
+/// (found by cargo's `CACHEDIR.TAG`: right for tests, benches and `cargo
+/// run`), else `./target`. [`ImageCache::in_target_dir`] and the test
+/// fixtures find `make guest-image`'s output through it.
+pub fn cargo_target_dir() -> PathBuf {
     if let Some(dir) = std::env::var_os("CARGO_TARGET_DIR") {
         let dir = PathBuf::from(dir);
         return if dir.is_absolute() {

@@ -77,7 +77,7 @@ pub mod vmlinux;
 pub use builder::{
     ExtraFile, GuestImage, GuestImageBuilder, INITRAMFS_FILE, MANIFEST_FILE, Manifest, VMLINUX_FILE,
 };
-pub use cache::{CACHE_DIR_NAME, ImageCache};
+pub use cache::{CACHE_DIR_NAME, ImageCache, cargo_target_dir};
 pub use error::{Error, Result};
 pub use initramfs::{
     ArchivedEntry, Entry, EntryKind, FileSource, Initramfs, normalize_image_path, read_archive,

@@ -6,15 +6,8 @@ use std::path::PathBuf;
 
 use vc_guest_image::modules::{depends_of, modinfo};
 use vc_guest_image::vmlinux::check_pvh_bootable;
-use vc_guest_image::{
-    GuestImage, GuestImageBuilder, ImageCache, KernelPackage, LOAD_ORDER_PATH, read_archive,
-};
-
-fn kernel() -> KernelPackage {
-    KernelPackage::find_installed().unwrap_or_else(|e| {
-        panic!("this test needs the Debian kernel package (scripts/install-prereqs.sh installs linux-image-amd64): {e}")
-    })
-}
+use vc_guest_image::{GuestImage, GuestImageBuilder, ImageCache, LOAD_ORDER_PATH, read_archive};
+use vc_test_support::require_guest_kernel;
 
 fn archive(image: &GuestImage) -> HashMap<String, (u32, Vec<u8>)> {
     let bytes = std::fs::read(&image.initramfs).unwrap();
@@ -30,7 +23,7 @@ fn image_from_the_installed_kernel_is_bootable_and_complete() {
     let cache_root = tempfile::tempdir().unwrap();
     let cache = ImageCache::new(cache_root.path());
     let init = b"#!/bin/sh\necho init\n".to_vec();
-    let image = GuestImageBuilder::new(kernel(), init.clone())
+    let image = GuestImageBuilder::new(require_guest_kernel(), init.clone())
         .extra_file("/etc/hello", b"hello\n".to_vec(), 0o640)
         .build_cached(&cache)
         .unwrap();
@@ -90,14 +83,15 @@ fn cache_hits_for_same_inputs_and_rebuilds_when_they_change() {
     let cache_root = tempfile::tempdir().unwrap();
     let cache = ImageCache::new(cache_root.path());
     let modules = ["virtio_console"];
-    let builder = GuestImageBuilder::new(kernel(), b"init-1".to_vec()).modules(modules);
+    let builder =
+        GuestImageBuilder::new(require_guest_kernel(), b"init-1".to_vec()).modules(modules);
     let first = builder.build_cached(&cache).unwrap();
     let mtime = std::fs::metadata(&first.vmlinux)
         .unwrap()
         .modified()
         .unwrap();
 
-    let again = GuestImageBuilder::new(kernel(), b"init-1".to_vec())
+    let again = GuestImageBuilder::new(require_guest_kernel(), b"init-1".to_vec())
         .modules(modules)
         .build_cached(&cache)
         .unwrap();
@@ -111,9 +105,10 @@ fn cache_hits_for_same_inputs_and_rebuilds_when_they_change() {
         "rebuilt on a hit"
     );
 
-    let changed_init = GuestImageBuilder::new(kernel(), b"init-2".to_vec()).modules(modules);
+    let changed_init =
+        GuestImageBuilder::new(require_guest_kernel(), b"init-2".to_vec()).modules(modules);
     let changed_modules =
-        GuestImageBuilder::new(kernel(), b"init-1".to_vec()).modules(["virtio_blk"]);
+        GuestImageBuilder::new(require_guest_kernel(), b"init-1".to_vec()).modules(["virtio_blk"]);
     let changed_file = builder.clone().extra_file("/x", b"x".to_vec(), 0o644);
     let changed_mode = builder.clone().extra_file("/x", b"x".to_vec(), 0o755);
     let keys: Vec<String> = [
@@ -144,7 +139,7 @@ fn cache_hits_for_same_inputs_and_rebuilds_when_they_change() {
 fn unknown_module_is_a_typed_error_and_publishes_nothing() {
     let cache_root = tempfile::tempdir().unwrap();
     let cache = ImageCache::new(cache_root.path());
-    let err = GuestImageBuilder::new(kernel(), b"init".to_vec())
+    let err = GuestImageBuilder::new(require_guest_kernel(), b"init".to_vec())
         .modules(["virtio_blk", "no_such_module_xyz"])
         .build_cached(&cache)
         .unwrap_err();

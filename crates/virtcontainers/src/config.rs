@@ -1,16 +1,18 @@
-//! What a sandbox is made of: [`SandboxConfig`] and [`ContainerConfig`],
-//! and their validation (pure but for checking that paths exist).
+//! What a sandbox is made of: [`SandboxConfig`] and [`ContainerConfig`].
+//! They are plain data; [`crate::plan_sandbox`] checks them and turns them
+//! into what the steps of `create_sandbox` carry out.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
-use vc_cgroups_host::plan::{CgroupDriver, Overhead};
+use vc_cgroups_host::CgroupRoots;
+use vc_cgroups_host::plan::{CgroupDriver, CgroupVersion, Overhead};
 use vc_hypervisor::Accelerator;
+use vc_types::{ContainerId, SandboxId};
 
 use crate::error::Error;
-use crate::id::{IdKind, validate_id};
 
 /// Where the SDK keeps its files on the host.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -53,8 +55,6 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initramfs whose `/init` is the guest agent.
     pub initrd: PathBuf,
-    /// The QEMU binary.
-    pub qemu_binary: PathBuf,
     /// Accelerator (KVM when usable, else TCG, by default).
     pub accelerator: Accelerator,
     /// vCPUs for the guest itself, added to what the containers ask for.
@@ -76,12 +76,12 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A VM booting `kernel` and `initrd` with the defaults: 1 vCPU and
-    /// 256 MiB for the guest, KVM when usable, QEMU from Debian's package.
+    /// 256 MiB for the guest, KVM when usable. The VMM binary and its
+    /// options are the VM factory's (`QemuFactory::new`).
     pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
             initrd: initrd.into(),
-            qemu_binary: vc_hypervisor::DEFAULT_QEMU_BINARY.into(),
             accelerator: Accelerator::Auto,
             default_vcpus: 1,
             default_memory_mib: 256,
@@ -97,6 +97,24 @@ impl VmConfig {
     }
 }
 
+/// Where the cgroup hierarchies are.
+#[derive(Debug, Clone, PartialEq, Eq, Default, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CgroupHierarchy {
+    /// This process's cgroup mounts (from `/proc/self/mountinfo`), v2 when
+    /// the host is unified, else v1.
+    #[default]
+    Discover,
+    /// These mounts, written as this version (e.g. a test's fixture, or a
+    /// host with unusual mounts).
+    At {
+        /// The mounts.
+        roots: CgroupRoots,
+        /// The version to write.
+        version: CgroupVersion,
+    },
+}
+
 /// Host cgroups of the sandbox (see `vc-cgroups-host`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupsConfig {
@@ -109,6 +127,11 @@ pub struct CgroupsConfig {
     pub sandbox_cgroup_only: bool,
     /// Headroom added to the summed memory and pids limits.
     pub overhead: Overhead,
+    /// Where the hierarchies are.
+    pub hierarchy: CgroupHierarchy,
+    /// Where the VMM's device nodes are looked up for the device allowlist
+    /// (`/dev`).
+    pub dev_dir: PathBuf,
 }
 
 impl Default for CgroupsConfig {
@@ -118,6 +141,8 @@ impl Default for CgroupsConfig {
             cgroups_path: None,
             sandbox_cgroup_only: false,
             overhead: Overhead::default(),
+            hierarchy: CgroupHierarchy::Discover,
+            dev_dir: PathBuf::from("/dev"),
         }
     }
 }
@@ -190,7 +215,7 @@ pub struct BlockRootfs {
 #[derive(Debug, Clone, PartialEq)]
 pub struct ContainerConfig {
     /// The container id, unique in its sandbox.
-    pub id: String,
+    pub id: ContainerId,
     /// The bundle directory (its `root.path` is relative to it).
     pub bundle: PathBuf,
     /// The OCI runtime spec.
@@ -200,16 +225,21 @@ pub struct ContainerConfig {
 }
 
 impl ContainerConfig {
-    /// Loads `<bundle>/config.json`.
-    pub fn from_bundle(id: impl Into<String>, bundle: impl Into<PathBuf>) -> Result<Self, Error> {
-        let id = id.into();
+    /// Loads `<bundle>/config.json`. A file that does not parse is
+    /// [`Error::BundleConfig`], whose cause names the line and column.
+    pub fn from_bundle(id: ContainerId, bundle: impl Into<PathBuf>) -> Result<Self, Error> {
         let bundle = bundle.into();
         check_bundle_dir(&id, &bundle)?;
         let path = bundle.join("config.json");
-        let spec = Spec::load(&path).map_err(|e| Error::InvalidBundle {
+        let text = std::fs::read(&path).map_err(|e| Error::InvalidBundle {
+            container: id.clone(),
+            path: path.clone(),
+            reason: e.to_string(),
+        })?;
+        let spec: Spec = serde_json::from_slice(&text).map_err(|source| Error::BundleConfig {
             container: id.clone(),
             path,
-            reason: e.to_string(),
+            source,
         })?;
         Ok(ContainerConfig {
             id,
@@ -238,9 +268,8 @@ impl ContainerConfig {
         })
     }
 
-    /// Checks the id, the bundle and the rootfs.
+    /// Checks the bundle, the rootfs and the process.
     pub fn validate(&self) -> Result<(), Error> {
-        validate_id(IdKind::Container, &self.id)?;
         check_bundle_dir(&self.id, &self.bundle)?;
         let rootfs = self.rootfs()?;
         match &self.rootfs_block {
@@ -279,7 +308,7 @@ impl ContainerConfig {
     }
 }
 
-fn check_bundle_dir(id: &str, bundle: &Path) -> Result<(), Error> {
+fn check_bundle_dir(id: &ContainerId, bundle: &Path) -> Result<(), Error> {
     let reason = match std::fs::metadata(bundle) {
         Ok(m) if m.is_dir() => return Ok(()),
         Ok(_) => "not a directory".to_owned(),
@@ -287,17 +316,35 @@ fn check_bundle_dir(id: &str, bundle: &Path) -> Result<(), Error> {
         Err(e) => e.to_string(),
     };
     Err(Error::InvalidBundle {
-        container: id.to_owned(),
+        container: id.clone(),
         path: bundle.to_owned(),
         reason,
     })
+}
+
+/// How long a sandbox's VM and helper processes live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum SandboxLifetime {
+    /// They die with the process that created the sandbox, whatever the
+    /// way it ends (kill -9 included), as a containerd shim's VM dies with
+    /// the shim; dropping the creating [`crate::Sandbox`] handle without
+    /// stopping it kills them too. What is left on the host afterwards is
+    /// freed by [`crate::reclaim_stale`].
+    #[default]
+    DiesWithOwner,
+    /// They live on after their creator exits, until the sandbox is
+    /// deleted: a CLI-style runtime creates in one process and starts,
+    /// execs and deletes from later ones (`runc create/start/delete`, Kata
+    /// 1.x). Dropping a handle never stops them.
+    UntilDeleted,
 }
 
 /// Everything [`crate::create_sandbox`] needs.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
     /// The sandbox id.
-    pub id: String,
+    pub id: SandboxId,
     /// Where the SDK keeps its files.
     pub paths: Paths,
     /// The VM.
@@ -314,13 +361,15 @@ pub struct SandboxConfig {
     pub containers: Vec<ContainerConfig>,
     /// How long an operation waits for the sandbox's lock.
     pub lock_timeout: Duration,
+    /// How long the VM and helpers live.
+    pub lifetime: SandboxLifetime,
 }
 
 impl SandboxConfig {
     /// A sandbox with default paths, host cgroups, share and timeouts.
-    pub fn new(id: impl Into<String>, vm: VmConfig) -> Self {
+    pub fn new(id: SandboxId, vm: VmConfig) -> Self {
         SandboxConfig {
-            id: id.into(),
+            id,
             paths: Paths::default(),
             vm,
             cgroups: Some(CgroupsConfig::default()),
@@ -329,58 +378,30 @@ impl SandboxConfig {
             hostname: None,
             containers: Vec::new(),
             lock_timeout: Duration::from_secs(10),
+            lifetime: SandboxLifetime::DiesWithOwner,
         }
     }
+}
 
-    /// Checks everything that can be checked before touching the host:
-    /// ids, unique container ids, bundles, sizes, socket path lengths.
-    pub fn validate(&self) -> Result<(), Error> {
-        validate_id(IdKind::Sandbox, &self.id)?;
-        let invalid = |what: String| Err(Error::InvalidConfig { what });
-        if self.vm.default_vcpus == 0 {
-            return invalid("vm.default_vcpus must be at least 1".into());
-        }
-        if self.vm.max_vcpus < self.vm.default_vcpus {
-            return invalid(format!(
-                "vm.max_vcpus ({}) is below vm.default_vcpus ({})",
-                self.vm.max_vcpus, self.vm.default_vcpus
-            ));
-        }
-        if self.vm.default_memory_mib < vc_hypervisor::MIN_MEMORY_MIB {
-            return invalid(format!(
-                "vm.default_memory_mib ({}) is below the guest minimum ({} MiB)",
-                self.vm.default_memory_mib,
-                vc_hypervisor::MIN_MEMORY_MIB
-            ));
-        }
-        for (name, path) in [
-            ("vm.kernel", &self.vm.kernel),
-            ("vm.initrd", &self.vm.initrd),
-        ] {
-            if !path.is_file() {
-                return invalid(format!("{name} {} is not a file", path.display()));
-            }
-        }
-        // The longest socket the VM gets: <runtime_root>/<id>/console.sock.
-        let longest = self.paths.runtime_root.join(&self.id).join("console.sock");
-        vc_hypervisor::check_socket_path(&longest).map_err(|e| Error::InvalidConfig {
-            what: format!("paths.runtime_root is too long for the VM's sockets: {e}"),
-        })?;
-        if let Some(h) = &self.hostname
-            && (h.is_empty() || h.len() > 64 || h.contains(['/', '\0', ' ']))
-        {
-            return invalid(format!("hostname {h:?} is not a valid host name"));
-        }
-        let mut seen = std::collections::HashSet::new();
-        for c in &self.containers {
-            c.validate()?;
-            if !seen.insert(c.id.as_str()) {
-                return Err(Error::ContainerExists {
-                    sandbox: self.id.clone(),
-                    container: c.id.clone(),
-                });
-            }
-        }
-        Ok(())
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_malformed_config_json_names_line_and_column() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("config.json"),
+            "{\n  \"ociVersion\": \"1.0.2\",\n  \"process\": {\"args\": [\"sh\",]}\n}\n",
+        )
+        .unwrap();
+        let err = ContainerConfig::from_bundle("app".parse().unwrap(), dir.path()).unwrap_err();
+        let Error::BundleConfig { source, path, .. } = &err else {
+            panic!("{err:?}");
+        };
+        assert_eq!(path, &dir.path().join("config.json"));
+        assert_eq!((source.line(), source.column()), (3, 29), "{source}");
+        let chain = format!("{err}: {source}");
+        assert!(chain.contains("line 3 column 29"), "{chain}");
     }
 }

@@ -9,6 +9,8 @@ use oci_spec::runtime::{LinuxNamespaceType, Mount, Spec};
 use vc_agent_client::protocol::agent::Storage;
 use vc_mountinfo::MountInfo;
 
+use vc_types::ContainerId;
+
 use crate::config::ContainerConfig;
 use crate::devices::ContainerDevices;
 use crate::error::Error;
@@ -42,7 +44,7 @@ pub(crate) struct ContainerLayout {
     pub storages: Vec<Storage>,
 }
 
-fn guest_path(container: &str, rel: &str) -> String {
+fn guest_path(container: &ContainerId, rel: &str) -> String {
     format!("{GUEST_SHARED_DIR}/{container}/{rel}")
 }
 
@@ -56,7 +58,7 @@ pub(crate) fn layout(
     devices: &ContainerDevices,
 ) -> Result<ContainerLayout, Error> {
     let id = &cfg.id;
-    let host_container_dir = shared_dir.join(id);
+    let host_container_dir = shared_dir.join(id.as_str());
     let mut binds = Vec::new();
     let guest_root = match &devices.rootfs {
         Some(guest) => guest.clone(),
@@ -86,17 +88,58 @@ pub(crate) fn layout(
         .into_iter()
         .enumerate()
     {
-        let mut m = m;
+        let mut place = MountPlacement {
+            id,
+            host_container_dir: &host_container_dir,
+            devices,
+            binds: &mut binds,
+            storages: &mut storages,
+        };
+        mounts.push(place.rewrite(i, m, host_mounts)?);
+    }
+    spec.set_mounts(Some(mounts));
+    strip_host_only(&mut spec);
+    Ok(ContainerLayout {
+        binds,
+        spec,
+        storages,
+    })
+}
+
+/// Where one container's mounts go, and what they add on the way.
+struct MountPlacement<'a> {
+    id: &'a ContainerId,
+    host_container_dir: &'a Path,
+    devices: &'a ContainerDevices,
+    binds: &'a mut Vec<HostBind>,
+    storages: &'a mut Vec<Storage>,
+}
+
+impl MountPlacement<'_> {
+    /// Mount `i` of the spec, rewritten to where its source is in the
+    /// guest: a block volume's disk, a bind into the share, a guest-local
+    /// or memory-backed directory, or left as is for kernel filesystems.
+    fn rewrite(
+        &mut self,
+        i: usize,
+        mut m: Mount,
+        host_mounts: &[MountInfo],
+    ) -> Result<Mount, Error> {
+        let id = self.id;
         match classify(&m, host_mounts) {
             GuestMount::Guest => {}
             GuestMount::Block { .. } => {
-                let guest = devices.volumes.get(&i).ok_or_else(|| Error::InvalidSpec {
-                    container: id.clone(),
-                    reason: format!(
-                        "block volume {} was not attached",
-                        m.destination().display()
-                    ),
-                })?;
+                let guest = self
+                    .devices
+                    .volumes
+                    .get(&i)
+                    .ok_or_else(|| Error::InvalidSpec {
+                        container: id.clone(),
+                        reason: format!(
+                            "block volume {} was not attached",
+                            m.destination().display()
+                        ),
+                    })?;
                 m.set_source(Some(PathBuf::from(guest)));
                 m.set_typ(Some("bind".into()));
                 let mut options = m.options().clone().unwrap_or_default();
@@ -106,9 +149,9 @@ pub(crate) fn layout(
             }
             GuestMount::Shared { source, read_only } => {
                 let rel = format!("mounts/{i}");
-                binds.push(HostBind {
+                self.binds.push(HostBind {
                     source,
-                    target: host_container_dir.join(&rel),
+                    target: self.host_container_dir.join(&rel),
                     read_only,
                 });
                 m.set_source(Some(PathBuf::from(guest_path(id, &rel))));
@@ -116,30 +159,31 @@ pub(crate) fn layout(
             }
             GuestMount::LocalDir { name } => {
                 let dir = format!("{GUEST_LOCAL_DIR}/{name}");
-                push_storage(&mut storages, "local", "", "", &dir);
+                push_storage(self.storages, "local", "", "", &dir);
                 m.set_source(Some(PathBuf::from(dir)));
                 m.set_typ(Some("bind".into()));
             }
             GuestMount::Ephemeral { name } => {
                 let dir = format!("{GUEST_EPHEMERAL_DIR}/{name}");
-                push_storage(&mut storages, "ephemeral", "tmpfs", "tmpfs", &dir);
+                push_storage(self.storages, "ephemeral", "tmpfs", "tmpfs", &dir);
                 m.set_source(Some(PathBuf::from(dir)));
                 m.set_typ(Some("bind".into()));
             }
         }
-        mounts.push(m);
+        Ok(m)
     }
-    spec.set_mounts(Some(mounts));
+}
 
-    // Hooks name host binaries, which do not exist in the guest.
+/// Drops what only means something on the host: hooks (host binaries),
+/// the network namespace (the VM is the network boundary: containers
+/// share the guest's namespace, which holds the sandbox's interfaces) and
+/// the host cgroup path (the agent places the container in its own
+/// hierarchy).
+fn strip_host_only(spec: &mut Spec) {
     spec.set_hooks(None);
     if let Some(linux) = spec.linux().clone() {
         let mut linux = linux;
-        // The host's cgroup path means nothing in the guest: the agent
-        // places the container in its own hierarchy.
         linux.set_cgroups_path(None);
-        // The VM is the network boundary: containers share the guest's
-        // network namespace, which holds the sandbox's interfaces.
         if let Some(ns) = linux.namespaces().clone() {
             linux.set_namespaces(Some(
                 ns.into_iter()
@@ -149,11 +193,6 @@ pub(crate) fn layout(
         }
         spec.set_linux(Some(linux));
     }
-    Ok(ContainerLayout {
-        binds,
-        spec,
-        storages,
-    })
 }
 
 fn push_storage(
@@ -217,7 +256,7 @@ mod tests {
             .build()
             .unwrap();
         ContainerConfig {
-            id: "c1".into(),
+            id: "c1".parse().unwrap(),
             bundle: "/bundles/c1".into(),
             spec,
             rootfs_block: None,

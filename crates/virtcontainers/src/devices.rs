@@ -11,6 +11,8 @@ use vc_agent_client::protocol::agent::Storage;
 use vc_device_manager::erofs::{ErofsDiscovery, GuestOverlayPlan};
 use vc_device_manager::{DeviceInfo, DeviceManager, GuestDevice, GuestLocation};
 
+use vc_types::ContainerId;
+
 use crate::config::ContainerConfig;
 use crate::error::Error;
 use crate::mounts::{GuestMount, classify};
@@ -54,9 +56,11 @@ fn blk(
     mount_point: String,
 ) -> Result<Storage, Error> {
     let GuestLocation::VirtioBlk { pci_path, .. } = &source.location else {
-        return Err(Error::InvalidConfig {
-            what: format!("device {} is not a virtio-blk disk", source.id),
-        });
+        return Err(vc_types::Unsupported::new(
+            "a container disk that is not virtio-blk",
+            format!("device {} is attached as {:?}", source.id, source.location),
+        )
+        .into());
     };
     let mut s = Storage::new();
     s.driver = "blk".into();
@@ -67,6 +71,14 @@ fn blk(
     }
     s.mount_point = mount_point;
     Ok(s)
+}
+
+/// What the container's devices are, worked out before anything is
+/// registered or attached.
+struct DevicePlan {
+    rootfs: Option<Plan>,
+    /// Spec mount index and the block volume it names.
+    volumes: Vec<(usize, GuestMount)>,
 }
 
 /// Registers and attaches the container's devices, returning what the
@@ -80,13 +92,44 @@ pub(crate) async fn attach(
     record: impl FnOnce(&[String]) -> Result<(), Error>,
 ) -> Result<ContainerDevices, Error> {
     let id = &cfg.id;
-    let rootfs = cfg.rootfs()?;
-    let plan = match &cfg.rootfs_block {
+    let plan = plan_devices(cfg, logger)?;
+    // Register everything first: a bad path fails before any hot-plug.
+    let (rootfs_ids, volume_ids) = register(dm, &plan)?;
+    let ids: Vec<String> = rootfs_ids.iter().chain(&volume_ids).cloned().collect();
+    if ids.is_empty() {
+        return Ok(ContainerDevices::default());
+    }
+    record(&ids)?;
+    let attached = match dm.attach_all(&ids, id).await {
+        Ok(a) => a,
+        Err(e) => {
+            let _ = dm.release_container(id).await;
+            return Err(dm_err("attach the container's devices")(e));
+        }
+    };
+    let (rootfs_disks, volume_disks) = attached.split_at(rootfs_ids.len());
+    let mut out = ContainerDevices {
+        ids,
+        ..Default::default()
+    };
+    let built = rootfs_storages(&plan, id, rootfs_disks, &mut out)
+        .and_then(|()| volume_storages(&plan, id, volume_disks, &mut out));
+    if let Err(e) = built {
+        let _ = dm.release_container(id).await;
+        return Err(e);
+    }
+    Ok(out)
+}
+
+/// What carries the rootfs (a block image, EROFS layers, or the share)
+/// and which mounts are block volumes.
+fn plan_devices(cfg: &ContainerConfig, logger: &Logger) -> Result<DevicePlan, Error> {
+    let rootfs = match &cfg.rootfs_block {
         Some(b) => Some(Plan::BlockRootfs {
             info: DeviceInfo::block(&b.image),
             fs_type: b.fs_type.clone(),
         }),
-        None => match ErofsDiscovery::default().discover(&rootfs) {
+        None => match ErofsDiscovery::default().discover(&cfg.rootfs()?) {
             Ok(found) => Some(Plan::Erofs(found)),
             // Not an overlay over EROFS layers (a plain directory, an
             // overlay over directories, ...): the share carries it.
@@ -97,26 +140,31 @@ pub(crate) async fn attach(
                 | vc_device_manager::Error::UnsupportedRootfs { .. }
                 | vc_device_manager::Error::UnsupportedLayer { .. }),
             ) => {
-                debug!(logger, "rootfs goes through the share"; "container" => id, "why" => %why);
+                debug!(logger, "rootfs goes through the share"; "container" => %cfg.id, "why" => %why);
                 None
             }
             Err(e) => return Err(dm_err("discover the container's EROFS layers")(e)),
         },
     };
-    let host_mounts: Vec<vc_mountinfo::MountInfo> = Vec::new();
-    let volumes: Vec<(usize, GuestMount)> = cfg
+    let volumes = cfg
         .spec
         .mounts()
         .iter()
         .flatten()
         .enumerate()
-        .map(|(i, m)| (i, classify(m, &host_mounts)))
+        .map(|(i, m)| (i, classify(m, &[])))
         .filter(|(_, g)| matches!(g, GuestMount::Block { .. }))
         .collect();
+    Ok(DevicePlan { rootfs, volumes })
+}
 
-    // Register everything first: a bad path fails before any hot-plug.
+/// Registers the rootfs devices and the block volumes, in that order.
+fn register(
+    dm: &dyn DeviceManager,
+    plan: &DevicePlan,
+) -> Result<(Vec<String>, Vec<String>), Error> {
     let mut rootfs_ids = Vec::new();
-    match &plan {
+    match &plan.rootfs {
         Some(Plan::BlockRootfs { info, .. }) => {
             rootfs_ids.push(
                 dm.register(info.clone())
@@ -135,7 +183,7 @@ pub(crate) async fn attach(
         None => {}
     }
     let mut volume_ids = Vec::new();
-    for (_, g) in &volumes {
+    for (_, g) in &plan.volumes {
         if let GuestMount::Block {
             source, read_only, ..
         } = g
@@ -150,88 +198,96 @@ pub(crate) async fn attach(
             );
         }
     }
-    let ids: Vec<String> = rootfs_ids.iter().chain(&volume_ids).cloned().collect();
-    if ids.is_empty() {
-        return Ok(ContainerDevices::default());
-    }
-    record(&ids)?;
-    let attached = match dm.attach_all(&ids, id).await {
-        Ok(a) => a,
-        Err(e) => {
-            let _ = dm.release_container(id).await;
-            return Err(dm_err("attach the container's devices")(e));
-        }
-    };
-    let (rootfs_disks, volume_disks) = attached.split_at(rootfs_ids.len());
-    let mut out = ContainerDevices {
-        ids,
-        ..Default::default()
-    };
+    Ok((rootfs_ids, volume_ids))
+}
+
+/// The storages that mount the rootfs from its attached disks.
+fn rootfs_storages(
+    plan: &DevicePlan,
+    id: &ContainerId,
+    disks: &[GuestDevice],
+    out: &mut ContainerDevices,
+) -> Result<(), Error> {
     let guest_rootfs = format!("{GUEST_ROOTFS_DIR}/{id}");
-    let built = (|| -> Result<(), Error> {
-        match &plan {
-            Some(Plan::BlockRootfs { fs_type, .. }) => {
-                out.storages
-                    .push(blk(&rootfs_disks[0], fs_type, false, guest_rootfs.clone())?);
-                out.rootfs = Some(guest_rootfs.clone());
-            }
-            Some(Plan::Erofs(found)) => {
-                let layers = Path::new(GUEST_LAYERS_DIR).join(id);
-                let overlay = GuestOverlayPlan::new(found, rootfs_disks, &layers)
-                    .map_err(dm_err("plan the guest overlay"))?;
-                for disk in &overlay.disks {
-                    let guest = rootfs_disks
-                        .iter()
-                        .find(|d| d.id == disk.device_id)
-                        .expect("the plan pairs each disk with an attached device");
-                    out.storages.push(blk(
-                        guest,
-                        "erofs",
-                        true,
-                        disk.mount_point.display().to_string(),
-                    )?);
-                }
-                // The overlay's writable dirs live on a tmpfs of their own:
-                // the guest's root (the initramfs) cannot be an upper dir.
-                let rw = layers.join("rw");
-                let mut scratch = Storage::new();
-                scratch.driver = "ephemeral".into();
-                scratch.source = "tmpfs".into();
-                scratch.fstype = "tmpfs".into();
-                scratch.mount_point = rw.display().to_string();
-                out.storages.push(scratch);
-                let mut s = Storage::new();
-                s.driver = "overlayfs".into();
-                s.source = "overlay".into();
-                s.fstype = "overlay".into();
-                s.options = vec![
-                    overlay.lowerdir_option(),
-                    format!("upperdir={}", rw.join("upper").display()),
-                    format!("workdir={}", rw.join("work").display()),
-                ];
-                s.options.extend(overlay.features.iter().cloned());
-                s.mount_point = guest_rootfs.clone();
-                out.storages.push(s);
-                out.rootfs = Some(guest_rootfs.clone());
-            }
-            None => {}
+    match &plan.rootfs {
+        Some(Plan::BlockRootfs { fs_type, .. }) => {
+            out.storages
+                .push(blk(&disks[0], fs_type, false, guest_rootfs.clone())?);
         }
-        for ((index, g), disk) in volumes.iter().zip(volume_disks) {
-            if let GuestMount::Block {
-                fs_type, read_only, ..
-            } = g
-            {
-                let at = format!("{GUEST_VOLUMES_DIR}/{id}/{index}");
-                out.storages
-                    .push(blk(disk, fs_type, *read_only, at.clone())?);
-                out.volumes.insert(*index, at);
-            }
+        Some(Plan::Erofs(found)) => {
+            erofs_storages(found, id, disks, &guest_rootfs, out)?;
         }
-        Ok(())
-    })();
-    if let Err(e) = built {
-        let _ = dm.release_container(id).await;
-        return Err(e);
+        None => return Ok(()),
     }
-    Ok(out)
+    out.rootfs = Some(guest_rootfs);
+    Ok(())
+}
+
+/// EROFS layers, each a read-only disk, stacked by an overlay in the
+/// guest over a writable tmpfs.
+fn erofs_storages(
+    found: &vc_device_manager::erofs::ErofsRootfs,
+    id: &ContainerId,
+    disks: &[GuestDevice],
+    guest_rootfs: &str,
+    out: &mut ContainerDevices,
+) -> Result<(), Error> {
+    let layers = Path::new(GUEST_LAYERS_DIR).join(id.as_str());
+    let overlay =
+        GuestOverlayPlan::new(found, disks, &layers).map_err(dm_err("plan the guest overlay"))?;
+    for disk in &overlay.disks {
+        let guest = disks
+            .iter()
+            .find(|d| d.id == disk.device_id)
+            .expect("the plan pairs each disk with an attached device");
+        out.storages.push(blk(
+            guest,
+            "erofs",
+            true,
+            disk.mount_point.display().to_string(),
+        )?);
+    }
+    // The overlay's writable dirs live on a tmpfs of their own: the
+    // guest's root (the initramfs) cannot be an upper dir.
+    let rw = layers.join("rw");
+    let mut scratch = Storage::new();
+    scratch.driver = "ephemeral".into();
+    scratch.source = "tmpfs".into();
+    scratch.fstype = "tmpfs".into();
+    scratch.mount_point = rw.display().to_string();
+    out.storages.push(scratch);
+    let mut s = Storage::new();
+    s.driver = "overlayfs".into();
+    s.source = "overlay".into();
+    s.fstype = "overlay".into();
+    s.options = vec![
+        overlay.lowerdir_option(),
+        format!("upperdir={}", rw.join("upper").display()),
+        format!("workdir={}", rw.join("work").display()),
+    ];
+    s.options.extend(overlay.features.iter().cloned());
+    s.mount_point = guest_rootfs.to_owned();
+    out.storages.push(s);
+    Ok(())
+}
+
+/// The storages that mount the block volumes from their attached disks.
+fn volume_storages(
+    plan: &DevicePlan,
+    id: &ContainerId,
+    disks: &[GuestDevice],
+    out: &mut ContainerDevices,
+) -> Result<(), Error> {
+    for ((index, g), disk) in plan.volumes.iter().zip(disks) {
+        if let GuestMount::Block {
+            fs_type, read_only, ..
+        } = g
+        {
+            let at = format!("{GUEST_VOLUMES_DIR}/{id}/{index}");
+            out.storages
+                .push(blk(disk, fs_type, *read_only, at.clone())?);
+            out.volumes.insert(*index, at);
+        }
+    }
+    Ok(())
 }

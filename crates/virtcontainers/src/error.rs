@@ -3,8 +3,6 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::id::{IdKind, IdRule};
-
 /// Result alias of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
 
@@ -12,8 +10,9 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum CreateStep {
-    /// Validating the configuration (nothing touched yet).
-    Validate,
+    /// Planning: the configuration checked and turned into a plan
+    /// ([`crate::plan_sandbox`]); nothing on the host touched yet.
+    Plan,
     /// Creating the state directory and taking its lock.
     State,
     /// Creating the host cgroups.
@@ -38,75 +37,123 @@ pub enum CreateStep {
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum Error {
-    /// An id broke one of the rules of [`crate::validate_id`].
-    #[error("invalid {kind} id {id:?}: {rule}")]
-    InvalidId {
-        /// What the id names.
-        kind: IdKind,
-        /// The rejected id.
-        id: String,
-        /// The rule it broke.
-        rule: IdRule,
+    /// An id broke the rule of [`vc_types::validate_id`].
+    #[error(transparent)]
+    InvalidId(#[from] vc_types::IdError),
+
+    /// The VM part of the configuration cannot start a VM (0 vCPUs, a
+    /// missing kernel, a bad kernel parameter, a socket path too long, ...).
+    #[error("invalid VM configuration")]
+    InvalidVmConfig {
+        /// The hypervisor layer's verdict.
+        #[source]
+        source: vc_hypervisor::ConfigError,
     },
 
-    /// A configuration value that cannot work.
-    #[error("invalid configuration: {what}")]
-    InvalidConfig {
-        /// What is wrong.
-        what: String,
+    /// The host cgroups part of the configuration cannot be planned (a bad
+    /// `cgroupsPath`, bad container resources, ...).
+    #[error("invalid host cgroups configuration")]
+    InvalidCgroupsConfig {
+        /// The cgroup planner's verdict.
+        #[source]
+        source: vc_cgroups_host::Error,
     },
+
+    /// A guest hostname the kernel would refuse.
+    #[error("hostname {hostname:?} is not a valid host name (1 to 64 bytes, no '/', NUL or space)")]
+    InvalidHostname {
+        /// The hostname given.
+        hostname: String,
+    },
+
+    /// virtio-fs was asked for and no `virtiofsd` was found.
+    #[error(
+        "fs_share is virtio-fs but no virtiofsd was found (configured: {configured:?}; searched PATH and {searched:?})"
+    )]
+    VirtiofsdNotFound {
+        /// The configured path, if any.
+        configured: Option<PathBuf>,
+        /// The places searched besides `PATH`.
+        searched: Vec<PathBuf>,
+    },
+
+    /// The request needs something this host, backend or driver lacks.
+    #[error(transparent)]
+    Unsupported(#[from] vc_types::Unsupported),
 
     /// A container bundle that is missing, not a directory, or unreadable.
-    #[error("container {container:?}: invalid bundle {path}: {reason}")]
+    #[error("container \"{container}\": invalid bundle {path}: {reason}")]
     InvalidBundle {
         /// The container id.
-        container: String,
+        container: vc_types::ContainerId,
         /// The bundle (or file in it) at fault.
         path: PathBuf,
         /// What is wrong.
         reason: String,
     },
 
+    /// A bundle's `config.json` that does not parse as an OCI runtime spec.
+    #[error("container \"{container}\": {path} is not a valid OCI runtime spec")]
+    BundleConfig {
+        /// The container id.
+        container: vc_types::ContainerId,
+        /// The file.
+        path: PathBuf,
+        /// The parse error (with line and column).
+        #[source]
+        source: serde_json::Error,
+    },
+
     /// An OCI spec the SDK cannot run.
-    #[error("container {container:?}: invalid spec: {reason}")]
+    #[error("container \"{container}\": invalid spec: {reason}")]
     InvalidSpec {
         /// The container id.
-        container: String,
+        container: vc_types::ContainerId,
         /// What is wrong.
         reason: String,
     },
 
     /// A sandbox with this id exists already (alive, or left over by a
     /// crash: [`crate::reclaim`] frees a dead one).
-    #[error("sandbox {id:?} already exists")]
+    #[error("sandbox \"{id}\" already exists")]
     AlreadyExists {
         /// The sandbox id.
-        id: String,
+        id: vc_types::SandboxId,
+    },
+
+    /// The sandbox's VM died without being stopped (its VMM exited or was
+    /// killed): it can only be cleaned up ([`crate::cleanup_container`]).
+    #[error("the VM of sandbox \"{id}\" is gone (pid {pid}): only its cleanup remains")]
+    VmDied {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// The VMM's pid.
+        pid: u32,
     },
 
     /// No sandbox with this id.
-    #[error("sandbox {id:?} not found")]
+    #[error("sandbox \"{id}\" not found")]
     NotFound {
         /// The sandbox id.
-        id: String,
+        id: vc_types::SandboxId,
     },
 
     /// A container with this id exists already in the sandbox.
-    #[error("container {container:?} already exists in sandbox {sandbox:?}")]
+    #[error("container \"{container}\" already exists in sandbox \"{sandbox}\"")]
     ContainerExists {
         /// The sandbox id.
-        sandbox: String,
+        sandbox: vc_types::SandboxId,
         /// The container id.
-        container: String,
+        container: vc_types::ContainerId,
     },
 
     /// No container with this id in the sandbox.
-    #[error("container {container:?} not found in sandbox {sandbox:?}")]
+    #[error("container \"{container}\" not found in sandbox \"{sandbox}\"")]
     ContainerNotFound {
         /// The sandbox id.
-        sandbox: String,
+        sandbox: vc_types::SandboxId,
         /// The container id.
-        container: String,
+        container: vc_types::ContainerId,
     },
 
     /// The operation does not apply in the current state.
@@ -152,10 +199,10 @@ pub enum Error {
     },
 
     /// Another process held the sandbox's lock for too long.
-    #[error("sandbox {id:?} is locked by another operation ({path}); gave up after {timeout:?}")]
+    #[error("sandbox \"{id}\" is locked by another operation ({path}); gave up after {timeout:?}")]
     LockTimeout {
         /// The sandbox id.
-        id: String,
+        id: vc_types::SandboxId,
         /// The lock file.
         path: PathBuf,
         /// How long we waited.
@@ -246,10 +293,10 @@ pub enum Error {
 
     /// Creating the sandbox failed at `step`; everything done before it
     /// was undone.
-    #[error("creating sandbox {sandbox:?} failed at step {step:?}")]
+    #[error("creating sandbox \"{sandbox}\" failed at step {step:?}")]
     Create {
         /// The sandbox id.
-        sandbox: String,
+        sandbox: vc_types::SandboxId,
         /// The step that failed.
         step: CreateStep,
         /// Why.
@@ -258,13 +305,26 @@ pub enum Error {
     },
 
     /// A forced cleanup freed what it could; these are what it could not.
-    #[error("cleanup of sandbox {sandbox:?} left {} error(s); first: {}", errors.len(), errors.first().map(ToString::to_string).unwrap_or_default())]
+    /// The message names each error with its causes.
+    #[error("cleanup of sandbox \"{sandbox}\" left {} error(s): {}", errors.len(), errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "))]
     Cleanup {
         /// The sandbox id.
-        sandbox: String,
+        sandbox: vc_types::SandboxId,
         /// Every error met, in order.
         errors: Vec<Error>,
     },
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Error {
@@ -294,5 +354,37 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleanup_error_names_every_error_with_its_causes() {
+        let e = Error::Cleanup {
+            sandbox: "sb1".parse().unwrap(),
+            errors: vec![
+                Error::Hypervisor {
+                    operation: "attach to the running VM",
+                    source: vc_hypervisor::Error::VmmNotRunning { pid: 42 },
+                },
+                Error::host_io("remove", "/run/x")(std::io::ErrorKind::PermissionDenied.into()),
+            ],
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cleanup of sandbox \"sb1\" left 2 error(s): "),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot attach to the running VM: VMM process 42 is not running"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot remove /run/x: permission denied"),
+            "{text}"
+        );
     }
 }

@@ -110,12 +110,7 @@ pub(crate) fn is_mounted(path: &Path) -> bool {
 mod tests {
     use super::*;
 
-    fn require_root() {
-        assert!(
-            nix::unistd::geteuid().is_root(),
-            "the host mount tests need root (they make real bind mounts)"
-        );
-    }
+    use vc_test_support::require_root;
 
     #[test]
     fn binds_read_only_and_unbinds() {

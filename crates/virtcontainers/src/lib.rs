@@ -34,14 +34,20 @@
 //! # async fn run() -> Result<(), Box<dyn std::error::Error>> {
 //! let logger = slog::Logger::root(slog::Discard, slog::o!());
 //! let vm = VmConfig::new("/var/lib/vc/vmlinux", "/var/lib/vc/initramfs.cpio");
-//! let mut config = SandboxConfig::new("sandbox-1", vm);
-//! config.containers.push(ContainerConfig::from_bundle("app", "/bundles/app")?);
+//! // Ids are checked once, here: a bad one never reaches the SDK.
+//! let mut config = SandboxConfig::new("sandbox-1".parse()?, vm);
+//! let app = "app".parse()?;
+//! config.containers.push(ContainerConfig::from_bundle(app, "/bundles/app")?);
 //!
-//! let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger).await?;
-//! let mut io = sandbox.start_container("app").await?;
+//! // Every configuration error comes back from planning, before the host
+//! // changes; create_sandbox plans first too.
+//! virtcontainers::plan_sandbox(&config)?;
+//! let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger).await?;
+//! let app = "app".parse()?;
+//! let mut io = sandbox.start_container(&app).await?;
 //! let mut out = String::new();
 //! io.stdout.read_to_string(&mut out).await?;
-//! let code = sandbox.wait_container("app").await?;
+//! let code = sandbox.wait_container(&app).await?;
 //! println!("{out} (exit {code})");
 //! sandbox.stop(std::time::Duration::from_secs(5)).await?;
 //! sandbox.delete().await?;
@@ -55,9 +61,9 @@ mod error;
 mod factory;
 pub mod fs_share;
 mod host_mounts;
-mod id;
 pub mod mounts;
 pub mod persist;
+mod plan;
 mod process;
 mod sandbox;
 mod state;
@@ -66,23 +72,27 @@ pub mod testing;
 mod undo;
 
 pub use config::{
-    AgentSettings, BlockRootfs, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
-    SandboxConfig, VmConfig,
+    AgentSettings, BlockRootfs, CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig,
+    FsShareKind, Paths, SandboxConfig, SandboxLifetime, VmConfig,
 };
 pub use container_spec::{GUEST_EPHEMERAL_DIR, GUEST_LOCAL_DIR};
 pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};
 pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
-pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
-pub use id::{IdKind, IdRule, MAX_ID_LEN, validate_id};
+pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
+pub use plan::{
+    CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources, plan_sandbox,
+    resources_of, vm_size,
+};
 pub use sandbox::{
-    CleanupOutcome, ContainerStatus, ProcessIo, Sandbox, SandboxStatus, cleanup_container,
-    create_sandbox, fetch_sandbox, reclaim,
+    CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
+    SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
-    CgroupsRecord, ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources,
-    PersistedSettings, SandboxPhase, SandboxState,
+    ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources, PersistedSettings,
+    SandboxPhase, SandboxState,
 };
+pub use vc_types::{ContainerId, ExecId, IdError, IdKind, IdRule, MAX_ID_LEN, SandboxId, Signal};
 
 // Re-exported so embedders name the same types.
 pub use oci_spec;
@@ -90,3 +100,4 @@ pub use vc_agent_client;
 pub use vc_cgroups_host;
 pub use vc_device_manager;
 pub use vc_hypervisor;
+pub use vc_types;

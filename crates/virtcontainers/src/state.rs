@@ -7,12 +7,12 @@ use std::path::PathBuf;
 
 use oci_spec::runtime::Spec;
 use serde::{Deserialize, Serialize};
-use vc_cgroups_host::plan::{CgroupVersion, SandboxCgroupConfig};
-use vc_cgroups_host::{CgroupRoots, CgroupsState};
 use vc_hypervisor::HypervisorState;
+use vc_types::{ContainerId, SandboxId};
 
 use crate::config::{AgentSettings, CgroupsConfig, Paths};
 use crate::fs_share::ShareKind;
+use crate::plan::VmBaseSize;
 
 /// Where a sandbox is in its life.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +28,11 @@ pub enum SandboxPhase {
     Paused,
     /// The VM is stopped; only deletion remains.
     Stopped,
+    /// The VM died without being stopped (its VMM exited or was killed),
+    /// and every container with it; only the teardown remains, which
+    /// [`crate::cleanup_container`] does without `force`. Seen by every
+    /// process, from the recorded VMM's pid and start time.
+    VmDied,
 }
 
 /// Where a container is in its life.
@@ -56,29 +61,15 @@ pub struct HelperRecord {
     pub start_time: u64,
 }
 
-/// The sandbox's host cgroups.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct CgroupsRecord {
-    /// The planner's configuration.
-    pub config: SandboxCgroupConfig,
-    /// The hierarchy version in use.
-    pub version: CgroupVersion,
-    /// The mounts used.
-    pub roots: CgroupRoots,
-    /// What the applier created.
-    pub state: CgroupsState,
-}
-
-/// Every host resource of the sandbox. Each is recorded before it is
-/// created (or, for a process, right after it is spawned).
+/// Every host resource of the sandbox but its cgroups (whose owner keeps
+/// its own record, `cgroups.json`). Each is recorded before it is created
+/// (or, for a process, right after it is spawned).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct HostResources {
     /// The VM's runtime directory.
     pub runtime_dir: Option<PathBuf>,
     /// The host side of the filesystem share.
     pub shared_dir: Option<PathBuf>,
-    /// Host cgroups.
-    pub cgroups: Option<CgroupsRecord>,
     /// The running VM, for re-attaching.
     pub vm: Option<HypervisorState>,
     /// The VMM process, for ending it without the VMM's help.
@@ -102,11 +93,14 @@ pub struct PersistedSettings {
     /// Host cgroups, if managed.
     pub cgroups: Option<CgroupsConfig>,
     /// The VM's base size, for re-sizing when containers change.
-    pub vm_base: vc_cgroups_host::VmBaseSize,
+    pub vm_base: VmBaseSize,
     /// Graceful VM stop limit.
     pub stop_timeout: std::time::Duration,
     /// Lock wait limit.
     pub lock_timeout: std::time::Duration,
+    /// How long the VM and helpers live.
+    #[serde(default)]
+    pub lifetime: crate::config::SandboxLifetime,
 }
 
 /// What the guest agent reported at start.
@@ -122,7 +116,7 @@ pub struct GuestInfo {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ContainerRecord {
     /// Its id.
-    pub id: String,
+    pub id: ContainerId,
     /// Its bundle.
     pub bundle: PathBuf,
     /// Its spec as given.
@@ -139,13 +133,38 @@ pub struct ContainerRecord {
     pub devices: Vec<String>,
 }
 
+impl SandboxState {
+    /// The phase, with a VM that should run but whose VMM is gone (exited,
+    /// killed, or a zombie nobody reaps) seen as [`SandboxPhase::VmDied`].
+    pub fn effective_phase(&self) -> SandboxPhase {
+        let should_run = matches!(
+            self.phase,
+            SandboxPhase::Ready | SandboxPhase::Running | SandboxPhase::Paused
+        );
+        let vmm_gone = self
+            .resources
+            .vmm
+            .as_ref()
+            .is_some_and(|v| !crate::process::is_alive(v.pid, v.start_time));
+        if should_run && vmm_gone {
+            SandboxPhase::VmDied
+        } else {
+            self.phase
+        }
+    }
+}
+
 /// The whole persisted state of a sandbox.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SandboxState {
     /// The sandbox id.
-    pub id: String,
+    pub id: SandboxId,
     /// Where it is.
     pub phase: SandboxPhase,
+    /// The process that created it (pid and start time): with the VM, what
+    /// [`crate::reclaim_stale`] checks for life.
+    #[serde(default)]
+    pub owner: Option<HelperRecord>,
     /// How to drive it.
     pub settings: PersistedSettings,
     /// What it holds on the host.
@@ -153,7 +172,7 @@ pub struct SandboxState {
     /// What the guest reported.
     pub guest: Option<GuestInfo>,
     /// Its containers.
-    pub containers: BTreeMap<String, ContainerRecord>,
+    pub containers: BTreeMap<ContainerId, ContainerRecord>,
     /// The device manager's registry (hot-plugged disks and who holds them).
     #[serde(default)]
     pub devices: Option<vc_device_manager::DeviceManagerState>,

@@ -64,7 +64,9 @@ mod tests {
             undo.push(name, move || async move {
                 log.lock().unwrap().push(name);
                 if name == "b" {
-                    return Err(Error::NotFound { id: "x".into() });
+                    return Err(Error::NotFound {
+                        id: "xx".parse().unwrap(),
+                    });
                 }
                 Ok(())
             });

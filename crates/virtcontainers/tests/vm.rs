@@ -4,20 +4,22 @@
 //! each ends by checking that nothing of ours is left on the host: no
 //! QEMU, no virtiofsd, no cgroup, no mount, no state or runtime directory.
 
-use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::time::Duration;
 
-use oci_spec::runtime::{
-    LinuxBuilder, LinuxNamespaceBuilder, LinuxNamespaceType, MountBuilder, ProcessBuilder,
-    RootBuilder, SpecBuilder,
-};
+use oci_spec::runtime::{MountBuilder, ProcessBuilder, RootBuilder};
 use tokio::io::AsyncReadExt;
+use vc_guest_image::GuestImage;
+use vc_test_support::{
+    ContainerSpec, HostMounts, HostSnapshot, assert_unchanged_since_matching, leftovers_under,
+    make_layer, require, require_sandbox_host, run, shared_busybox_rootfs, unique, unmount_under,
+    vm_lock_async,
+};
 use virtcontainers::vc_device_manager::DeviceManager;
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, ContainerPhase, Error, FsShareConfig, FsShareKind, Paths,
-    QemuFactory, SandboxConfig, VmConfig, cleanup_container, create_sandbox, fetch_sandbox,
+    CgroupsConfig, ContainerConfig, ContainerId, ContainerPhase, Error, FsShareConfig, FsShareKind,
+    Paths, QemuFactory, SandboxConfig, SandboxId, VmConfig, cleanup_container, create_sandbox,
+    fetch_sandbox,
 };
 
 /// Set in the child process of the cross-process test.
@@ -27,92 +29,30 @@ fn logger() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
 
-fn image_dir() -> PathBuf {
-    std::env::var_os("CARGO_TARGET_DIR")
-        .map(PathBuf::from)
-        .unwrap_or_else(|| Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target"))
-        .join("vc-guest-agent-image")
+fn cid(id: &str) -> ContainerId {
+    id.parse().unwrap()
 }
 
-/// Fails, naming what is missing, unless this host can run the VM tests.
-fn require_vm_host() {
-    let mut missing = Vec::new();
-    if !nix::unistd::geteuid().is_root() {
-        missing.push("root".to_owned());
-    }
-    if !Path::new(vc_hypervisor_binary()).exists() {
-        missing.push(format!(
-            "{} (apt-get install qemu-system-x86)",
-            vc_hypervisor_binary()
-        ));
-    }
-    for f in ["vmlinux", "initramfs.cpio"] {
-        if !image_dir().join(f).exists() {
-            missing.push(format!(
-                "{} (run `make guest-image`)",
-                image_dir().join(f).display()
-            ));
-        }
-    }
-    if !Path::new("/bin/busybox").exists() {
-        missing.push("/bin/busybox (apt-get install busybox-static)".into());
-    }
-    assert!(
-        missing.is_empty(),
-        "the VM tests need: {}",
-        missing.join("; ")
-    );
-}
-
-fn vc_hypervisor_binary() -> &'static str {
-    virtcontainers::vc_hypervisor::DEFAULT_QEMU_BINARY
-}
-
-/// One VM test at a time: two cores, TCG.
-fn serial() -> &'static tokio::sync::Mutex<()> {
-    static LOCK: OnceLock<tokio::sync::Mutex<()>> = OnceLock::new();
-    LOCK.get_or_init(|| tokio::sync::Mutex::new(()))
-}
-
-fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "e2e-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
-}
-
-/// A busybox rootfs shared by the tests (built once, under target/).
-fn rootfs() -> &'static Path {
-    static ROOTFS: OnceLock<PathBuf> = OnceLock::new();
-    ROOTFS.get_or_init(|| {
-        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/vc-e2e-rootfs");
-        if !dir.join("bin/busybox").is_file() {
-            vc_guest_image::rootfs::busybox_rootfs(
-                &dir,
-                Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
-            )
-            .unwrap();
-        }
-        dir
-    })
-}
-
+/// One sandbox's test: its id, its temporary directory (state, runtime
+/// and share roots under it), the guest image, and the host as it was.
 struct Env {
     dir: tempfile::TempDir,
-    id: String,
+    id: SandboxId,
+    image: GuestImage,
+    before: HostSnapshot,
 }
 
 impl Env {
     fn new(tag: &str) -> Self {
-        require_vm_host();
+        let image = require_sandbox_host();
         Env {
+            before: HostSnapshot::take(),
             dir: tempfile::Builder::new()
                 .prefix("vce2e")
                 .tempdir_in("/tmp")
                 .unwrap(),
-            id: unique(tag),
+            id: unique(tag).parse().unwrap(),
+            image,
         }
     }
 
@@ -120,51 +60,23 @@ impl Env {
         Paths::under(self.dir.path())
     }
 
+    /// A busybox container running `args` in its own mount, pid, uts and
+    /// ipc namespaces, with `/proc`.
     fn bundle(&self, name: &str, args: &[&str]) -> ContainerConfig {
-        let bundle = self.dir.path().join("bundles").join(name);
-        std::fs::create_dir_all(&bundle).unwrap();
-        let ns = [
-            LinuxNamespaceType::Mount,
-            LinuxNamespaceType::Pid,
-            LinuxNamespaceType::Uts,
-            LinuxNamespaceType::Ipc,
-        ]
-        .into_iter()
-        .map(|t| LinuxNamespaceBuilder::default().typ(t).build().unwrap())
-        .collect::<Vec<_>>();
-        let spec = SpecBuilder::default()
+        let bundle = ContainerSpec::new(shared_busybox_rootfs(), args)
             .hostname(name)
-            .root(RootBuilder::default().path(rootfs()).build().unwrap())
-            .process(
-                ProcessBuilder::default()
-                    .args(args.iter().map(ToString::to_string).collect::<Vec<_>>())
-                    .env(vec!["PATH=/bin".to_owned()])
-                    .cwd("/")
-                    .build()
-                    .unwrap(),
-            )
-            .mounts(vec![
-                MountBuilder::default()
-                    .destination("/proc")
-                    .typ("proc")
-                    .source("proc")
-                    .build()
-                    .unwrap(),
-            ])
-            .linux(LinuxBuilder::default().namespaces(ns).build().unwrap())
-            .build()
-            .unwrap();
-        spec.save(bundle.join("config.json")).unwrap();
-        ContainerConfig::from_bundle(name, &bundle).unwrap()
+            .cwd("/")
+            .without_default_mounts()
+            .proc_mount()
+            .isolated()
+            .save_bundle(&self.dir.path().join("bundles").join(name));
+        ContainerConfig::from_bundle(cid(name), &bundle).unwrap()
     }
 
     fn config(&self, share: FsShareKind, containers: Vec<ContainerConfig>) -> SandboxConfig {
         let mut config = SandboxConfig::new(
-            &self.id,
-            VmConfig::new(
-                image_dir().join("vmlinux"),
-                image_dir().join("initramfs.cpio"),
-            ),
+            self.id.clone(),
+            VmConfig::new(&self.image.vmlinux, &self.image.initramfs),
         );
         config.paths = self.paths();
         config.cgroups = Some(CgroupsConfig::default());
@@ -176,50 +88,29 @@ impl Env {
         config
     }
 
-    /// Nothing of this sandbox is left on the host.
+    /// Nothing of this sandbox is left on the host: no state, runtime or
+    /// share directory, and nothing naming it or its directory among the
+    /// host's cgroups, mounts, loop devices and QEMU/virtiofsd processes.
     fn assert_clean(&self) {
         let p = self.paths();
         for d in [
-            p.state_root.join(&self.id),
-            p.shared_root.join(&self.id),
-            p.runtime_root.join(&self.id),
+            p.state_root.join(self.id.as_str()),
+            p.shared_root.join(self.id.as_str()),
+            p.runtime_root.join(self.id.as_str()),
         ] {
             assert!(!d.exists(), "{} left behind", d.display());
         }
-        let procs = std::process::Command::new("pgrep")
-            .args(["-af", &self.id])
-            .output()
-            .unwrap();
-        let procs = String::from_utf8_lossy(&procs.stdout);
-        let ours: Vec<&str> = procs
-            .lines()
-            .filter(|l| l.contains("qemu-system") || l.contains("virtiofsd"))
-            .collect();
-        assert!(ours.is_empty(), "processes left behind: {ours:?}");
-        for controller in ["cpu", "cpuset", "memory", "pids", "devices"] {
-            for parent in ["virtcontainers", "virtcontainers_overhead"] {
-                let d = Path::new("/sys/fs/cgroup")
-                    .join(controller)
-                    .join(parent)
-                    .join(&self.id);
-                assert!(!d.exists(), "cgroup {} left behind", d.display());
-            }
-        }
-        let mounts = std::fs::read_to_string("/proc/self/mounts").unwrap();
         let dir = self.dir.path().to_string_lossy().into_owned();
-        let left: Vec<&str> = mounts.lines().filter(|l| l.contains(&dir)).collect();
-        assert!(left.is_empty(), "mounts left behind: {left:?}");
+        assert_unchanged_since_matching(&self.before, &[self.id.as_str(), &dir]);
     }
 }
 
 impl Drop for Env {
-    /// A failed test may leave bind mounts under the temporary directory;
-    /// unmount them before it is removed, or the removal would recurse
-    /// into the shared rootfs.
+    /// A failed test may leave its sandbox: reclaim it, then unmount what
+    /// is left under the temporary directory before it is removed, or the
+    /// removal would recurse into the shared rootfs.
     fn drop(&mut self) {
-        // A test that failed half-way leaves its sandbox: reclaim it (this
-        // runs during a panic, so on a runtime of its own).
-        if self.paths().state_root.join(&self.id).exists() {
+        if self.paths().state_root.join(self.id.as_str()).exists() {
             let (paths, id) = (self.paths(), self.id.clone());
             let _ = std::thread::spawn(move || {
                 let rt = tokio::runtime::Builder::new_current_thread()
@@ -230,15 +121,7 @@ impl Drop for Env {
             })
             .join();
         }
-        let mut mounts: Vec<PathBuf> =
-            vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
-                .map(|t| t.into_iter().map(|m| m.mount_point).collect())
-                .unwrap_or_default();
-        mounts.retain(|m| m.starts_with(self.dir.path()));
-        mounts.sort_by_key(|m| std::cmp::Reverse(m.components().count()));
-        for m in mounts {
-            let _ = nix::mount::umount2(&m, nix::mount::MntFlags::MNT_DETACH);
-        }
+        unmount_under(self.dir.path());
     }
 }
 
@@ -250,7 +133,7 @@ async fn read_all(mut r: impl tokio::io::AsyncRead + Unpin) -> String {
 
 /// The `run` example's path: create, start, stream, wait, stop, delete.
 async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
-    let _serial = serial().lock().await;
+    let _serial = vm_lock_async().await;
     let env = Env::new("run");
     let c = env.bundle(
         "main",
@@ -262,12 +145,12 @@ async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
     );
     let mut config = env.config(share, vec![c]);
     config.cgroups.as_mut().unwrap().sandbox_cgroup_only = sandbox_cgroup_only;
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger())
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger())
         .await
         .unwrap();
-    let io = sandbox.start_container("main").await.unwrap();
+    let io = sandbox.start_container(&cid("main")).await.unwrap();
     let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
-    let code = sandbox.wait_container("main").await.unwrap();
+    let code = sandbox.wait_container(&cid("main")).await.unwrap();
     assert_eq!(code, 3);
     assert!(out.starts_with("hello\nLinux version "), "{out}");
     assert_eq!(err, "oops\n");
@@ -343,7 +226,7 @@ async fn run_path_with_virtio_fs() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
-    let _serial = serial().lock().await;
+    let _serial = vm_lock_async().await;
     let env = Env::new("two");
     let containers = vec![
         env.bundle("long", &["sleep", "1000"]),
@@ -351,13 +234,13 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     ];
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, containers),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
     .unwrap();
     sandbox.start().await.unwrap();
-    assert_eq!(sandbox.wait_container("short").await.unwrap(), 0);
+    assert_eq!(sandbox.wait_container(&cid("short")).await.unwrap(), 0);
     // Both run in the same guest: the exec sees the long-running one's pid 1.
     let process = ProcessBuilder::default()
         .args(vec!["cat".to_owned(), "/proc/1/cmdline".to_owned()])
@@ -365,18 +248,27 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         .cwd("/")
         .build()
         .unwrap();
-    let io = sandbox.exec("long", "probe", &process).await.unwrap();
+    let io = sandbox
+        .exec(&cid("long"), &"probe".parse().unwrap(), &process)
+        .await
+        .unwrap();
     let out = read_all(io.stdout).await;
     assert_eq!(out, "sleep\u{0}1000\u{0}");
-    assert_eq!(sandbox.wait_process("long", "probe").await.unwrap(), 0);
+    assert_eq!(
+        sandbox
+            .wait_process(&cid("long"), Some(&"probe".parse().unwrap()))
+            .await
+            .unwrap(),
+        0
+    );
 
     let paths = env.paths();
     let first = cleanup_container(
         &paths,
         &env.id,
-        "short",
+        &cid("short"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -386,9 +278,9 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     let last = cleanup_container(
         &paths,
         &env.id,
-        "long",
+        &cid("long"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -402,18 +294,32 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
 /// the environment, exec a command in its container, print the output.
 async fn fetch_child(spec: &str) {
     let (root, id) = spec.split_once(':').unwrap();
-    let sandbox = fetch_sandbox(&Paths::under(root), id, Arc::new(QemuFactory), logger())
-        .await
-        .unwrap();
+    let sandbox = fetch_sandbox(
+        &Paths::under(root),
+        &id.parse().unwrap(),
+        Arc::new(QemuFactory::default()),
+        logger(),
+    )
+    .await
+    .unwrap();
     let process = ProcessBuilder::default()
         .args(vec!["echo".to_owned(), "from-another-process".to_owned()])
         .env(vec!["PATH=/bin".to_owned()])
         .cwd("/")
         .build()
         .unwrap();
-    let io = sandbox.exec("main", "child", &process).await.unwrap();
+    let io = sandbox
+        .exec(&cid("main"), &"child".parse().unwrap(), &process)
+        .await
+        .unwrap();
     print!("{}", read_all(io.stdout).await);
-    assert_eq!(sandbox.wait_process("main", "child").await.unwrap(), 0);
+    assert_eq!(
+        sandbox
+            .wait_process(&cid("main"), Some(&"child".parse().unwrap()))
+            .await
+            .unwrap(),
+        0
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -421,17 +327,17 @@ async fn fetch_sandbox_from_another_process() {
     if let Ok(spec) = std::env::var(CHILD_ENV) {
         return fetch_child(&spec).await;
     }
-    let _serial = serial().lock().await;
+    let _serial = vm_lock_async().await;
     let env = Env::new("fetch");
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
     .unwrap();
-    sandbox.start_container("main").await.unwrap();
+    sandbox.start_container(&cid("main")).await.unwrap();
     let child = tokio::process::Command::new(std::env::current_exe().unwrap())
         .args([
             "fetch_sandbox_from_another_process",
@@ -455,15 +361,15 @@ async fn fetch_sandbox_from_another_process() {
     assert!(stdout.contains("from-another-process\n"), "{stdout}");
     // The handle that created the sandbox still drives it.
     assert_eq!(
-        sandbox.container_status("main").await.unwrap().phase,
+        sandbox.container_status(&cid("main")).await.unwrap().phase,
         ContainerPhase::Running
     );
     let last = cleanup_container(
         &env.paths(),
         &env.id,
-        "main",
+        &cid("main"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -473,19 +379,23 @@ async fn fetch_sandbox_from_another_process() {
     env.assert_clean();
 }
 
+/// QEMU killed with SIGKILL: every process sees the VM dead (status, a
+/// typed fetch error), and a plain cleanup finishes the teardown (virtiofsd,
+/// mounts, cgroups, state). Issue 10 made the plain cleanup succeed here;
+/// before, it needed `force`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
-    let _serial = serial().lock().await;
+async fn kill_9_of_qemu_then_a_plain_cleanup_frees_everything() {
+    let _serial = vm_lock_async().await;
     let env = Env::new("kill");
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::VirtioFs, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
     .unwrap();
-    sandbox.start_container("main").await.unwrap();
+    sandbox.start_container(&cid("main")).await.unwrap();
     let pid = sandbox.status().await.unwrap().vmm_pid.expect("QEMU runs");
     nix::sys::signal::kill(
         nix::unistd::Pid::from_raw(pid as i32),
@@ -497,67 +407,28 @@ async fn kill_9_of_qemu_then_forced_cleanup_frees_everything() {
         .await
         .unwrap();
 
+    let status = sandbox.status().await.unwrap();
+    assert_eq!(status.phase, virtcontainers::SandboxPhase::VmDied);
+    assert_eq!(status.vmm_pid, None, "the dead pid is not reported");
     let paths = env.paths();
+    let fetched = fetch_sandbox(&paths, &env.id, Arc::new(QemuFactory::default()), logger()).await;
+    assert!(
+        matches!(&fetched, Err(Error::VmDied { pid: p, .. }) if *p == pid),
+        "{fetched:?}"
+    );
     let plain = cleanup_container(
         &paths,
         &env.id,
-        "main",
+        &cid("main"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
-    .await;
-    assert!(plain.is_err(), "without force a dead VM is an error");
-    let forced = cleanup_container(
-        &paths,
-        &env.id,
-        "main",
-        true,
-        Arc::new(QemuFactory),
-        logger(),
-    )
-    .await;
-    match forced {
-        Ok(outcome) => assert!(outcome.sandbox_removed),
-        Err(Error::Cleanup { errors, .. }) => assert!(!errors.is_empty()),
-        Err(e) => panic!("forced cleanup: {e}"),
-    }
+    .await
+    .unwrap();
+    assert!(plain.sandbox_removed);
     drop(sandbox);
     env.assert_clean();
-}
-
-/// Runs `cmd` and fails the test with its output when it fails.
-fn sh(cmd: &mut std::process::Command) {
-    let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(
-        out.status.success(),
-        "{cmd:?}: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-}
-
-/// Host mounts made by a test, unmounted (last first) on drop.
-struct HostMounts(Vec<PathBuf>);
-
-impl Drop for HostMounts {
-    fn drop(&mut self) {
-        for m in self.0.iter().rev() {
-            let _ = std::process::Command::new("umount").arg(m).status();
-        }
-    }
-}
-
-fn loop_devices_backed_by(dir: &Path) -> Vec<String> {
-    let out = std::process::Command::new("losetup")
-        .args(["-ln", "-O", "NAME,BACK-FILE"])
-        .output()
-        .unwrap();
-    String::from_utf8_lossy(&out.stdout)
-        .lines()
-        .filter(|l| l.contains(&*dir.to_string_lossy()))
-        .map(str::to_owned)
-        .collect()
 }
 
 /// A container rootfs as containerd's erofs snapshotter makes it: two
@@ -567,60 +438,67 @@ fn loop_devices_backed_by(dir: &Path) -> Vec<String> {
 /// is an ext4 image, with an ext4 block volume it writes to.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn erofs_layers_block_rootfs_and_block_volume() {
-    let _serial = serial().lock().await;
+    let _serial = vm_lock_async().await;
     let env = Env::new("dev");
-    for tool in ["mkfs.erofs", "mkfs.ext4", "debugfs", "losetup"] {
-        assert!(
-            std::process::Command::new("sh")
-                .args(["-c", &format!("command -v {tool}")])
-                .status()
-                .unwrap()
-                .success(),
-            "this test needs {tool} (erofs-utils, e2fsprogs, util-linux)"
-        );
-    }
+    require(
+        &[
+            vc_test_support::EROFS_HOST,
+            &[
+                vc_test_support::Need::Program {
+                    name: "mkfs.ext4",
+                    package: "e2fsprogs",
+                },
+                vc_test_support::Need::Program {
+                    name: "debugfs",
+                    package: "e2fsprogs",
+                },
+            ],
+        ]
+        .concat(),
+    );
     let work = env.dir.path().join("snapshots");
-    let mut mounts = HostMounts(Vec::new());
+    let mut mounts = HostMounts::default();
     // Layer 1: busybox and a greeting; layer 2 overrides the greeting.
     let l1 = work.join("1");
     let l2 = work.join("2");
     std::fs::create_dir_all(l1.join("src")).unwrap();
-    std::fs::create_dir_all(l2.join("src/etc")).unwrap();
-    sh(std::process::Command::new("cp")
-        .arg("-a")
-        .arg(format!("{}/.", rootfs().display()))
-        .arg(l1.join("src")));
-    std::fs::write(l1.join("src/etc/greeting"), "from layer 1\n").unwrap();
-    std::fs::write(l1.join("src/etc/base"), "base layer\n").unwrap();
-    std::fs::write(l2.join("src/etc/greeting"), "from layer 2\n").unwrap();
-    let mut lowers = Vec::new();
+    run(
+        "cp",
+        &[
+            "-a",
+            &format!("{}/.", shared_busybox_rootfs().display()),
+            &l1.join("src").display().to_string(),
+        ],
+    )
+    .unwrap();
+    make_layer(
+        &l1.join("src"),
+        &l1.join("layer.erofs"),
+        &[
+            ("etc/greeting", Some("from layer 1\n")),
+            ("etc/base", Some("base layer\n")),
+        ],
+    )
+    .unwrap();
+    make_layer(
+        &l2.join("src"),
+        &l2.join("layer.erofs"),
+        &[("etc/greeting", Some("from layer 2\n"))],
+    )
+    .unwrap();
     for l in [&l2, &l1] {
-        sh(std::process::Command::new("mkfs.erofs")
-            .arg(l.join("layer.erofs"))
-            .arg(l.join("src")));
-        std::fs::create_dir_all(l.join("fs")).unwrap();
-        sh(std::process::Command::new("mount")
-            .args(["-t", "erofs", "-o", "loop,ro"])
-            .arg(l.join("layer.erofs"))
-            .arg(l.join("fs")));
-        mounts.0.push(l.join("fs"));
-        lowers.push(l.join("fs").display().to_string());
+        mounts
+            .mount_erofs(&l.join("layer.erofs"), &l.join("fs"))
+            .unwrap();
     }
     let bundle_rootfs = env.dir.path().join("erofs-rootfs");
-    for d in ["upper", "work"] {
-        std::fs::create_dir_all(work.join(d)).unwrap();
-    }
-    std::fs::create_dir_all(&bundle_rootfs).unwrap();
-    sh(std::process::Command::new("mount")
-        .args(["-t", "overlay", "overlay", "-o"])
-        .arg(format!(
-            "lowerdir={},upperdir={},workdir={}",
-            lowers.join(":"),
-            work.join("upper").display(),
-            work.join("work").display()
-        ))
-        .arg(&bundle_rootfs));
-    mounts.0.push(bundle_rootfs.clone());
+    mounts
+        .mount_overlay(
+            &[&l2.join("fs"), &l1.join("fs")],
+            Some((&work.join("upper"), &work.join("work"))),
+            &bundle_rootfs,
+        )
+        .unwrap();
 
     let mut layered = env.bundle(
         "layered",
@@ -643,15 +521,18 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
     // An ext4 image as the rootfs, and an ext4 volume.
     let root_img = env.dir.path().join("root.img");
     let vol_img = env.dir.path().join("volume.img");
-    sh(std::process::Command::new("mkfs.ext4")
-        .args(["-q", "-d"])
-        .arg(rootfs())
-        .arg(&root_img)
-        .arg("64M"));
-    sh(std::process::Command::new("mkfs.ext4")
-        .arg("-q")
-        .arg(&vol_img)
-        .arg("16M"));
+    run(
+        "mkfs.ext4",
+        &[
+            "-q",
+            "-d",
+            &shared_busybox_rootfs().display().to_string(),
+            &root_img.display().to_string(),
+            "64M",
+        ],
+    )
+    .unwrap();
+    run("mkfs.ext4", &["-q", &vol_img.display().to_string(), "16M"]).unwrap();
     let mut block = env.bundle(
         "block",
         &[
@@ -679,7 +560,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
 
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![layered, block]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -689,18 +570,18 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
         4,
         "two layers, a rootfs image, a volume"
     );
-    let io = sandbox.start_container("layered").await.unwrap();
+    let io = sandbox.start_container(&cid("layered")).await.unwrap();
     let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
     assert_eq!(
-        sandbox.wait_container("layered").await.unwrap(),
+        sandbox.wait_container(&cid("layered")).await.unwrap(),
         0,
         "{out}{err}"
     );
     assert_eq!(out, "from layer 2\nbase layer\nscratch\n");
-    let io = sandbox.start_container("block").await.unwrap();
+    let io = sandbox.start_container(&cid("block")).await.unwrap();
     let (out, err) = tokio::join!(read_all(io.stdout), read_all(io.stderr));
     assert_eq!(
-        sandbox.wait_container("block").await.unwrap(),
+        sandbox.wait_container(&cid("block")).await.unwrap(),
         0,
         "{out}{err}"
     );
@@ -710,18 +591,18 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
         cleanup_container(
             &env.paths(),
             &env.id,
-            "layered",
+            &cid("layered"),
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await?;
         cleanup_container(
             &env.paths(),
             &env.id,
-            "block",
+            &cid("block"),
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await
@@ -740,10 +621,11 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&dump.stdout), "from-the-guest\n");
-    drop(mounts);
+    mounts.unmount_all().unwrap();
     env.assert_clean();
-    assert!(
-        loop_devices_backed_by(env.dir.path()).is_empty(),
-        "loop devices left behind"
+    assert_eq!(
+        leftovers_under(env.dir.path()),
+        Vec::<String>::new(),
+        "loop devices or mounts left behind"
     );
 }

@@ -8,6 +8,8 @@
 //! where the hierarchies are.
 
 mod hierarchy;
+#[cfg(test)]
+mod journal_tests;
 pub mod mounts;
 mod tasks;
 #[cfg(test)]
@@ -44,6 +46,81 @@ pub struct CgroupsState {
     /// it back there, not merely into a parent.
     #[serde(default)]
     pub runtime_origin: Option<(u32, Vec<(String, String)>)>,
+}
+
+/// A journal's error (whatever the caller's storage fails with).
+pub type JournalError = Box<dyn std::error::Error + Send + Sync>;
+
+/// Where a manager writes its [`CgroupsState`] down before each change it
+/// makes to the host: the plan before anything is created, every
+/// directory before `mkdir`, the runtime's own cgroups before it is moved.
+/// A process killed at any instant then leaves a record of everything that
+/// exists because of it, and [`HostCgroups::from_state`] +
+/// [`CgroupManager::delete`] in another process remove exactly that
+/// (parents only when empty).
+///
+/// Any `FnMut(&CgroupsState) -> Result<(), JournalError> + Send` is a
+/// journal.
+pub trait Journal: Send {
+    /// Makes `state` durable; an error stops the change it precedes.
+    fn record(&mut self, state: &CgroupsState) -> Result<(), JournalError>;
+}
+
+impl<F> Journal for F
+where
+    F: FnMut(&CgroupsState) -> Result<(), JournalError> + Send,
+{
+    fn record(&mut self, state: &CgroupsState) -> Result<(), JournalError> {
+        self(state)
+    }
+}
+
+/// Writes `state` to `journal`, naming the sandbox in the error.
+pub(crate) fn record(journal: &mut dyn Journal, state: &CgroupsState) -> Result<(), Error> {
+    journal.record(state).map_err(|source| Error::Journal {
+        sandbox: state
+            .plan
+            .as_ref()
+            .map(|p| p.sandbox_id.clone())
+            .unwrap_or_else(|| "unknown".parse().expect("a valid id")),
+        source,
+    })
+}
+
+/// A backend's state and the journal it is recorded in.
+pub(crate) struct Recorded {
+    pub(crate) state: CgroupsState,
+    journal: Option<Box<dyn Journal>>,
+}
+
+impl std::fmt::Debug for Recorded {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Recorded")
+            .field("state", &self.state)
+            .field("journal", &self.journal.is_some())
+            .finish()
+    }
+}
+
+impl Recorded {
+    pub(crate) fn new(state: CgroupsState) -> Self {
+        Recorded {
+            state,
+            journal: None,
+        }
+    }
+
+    pub(crate) fn set_journal(&mut self, journal: Box<dyn Journal>) {
+        self.journal = Some(journal);
+    }
+
+    /// Writes the state to the journal, if there is one.
+    pub(crate) fn save(&mut self) -> Result<(), Error> {
+        match self.journal.as_mut() {
+            Some(journal) => record(journal.as_mut(), &self.state),
+            None => Ok(()),
+        }
+    }
 }
 
 /// Manages one sandbox's host cgroups.
@@ -92,7 +169,12 @@ pub trait CgroupManager: Send {
 /// every version.
 pub(crate) trait Backend {
     fn logger(&self) -> &slog::Logger;
-    fn state_mut(&mut self) -> &mut CgroupsState;
+    fn recorded(&mut self) -> &mut Recorded;
+    fn state_mut(&mut self) -> &mut CgroupsState {
+        &mut self.recorded().state
+    }
+    /// Every cgroup directory the plan needs, with the mount it lives in.
+    fn planned_dirs(&self, plan: &CgroupPlan) -> Vec<(PathBuf, PathBuf)>;
     /// The hierarchy version this backend writes.
     fn version(&self) -> CgroupVersion;
     /// Checks this backend's mounts and the plan's paths in them (no changes).
@@ -140,22 +222,36 @@ pub(crate) fn apply_plan<B: Backend>(
         Vec::new()
     };
     b.state_mut().plan = Some(plan.clone());
+    // Write-ahead: the plan and every directory about to be made are on
+    // record before the first mkdir (one journal write, not one per dir).
+    for (dir, floor) in b.planned_dirs(plan) {
+        let created = &mut b.state_mut().created;
+        for missing in missing_dirs(&dir, &floor) {
+            if !created.contains(&missing) {
+                created.push(missing);
+            }
+        }
+    }
+    b.recorded().save()?;
     let result = b
         .create(plan)
         .and_then(|()| b.constrain(plan))
         .and_then(|()| b.place(plan, tasks));
+    // A directory someone else made first is not ours: the record says so.
+    let saved = b.recorded().save();
     if let Err(e) = result {
         if first {
             b.restore(&originals);
             if let Err(undo) = delete_all(b) {
                 slog::warn!(b.logger(), "unwinding a failed apply left cgroups behind";
-                    "sandbox" => &plan.sandbox_id, "error" => %undo);
+                    "sandbox" => %plan.sandbox_id, "error" => %undo);
             }
         }
         return Err(e);
     }
+    saved?;
     slog::debug!(b.logger(), "host cgroups applied";
-        "sandbox" => &plan.sandbox_id, "cgroup" => %plan.sandbox.path);
+        "sandbox" => %plan.sandbox_id, "cgroup" => %plan.sandbox.path);
     Ok(())
 }
 
@@ -177,7 +273,7 @@ pub(crate) fn delete_all<B: Backend>(b: &mut B) -> Result<(), Error> {
     remove_created_parents(&mut state.created);
     state.plan = None;
     state.created.clear();
-    Ok(())
+    b.recorded().save()
 }
 
 /// Whether two plans name the same cgroups.
@@ -238,19 +334,21 @@ pub struct SystemdCgroups {
     state: CgroupsState,
 }
 
-const SYSTEMD_UNSUPPORTED: &str = "the systemd cgroup driver is planned only; applying through systemd's D-Bus API is not implemented yet";
+/// Why the systemd driver cannot be applied (yet).
+pub fn systemd_unsupported() -> vc_types::Unsupported {
+    vc_types::Unsupported::new(
+        "the systemd cgroup driver",
+        "it is planned only: applying through systemd's D-Bus API is not implemented yet; use the cgroupfs driver",
+    )
+}
 
 impl CgroupManager for SystemdCgroups {
     fn apply(&mut self, _plan: &CgroupPlan, _tasks: &SandboxTasks) -> Result<(), Error> {
-        Err(Error::Unsupported {
-            what: SYSTEMD_UNSUPPORTED,
-        })
+        Err(systemd_unsupported().into())
     }
 
     fn delete(&mut self) -> Result<(), Error> {
-        Err(Error::Unsupported {
-            what: SYSTEMD_UNSUPPORTED,
-        })
+        Err(systemd_unsupported().into())
     }
 
     fn state(&self) -> &CgroupsState {
@@ -302,6 +400,17 @@ impl HostCgroups {
                 HostCgroups::V2(CgroupfsV2::with_state(root, logger, state))
             }
         })
+    }
+
+    /// Records the manager's state in `journal` before every change it
+    /// makes to the host (see [`Journal`]). The systemd backend changes
+    /// nothing and records nothing.
+    pub fn with_journal(self, journal: Box<dyn Journal>) -> Self {
+        match self {
+            HostCgroups::V1(m) => HostCgroups::V1(m.with_journal(journal)),
+            HostCgroups::V2(m) => HostCgroups::V2(m.with_journal(journal)),
+            systemd @ HostCgroups::Systemd(_) => systemd,
+        }
     }
 
     fn inner(&mut self) -> &mut dyn CgroupManager {
@@ -395,7 +504,8 @@ pub(crate) fn create_dirs(
     }
 }
 
-fn create_dirs_once(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
+/// `dir` and its ancestors below `floor` that do not exist, outermost first.
+fn missing_dirs(dir: &Path, floor: &Path) -> Vec<PathBuf> {
     let mut missing = Vec::new();
     let mut cursor = Some(dir);
     while let Some(p) = cursor {
@@ -405,7 +515,12 @@ fn create_dirs_once(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Res
         missing.push(p.to_path_buf());
         cursor = p.parent();
     }
-    for p in missing.into_iter().rev() {
+    missing.reverse();
+    missing
+}
+
+fn create_dirs_once(dir: &Path, floor: &Path, created: &mut Vec<PathBuf>) -> Result<(), Error> {
+    for p in missing_dirs(dir, floor) {
         if !created.contains(&p) {
             created.push(p.clone());
         }

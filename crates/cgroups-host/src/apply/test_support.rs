@@ -1,10 +1,12 @@
-//! Fixtures for the applier's tests on the real cgroupfs: a root check, a
-//! multi-threaded stand-in for a VMM, and cgroup inspection through /proc.
+//! Fixtures for the applier's tests on the real cgroupfs (beyond
+//! `vc-test-support`'s preconditions and ids): a multi-threaded stand-in
+//! for a VMM, and cgroup inspection through /proc.
 
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command};
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::process::Command;
 use std::time::{Duration, Instant};
+
+use vc_test_support::ChildGuard;
 
 use super::{CgroupRoots, V1Mounts};
 use crate::plan::{CgroupDriver, CgroupLocation, CgroupVersion, SandboxCgroupConfig};
@@ -18,32 +20,10 @@ const FAKE_VMM_TEST: &str = "apply::test_support::fake_vmm_process";
 pub(crate) const CHECKED: [&str; 6] = ["cpu", "cpuacct", "cpuset", "memory", "pids", "devices"];
 
 /// Fails the test, naming what is missing, unless we are root on a host
-/// with a writable cgroup v1 hierarchy.
+/// with a writable cgroup v1 hierarchy for each checked controller.
 pub(crate) fn require_root_v1() -> CgroupRoots {
-    assert!(
-        nix::unistd::geteuid().is_root(),
-        "the applier tests need root (they write the real cgroupfs); run them as root"
-    );
-    let roots = CgroupRoots::discover().expect("reading /proc/self/mountinfo");
-    for c in CHECKED {
-        let point = roots.v1.get(c).unwrap_or_else(|| {
-            panic!("the applier tests need the cgroup v1 {c} controller mounted")
-        });
-        super::mounts::check_cgroupfs(point, false).unwrap_or_else(|e| {
-            panic!("the applier tests need a writable cgroup v1 hierarchy: {e}")
-        });
-    }
-    roots
-}
-
-/// A unique name for this test's cgroups.
-pub(crate) fn unique(tag: &str) -> String {
-    static N: AtomicU32 = AtomicU32::new(0);
-    format!(
-        "vctest-{tag}-{}-{}",
-        std::process::id(),
-        N.fetch_add(1, Ordering::Relaxed)
-    )
+    vc_test_support::require_cgroup_v1(&CHECKED);
+    CgroupRoots::discover().expect("reading /proc/self/mountinfo")
 }
 
 /// A cgroupfs v1 config whose cgroups live under test-private parents.
@@ -52,7 +32,11 @@ pub(crate) fn v1_config(id: &str, sandbox_cgroup_only: bool) -> SandboxCgroupCon
         location: CgroupLocation::Parent(format!("/{id}-parent")),
         overhead_parent: format!("/{id}-overhead"),
         sandbox_cgroup_only,
-        ..SandboxCgroupConfig::new(id, CgroupDriver::Cgroupfs, CgroupVersion::V1)
+        ..SandboxCgroupConfig::new(
+            id.parse().unwrap(),
+            CgroupDriver::Cgroupfs,
+            CgroupVersion::V1,
+        )
     }
 }
 
@@ -90,17 +74,12 @@ pub(crate) fn read(path: impl AsRef<Path>) -> String {
 }
 
 /// A child process that is killed and reaped on drop.
-pub(crate) struct Process(pub(crate) Child);
+pub(crate) struct Process(pub(crate) ChildGuard);
 
 impl Process {
     /// `sleep` as a stand-in for a helper or runtime process.
     pub(crate) fn sleeper() -> Self {
-        Process(
-            Command::new("sleep")
-                .arg("1000")
-                .spawn()
-                .expect("spawning sleep"),
-        )
+        Process(ChildGuard::sleeper())
     }
 
     /// A fake VMM: this test binary re-executed with `threads` extra
@@ -112,7 +91,7 @@ impl Process {
             .stdout(std::process::Stdio::null())
             .spawn()
             .expect("re-executing the test binary as a fake VMM");
-        let process = Process(child);
+        let process = Process(ChildGuard(child));
         let deadline = Instant::now() + Duration::from_secs(20);
         // libtest itself runs the test on a thread of its own: wait for ours.
         while process.threads().len() < threads + 2 {
@@ -126,7 +105,7 @@ impl Process {
     }
 
     pub(crate) fn pid(&self) -> u32 {
-        self.0.id()
+        self.0.pid()
     }
 
     /// The process's thread ids, main thread first.
@@ -148,13 +127,6 @@ impl Process {
             .into_iter()
             .filter(|&t| t != self.pid())
             .collect()
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
     }
 }
 

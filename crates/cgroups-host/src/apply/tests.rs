@@ -8,8 +8,10 @@ use oci_spec::runtime::{
     LinuxResourcesBuilder,
 };
 
+use vc_test_support::unique;
+
 use super::test_support::{
-    CHECKED, Process, cgroup_of, leftovers, read, require_root_v1, unique, v1_config,
+    CHECKED, Process, cgroup_of, leftovers, read, require_root_v1, v1_config,
 };
 use super::*;
 use crate::plan::{
@@ -472,8 +474,8 @@ fn v1_bad_tasks_are_refused_before_anything_is_created() {
     let dead = {
         let mut p = Process::sleeper();
         let pid = p.pid();
-        p.0.kill().unwrap();
-        p.0.wait().unwrap();
+        p.0.0.kill().unwrap();
+        p.0.0.wait().unwrap();
         pid
     };
     let plan = plan(&v1_config(&id, false), &[]).unwrap();
@@ -646,7 +648,7 @@ fn a_plan_for_another_backend_is_refused() {
     .unwrap();
     assert!(matches!(
         systemd.apply(&systemd_plan, &SandboxTasks::default()),
-        Err(Error::Unsupported { .. })
+        Err(Error::Unsupported(_))
     ));
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }

@@ -11,8 +11,8 @@ use super::mounts::{V1_CONTROLLERS, V1Mounts, check_cgroupfs};
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::{write_device_rules, write_setting};
 use super::{
-    Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
-    ensure_under, evacuation_target, remove_cgroup_dir,
+    Backend, CgroupManager, CgroupsState, Journal, Recorded, Step, apply_plan, check_step,
+    create_dirs, delete_all, ensure_under, evacuation_target, remove_cgroup_dir,
 };
 use crate::error::Error;
 use crate::plan::{CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
@@ -30,7 +30,7 @@ const EVACUATE_ATTEMPTS: usize = 10;
 pub struct CgroupfsV1 {
     mounts: V1Mounts,
     logger: slog::Logger,
-    state: CgroupsState,
+    rec: Recorded,
     /// A step where a test injects a failure.
     pub(crate) fail_at: Option<Step>,
 }
@@ -52,9 +52,15 @@ impl CgroupfsV1 {
         CgroupfsV1 {
             mounts,
             logger,
-            state,
+            rec: Recorded::new(state),
             fail_at: None,
         }
+    }
+
+    /// Records the state in `journal` before every change (see [`Journal`]).
+    pub fn with_journal(mut self, journal: Box<dyn Journal>) -> Self {
+        self.rec.set_journal(journal);
+        self
     }
 
     fn hierarchy(&self) -> FixedHierarchy {
@@ -131,7 +137,7 @@ impl CgroupManager for CgroupfsV1 {
     }
 
     fn state(&self) -> &CgroupsState {
-        &self.state
+        &self.rec.state
     }
 }
 
@@ -140,12 +146,22 @@ impl Backend for CgroupfsV1 {
         &self.logger
     }
 
-    fn state_mut(&mut self) -> &mut CgroupsState {
-        &mut self.state
+    fn recorded(&mut self) -> &mut Recorded {
+        &mut self.rec
     }
 
     fn version(&self) -> CgroupVersion {
         CgroupVersion::V1
+    }
+
+    fn planned_dirs(&self, plan: &CgroupPlan) -> Vec<(PathBuf, PathBuf)> {
+        let mut dirs = Vec::new();
+        for (_, c) in plan.cgroups() {
+            for (_, point) in self.mounts.iter() {
+                dirs.push((point.join(c.path.relative()), point.to_path_buf()));
+            }
+        }
+        dirs
     }
 
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
@@ -173,7 +189,7 @@ impl Backend for CgroupfsV1 {
             let points: Vec<PathBuf> = self.mounts.iter().map(|(_, p)| p.to_path_buf()).collect();
             for point in points {
                 let dir = point.join(c.path.relative());
-                create_dirs(&dir, &point, &mut self.state.created)?;
+                create_dirs(&dir, &point, &mut self.rec.state.created)?;
             }
             // cgroups-rs gives a new v1 cpuset the parent's cpus and mems
             // (an empty cpuset cannot hold tasks).
@@ -211,12 +227,16 @@ impl Backend for CgroupfsV1 {
         self.step(Step::PlaceRuntime)?;
         if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
             if self
+                .rec
                 .state
                 .runtime_origin
                 .as_ref()
                 .is_none_or(|(p, _)| *p != pid)
             {
-                self.state.runtime_origin = Some((pid, super::tasks::cgroups_of(pid)));
+                // Recorded before the move, so a crash right after it still
+                // knows where the runtime came from.
+                self.rec.state.runtime_origin = Some((pid, super::tasks::cgroups_of(pid)));
+                self.rec.save()?;
             }
             self.move_process(plan, role, pid)?;
         }
@@ -269,7 +289,7 @@ impl Backend for CgroupfsV1 {
         let cgroup = self.hierarchy().cgroup(path.relative());
         let any_mount = self.mounts.iter().next().map(|(_, p)| p.to_path_buf());
         let target = match &any_mount {
-            Some(mount) => evacuation_target(path, mount, &self.state.created),
+            Some(mount) => evacuation_target(path, mount, &self.rec.state.created),
             None => CgroupPath::root(),
         };
         let target = self.hierarchy().cgroup(target.relative());

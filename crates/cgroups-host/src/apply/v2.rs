@@ -12,8 +12,8 @@ use super::mounts::check_cgroupfs;
 use super::tasks::{SandboxTasks, is_no_such_task};
 use super::write::write_setting;
 use super::{
-    Backend, CgroupManager, CgroupsState, Step, apply_plan, check_step, create_dirs, delete_all,
-    ensure_under, evacuation_target, remove_cgroup_dir,
+    Backend, CgroupManager, CgroupsState, Journal, Recorded, Step, apply_plan, check_step,
+    create_dirs, delete_all, ensure_under, evacuation_target, remove_cgroup_dir,
 };
 use crate::error::Error;
 use crate::plan::{CgroupPath, CgroupPlan, CgroupRole, CgroupVersion, PlannedCgroup};
@@ -40,7 +40,7 @@ const EVACUATE_ATTEMPTS: usize = 10;
 pub struct CgroupfsV2 {
     root: PathBuf,
     logger: slog::Logger,
-    state: CgroupsState,
+    rec: Recorded,
     /// A step where a test injects a failure.
     pub(crate) fail_at: Option<Step>,
 }
@@ -54,6 +54,12 @@ fn read_list(path: &Path) -> Result<BTreeSet<String>, Error> {
 }
 
 impl CgroupfsV2 {
+    /// Records the state in `journal` before every change (see [`Journal`]).
+    pub fn with_journal(mut self, journal: Box<dyn Journal>) -> Self {
+        self.rec.set_journal(journal);
+        self
+    }
+
     /// A backend on the cgroup2 mount at `root`.
     pub fn new(root: PathBuf, logger: slog::Logger) -> Self {
         Self::with_state(root, logger, CgroupsState::default())
@@ -63,7 +69,7 @@ impl CgroupfsV2 {
         CgroupfsV2 {
             root,
             logger,
-            state,
+            rec: Recorded::new(state),
             fail_at: None,
         }
     }
@@ -199,7 +205,7 @@ impl CgroupManager for CgroupfsV2 {
     }
 
     fn state(&self) -> &CgroupsState {
-        &self.state
+        &self.rec.state
     }
 }
 
@@ -208,12 +214,19 @@ impl Backend for CgroupfsV2 {
         &self.logger
     }
 
-    fn state_mut(&mut self) -> &mut CgroupsState {
-        &mut self.state
+    fn recorded(&mut self) -> &mut Recorded {
+        &mut self.rec
     }
 
     fn version(&self) -> CgroupVersion {
         CgroupVersion::V2
+    }
+
+    fn planned_dirs(&self, plan: &CgroupPlan) -> Vec<(PathBuf, PathBuf)> {
+        plan.cgroups()
+            .into_iter()
+            .map(|(_, c)| (self.dir(c.path.as_str()), self.root.clone()))
+            .collect()
     }
 
     fn check(&self, plan: &CgroupPlan) -> Result<(), Error> {
@@ -233,7 +246,7 @@ impl Backend for CgroupfsV2 {
             })?;
             let dir = self.dir(c.path.as_str());
             let root = self.root.clone();
-            create_dirs(&dir, &root, &mut self.state.created)?;
+            create_dirs(&dir, &root, &mut self.rec.state.created)?;
             if c.threaded {
                 self.make_threaded(&dir)?;
             }
@@ -257,7 +270,7 @@ impl Backend for CgroupfsV2 {
         if !plan.devices.is_empty() {
             warn!(self.logger,
                 "device allowlist not enforced: cgroup v2 needs an eBPF device program, not loaded yet";
-                "sandbox" => &plan.sandbox_id, "rules" => plan.devices.len());
+                "sandbox" => %plan.sandbox_id, "rules" => plan.devices.len());
         }
         Ok(())
     }
@@ -267,12 +280,16 @@ impl Backend for CgroupfsV2 {
         self.step(Step::PlaceRuntime)?;
         if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
             if self
+                .rec
                 .state
                 .runtime_origin
                 .as_ref()
                 .is_none_or(|(p, _)| *p != pid)
             {
-                self.state.runtime_origin = Some((pid, super::tasks::cgroups_of(pid)));
+                // Recorded before the move, so a crash right after it still
+                // knows where the runtime came from.
+                self.rec.state.runtime_origin = Some((pid, super::tasks::cgroups_of(pid)));
+                self.rec.save()?;
             }
             self.move_process(plan, role, pid)?;
         }
@@ -320,7 +337,7 @@ impl Backend for CgroupfsV2 {
     fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
         let (path, threaded) = (&cgroup.path, cgroup.threaded);
         let cgroup = self.hierarchy().cgroup(path.relative());
-        let target = evacuation_target(path, &self.root, &self.state.created);
+        let target = evacuation_target(path, &self.root, &self.rec.state.created);
         let target = self.hierarchy().cgroup(target.relative());
         for _ in 0..EVACUATE_ATTEMPTS {
             if threaded {

@@ -7,25 +7,23 @@ mod devices;
 mod path;
 mod resources;
 mod settings;
-mod vm_size;
 
 use serde::{Deserialize, Serialize};
 
 pub use cpu_list::{CpuList, MAX_CPU_INDEX};
 pub use devices::{BASIC_DEVICES, DeviceKind, DeviceRule, HostDevice, RUNTIME_DEVICES, allowlist};
-pub use path::{
-    CgroupPath, DEFAULT_SYSTEMD_SLICE, MAX_SANDBOX_ID_LEN, SystemdCgroupPath, validate_sandbox_id,
-};
+pub use path::{CgroupPath, DEFAULT_SYSTEMD_SLICE, SystemdCgroupPath};
 pub use resources::{
-    CPU_SHARES_RANGE, ContainerResources, ContainerState, CpuQuota, DEFAULT_CPU_PERIOD_US,
-    MAX_CPU_PERIOD_US, MIN_CPU_PERIOD_US, MIN_CPU_QUOTA_US, Overhead, SandboxResources, aggregate,
+    CPU_SHARES_RANGE, ContainerLimits, ContainerResources, ContainerState, CpuQuota,
+    DEFAULT_CPU_PERIOD_US, MAX_CPU_PERIOD_US, MIN_CPU_PERIOD_US, MIN_CPU_QUOTA_US, Overhead,
+    SandboxResources, aggregate,
 };
 pub use settings::{
     CgroupVersion, DEFAULT_CPU_SHARES, DEFAULT_CPU_WEIGHT, FileValue, Setting, shares_to_weight,
 };
-pub use vm_size::{VmBaseSize, VmSize, vm_size};
 
 use crate::error::Error;
+use vc_types::SandboxId;
 
 /// Parent of sandbox cgroups when the sandbox has no OCI `cgroupsPath`
 /// (cgroupfs drivers).
@@ -109,7 +107,7 @@ pub struct PlannedCgroup {
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CgroupPlan {
     /// The sandbox id.
-    pub sandbox_id: String,
+    pub sandbox_id: SandboxId,
     /// Who manages the tree.
     pub driver: CgroupDriver,
     /// Which hierarchy the settings are written for.
@@ -154,9 +152,8 @@ impl CgroupPlan {
 /// than the containers.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct SandboxCgroupConfig {
-    /// The sandbox id; names cgroups, so it must pass
-    /// [`validate_sandbox_id`].
-    pub sandbox_id: String,
+    /// The sandbox id; it names cgroups (valid by construction).
+    pub sandbox_id: SandboxId,
     /// Where the sandbox cgroup goes.
     pub location: CgroupLocation,
     /// Parent of the overhead cgroup (a cgroupfs path, or a slice for
@@ -179,17 +176,13 @@ pub struct SandboxCgroupConfig {
 impl SandboxCgroupConfig {
     /// A configuration with the default parents for `driver`, no
     /// `cgroupsPath`, default overhead and no VMM devices.
-    pub fn new(
-        sandbox_id: impl Into<String>,
-        driver: CgroupDriver,
-        version: CgroupVersion,
-    ) -> Self {
+    pub fn new(sandbox_id: SandboxId, driver: CgroupDriver, version: CgroupVersion) -> Self {
         let (parent, overhead_parent) = match driver {
             CgroupDriver::Cgroupfs => (DEFAULT_PARENT, DEFAULT_OVERHEAD_PARENT),
             CgroupDriver::Systemd => (DEFAULT_SYSTEMD_PARENT, DEFAULT_SYSTEMD_OVERHEAD_PARENT),
         };
         SandboxCgroupConfig {
-            sandbox_id: sandbox_id.into(),
+            sandbox_id,
             location: CgroupLocation::Parent(parent.to_owned()),
             overhead_parent: overhead_parent.to_owned(),
             driver,
@@ -210,7 +203,6 @@ pub fn plan(
     config: &SandboxCgroupConfig,
     containers: &[ContainerResources],
 ) -> Result<CgroupPlan, Error> {
-    validate_sandbox_id(&config.sandbox_id)?;
     let id = &config.sandbox_id;
     let sandbox_path = resolve_sandbox_path(config)?;
     if sandbox_path.is_root() {
@@ -322,13 +314,13 @@ fn resolve_under_parent(driver: CgroupDriver, parent: &str, id: &str) -> Result<
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::error::{IdError, PathError};
+    use crate::error::PathError;
     use resources::tests::container;
 
     fn config(version: CgroupVersion, only: bool) -> SandboxCgroupConfig {
         SandboxCgroupConfig {
             sandbox_cgroup_only: only,
-            ..SandboxCgroupConfig::new("sb1", CgroupDriver::Cgroupfs, version)
+            ..SandboxCgroupConfig::new("sb1".parse().unwrap(), CgroupDriver::Cgroupfs, version)
         }
     }
 
@@ -359,7 +351,11 @@ mod tests {
 
     #[test]
     fn systemd_driver_plans_scopes() {
-        let mut c = SandboxCgroupConfig::new("sb1", CgroupDriver::Systemd, CgroupVersion::V2);
+        let mut c = SandboxCgroupConfig::new(
+            "sb1".parse().unwrap(),
+            CgroupDriver::Systemd,
+            CgroupVersion::V2,
+        );
         let p = plan(&c, &[]).unwrap();
         assert_eq!(
             p.sandbox.path.as_str(),
@@ -468,23 +464,18 @@ mod tests {
 
     #[test]
     fn bad_ids_and_paths_are_rejected() {
-        let mut c = config(CgroupVersion::V1, false);
-        c.sandbox_id = "../x".into();
-        assert!(matches!(
-            plan(&c, &[]),
-            Err(Error::InvalidSandboxId {
-                reason: IdError::BadCharacter,
-                ..
-            })
-        ));
-        c.sandbox_id = String::new();
-        assert!(matches!(
-            plan(&c, &[]),
-            Err(Error::InvalidSandboxId {
-                reason: IdError::Empty,
-                ..
-            })
-        ));
+        // The id is checked where it enters: a config read back from a
+        // state file with a bad id does not parse.
+        let c = config(CgroupVersion::V1, false);
+        let mut json = serde_json::to_value(&c).unwrap();
+        for bad in ["../x", "", "a b"] {
+            json["sandbox_id"] = serde_json::json!(bad);
+            let err = serde_json::from_value::<SandboxCgroupConfig>(json.clone()).unwrap_err();
+            assert!(
+                err.to_string().contains("invalid sandbox id"),
+                "{bad:?}: {err}"
+            );
+        }
         let cases: &[(&str, PathError)] = &[
             ("", PathError::Empty),
             ("/a/../../..", PathError::ParentComponent),

@@ -1,44 +1,14 @@
-//! Cgroup paths: validated cgroupfs paths, sandbox ids, and the systemd
-//! driver's `slice:prefix:name` form.
+//! Cgroup paths: validated cgroupfs paths and the systemd driver's
+//! `slice:prefix:name` form.
 
 use std::fmt;
 
 use serde::{Deserialize, Serialize};
 
-use crate::error::{Error, IdError, PathError, SystemdPathError};
-
-/// The longest sandbox id accepted (containerd ids are 64 hex digits).
-pub const MAX_SANDBOX_ID_LEN: usize = 128;
+use crate::error::{Error, PathError, SystemdPathError};
 
 /// Longest cgroup directory name the kernel accepts (`NAME_MAX`).
 const MAX_COMPONENT_LEN: usize = 255;
-
-/// Checks that `id` can be used as a cgroup directory name and a systemd
-/// unit name: non-empty, at most [`MAX_SANDBOX_ID_LEN`] bytes, only
-/// `[A-Za-z0-9_.-]`, starting with a letter or digit (so neither `.` nor
-/// `..`).
-pub fn validate_sandbox_id(id: &str) -> Result<(), Error> {
-    let reject = |reason| {
-        Err(Error::InvalidSandboxId {
-            id: id.to_owned(),
-            reason,
-        })
-    };
-    if id.is_empty() {
-        return reject(IdError::Empty);
-    }
-    if id.len() > MAX_SANDBOX_ID_LEN {
-        return reject(IdError::TooLong);
-    }
-    let first_ok = id.as_bytes()[0].is_ascii_alphanumeric();
-    let rest_ok = id
-        .bytes()
-        .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'.' | b'-'));
-    if !first_ok || !rest_ok {
-        return reject(IdError::BadCharacter);
-    }
-    Ok(())
-}
 
 /// A path inside a cgroup hierarchy, relative to its root, in canonical form:
 /// starts with `/`, no empty, `.` or `..` components, no trailing `/`.
@@ -313,30 +283,6 @@ fn expand_slice(slice: &str) -> Result<String, SystemdPathError> {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn sandbox_ids() {
-        for ok in ["a", "abc-123_x.y", "0123456789abcdef", &"f".repeat(128)] {
-            validate_sandbox_id(ok).unwrap();
-        }
-        let cases: &[(&str, IdError)] = &[
-            ("", IdError::Empty),
-            (&"f".repeat(129), IdError::TooLong),
-            ("..", IdError::BadCharacter),
-            (".", IdError::BadCharacter),
-            ("a/b", IdError::BadCharacter),
-            ("a b", IdError::BadCharacter),
-            ("a\0b", IdError::BadCharacter),
-            ("-rf", IdError::BadCharacter),
-            ("é", IdError::BadCharacter),
-        ];
-        for (bad, why) in cases {
-            match validate_sandbox_id(bad) {
-                Err(Error::InvalidSandboxId { reason, .. }) => assert_eq!(reason, *why, "{bad:?}"),
-                other => panic!("{bad:?}: {other:?}"),
-            }
-        }
-    }
 
     #[test]
     fn cgroup_paths_are_canonical() {

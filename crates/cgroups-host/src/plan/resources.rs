@@ -57,6 +57,30 @@ impl ContainerResources {
     }
 }
 
+/// One container's limits, each checked (a bad value is an error, whatever
+/// the container's state); `None` where the container sets none.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ContainerLimits {
+    /// CFS quota and period, microseconds (a quota of `-1` or `0` is none).
+    pub cpu_quota: Option<(u64, u64)>,
+    /// Its cpuset's CPUs.
+    pub cpus: Option<CpuList>,
+    /// Its memory limit, bytes.
+    pub memory_bytes: Option<u64>,
+}
+
+impl ContainerResources {
+    /// The container's limits, checked: what VM sizing and the cgroup
+    /// planner both start from.
+    pub fn limits(&self) -> Result<ContainerLimits, Error> {
+        Ok(ContainerLimits {
+            cpu_quota: validated_quota(self)?,
+            cpus: validated_cpuset(self)?.cpus,
+            memory_bytes: validated_memory(self)?,
+        })
+    }
+}
+
 /// A CFS bandwidth limit.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuQuota {
@@ -161,10 +185,6 @@ pub(crate) fn validated_memory(c: &ContainerResources) -> Result<Option<u64>, Er
         Some(l) if l > 0 => Ok(Some(l as u64)),
         _ => Ok(None),
     }
-}
-
-pub(crate) fn validated_cpus(c: &ContainerResources) -> Result<Option<CpuList>, Error> {
-    Ok(validated_cpuset(c)?.cpus)
 }
 
 /// A container's cpuset, each list `None` when unset or empty.

@@ -683,7 +683,8 @@ async fn vfio_groups_cold_plug_on_the_qemu_command_line_in_attach_order() {
 
     let mut config = HypervisorConfig::new("vm", "/k", "/run/vm");
     config.devices = reg.coldplug_devices(&ids).unwrap();
-    let args = cmdline::build(&config, ResolvedAccelerator::Tcg, None).unwrap();
+    let args =
+        cmdline::build(&config, &Default::default(), ResolvedAccelerator::Tcg, None).unwrap();
     let vfio: Vec<serde_json::Value> = args
         .windows(2)
         .filter(|w| w[0] == "-device" && w[1].contains("vfio-pci"))

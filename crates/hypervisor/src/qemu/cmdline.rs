@@ -15,7 +15,7 @@ use crate::device::{
 };
 use crate::error::ConfigError;
 use crate::kernel_params::KernelParams;
-use crate::qemu::slots;
+use crate::qemu::{QemuOptions, files, slots};
 
 /// QEMU id of the virtio-serial controller.
 pub const VIRTIO_SERIAL_ID: &str = "vserial0";
@@ -264,6 +264,7 @@ pub fn cold_layout(config: &HypervisorConfig) -> Vec<(Device, Option<u8>)> {
 /// The full argument list (without the binary).
 pub fn build(
     config: &HypervisorConfig,
+    options: &QemuOptions,
     accelerator: ResolvedAccelerator,
     firmware: Option<&Path>,
 ) -> Result<Vec<String>, ConfigError> {
@@ -272,7 +273,7 @@ pub fn build(
     push(&["-name", &format!("{},debug-threads=on", config.name)]);
     let mut machine = format!(
         "{},sata=off,smbus=off,vmport=off",
-        config.machine.qemu_name()
+        options.machine.qemu_name()
     );
     if config.memory.shared {
         machine.push_str(",memory-backend=mem0");
@@ -321,7 +322,7 @@ pub fn build(
         "-chardev",
         &format!(
             "socket,id=qmp,path={},server=on,wait=off",
-            escape(path_str(&config.qmp_socket())?)
+            escape(path_str(&files::qmp_socket(config))?)
         ),
         "-mon",
         "chardev=qmp,mode=control",
@@ -359,7 +360,7 @@ pub fn build(
     for (device, slot) in cold_layout(config) {
         cold_device(&mut args, &device, slot.unwrap_or(0))?;
     }
-    for index in 0..config.hotplug_ports {
+    for index in 0..options.hotplug_ports {
         device_arg(
             &mut args,
             json!({
@@ -384,10 +385,15 @@ mod tests {
     use crate::device::{MacAddress, VfioDevice};
 
     fn config() -> HypervisorConfig {
-        let mut c = HypervisorConfig::new("vm-1", "/img/vmlinux", "/run/vc/vm-1")
-            .with_initrd("/img/initramfs.cpio");
-        c.hotplug_ports = 2;
-        c
+        HypervisorConfig::new("vm-1", "/img/vmlinux", "/run/vc/vm-1")
+            .with_initrd("/img/initramfs.cpio")
+    }
+
+    fn options() -> QemuOptions {
+        QemuOptions {
+            hotplug_ports: 2,
+            ..QemuOptions::default()
+        }
     }
 
     fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
@@ -408,6 +414,7 @@ mod tests {
     fn base_line_boots_pvh_without_defaults_or_reboot() {
         let args = build(
             &config(),
+            &options(),
             ResolvedAccelerator::Tcg,
             Some(Path::new("/fw/qboot.rom")),
         )
@@ -442,7 +449,7 @@ mod tests {
 
     #[test]
     fn agent_port_and_hotplug_ports() {
-        let args = build(&config(), ResolvedAccelerator::Kvm, None).unwrap();
+        let args = build(&config(), &options(), ResolvedAccelerator::Kvm, None).unwrap();
         assert_eq!(value_after(&args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
         assert!(value_after(&args, "-bios").is_empty());
@@ -468,7 +475,7 @@ mod tests {
     fn one_socket_and_port_per_agent_port() {
         let mut c = config();
         c.agent_ports = 3;
-        let args = build(&c, ResolvedAccelerator::Kvm, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Kvm, None).unwrap();
         let names: Vec<String> = devices(&args)
             .iter()
             .filter(|d| d["driver"] == "virtserialport")
@@ -528,7 +535,7 @@ mod tests {
                 host_bdf: "0000:3b:00.0".into(),
             }),
         ];
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         let devs = devices(&args);
         let addr = |id: &str| devs.iter().find(|d| d["id"] == id).unwrap()["addr"].clone();
         assert_eq!(addr(ROOT_IMAGE_ID), "0x03");
@@ -572,7 +579,7 @@ mod tests {
         c.vcpus.boot = 2;
         c.vcpus.max = 4;
         c.memory.max_mib = 2048;
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         assert_eq!(value_after(&args, "-smp"), ["2,maxcpus=4"]);
         assert_eq!(value_after(&args, "-m"), ["512M,slots=8,maxmem=2048M"]);
     }
@@ -584,7 +591,7 @@ mod tests {
             guest_cid: 5,
             port: 1024,
         };
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         let devs = devices(&args);
         assert!(!devs.iter().any(|d| d["driver"] == "virtserialport"));
         let vsock = devs
@@ -600,7 +607,7 @@ mod tests {
         let mut c = config();
         c.kernel = std::ffi::OsStr::from_bytes(b"/img/\xff").into();
         assert!(matches!(
-            build(&c, ResolvedAccelerator::Tcg, None),
+            build(&c, &options(), ResolvedAccelerator::Tcg, None),
             Err(ConfigError::NonUtf8Path { .. })
         ));
     }

@@ -14,7 +14,7 @@ use std::path::{Path, PathBuf};
 
 use async_trait::async_trait;
 use serde::{Deserialize, Serialize};
-use slog::{Logger, info};
+use slog::Logger;
 use vc_agent_client::protocol::agent::Storage;
 use vc_hypervisor::Device;
 
@@ -93,10 +93,19 @@ fn find_virtiofsd() -> Option<PathBuf> {
         .find(|p| p.is_file())
 }
 
+/// The share a sandbox uses, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ShareChoice {
+    /// The share.
+    pub kind: ShareKind,
+    /// Why it was chosen (for the log).
+    pub reason: &'static str,
+}
+
 /// Resolves the configured share: `Auto` is virtio-fs when `virtiofsd` is
-/// found, else 9p; the choice is logged. Asking for virtio-fs without a
-/// `virtiofsd` is an error.
-pub fn resolve(config: &FsShareConfig, logger: &Logger) -> Result<ShareKind, Error> {
+/// found, else 9p. Asking for virtio-fs without a `virtiofsd` is
+/// [`Error::VirtiofsdNotFound`].
+pub fn resolve(config: &FsShareConfig) -> Result<ShareChoice, Error> {
     let virtiofsd = config
         .virtiofsd
         .clone()
@@ -108,11 +117,9 @@ pub fn resolve(config: &FsShareConfig, logger: &Logger) -> Result<ShareKind, Err
             ShareKind::VirtioFs { virtiofsd }
         }
         (FsShareKind::VirtioFs, None) => {
-            return Err(Error::InvalidConfig {
-                what: format!(
-                    "fs_share is virtio-fs but no virtiofsd was found (configured: {:?}; searched PATH and {VIRTIOFSD_SEARCH:?})",
-                    config.virtiofsd
-                ),
+            return Err(Error::VirtiofsdNotFound {
+                configured: config.virtiofsd.clone(),
+                searched: VIRTIOFSD_SEARCH.iter().map(PathBuf::from).collect(),
             });
         }
         (FsShareKind::Auto, None) => ShareKind::NineP,
@@ -122,26 +129,30 @@ pub fn resolve(config: &FsShareConfig, logger: &Logger) -> Result<ShareKind, Err
         (FsShareKind::Auto, ShareKind::VirtioFs { .. }) => "auto: virtiofsd found",
         _ => "configured",
     };
-    info!(logger, "filesystem share chosen"; "share" => ?kind, "reason" => reason);
-    Ok(kind)
+    Ok(ShareChoice { kind, reason })
 }
 
 /// The share of `kind` exporting `host_dir`; virtio-fs puts its socket in
-/// `runtime_dir`.
+/// `runtime_dir` and runs `virtiofsd` with `lifetime` (the VM's), recorded
+/// in that dir's process ledger.
 pub fn new_share(
     kind: &ShareKind,
     host_dir: PathBuf,
     runtime_dir: &Path,
+    lifetime: vc_hypervisor::ProcessLifetime,
     logger: Logger,
 ) -> Box<dyn FsShare> {
     match kind {
         ShareKind::NineP => Box::new(NinePShare::new(host_dir)),
-        ShareKind::VirtioFs { virtiofsd } => Box::new(VirtioFsShare::new(
-            virtiofsd.clone(),
-            host_dir,
-            runtime_dir.join("virtiofsd.sock"),
-            logger,
-        )),
+        ShareKind::VirtioFs { virtiofsd } => Box::new(
+            VirtioFsShare::new(
+                virtiofsd.clone(),
+                host_dir,
+                runtime_dir.join("virtiofsd.sock"),
+                logger,
+            )
+            .with_lifetime(lifetime),
+        ),
     }
 }
 
@@ -149,25 +160,21 @@ pub fn new_share(
 mod tests {
     use super::*;
 
-    fn logger() -> Logger {
-        Logger::root(slog::Discard, slog::o!())
-    }
-
     #[test]
     fn explicit_choices_are_honoured() {
         let nine = FsShareConfig {
             kind: FsShareKind::NineP,
             virtiofsd: None,
         };
-        assert_eq!(resolve(&nine, &logger()).unwrap(), ShareKind::NineP);
+        assert_eq!(resolve(&nine).unwrap().kind, ShareKind::NineP);
         let missing = FsShareConfig {
             kind: FsShareKind::VirtioFs,
             virtiofsd: Some("/nonexistent/virtiofsd".into()),
         };
         if find_virtiofsd().is_none() {
             assert!(matches!(
-                resolve(&missing, &logger()),
-                Err(Error::InvalidConfig { .. })
+                resolve(&missing),
+                Err(Error::VirtiofsdNotFound { .. })
             ));
         }
         let dir = tempfile::tempdir().unwrap();
@@ -178,7 +185,7 @@ mod tests {
             virtiofsd: Some(fake.clone()),
         };
         assert_eq!(
-            resolve(&given, &logger()).unwrap(),
+            resolve(&given).unwrap().kind,
             ShareKind::VirtioFs { virtiofsd: fake }
         );
     }

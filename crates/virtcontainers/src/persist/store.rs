@@ -12,7 +12,6 @@
 //! and reports the sandbox gone instead of acting on a deleted one.
 
 use std::fs::{File, OpenOptions};
-use std::io::Write;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -21,10 +20,10 @@ use nix::fcntl::{Flock, FlockArg};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
-use crate::error::Error;
+use vc_types::SandboxId;
 
-/// Version of the state format this build writes and reads.
-pub const STATE_VERSION: u32 = 1;
+use super::file::{read_versioned, write_versioned};
+use crate::error::Error;
 
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
@@ -48,7 +47,7 @@ pub struct Store {
 /// One sandbox's state directory, locked for as long as this lives.
 #[derive(Debug)]
 pub struct SandboxStore {
-    id: String,
+    id: SandboxId,
     dir: PathBuf,
     mode: LockMode,
     _lock: Flock<File>,
@@ -66,14 +65,14 @@ impl Store {
     }
 
     /// The state directory of sandbox `id`.
-    pub fn sandbox_dir(&self, id: &str) -> PathBuf {
-        self.root.join(id)
+    pub fn sandbox_dir(&self, id: &SandboxId) -> PathBuf {
+        self.root.join(id.as_str())
     }
 
     /// Claims a new sandbox directory and locks it exclusively. Fails with
     /// [`Error::AlreadyExists`] when the directory exists (the caller
     /// decides whether its owner is alive).
-    pub fn create(&self, id: &str) -> Result<SandboxStore, Error> {
+    pub fn create(&self, id: &SandboxId) -> Result<SandboxStore, Error> {
         std::fs::create_dir_all(&self.root).map_err(|source| Error::StateIo {
             path: self.root.clone(),
             source,
@@ -82,7 +81,7 @@ impl Store {
         match std::fs::create_dir(&dir) {
             Ok(()) => {}
             Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists { id: id.to_owned() });
+                return Err(Error::AlreadyExists { id: id.clone() });
             }
             Err(source) => return Err(Error::StateIo { path: dir, source }),
         }
@@ -105,7 +104,7 @@ impl Store {
             }
         })?;
         Ok(SandboxStore {
-            id: id.to_owned(),
+            id: id.clone(),
             dir,
             mode: LockMode::Exclusive,
             _lock: lock,
@@ -116,7 +115,7 @@ impl Store {
     /// `timeout` for the lock.
     pub async fn open(
         &self,
-        id: &str,
+        id: &SandboxId,
         mode: LockMode,
         timeout: Duration,
     ) -> Result<SandboxStore, Error> {
@@ -127,7 +126,7 @@ impl Store {
             let file = match OpenOptions::new().write(true).open(&lock_path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                    return Err(Error::NotFound { id: id.to_owned() });
+                    return Err(Error::NotFound { id: id.clone() });
                 }
                 Err(source) => {
                     return Err(Error::StateIo {
@@ -145,10 +144,10 @@ impl Store {
                     // The sandbox may have been removed while we waited: then
                     // the file we hold is no longer the one at the path.
                     if !same_file(&lock, &lock_path) {
-                        return Err(Error::NotFound { id: id.to_owned() });
+                        return Err(Error::NotFound { id: id.clone() });
                     }
                     return Ok(SandboxStore {
-                        id: id.to_owned(),
+                        id: id.clone(),
                         dir,
                         mode,
                         _lock: lock,
@@ -157,7 +156,7 @@ impl Store {
                 Err((_, nix::errno::Errno::EWOULDBLOCK)) => {
                     if Instant::now() >= deadline {
                         return Err(Error::LockTimeout {
-                            id: id.to_owned(),
+                            id: id.clone(),
                             path: lock_path,
                             timeout,
                         });
@@ -175,7 +174,9 @@ impl Store {
     }
 
     /// Ids of the sandboxes with a state directory.
-    pub fn list(&self) -> Result<Vec<String>, Error> {
+    /// (Directories whose name is not a valid sandbox id are not ours and
+    /// are skipped.)
+    pub fn list(&self) -> Result<Vec<SandboxId>, Error> {
         let entries = match std::fs::read_dir(&self.root) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
@@ -186,10 +187,11 @@ impl Store {
                 });
             }
         };
-        let mut ids: Vec<String> = entries
+        let mut ids: Vec<SandboxId> = entries
             .flatten()
             .filter(|e| e.path().is_dir())
             .filter_map(|e| e.file_name().into_string().ok())
+            .filter_map(|name| SandboxId::new(name).ok())
             .collect();
         ids.sort();
         Ok(ids)
@@ -205,7 +207,7 @@ fn same_file(lock: &Flock<File>, path: &Path) -> bool {
 
 impl SandboxStore {
     /// The sandbox id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &SandboxId {
         &self.id
     }
 
@@ -226,78 +228,30 @@ impl SandboxStore {
 
     /// Reads the state, checking its version.
     pub fn read<T: DeserializeOwned>(&self) -> Result<T, Error> {
-        let path = self.dir.join(STATE_FILE);
-        let text = std::fs::read(&path).map_err(|source| match source.kind() {
-            std::io::ErrorKind::NotFound => Error::NotFound {
-                id: self.id.clone(),
-            },
-            _ => Error::StateIo {
-                path: path.clone(),
-                source,
-            },
-        })?;
-        #[derive(serde::Deserialize)]
-        struct Header {
-            version: u32,
-        }
-        let header: Header =
-            serde_json::from_slice(&text).map_err(|source| Error::StateCorrupt {
-                path: path.clone(),
-                source,
-            })?;
-        if header.version != STATE_VERSION {
-            return Err(Error::UnsupportedStateVersion {
-                path,
-                found: header.version,
-                supported: STATE_VERSION,
-            });
-        }
-        #[derive(serde::Deserialize)]
-        struct Body<T> {
-            state: T,
-        }
-        let body: Body<T> =
-            serde_json::from_slice(&text).map_err(|source| Error::StateCorrupt { path, source })?;
-        Ok(body.state)
+        self.read_file(STATE_FILE)?.ok_or_else(|| Error::NotFound {
+            id: self.id.clone(),
+        })
     }
 
-    /// Writes the state atomically: a temporary file, fsync, rename, fsync
-    /// of the directory. A reader sees the old state or the new one, never
-    /// a torn one, and a crash keeps one of the two.
+    /// Writes the state atomically (see [`write_versioned`]).
     pub fn write<T: Serialize>(&self, state: &T) -> Result<(), Error> {
+        self.write_file(STATE_FILE, state)
+    }
+
+    /// Reads another record file of the sandbox (a resource owner's),
+    /// `None` when it was never written.
+    pub fn read_file<T: DeserializeOwned>(&self, name: &str) -> Result<Option<T>, Error> {
+        read_versioned(&self.dir.join(name))
+    }
+
+    /// Writes another record file of the sandbox atomically.
+    pub fn write_file<T: Serialize>(&self, name: &str, value: &T) -> Result<(), Error> {
         debug_assert_eq!(
             self.mode,
             LockMode::Exclusive,
             "writing under a shared lock"
         );
-        #[derive(Serialize)]
-        struct Versioned<'a, T> {
-            version: u32,
-            state: &'a T,
-        }
-        let bytes = serde_json::to_vec_pretty(&Versioned {
-            version: STATE_VERSION,
-            state,
-        })
-        .map_err(|source| Error::StateCorrupt {
-            path: self.dir.join(STATE_FILE),
-            source,
-        })?;
-        let tmp = self.dir.join(format!("{STATE_FILE}.tmp"));
-        let io = |path: &Path| {
-            let path = path.to_owned();
-            move |source| Error::StateIo { path, source }
-        };
-        let mut file = File::create(&tmp).map_err(io(&tmp))?;
-        file.write_all(&bytes).map_err(io(&tmp))?;
-        file.sync_all().map_err(io(&tmp))?;
-        drop(file);
-        let target = self.dir.join(STATE_FILE);
-        std::fs::rename(&tmp, &target).map_err(io(&target))?;
-        File::open(&self.dir)
-            .and_then(|d| d.sync_all())
-            .map_err(io(&self.dir))?;
-        Ok(())
+        write_versioned(&self.dir.join(name), value)
     }
 
     /// Removes the state directory (state, lock and all). The lock is held
@@ -317,6 +271,11 @@ impl SandboxStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::persist::STATE_VERSION;
+
+    fn sb1() -> SandboxId {
+        "sb1".parse().unwrap()
+    }
 
     #[derive(Debug, PartialEq, serde::Serialize, serde::Deserialize)]
     struct S {
@@ -328,7 +287,7 @@ mod tests {
     async fn write_then_read_round_trips_with_a_version() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::new(root.path());
-        let s = store.create("sb1").unwrap();
+        let s = store.create(&sb1()).unwrap();
         assert!(!s.has_state());
         s.write(&S {
             n: 1,
@@ -336,7 +295,10 @@ mod tests {
         })
         .unwrap();
         let text = std::fs::read_to_string(s.dir().join("state.json")).unwrap();
-        assert!(text.contains("\"version\": 1"), "{text}");
+        assert!(
+            text.contains(&format!("\"version\": {STATE_VERSION}")),
+            "{text}"
+        );
         assert_eq!(
             s.read::<S>().unwrap(),
             S {
@@ -347,7 +309,7 @@ mod tests {
         assert!(!s.dir().join("state.json.tmp").exists());
         drop(s);
         let again = store
-            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .open(&sb1(), LockMode::Shared, Duration::from_secs(1))
             .await
             .unwrap();
         assert_eq!(again.read::<S>().unwrap().n, 1);
@@ -358,9 +320,9 @@ mod tests {
     async fn creating_an_existing_sandbox_is_already_exists() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::new(root.path());
-        let _s = store.create("sb1").unwrap();
+        let _s = store.create(&sb1()).unwrap();
         assert!(matches!(
-            store.create("sb1"),
+            store.create(&sb1()),
             Err(Error::AlreadyExists { .. })
         ));
     }
@@ -369,7 +331,7 @@ mod tests {
     async fn unknown_versions_and_garbage_are_typed_errors() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::new(root.path());
-        let s = store.create("sb1").unwrap();
+        let s = store.create(&sb1()).unwrap();
         std::fs::write(
             s.dir().join("state.json"),
             r#"{"version": 99, "state": {}}"#,
@@ -379,7 +341,7 @@ mod tests {
             s.read::<S>(),
             Err(Error::UnsupportedStateVersion {
                 found: 99,
-                supported: 1,
+                supported: STATE_VERSION,
                 ..
             })
         ));
@@ -391,9 +353,9 @@ mod tests {
     async fn exclusive_excludes_and_times_out() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::new(root.path());
-        let writer = store.create("sb1").unwrap();
+        let writer = store.create(&sb1()).unwrap();
         let waited = store
-            .open("sb1", LockMode::Shared, Duration::from_millis(50))
+            .open(&sb1(), LockMode::Shared, Duration::from_millis(50))
             .await;
         assert!(
             matches!(waited, Err(Error::LockTimeout { .. })),
@@ -401,20 +363,20 @@ mod tests {
         );
         drop(writer);
         let r1 = store
-            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .open(&sb1(), LockMode::Shared, Duration::from_secs(1))
             .await
             .unwrap();
         let r2 = store
-            .open("sb1", LockMode::Shared, Duration::from_secs(1))
+            .open(&sb1(), LockMode::Shared, Duration::from_secs(1))
             .await
             .unwrap();
         let w = store
-            .open("sb1", LockMode::Exclusive, Duration::from_millis(50))
+            .open(&sb1(), LockMode::Exclusive, Duration::from_millis(50))
             .await;
         assert!(matches!(w, Err(Error::LockTimeout { .. })));
         drop((r1, r2));
         store
-            .open("sb1", LockMode::Exclusive, Duration::from_secs(1))
+            .open(&sb1(), LockMode::Exclusive, Duration::from_secs(1))
             .await
             .unwrap();
     }
@@ -423,12 +385,12 @@ mod tests {
     async fn a_waiter_sees_a_removed_sandbox_as_not_found() {
         let root = tempfile::tempdir().unwrap();
         let store = Store::new(root.path());
-        let owner = store.create("sb1").unwrap();
+        let owner = store.create(&sb1()).unwrap();
         let waiter = {
             let store = store.clone();
             tokio::spawn(async move {
                 store
-                    .open("sb1", LockMode::Exclusive, Duration::from_secs(5))
+                    .open(&sb1(), LockMode::Exclusive, Duration::from_secs(5))
                     .await
             })
         };

@@ -3,41 +3,27 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use oci_spec::runtime::{LinuxResources, Process};
+use oci_spec::runtime::LinuxResources;
 use slog::{debug, warn};
+use vc_agent_client::Agent;
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::protocol::convert;
-use vc_agent_client::{Agent, OutputStream, ProcessOutput};
 use vc_device_manager::DeviceManager;
+use vc_types::ContainerId;
 
 use super::Sandbox;
 use crate::config::ContainerConfig;
 use crate::container_spec::layout;
 use crate::error::Error;
 use crate::host_mounts;
-use crate::id::{IdKind, validate_id};
 use crate::persist::{LockMode, SandboxStore};
 use crate::state::{ContainerPhase, ContainerRecord, SandboxPhase, SandboxState};
-
-/// A process's output streams, as async readers.
-pub struct ProcessIo {
-    /// Its stdout; EOF when the process closed it.
-    pub stdout: ProcessOutput,
-    /// Its stderr.
-    pub stderr: ProcessOutput,
-}
-
-impl std::fmt::Debug for ProcessIo {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("ProcessIo").finish_non_exhaustive()
-    }
-}
 
 /// What a container is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ContainerStatus {
     /// Its id.
-    pub id: String,
+    pub id: ContainerId,
     /// Its phase.
     pub phase: ContainerPhase,
     /// Its exit code once stopped.
@@ -62,9 +48,9 @@ const EXIT_PROBE: Duration = Duration::from_millis(200);
 
 /// Removes container `id` from the guest (its storages are unmounted by
 /// the agent).
-pub(crate) async fn remove_in_guest(agent: &dyn Agent, id: &str) -> Result<(), Error> {
+pub(crate) async fn remove_in_guest(agent: &dyn Agent, id: &ContainerId) -> Result<(), Error> {
     let request = pb::RemoveContainerRequest {
-        container_id: id.to_owned(),
+        container_id: id.to_string(),
         timeout: 10,
         ..Default::default()
     };
@@ -92,10 +78,14 @@ pub(crate) fn unbind_all(mounts: &[PathBuf]) -> Result<(), Error> {
     first.map_or(Ok(()), Err)
 }
 
-fn wrong_state(operation: &'static str, id: &str, phase: ContainerPhase) -> Error {
+pub(crate) fn wrong_state(
+    operation: &'static str,
+    id: &ContainerId,
+    phase: ContainerPhase,
+) -> Error {
     Error::WrongState {
         operation,
-        subject: format!("container {id:?}"),
+        subject: format!("container \"{id}\""),
         state: format!("{phase:?}").to_lowercase(),
     }
 }
@@ -115,8 +105,8 @@ impl Sandbox {
         }
         self.create_container_locked(&store, &mut state, &config)
             .await?;
-        if let Err(e) = self.update_cgroups(&store, &mut state).await {
-            warn!(self.logger, "host cgroups not updated for the new container"; "container" => &config.id, "error" => %e);
+        if let Err(e) = self.update_cgroups(&state).await {
+            warn!(self.logger, "host cgroups not updated for the new container"; "container" => %config.id, "error" => %e);
         }
         Ok(())
     }
@@ -128,7 +118,7 @@ impl Sandbox {
         state: &mut SandboxState,
         config: &ContainerConfig,
     ) -> Result<(), Error> {
-        config.validate()?;
+        crate::plan::plan_container(config)?;
         if state.containers.contains_key(&config.id) {
             return Err(Error::ContainerExists {
                 sandbox: self.id.clone(),
@@ -177,7 +167,7 @@ impl Sandbox {
             store.write(state)?;
             return Err(e);
         }
-        debug!(self.logger, "container created"; "container" => &config.id);
+        debug!(self.logger, "container created"; "container" => %config.id);
         Ok(())
     }
 
@@ -191,9 +181,9 @@ impl Sandbox {
         shared_dir: &std::path::Path,
         host_mounts_table: &[vc_mountinfo::MountInfo],
     ) -> Result<(), Error> {
-        let id = config.id.clone();
+        let id = &config.id;
         let devices = crate::devices::attach(self.devices.as_ref(), config, &self.logger, |ids| {
-            if let Some(r) = state.containers.get_mut(&id) {
+            if let Some(r) = state.containers.get_mut(id) {
                 r.devices = ids.to_vec();
             }
             store.write(state)
@@ -202,7 +192,7 @@ impl Sandbox {
         state.devices = Some(self.devices.save_state());
         store.write(state)?;
         let layout = layout(config, shared_dir, host_mounts_table, &devices)?;
-        if let Some(r) = state.containers.get_mut(&id) {
+        if let Some(r) = state.containers.get_mut(id) {
             r.mounts = layout.binds.iter().map(|b| b.target.clone()).collect();
         }
         store.write(state)?;
@@ -222,8 +212,8 @@ impl Sandbox {
             reason: e.to_string(),
         })?;
         let request = pb::CreateContainerRequest {
-            container_id: config.id.clone(),
-            exec_id: config.id.clone(),
+            container_id: config.id.to_string(),
+            exec_id: config.id.to_string(),
             storages: layout.storages.clone(),
             OCI: Some(spec).into(),
             ..Default::default()
@@ -234,194 +224,17 @@ impl Sandbox {
             .map_err(Error::agent("CreateContainer"))
     }
 
-    /// The output streams of process `exec_id` of container `id` (the
-    /// container's own process has `exec_id == id`).
-    pub fn process_io(&self, id: &str, exec_id: &str) -> ProcessIo {
-        ProcessIo {
-            stdout: ProcessOutput::new(self.agent.clone(), id, exec_id, OutputStream::Stdout),
-            stderr: ProcessOutput::new(self.agent.clone(), id, exec_id, OutputStream::Stderr),
-        }
-    }
-
-    /// Starts a created container's process and returns its output streams.
-    pub async fn start_container(&self, id: &str) -> Result<ProcessIo, Error> {
-        let (store, mut state) = self.lock(LockMode::Exclusive).await?;
-        let phase = self.container(&state, id)?.phase;
-        if phase != ContainerPhase::Created {
-            return Err(wrong_state("start", id, phase));
-        }
-        self.agent
-            .start_container(id)
-            .await
-            .map_err(Error::agent("StartContainer"))?;
-        self.container_mut(&mut state, id)?.phase = ContainerPhase::Running;
-        if state.phase == SandboxPhase::Ready {
-            state.phase = SandboxPhase::Running;
-        }
-        store.write(&state)?;
-        Ok(self.process_io(id, id))
-    }
-
-    /// Runs an extra process in a running container, with id `exec_id`.
-    pub async fn exec(
-        &self,
-        id: &str,
-        exec_id: &str,
-        process: &Process,
-    ) -> Result<ProcessIo, Error> {
-        validate_id(IdKind::Exec, exec_id)?;
-        let (_store, state) = self.lock(LockMode::Shared).await?;
-        let phase = self.container(&state, id)?.phase;
-        if phase != ContainerPhase::Running {
-            return Err(wrong_state("exec in", id, phase));
-        }
-        let process = convert::process_to_proto(process).map_err(|e| Error::InvalidSpec {
-            container: id.to_owned(),
-            reason: e.to_string(),
-        })?;
-        let request = pb::ExecProcessRequest {
-            container_id: id.to_owned(),
-            exec_id: exec_id.to_owned(),
-            process: Some(process).into(),
-            ..Default::default()
-        };
-        self.agent
-            .exec_process(request)
-            .await
-            .map_err(Error::agent("ExecProcess"))?;
-        Ok(self.process_io(id, exec_id))
-    }
-
-    /// Writes to a process's stdin; returns the bytes taken.
-    pub async fn write_stdin(&self, id: &str, exec_id: &str, data: &[u8]) -> Result<usize, Error> {
-        let n = self
-            .agent
-            .write_stdin(id, exec_id, data)
-            .await
-            .map_err(Error::agent("WriteStdin"))?;
-        Ok(n as usize)
-    }
-
-    /// Closes a process's stdin.
-    pub async fn close_stdin(&self, id: &str, exec_id: &str) -> Result<(), Error> {
-        self.agent
-            .close_stdin(id, exec_id)
-            .await
-            .map_err(Error::agent("CloseStdin"))
-    }
-
-    /// Waits for a process to exit and returns its exit code (128 + the
-    /// signal when killed). For the container's own process, records it
-    /// stopped. No lock is held while waiting.
-    pub async fn wait_process(&self, id: &str, exec_id: &str) -> Result<i32, Error> {
-        let code = self
-            .agent
-            .wait_process(id, exec_id)
-            .await
-            .map_err(Error::agent("WaitProcess"))?;
-        if exec_id == id {
-            self.record_exit(id, code).await?;
-        }
-        Ok(code)
-    }
-
-    /// Waits for the container's own process.
-    pub async fn wait_container(&self, id: &str) -> Result<i32, Error> {
-        self.wait_process(id, id).await
-    }
-
-    async fn record_exit(&self, id: &str, code: i32) -> Result<(), Error> {
-        let (store, mut state) = self.lock(LockMode::Exclusive).await?;
-        if let Some(c) = state.containers.get_mut(id) {
-            c.phase = ContainerPhase::Stopped;
-            c.exit_code = Some(code);
-            store.write(&state)?;
-            // A stopped container no longer counts towards the cgroups.
-            if let Err(e) = self.update_cgroups(&store, &mut state).await {
-                warn!(self.logger, "host cgroups not updated after exit"; "container" => id, "error" => %e);
-            }
-        }
-        Ok(())
-    }
-
-    /// Sends `signal` to process `exec_id` of container `id` (empty
-    /// `exec_id`: every process of the container).
-    pub async fn signal_process(
-        &self,
-        id: &str,
-        exec_id: &str,
-        signal: vc_agent_client::Signal,
-    ) -> Result<(), Error> {
-        let (_store, state) = self.lock(LockMode::Shared).await?;
-        self.container(&state, id)?;
-        self.agent
-            .signal_process(id, exec_id, signal)
-            .await
-            .map_err(Error::agent("SignalProcess"))
-    }
-
-    /// Sends `signal` to the container's process.
-    pub async fn kill_container(
-        &self,
-        id: &str,
-        signal: vc_agent_client::Signal,
-    ) -> Result<(), Error> {
-        self.signal_process(id, id, signal).await
-    }
-
-    /// Stops a running container: SIGTERM, then SIGKILL when it has not
-    /// exited after `timeout`. Returns its exit code.
-    pub async fn stop_container(&self, id: &str, timeout: Duration) -> Result<i32, Error> {
-        {
-            let (_store, state) = self.lock(LockMode::Shared).await?;
-            let c = self.container(&state, id)?;
-            match c.phase {
-                ContainerPhase::Stopped => return Ok(c.exit_code.unwrap_or_default()),
-                ContainerPhase::Created => return Err(wrong_state("stop", id, c.phase)),
-                ContainerPhase::Running | ContainerPhase::Paused => {}
-            }
-        }
-        self.agent
-            .signal_process(id, id, vc_agent_client::Signal::TERM)
-            .await
-            .map_err(Error::agent("SignalProcess"))?;
-        match tokio::time::timeout(timeout, self.agent.wait_process(id, id)).await {
-            Ok(code) => {
-                let code = code.map_err(Error::agent("WaitProcess"))?;
-                self.record_exit(id, code).await?;
-                return Ok(code);
-            }
-            Err(_) => debug!(self.logger, "container ignored SIGTERM; killing"; "container" => id),
-        }
-        self.agent
-            .signal_process(id, "", vc_agent_client::Signal::KILL)
-            .await
-            .map_err(Error::agent("SignalProcess"))?;
-        let code = tokio::time::timeout(
-            timeout.max(Duration::from_secs(5)),
-            self.agent.wait_process(id, id),
-        )
-        .await
-        .map_err(|_| Error::Timeout {
-            operation: "waiting for a killed container",
-            timeout,
-        })?
-        .map_err(Error::agent("WaitProcess"))?;
-        self.record_exit(id, code).await?;
-        Ok(code)
-    }
-
     /// Freezes a running container.
-    pub async fn pause_container(&self, id: &str) -> Result<(), Error> {
+    pub async fn pause_container(&self, id: &ContainerId) -> Result<(), Error> {
         self.set_frozen(id, true).await
     }
 
     /// Thaws a paused container.
-    pub async fn resume_container(&self, id: &str) -> Result<(), Error> {
+    pub async fn resume_container(&self, id: &ContainerId) -> Result<(), Error> {
         self.set_frozen(id, false).await
     }
 
-    async fn set_frozen(&self, id: &str, frozen: bool) -> Result<(), Error> {
+    async fn set_frozen(&self, id: &ContainerId, frozen: bool) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
         let phase = self.container(&state, id)?.phase;
         let (from, to, op) = if frozen {
@@ -452,13 +265,13 @@ impl Sandbox {
     /// cgroups (re-aggregated over the sandbox's containers).
     pub async fn update_container(
         &self,
-        id: &str,
+        id: &ContainerId,
         resources: &LinuxResources,
     ) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
         self.container(&state, id)?;
         let request = pb::UpdateContainerRequest {
-            container_id: id.to_owned(),
+            container_id: id.to_string(),
             resources: Some(convert::resources_to_proto(resources)).into(),
             ..Default::default()
         };
@@ -471,11 +284,14 @@ impl Sandbox {
         linux.set_resources(Some(resources.clone()));
         record.spec.set_linux(Some(linux));
         store.write(&state)?;
-        self.update_cgroups(&store, &mut state).await
+        self.update_cgroups(&state).await
     }
 
     /// The container's resource usage, from the guest.
-    pub async fn stats_container(&self, id: &str) -> Result<pb::StatsContainerResponse, Error> {
+    pub async fn stats_container(
+        &self,
+        id: &ContainerId,
+    ) -> Result<pb::StatsContainerResponse, Error> {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         self.container(&state, id)?;
         self.agent
@@ -487,7 +303,7 @@ impl Sandbox {
     /// Deletes a container that is created or stopped (a running one
     /// whose process has exited counts as stopped): removes it from the
     /// guest, unmounts its share mounts, re-aggregates the host cgroups.
-    pub async fn delete_container(&self, id: &str) -> Result<(), Error> {
+    pub async fn delete_container(&self, id: &ContainerId) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
         let phase = self.container(&state, id)?.phase;
         if phase == ContainerPhase::Running {
@@ -504,8 +320,8 @@ impl Sandbox {
             return Err(wrong_state("delete", id, phase));
         }
         self.delete_container_locked(&store, &mut state, id).await?;
-        if let Err(e) = self.update_cgroups(&store, &mut state).await {
-            warn!(self.logger, "host cgroups not updated after delete"; "container" => id, "error" => %e);
+        if let Err(e) = self.update_cgroups(&state).await {
+            warn!(self.logger, "host cgroups not updated after delete"; "container" => %id, "error" => %e);
         }
         Ok(())
     }
@@ -514,7 +330,7 @@ impl Sandbox {
         &self,
         store: &SandboxStore,
         state: &mut SandboxState,
-        id: &str,
+        id: &ContainerId,
     ) -> Result<(), Error> {
         // The guest first: while it may still use the container's mounts
         // and disks, they stay, and so does the record, for a retry. (A
@@ -543,7 +359,7 @@ impl Sandbox {
     }
 
     /// A container's status.
-    pub async fn container_status(&self, id: &str) -> Result<ContainerStatus, Error> {
+    pub async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, Error> {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         Ok(self.container(&state, id)?.into())
     }

@@ -1,40 +1,36 @@
-//! `create_sandbox`: every step records its host resources before making
-//! them, and registers its undo; a failure unwinds in reverse.
+//! `create_sandbox`: plan, then carry the plan out step by step. Every
+//! step records its host resources before making them and registers its
+//! undo; a failure unwinds the completed steps in reverse.
 
-use std::path::Path;
 use std::sync::{Arc, Mutex};
 
 use slog::{Logger, info, o};
-use vc_agent_client::AgentConfig;
 use vc_agent_client::protocol::agent as pb;
-use vc_cgroups_host::plan::{CgroupLocation, SandboxCgroupConfig};
-use vc_cgroups_host::{
-    CgroupManager, CgroupRoots, CgroupsState, HostCgroups, SandboxTasks, VmBaseSize,
-};
-use vc_hypervisor::{
-    AgentChannel, Hypervisor, HypervisorConfig, KernelParams, KernelParamsBuilder, MemoryConfig,
-    VcpuConfig,
-};
-
+use vc_agent_client::{Agent, AgentConfig};
 use vc_device_manager::DeviceManager;
+use vc_hypervisor::Hypervisor;
 
-use super::{Sandbox, cgroups_manager, remove_empty_dir, remove_runtime_dir};
+use super::cgroups::SandboxCgroups;
+use super::{Sandbox, remove_empty_dir, remove_runtime_dir};
 use crate::config::SandboxConfig;
 use crate::error::{CreateStep, Error};
 use crate::factory::VmFactory;
 use crate::fs_share::{self, FsShare, ShareKind};
 use crate::host_mounts;
 use crate::persist::{SandboxStore, Store};
-use crate::state::{
-    CgroupsRecord, GuestInfo, HostResources, PersistedSettings, SandboxPhase, SandboxState,
-};
+use crate::plan::{SandboxPlan, plan_sandbox};
+use crate::state::{GuestInfo, HostResources, SandboxPhase, SandboxState};
 use crate::undo::UndoStack;
 
-/// Creates a sandbox: validates `config`; creates its state directory and
-/// takes its lock; sets up its host cgroups; prepares the filesystem
-/// share; boots the VM (from `factory`); moves the VMM's threads into the
-/// cgroups; connects the agent; sets the sandbox up in the guest; creates
-/// the configured containers.
+/// Creates a sandbox.
+///
+/// First plans it ([`plan_sandbox`]): every configuration error comes
+/// back as [`Error::Create`] at [`CreateStep::Plan`] before anything on
+/// the host changes. Then carries the plan out: creates its state
+/// directory and takes its lock; creates its host cgroups; prepares the
+/// filesystem share; boots the VM (from `factory`); places the VMM's
+/// threads in the cgroups; connects the agent; reads the guest's details;
+/// sets the sandbox up in the guest; creates the configured containers.
 ///
 /// Each completed step registers its undo. A failure undoes them all, in
 /// reverse, and returns [`Error::Create`] naming the step: no cgroup,
@@ -59,17 +55,16 @@ pub async fn create_sandbox(
             },
         }
     };
-    config.validate().map_err(fail(CreateStep::Validate))?;
-    let logger = logger.new(o!("sandbox" => id.clone()));
-    let share_kind =
-        fs_share::resolve(&config.fs_share, &logger).map_err(fail(CreateStep::Validate))?;
+    let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan))?;
+    factory.check_vm(&plan.vm).map_err(fail(CreateStep::Plan))?;
+    let logger = logger.new(o!("sandbox" => id.to_string()));
+    info!(logger, "filesystem share chosen"; "share" => ?plan.share.kind, "reason" => plan.share.reason);
 
     let mut undo = UndoStack::new(logger.clone());
     let mut creation = Creation {
-        config: &config,
+        plan: &plan,
         factory,
         logger: logger.clone(),
-        share_kind,
         step: CreateStep::State,
     };
     match creation.run(&mut undo).await {
@@ -86,287 +81,175 @@ pub async fn create_sandbox(
     }
 }
 
+/// One run of `create_sandbox` carrying out a plan.
 struct Creation<'a> {
-    config: &'a SandboxConfig,
+    plan: &'a SandboxPlan,
     factory: Arc<dyn VmFactory>,
     logger: Logger,
-    share_kind: ShareKind,
     /// The step in progress, for the error.
     step: CreateStep,
 }
 
-impl Creation<'_> {
-    async fn run(&mut self, undo: &mut UndoStack) -> Result<Sandbox, Error> {
-        let config = self.config;
-        let id = config.id.clone();
-        let paths = &config.paths;
-        let store = Store::new(&paths.state_root);
+/// The sandbox's state, locked, as the steps record into it.
+struct Record {
+    store: SandboxStore,
+    state: SandboxState,
+}
 
-        // State directory and lock (held until the sandbox is created).
+impl Record {
+    fn write(&self) -> Result<(), Error> {
+        self.store.write(&self.state)
+    }
+}
+
+impl Creation<'_> {
+    /// The steps of Kata's `createSandboxFromConfig`, each with its undo.
+    async fn run(&mut self, undo: &mut UndoStack) -> Result<Sandbox, Error> {
         self.step = CreateStep::State;
-        let sstore = store.create(&id)?;
-        let dir = sstore.dir().to_owned();
-        undo.push("state", move || async move {
-            std::fs::remove_dir_all(&dir).map_err(Error::host_io("remove", &dir))
-        });
-        let vm_base = VmBaseSize {
-            default_vcpus: config.vm.default_vcpus,
-            default_memory_mib: config.vm.default_memory_mib,
-            max_vcpus: Some(config.vm.max_vcpus),
-        };
-        let mut state = SandboxState {
-            id: id.clone(),
-            phase: SandboxPhase::Creating,
-            settings: PersistedSettings {
-                paths: paths.clone(),
-                agent: config.agent,
-                share: self.share_kind.clone(),
-                cgroups: config.cgroups.clone(),
-                vm_base,
-                stop_timeout: config.vm.stop_timeout,
-                lock_timeout: config.lock_timeout,
-            },
-            resources: HostResources {
-                runtime_dir: Some(paths.runtime_root.join(&id)),
-                shared_dir: Some(paths.shared_root.join(&id)),
-                ..HostResources::default()
-            },
-            guest: None,
-            containers: Default::default(),
-            devices: None,
-        };
-        sstore.write(&state)?;
+        let mut rec = self.claim_state(undo)?;
 
         self.step = CreateStep::Cgroups;
-        self.create_cgroups(&sstore, &mut state, undo)?;
+        let cgroups = self.create_cgroups(&rec, undo)?;
 
         self.step = CreateStep::FsShare;
-        let share = self.prepare_share(&sstore, &mut state, undo).await?;
+        let share = self.prepare_share(&mut rec, undo).await?;
 
         self.step = CreateStep::StartVm;
-        let vm = self
-            .start_vm(&sstore, &mut state, share.as_ref(), undo)
-            .await?;
+        let vm = self.start_vm(&mut rec, undo).await?;
 
         self.step = CreateStep::ConstrainVm;
-        if state.resources.cgroups.is_some() {
-            super::update_cgroups(vm.as_ref(), &self.logger, &sstore, &mut state).await?;
+        if let Some(mut cgroups) = cgroups {
+            let planned: Vec<_> = self
+                .plan
+                .containers
+                .iter()
+                .map(|c| c.resources.clone())
+                .collect();
+            cgroups
+                .update(&planned, vm.as_ref(), &rec.state.resources.helpers)
+                .await?;
         }
 
         self.step = CreateStep::ConnectAgent;
-        let agent = self
-            .factory
-            .connect_agent(
-                &vm.agent_endpoint(),
-                AgentConfig {
-                    connect_timeout: config.vm.start_timeout,
-                    call_timeout: config.agent.call_timeout,
-                    ..AgentConfig::default()
-                },
-                &self.logger,
-            )
-            .await?;
-        let mut sandbox = Sandbox {
-            id: id.clone(),
-            store,
-            settings: state.settings.clone(),
-            vm: vm.clone(),
-            agent,
-            devices: super::new_device_registry(&vm, &self.logger),
-            share: Mutex::new(None),
-            logger: self.logger.clone(),
-        };
+        let agent = self.connect_agent(vm.as_ref()).await?;
 
         self.step = CreateStep::GuestDetails;
-        let details = sandbox
-            .agent
-            .get_guest_details(pb::GuestDetailsRequest {
-                mem_block_size: true,
-                ..Default::default()
-            })
-            .await
-            .map_err(Error::agent("GetGuestDetails"))?;
-        state.guest = Some(GuestInfo {
-            agent_version: details
-                .agent_details
-                .as_ref()
-                .map(|d| d.version.clone())
-                .unwrap_or_default(),
-            mem_block_size_bytes: details.mem_block_size_bytes,
-        });
-        sstore.write(&state)?;
+        self.read_guest_details(agent.as_ref(), &mut rec).await?;
 
         self.step = CreateStep::GuestSandbox;
-        let request = pb::CreateSandboxRequest {
-            hostname: config.hostname.clone().unwrap_or_else(|| id.clone()),
-            storages: vec![share.guest_storage()],
-            sandbox_id: id.clone(),
-            ..Default::default()
-        };
-        sandbox
-            .agent
-            .create_sandbox(request)
-            .await
-            .map_err(Error::agent("CreateSandbox"))?;
-        let agent = sandbox.agent.clone();
-        undo.push("guest sandbox", move || async move {
-            agent
-                .destroy_sandbox()
-                .await
-                .map_err(Error::agent("DestroySandbox"))
-        });
+        self.create_guest_sandbox(&agent, share.as_ref(), undo)
+            .await?;
 
         self.step = CreateStep::Containers;
-        for c in &config.containers {
-            sandbox
-                .create_container_locked(&sstore, &mut state, c)
-                .await?;
-            let mounts = state
-                .containers
-                .get(&c.id)
-                .map(|r| r.mounts.clone())
-                .unwrap_or_default();
-            let (agent, devices, cid) =
-                (sandbox.agent.clone(), sandbox.devices.clone(), c.id.clone());
-            undo.push("container", move || async move {
-                let removed = super::container::remove_in_guest(agent.as_ref(), &cid).await;
-                let released = devices
-                    .release_container(&cid)
-                    .await
-                    .map(drop)
-                    .map_err(|source| Error::Devices {
-                        operation: "release the container's devices",
-                        source,
-                    });
-                super::container::unbind_all(&mounts)?;
-                removed.and(released)
-            });
-        }
+        let sandbox = self.sandbox(vm, agent);
+        self.create_containers(&sandbox, &mut rec, undo).await?;
 
-        // The containers' resources now count: re-aggregate the cgroups.
-        if state.resources.cgroups.is_some() && !config.containers.is_empty() {
-            sandbox.update_cgroups(&sstore, &mut state).await?;
-        }
-
-        state.phase = SandboxPhase::Ready;
-        sstore.write(&state)?;
-        *sandbox.share.get_mut().unwrap_or_else(|e| e.into_inner()) = Some(share);
+        rec.state.phase = SandboxPhase::Ready;
+        rec.write()?;
+        *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(share);
         Ok(sandbox)
     }
 
-    fn create_cgroups(
-        &self,
-        sstore: &SandboxStore,
-        state: &mut SandboxState,
-        undo: &mut UndoStack,
-    ) -> Result<(), Error> {
-        let Some(cg) = &self.config.cgroups else {
-            return Ok(());
-        };
-        let roots = CgroupRoots::discover().map_err(Error::cgroups("find the cgroup mounts"))?;
-        let version = roots.preferred_version();
-        let mut planner = SandboxCgroupConfig::new(&self.config.id, cg.driver, version);
-        if let Some(path) = &cg.cgroups_path {
-            planner.location = CgroupLocation::CgroupsPath(path.clone());
-        }
-        planner.sandbox_cgroup_only = cg.sandbox_cgroup_only;
-        planner.overhead = cg.overhead;
-        planner.vmm_devices =
-            vc_cgroups_host::host_devices::discover_vmm_devices(Path::new("/dev"));
-        let containers: Vec<_> = self
-            .config
-            .containers
-            .iter()
-            .map(|c| super::resources_of(&c.id, &c.spec, false))
-            .collect();
-        let plan = vc_cgroups_host::plan(&planner, &containers).map_err(Error::cgroups("plan"))?;
-        // Write-ahead: the paths are on disk before any directory exists.
-        let mut record = CgroupsRecord {
-            config: planner,
-            version,
-            roots: roots.clone(),
-            state: CgroupsState {
-                plan: Some(plan.clone()),
-                ..CgroupsState::default()
+    /// The state directory, claimed and locked (held until the sandbox
+    /// is created), and the first state: the directories to come.
+    fn claim_state(&self, undo: &mut UndoStack) -> Result<Record, Error> {
+        let plan = self.plan;
+        let store = Store::new(&plan.settings.paths.state_root).create(&plan.id)?;
+        let dir = store.dir().to_owned();
+        undo.push("state", move || async move {
+            std::fs::remove_dir_all(&dir).map_err(Error::host_io("remove", &dir))
+        });
+        let rec = Record {
+            store,
+            state: SandboxState {
+                id: plan.id.clone(),
+                phase: SandboxPhase::Creating,
+                owner: crate::process::this_process(),
+                settings: plan.settings.clone(),
+                resources: HostResources {
+                    runtime_dir: Some(plan.runtime_dir.clone()),
+                    shared_dir: Some(plan.shared_dir.clone()),
+                    ..HostResources::default()
+                },
+                guest: None,
+                containers: Default::default(),
+                devices: None,
             },
         };
-        state.resources.cgroups = Some(record.clone());
-        sstore.write(state)?;
-        let mut manager = HostCgroups::new(cg.driver, version, &roots, self.logger.clone())
-            .map_err(Error::cgroups("open the cgroup hierarchy"))?;
-        let tasks = SandboxTasks {
-            runtime: cg.sandbox_cgroup_only.then(std::process::id),
-            ..Default::default()
-        };
-        let applied = manager.apply(&plan, &tasks);
-        record.state = manager.state().clone();
-        if applied.is_err() {
-            // The applier unwound itself.
-            state.resources.cgroups = None;
-            sstore.write(state)?;
-        }
-        applied.map_err(Error::cgroups("create"))?;
-        state.resources.cgroups = Some(record.clone());
-        sstore.write(state)?;
-        let logger = self.logger.clone();
-        undo.push("cgroups", move || async move {
-            let mut manager = cgroups_manager(&record, &logger)?;
-            manager.delete().map_err(Error::cgroups("delete"))
-        });
-        Ok(())
+        rec.write()?;
+        Ok(rec)
     }
 
+    /// The host cgroups, recorded (in their owner's own file) before each
+    /// directory is made.
+    fn create_cgroups(
+        &self,
+        rec: &Record,
+        undo: &mut UndoStack,
+    ) -> Result<Option<SandboxCgroups>, Error> {
+        let Some(plan) = &self.plan.cgroups else {
+            return Ok(None);
+        };
+        let cgroups = SandboxCgroups::create(rec.store.dir(), plan, &self.logger)?;
+        let (dir, logger) = (rec.store.dir().to_owned(), self.logger.clone());
+        undo.push("cgroups", move || async move {
+            match SandboxCgroups::load(&dir, &logger)? {
+                Some(cgroups) => cgroups.delete(),
+                None => Ok(()),
+            }
+        });
+        Ok(Some(cgroups))
+    }
+
+    /// The share's directories and its daemon (virtio-fs), each recorded
+    /// before it is made.
     async fn prepare_share(
         &self,
-        sstore: &SandboxStore,
-        state: &mut SandboxState,
+        rec: &mut Record,
         undo: &mut UndoStack,
     ) -> Result<Box<dyn FsShare>, Error> {
-        let runtime_dir = state.resources.runtime_dir.clone().unwrap_or_default();
-        let shared_dir = state.resources.shared_dir.clone().unwrap_or_default();
-        {
-            let (runtime_dir, shared_dir) = (runtime_dir.clone(), shared_dir.clone());
-            let keep_logs = self.config.vm.debug;
-            undo.push("share directories", move || async move {
-                // The share's directory may only ever be removed when empty
-                // (a stale bind mount would expose a container's files);
-                // the runtime directory holds nothing but our sockets and
-                // logs.
-                let shared = remove_empty_dir(&shared_dir);
-                let runtime = if keep_logs {
-                    Ok(())
-                } else {
-                    remove_runtime_dir(&runtime_dir)
-                };
-                runtime.and(shared)
-            });
-        }
-        for dir in [&runtime_dir, &shared_dir] {
+        let plan = self.plan;
+        let (runtime_dir, shared_dir) = (plan.runtime_dir.clone(), plan.shared_dir.clone());
+        let keep_logs = plan.vm.keep_logs;
+        undo.push("share directories", move || async move {
+            // The share's directory may only ever be removed when empty (a
+            // stale bind mount would expose a container's files); the
+            // runtime directory holds nothing but our sockets and logs.
+            let shared = remove_empty_dir(&shared_dir);
+            let runtime = match keep_logs {
+                true => Ok(()),
+                false => remove_runtime_dir(&runtime_dir),
+            };
+            runtime.and(shared)
+        });
+        for dir in [&plan.runtime_dir, &plan.shared_dir] {
             std::fs::create_dir_all(dir).map_err(Error::host_io("create directory", dir))?;
         }
         let mut share = fs_share::new_share(
-            &self.share_kind,
-            shared_dir.clone(),
-            &runtime_dir,
+            &plan.share.kind,
+            plan.shared_dir.clone(),
+            &plan.runtime_dir,
+            plan.vm.lifetime,
             self.logger.clone(),
         );
-        let virtiofs = matches!(self.share_kind, ShareKind::VirtioFs { .. });
+        let virtiofs = matches!(plan.share.kind, ShareKind::VirtioFs { .. });
         if virtiofs {
             // virtio-fs makes the directory a mount of itself: recorded first.
-            state.resources.mounts.push(shared_dir.clone());
-            sstore.write(state)?;
+            rec.state.resources.mounts.push(plan.shared_dir.clone());
+            rec.write()?;
         }
         let helpers = match share.start().await {
             Ok(h) => h,
             Err(e) => {
                 if virtiofs {
-                    let _ = host_mounts::unmount(&shared_dir);
+                    let _ = host_mounts::unmount(&plan.shared_dir);
                 }
                 return Err(e);
             }
         };
-        state.resources.helpers.extend(helpers.clone());
-        sstore.write(state)?;
+        rec.state.resources.helpers.extend(helpers.clone());
+        rec.write()?;
+        let shared_dir = plan.shared_dir.clone();
         undo.push("share", move || async move {
             crate::process::terminate_all(helpers, std::time::Duration::from_secs(2)).await;
             if virtiofs {
@@ -377,53 +260,17 @@ impl Creation<'_> {
         Ok(share)
     }
 
+    /// The VM, booted from the factory, and recorded for other processes.
     async fn start_vm(
         &self,
-        sstore: &SandboxStore,
-        state: &mut SandboxState,
-        share: &dyn FsShare,
+        rec: &mut Record,
         undo: &mut UndoStack,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let config = self.config;
-        let containers: Vec<_> = config
-            .containers
-            .iter()
-            .map(|c| super::resources_of(&c.id, &c.spec, false))
-            .collect();
-        let size = vc_cgroups_host::vm_size(&containers, &state.settings.vm_base)
-            .map_err(Error::cgroups("size the VM"))?;
-        let runtime_dir = state.resources.runtime_dir.clone().unwrap_or_default();
-        let mut hc = HypervisorConfig::new(&config.id, &config.vm.kernel, &runtime_dir)
-            .with_initrd(&config.vm.initrd);
-        hc.qemu_binary = config.vm.qemu_binary.clone();
-        hc.accelerator = config.vm.accelerator;
-        hc.vcpus = VcpuConfig {
-            boot: size.vcpus,
-            max: config.vm.max_vcpus.max(size.vcpus),
-        };
-        hc.memory = MemoryConfig {
-            boot_mib: size.memory_mib,
-            max_mib: size.memory_mib,
-            shared: share.needs_shared_memory(),
-        };
-        hc.agent_channel = AgentChannel::VirtioSerial;
-        hc.devices.push(share.device());
-        hc.keep_logs = config.vm.debug;
-        let mut params = KernelParamsBuilder::new();
-        if config.vm.debug {
-            params = params.debug(true).agent("log", "debug");
-        }
-        let extra = KernelParams::parse(&config.vm.kernel_params.join(" ")).map_err(|e| {
-            Error::InvalidConfig {
-                what: format!("vm.kernel_params: {e}"),
-            }
-        })?;
-        hc.kernel_params = params.extra(extra).build();
-        let vm = self.factory.new_vm(hc, &self.logger)?;
-        let started = vm.start(config.vm.start_timeout).await;
+        let plan = self.plan;
+        let vm = self.factory.new_vm(plan.vm.clone(), &self.logger)?;
+        let started = vm.start(plan.start_timeout).await;
         {
-            let vm = vm.clone();
-            let timeout = config.vm.stop_timeout;
+            let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
             undo.push("vm", move || async move {
                 vm.stop(timeout)
                     .await
@@ -431,18 +278,119 @@ impl Creation<'_> {
             });
         }
         started.map_err(Error::hypervisor("start the VM"))?;
-        state.resources.vm = Some(
+        rec.state.resources.vm = Some(
             vm.save_state()
                 .map_err(Error::hypervisor("save the VM's state"))?,
         );
-        state.resources.vmm = vm.vmm_pids().first().and_then(|&pid| {
-            Some(crate::state::HelperRecord {
-                program: config.vm.qemu_binary.clone(),
-                pid,
-                start_time: crate::process::start_time(pid)?,
-            })
-        });
-        sstore.write(state)?;
+        rec.state.resources.vmm = vm.vmm_processes().into_iter().next().map(Into::into);
+        rec.write()?;
         Ok(vm)
+    }
+
+    async fn connect_agent(&self, vm: &dyn Hypervisor) -> Result<Arc<dyn Agent>, Error> {
+        let config = AgentConfig {
+            connect_timeout: self.plan.start_timeout,
+            call_timeout: self.plan.settings.agent.call_timeout,
+            ..AgentConfig::default()
+        };
+        self.factory
+            .connect_agent(&vm.agent_endpoint(), config, &self.logger)
+            .await
+    }
+
+    async fn read_guest_details(&self, agent: &dyn Agent, rec: &mut Record) -> Result<(), Error> {
+        let details = agent
+            .get_guest_details(pb::GuestDetailsRequest {
+                mem_block_size: true,
+                ..Default::default()
+            })
+            .await
+            .map_err(Error::agent("GetGuestDetails"))?;
+        rec.state.guest = Some(GuestInfo {
+            agent_version: details
+                .agent_details
+                .as_ref()
+                .map(|d| d.version.clone())
+                .unwrap_or_default(),
+            mem_block_size_bytes: details.mem_block_size_bytes,
+        });
+        rec.write()
+    }
+
+    /// The sandbox in the guest: its hostname and the share's mount.
+    async fn create_guest_sandbox(
+        &self,
+        agent: &Arc<dyn Agent>,
+        share: &dyn FsShare,
+        undo: &mut UndoStack,
+    ) -> Result<(), Error> {
+        let request = pb::CreateSandboxRequest {
+            hostname: self.plan.hostname.clone(),
+            storages: vec![share.guest_storage()],
+            sandbox_id: self.plan.id.to_string(),
+            ..Default::default()
+        };
+        agent
+            .create_sandbox(request)
+            .await
+            .map_err(Error::agent("CreateSandbox"))?;
+        let agent = agent.clone();
+        undo.push("guest sandbox", move || async move {
+            agent
+                .destroy_sandbox()
+                .await
+                .map_err(Error::agent("DestroySandbox"))
+        });
+        Ok(())
+    }
+
+    fn sandbox(&self, vm: Arc<dyn Hypervisor>, agent: Arc<dyn Agent>) -> Sandbox {
+        Sandbox {
+            id: self.plan.id.clone(),
+            store: Store::new(&self.plan.settings.paths.state_root),
+            settings: self.plan.settings.clone(),
+            devices: super::new_device_registry(&vm, &self.logger),
+            vm,
+            agent,
+            share: Mutex::new(None),
+            logger: self.logger.clone(),
+        }
+    }
+
+    /// The planned containers, each undone on a later failure (the host
+    /// cgroups were planned for them from the start).
+    async fn create_containers(
+        &self,
+        sandbox: &Sandbox,
+        rec: &mut Record,
+        undo: &mut UndoStack,
+    ) -> Result<(), Error> {
+        for c in &self.plan.containers {
+            sandbox
+                .create_container_locked(&rec.store, &mut rec.state, &c.config)
+                .await?;
+            let mounts = rec
+                .state
+                .containers
+                .get(&c.config.id)
+                .map(|r| r.mounts.clone())
+                .unwrap_or_default();
+            let (agent, devices) = (sandbox.agent.clone(), sandbox.devices.clone());
+            let id = c.config.id.clone();
+            undo.push("container", move || async move {
+                let removed = super::container::remove_in_guest(agent.as_ref(), &id).await;
+                let released = devices
+                    .release_container(&id)
+                    .await
+                    .map(drop)
+                    .map_err(|source| Error::Devices {
+                        operation: "release the container's devices",
+                        source,
+                    });
+                super::container::unbind_all(&mounts)?;
+                removed.and(released)
+            });
+        }
+        Ok(())
     }
 }

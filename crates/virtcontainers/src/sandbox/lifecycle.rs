@@ -4,22 +4,25 @@ use std::time::Duration;
 
 use slog::{info, warn};
 
+use vc_types::SandboxId;
+
+use super::cgroups::SandboxCgroups;
 use super::container::{ContainerStatus, unbind_all};
-use super::{Sandbox, cgroups_manager, remove_empty_dir, remove_runtime_dir};
+use super::{Sandbox, remove_empty_dir, remove_runtime_dir};
 use crate::error::Error;
 use crate::host_mounts;
 use crate::persist::{LockMode, SandboxStore};
 use crate::state::{ContainerPhase, SandboxPhase, SandboxState};
-use vc_cgroups_host::CgroupManager;
 
 /// What a sandbox is doing.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SandboxStatus {
     /// Its id.
-    pub id: String,
+    pub id: SandboxId,
     /// Its phase.
     pub phase: SandboxPhase,
-    /// The VMM's pid, while it runs.
+    /// The VMM's pid, while it runs (`None` once it is gone, in every
+    /// process).
     pub vmm_pid: Option<u32>,
     /// The sandbox cgroup's path, when host cgroups are managed.
     pub sandbox_cgroup: Option<String>,
@@ -32,7 +35,7 @@ pub struct SandboxStatus {
 impl Sandbox {
     /// Starts every created container.
     pub async fn start(&self) -> Result<(), Error> {
-        let created: Vec<String> = {
+        let created: Vec<_> = {
             let (_store, state) = self.lock(LockMode::Shared).await?;
             state
                 .containers
@@ -69,7 +72,7 @@ impl Sandbox {
         if state.phase != SandboxPhase::Paused {
             return Err(Error::WrongState {
                 operation: "resume",
-                subject: format!("sandbox {:?}", self.id),
+                subject: format!("sandbox \"{}\"", self.id),
                 state: format!("{:?}", state.phase).to_lowercase(),
             });
         }
@@ -85,7 +88,7 @@ impl Sandbox {
     /// `timeout`), the sandbox in the guest, the VM and its helpers. The
     /// state stays until [`delete`](Self::delete).
     pub async fn stop(&self, timeout: Duration) -> Result<(), Error> {
-        let running: Vec<String> = {
+        let running: Vec<_> = {
             let (_store, state) = self.lock(LockMode::Shared).await?;
             if state.phase == SandboxPhase::Stopped {
                 return Ok(());
@@ -105,7 +108,7 @@ impl Sandbox {
         };
         for id in running {
             if let Err(e) = self.stop_container(&id, timeout).await {
-                warn!(self.logger, "container did not stop cleanly"; "container" => &id, "error" => %e);
+                warn!(self.logger, "container did not stop cleanly"; "container" => %id, "error" => %e);
             }
         }
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
@@ -188,7 +191,7 @@ impl Sandbox {
         if state.phase != SandboxPhase::Stopped {
             return Err(Error::WrongState {
                 operation: "delete",
-                subject: format!("sandbox {:?}", self.id),
+                subject: format!("sandbox \"{}\"", self.id),
                 state: format!("{:?}", state.phase).to_lowercase(),
             });
         }
@@ -200,8 +203,9 @@ impl Sandbox {
 
     /// The sandbox's status and its containers'.
     pub async fn status(&self) -> Result<SandboxStatus, Error> {
-        let (_store, state) = self.lock(LockMode::Shared).await?;
-        Ok(status_of(&state, self.vm.vmm_pids().first().copied()))
+        let (store, state) = self.lock(LockMode::Shared).await?;
+        let cgroups = SandboxCgroups::load(store.dir(), &self.logger)?;
+        Ok(status_of(&state, cgroups.as_ref()))
     }
 
     /// The sandbox's containers.
@@ -210,18 +214,20 @@ impl Sandbox {
     }
 }
 
-pub(crate) fn status_of(state: &SandboxState, vmm_pid: Option<u32>) -> SandboxStatus {
-    let plan = state
+pub(crate) fn status_of(state: &SandboxState, cgroups: Option<&SandboxCgroups>) -> SandboxStatus {
+    // The same answer in every process: the recorded VMM, if it runs.
+    let vmm_pid = state
         .resources
-        .cgroups
+        .vmm
         .as_ref()
-        .and_then(|r| r.state.plan.as_ref());
+        .filter(|v| crate::process::is_alive(v.pid, v.start_time))
+        .map(|v| v.pid);
     SandboxStatus {
         id: state.id.clone(),
-        phase: state.phase,
+        phase: state.effective_phase(),
         vmm_pid,
-        sandbox_cgroup: plan.map(|p| p.sandbox.path.to_string()),
-        overhead_cgroup: plan.and_then(|p| p.overhead.as_ref().map(|o| o.path.to_string())),
+        sandbox_cgroup: cgroups.and_then(SandboxCgroups::sandbox_path),
+        overhead_cgroup: cgroups.and_then(SandboxCgroups::overhead_path),
         containers: state
             .containers
             .values()
@@ -252,7 +258,7 @@ pub(crate) fn free_host_resources(
             Err(e) => Err(e),
         }
     };
-    let ids: Vec<String> = state.containers.keys().cloned().collect();
+    let ids: Vec<_> = state.containers.keys().cloned().collect();
     for id in ids {
         let mounts = state.containers[&id].mounts.clone();
         let r = unbind_all(&mounts);
@@ -264,14 +270,11 @@ pub(crate) fn free_host_resources(
     for m in std::mem::take(&mut state.resources.mounts).iter().rev() {
         step(&mut errors, host_mounts::unmount(m))?;
     }
-    if let Some(record) = state.resources.cgroups.clone() {
-        let r = cgroups_manager(&record, logger)
-            .and_then(|mut m| m.delete().map_err(Error::cgroups("delete")));
-        if r.is_ok() {
-            state.resources.cgroups = None;
-        }
-        step(&mut errors, r)?;
-    }
+    let cgroups = SandboxCgroups::load(store.dir(), logger).and_then(|c| match c {
+        Some(c) => c.delete(),
+        None => Ok(()),
+    });
+    step(&mut errors, cgroups)?;
     if let Some(dir) = state.resources.shared_dir.clone() {
         let r = remove_empty_dir(&dir);
         if r.is_ok() {

@@ -6,10 +6,14 @@
 //! never act on a stale view. No lock is held while waiting for a
 //! container's process to exit.
 
+mod cgroups;
+mod cleanup;
 mod container;
 mod create;
+mod fetch;
 mod lifecycle;
-mod teardown;
+mod process;
+mod reclaim;
 #[cfg(test)]
 mod tests;
 
@@ -18,22 +22,25 @@ use std::sync::{Arc, Mutex};
 
 use slog::Logger;
 use vc_agent_client::Agent;
-use vc_cgroups_host::plan::{ContainerResources, ContainerState};
-use vc_cgroups_host::{CgroupManager, HostCgroups, SandboxTasks};
 use vc_device_manager::{DeviceRegistry, RegistryConfig};
 use vc_hypervisor::Hypervisor;
+use vc_types::{ContainerId, SandboxId};
 
-pub use container::{ContainerStatus, ProcessIo};
+pub use cgroups::CgroupsRecord;
+pub use cleanup::{CleanupOutcome, cleanup_container};
+pub use container::ContainerStatus;
 pub use create::create_sandbox;
+pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;
-pub use teardown::{CleanupOutcome, cleanup_container, fetch_sandbox, reclaim};
+pub use process::ProcessIo;
+pub use reclaim::{ReclaimReport, reclaim, reclaim_stale};
 
+use self::cgroups::SandboxCgroups;
 use crate::error::Error;
 use crate::fs_share::FsShare;
 use crate::persist::{LockMode, SandboxStore, Store};
-use crate::state::{
-    CgroupsRecord, ContainerPhase, ContainerRecord, PersistedSettings, SandboxState,
-};
+use crate::plan::container_resources;
+use crate::state::{ContainerRecord, PersistedSettings, SandboxState};
 
 /// A running sandbox: one VM, its agent, and its containers.
 ///
@@ -42,7 +49,7 @@ use crate::state::{
 /// exiting would) or [`fetch_sandbox`] (another process's sandbox: the
 /// handle drives it, dropping it changes nothing).
 pub struct Sandbox {
-    id: String,
+    id: SandboxId,
     store: Store,
     settings: PersistedSettings,
     vm: Arc<dyn Hypervisor>,
@@ -66,7 +73,7 @@ impl std::fmt::Debug for Sandbox {
 
 impl Sandbox {
     /// The sandbox id.
-    pub fn id(&self) -> &str {
+    pub fn id(&self) -> &SandboxId {
         &self.id
     }
 
@@ -102,121 +109,46 @@ impl Sandbox {
     fn container<'a>(
         &self,
         state: &'a SandboxState,
-        id: &str,
+        id: &ContainerId,
     ) -> Result<&'a ContainerRecord, Error> {
         state
             .containers
             .get(id)
             .ok_or_else(|| Error::ContainerNotFound {
                 sandbox: self.id.clone(),
-                container: id.to_owned(),
+                container: id.clone(),
             })
     }
 
     fn container_mut<'a>(
         &self,
         state: &'a mut SandboxState,
-        id: &str,
+        id: &ContainerId,
     ) -> Result<&'a mut ContainerRecord, Error> {
         state
             .containers
             .get_mut(id)
             .ok_or_else(|| Error::ContainerNotFound {
                 sandbox: self.id.clone(),
-                container: id.to_owned(),
+                container: id.clone(),
             })
     }
 
-    /// Re-plans the host cgroups for the containers now in `state` and
-    /// re-places the VMM's threads.
-    async fn update_cgroups(
-        &self,
-        store: &SandboxStore,
-        state: &mut SandboxState,
-    ) -> Result<(), Error> {
-        update_cgroups(self.vm.as_ref(), &self.logger, store, state).await
+    /// Re-plans the host cgroups (when managed) for the containers now in
+    /// `state` and places the VMM's threads again, vCPU threads read
+    /// afresh. The caller holds the state's exclusive lock.
+    async fn update_cgroups(&self, state: &SandboxState) -> Result<(), Error> {
+        let Some(mut cgroups) = SandboxCgroups::load(&self.state_dir(), &self.logger)? else {
+            return Ok(());
+        };
+        cgroups
+            .update(
+                &container_resources(state),
+                self.vm.as_ref(),
+                &state.resources.helpers,
+            )
+            .await
     }
-}
-
-/// Re-plans the host cgroups for the containers in `state` and re-places
-/// the VMM's threads (vCPU thread ids read afresh: vCPUs can change).
-pub(crate) async fn update_cgroups(
-    vm: &dyn Hypervisor,
-    logger: &Logger,
-    store: &SandboxStore,
-    state: &mut SandboxState,
-) -> Result<(), Error> {
-    let Some(record) = state.resources.cgroups.clone() else {
-        return Ok(());
-    };
-    let plan = vc_cgroups_host::plan(&record.config, &container_resources(state))
-        .map_err(Error::cgroups("plan"))?;
-    let vcpus = vm
-        .vcpu_threads()
-        .await
-        .map_err(Error::hypervisor("list vCPU threads"))?;
-    let tasks = SandboxTasks {
-        runtime: record.config.sandbox_cgroup_only.then(std::process::id),
-        vmm: vm.vmm_pids().first().copied(),
-        vcpu_threads: vcpus.iter().map(|v| v.tid).collect(),
-        helpers: state
-            .resources
-            .helpers
-            .iter()
-            .filter(|h| crate::process::start_time(h.pid) == Some(h.start_time))
-            .flat_map(|h| crate::process::with_descendants(h.pid))
-            .collect(),
-    };
-    let mut manager = cgroups_manager(&record, logger)?;
-    let result = manager.update(&plan, &tasks);
-    if let Some(r) = state.resources.cgroups.as_mut() {
-        r.state = manager.state().clone();
-    }
-    store.write(state)?;
-    result.map_err(Error::cgroups("update"))
-}
-
-/// The containers' resources as the cgroup planner and VM sizing see them.
-pub(crate) fn container_resources(state: &SandboxState) -> Vec<ContainerResources> {
-    state
-        .containers
-        .values()
-        .map(|c| resources_of(&c.id, &c.spec, c.phase == ContainerPhase::Stopped))
-        .collect()
-}
-
-/// One container's resources and devices from its spec.
-pub(crate) fn resources_of(
-    id: &str,
-    spec: &oci_spec::runtime::Spec,
-    stopped: bool,
-) -> ContainerResources {
-    let linux = spec.linux().clone().unwrap_or_default();
-    ContainerResources {
-        id: id.to_owned(),
-        resources: linux.resources().clone().unwrap_or_default(),
-        devices: linux.devices().clone().unwrap_or_default(),
-        state: if stopped {
-            ContainerState::Stopped
-        } else {
-            ContainerState::Active
-        },
-    }
-}
-
-/// The cgroup manager of a recorded sandbox.
-pub(crate) fn cgroups_manager(
-    record: &CgroupsRecord,
-    logger: &Logger,
-) -> Result<HostCgroups, Error> {
-    HostCgroups::from_state(
-        record.config.driver,
-        record.version,
-        &record.roots,
-        logger.clone(),
-        record.state.clone(),
-    )
-    .map_err(Error::cgroups("load the sandbox's cgroups"))
 }
 
 /// A new device registry over `vm`.

@@ -1,12 +1,10 @@
-//! The VM size that follows from the containers' resources.
+//! The VM size that follows from the containers' resources: the same
+//! checked per-container limits the host cgroups are planned from
+//! ([`ContainerResources::limits`]), summed the way Kata sizes its VMs.
 
 use serde::{Deserialize, Serialize};
-
-use super::cpu_list::CpuList;
-use super::resources::{
-    ContainerResources, ContainerState, validated_cpus, validated_memory, validated_quota,
-};
-use crate::error::Error;
+use vc_cgroups_host::Error;
+use vc_cgroups_host::plan::{ContainerResources, ContainerState, CpuList};
 
 const MIB: u64 = 1 << 20;
 
@@ -46,21 +44,19 @@ pub fn vm_size(containers: &[ContainerResources], base: &VmBaseSize) -> Result<V
     let mut cpuset = CpuList::new();
     let mut memory_bytes: u64 = 0;
     for c in containers {
-        // Validate every container, whatever its state.
-        let quota = validated_quota(c)?;
-        let cpus = validated_cpus(c)?;
-        let memory = validated_memory(c)?;
+        // Check every container, whatever its state.
+        let limits = c.limits()?;
         if c.state == ContainerState::Stopped {
             continue;
         }
-        if let Some((q, p)) = quota {
+        if let Some((q, p)) = limits.cpu_quota {
             any_quota = true;
             quota_cpus += q as f64 / p as f64;
         }
-        if let Some(set) = cpus {
+        if let Some(set) = limits.cpus {
             cpuset.extend(&set);
         }
-        memory_bytes = memory_bytes.saturating_add(memory.unwrap_or(0));
+        memory_bytes = memory_bytes.saturating_add(limits.memory_bytes.unwrap_or(0));
     }
     let container_vcpus = if any_quota {
         // Tolerate float noise: 0.5 + 0.5 must be 1, not 2.
@@ -83,7 +79,32 @@ pub fn vm_size(containers: &[ContainerResources], base: &VmBaseSize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::plan::resources::tests::container;
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+
+    /// A container with the given CPU quota/period, cpuset and memory limit.
+    fn container(
+        id: &str,
+        quota: Option<i64>,
+        period: Option<u64>,
+        cpus: Option<&str>,
+        memory: Option<i64>,
+    ) -> ContainerResources {
+        let mut cpu = LinuxCpuBuilder::default();
+        if let Some(q) = quota {
+            cpu = cpu.quota(q);
+        }
+        if let Some(p) = period {
+            cpu = cpu.period(p);
+        }
+        if let Some(c) = cpus {
+            cpu = cpu.cpus(c);
+        }
+        let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().unwrap());
+        if let Some(m) = memory {
+            res = res.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
+        }
+        ContainerResources::new(id, res.build().unwrap())
+    }
 
     const BASE: VmBaseSize = VmBaseSize {
         default_vcpus: 1,

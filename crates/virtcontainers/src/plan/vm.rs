@@ -1,0 +1,86 @@
+//! The VM's configuration: sizing and the hypervisor config, checked by
+//! the hypervisor layer's own validator.
+
+use std::path::Path;
+
+use vc_hypervisor::{
+    AgentChannel, ConfigError, HypervisorConfig, KernelParams, KernelParamsBuilder, MemoryConfig,
+    VcpuConfig,
+};
+
+use super::vm_size::{VmBaseSize, VmSize};
+use crate::config::{SandboxConfig, VmConfig};
+use crate::error::Error;
+use crate::fs_share::FsShare;
+
+fn invalid(source: ConfigError) -> Error {
+    Error::InvalidVmConfig { source }
+}
+
+/// The VM's size before any container counts, checked.
+pub(super) fn base_size(vm: &VmConfig) -> Result<VmBaseSize, Error> {
+    if vm.default_vcpus == 0 {
+        return Err(invalid(ConfigError::ZeroVcpus));
+    }
+    if vm.max_vcpus < vm.default_vcpus || vm.max_vcpus > vc_hypervisor::MAX_VCPUS {
+        return Err(invalid(ConfigError::InvalidVcpus {
+            boot: vm.default_vcpus,
+            max: vm.max_vcpus,
+            limit: vc_hypervisor::MAX_VCPUS,
+        }));
+    }
+    if vm.default_memory_mib < vc_hypervisor::MIN_MEMORY_MIB {
+        return Err(invalid(ConfigError::MemoryTooSmall {
+            mib: vm.default_memory_mib,
+            min: vc_hypervisor::MIN_MEMORY_MIB,
+        }));
+    }
+    Ok(VmBaseSize {
+        default_vcpus: vm.default_vcpus,
+        default_memory_mib: vm.default_memory_mib,
+        max_vcpus: Some(vm.max_vcpus),
+    })
+}
+
+/// The hypervisor config of the sandbox's VM, `size`d, booting with the
+/// share's device, validated.
+pub(super) fn hypervisor_config(
+    config: &SandboxConfig,
+    runtime_dir: &Path,
+    size: VmSize,
+    share: &dyn FsShare,
+) -> Result<HypervisorConfig, Error> {
+    let vm = &config.vm;
+    let mut hc =
+        HypervisorConfig::new(config.id.as_str(), &vm.kernel, runtime_dir).with_initrd(&vm.initrd);
+    hc.accelerator = vm.accelerator;
+    hc.vcpus = VcpuConfig {
+        boot: size.vcpus,
+        max: vm.max_vcpus.max(size.vcpus),
+    };
+    hc.memory = MemoryConfig {
+        boot_mib: size.memory_mib,
+        max_mib: size.memory_mib,
+        shared: share.needs_shared_memory(),
+    };
+    hc.agent_channel = AgentChannel::VirtioSerial;
+    hc.keep_logs = vm.debug;
+    hc.lifetime = config.lifetime.into();
+    hc.kernel_params = kernel_params(vm)?;
+    // Checked without the share's device: its directory is made by a later
+    // step (the hypervisor checks the whole config again when it starts).
+    hc.validate().map_err(invalid)?;
+    hc.devices.push(share.device());
+    Ok(hc)
+}
+
+/// The guest kernel command line: defaults, debug switches, then the
+/// user's parameters overriding them by key.
+fn kernel_params(vm: &VmConfig) -> Result<KernelParams, Error> {
+    let mut params = KernelParamsBuilder::new();
+    if vm.debug {
+        params = params.debug(true).agent("log", "debug");
+    }
+    let extra = KernelParams::parse(&vm.kernel_params.join(" ")).map_err(invalid)?;
+    Ok(params.extra(extra).build())
+}
