@@ -365,7 +365,10 @@ pub fn mount_storage(container_id: &str, s: &Storage) -> Result<MountedStorage> 
 }
 
 /// The `mount(2)` of a storage; a disk just hot-plugged may still be
-/// settling (ENXIO), which is retried until [`DISK_WAIT`].
+/// settling (ENXIO), and a 9p channel is busy (EBUSY) until the previous
+/// mount of its tag is really gone (storages are detached lazily: the
+/// last process of the container that held it may still be exiting):
+/// both are retried until [`DISK_WAIT`].
 fn mount_now(
     driver: &str,
     source: &str,
@@ -386,6 +389,9 @@ fn mount_now(
         );
         match r {
             Err(nix::errno::Errno::ENXIO) if driver == "blk" && Instant::now() < deadline => {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            Err(nix::errno::Errno::EBUSY) if fstype == "9p" && Instant::now() < deadline => {
                 std::thread::sleep(Duration::from_millis(20));
             }
             r => {
