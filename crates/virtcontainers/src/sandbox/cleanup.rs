@@ -237,7 +237,7 @@ async fn stop_in_place(
         return Ok(());
     }
     let agent = sandbox.agent.clone();
-    let _ = agent.signal_process(id, "", Signal::KILL.into()).await;
+    let _ = agent.signal_process(id, "", Signal::KILL).await;
     let code = tokio::time::timeout(KILL_WAIT, agent.wait_process(id, id))
         .await
         .map_err(|_| Error::Timeout {
