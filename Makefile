@@ -28,8 +28,13 @@ clippy:
 doc:
 	RUSTDOCFLAGS="-D warnings" $(CARGO) doc --workspace --no-deps
 
+## The suite checks itself: the host's cgroups, mounts, /run/vc, loop
+## devices and QEMU/virtiofsd processes must be the same after it as before.
+HOST_SNAPSHOT := $(TARGET_DIR)/host-before-tests.txt
 unit: guest-image
+	$(CARGO) run -q -p vc-test-support --bin vc-host-snapshot -- save $(HOST_SNAPSHOT)
 	$(CARGO) test --workspace
+	$(CARGO) run -q -p vc-test-support --bin vc-host-snapshot -- check $(HOST_SNAPSHOT)
 
 ## The guest image the agent's VM tests boot: the static guest agent as
 ## /init, and vmlinux, built through vc-guest-image into the target dir.

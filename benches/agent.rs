@@ -27,8 +27,8 @@ use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
 use vc_hypervisor::{Hypervisor, Qemu};
 use vc_test_support::agent::{
-    agent_config, agent_vm_config, console, container_spec, create_request, guest_create_request,
-    transport,
+    agent_config, agent_vm_config, agent_vm_options, console, container_spec, create_request,
+    guest_create_request, transport,
 };
 use vc_test_support::{
     ChildGuard, InitMode, agent_binary, agent_image, bench_args, busybox_image, busybox_rootfs,
@@ -85,7 +85,7 @@ struct Samples {
 async fn vm_round(dir: &Path, rootfs: &Path, containers: usize, s: &mut Samples) {
     let config = agent_vm_config("vc-bench-agent", dir, rootfs);
     let start = Instant::now();
-    let vm = Qemu::new(config, discard()).unwrap();
+    let vm = Qemu::new(config, agent_vm_options(), discard()).unwrap();
     vm.start(TIMEOUT).await.unwrap();
     let agent = TtrpcAgent::connect(transport(&vm), agent_config(), &discard())
         .await
@@ -168,9 +168,9 @@ fn main() {
     let mut bare_config = agent_vm_config("vc-bench-bare", &tmp.path().join("bare"), &vm_rootfs);
     bare_config.kernel = bare_image.vmlinux.clone();
     bare_config.initrd = Some(bare_image.initramfs.clone());
-    let probe = Qemu::new(bare_config, discard()).unwrap();
+    let probe = Qemu::new(bare_config, agent_vm_options(), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let qemu = probe.config().qemu_binary.clone();
+    let qemu = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,

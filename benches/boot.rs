@@ -17,14 +17,14 @@ use std::time::{Duration, Instant};
 use vc_guest_image::GuestImage;
 use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
 use vc_test_support::{
-    InitMode, Need, bench_args, busybox_image, discard, require, small_vm_config, time_bare_boot,
-    wait_ready_line,
+    InitMode, Need, bench_args, busybox_image, discard, require, small_vm_config, small_vm_options,
+    time_bare_boot, wait_ready_line,
 };
 
 const TIMEOUT: Duration = Duration::from_secs(120);
 
 fn config(image: &GuestImage, run_dir: &Path) -> HypervisorConfig {
-    small_vm_config("vc-bench-boot", image, run_dir, 2)
+    small_vm_config("vc-bench-boot", image, run_dir)
 }
 
 /// SDK: new + start + guest ready; the stop is timed apart.
@@ -32,7 +32,7 @@ async fn sdk_round(image: &GuestImage, run_dir: &Path) -> (Duration, Duration) {
     let config = config(image, run_dir);
     let socket = config.agent_socket();
     let start = Instant::now();
-    let vm = Qemu::new(config, discard()).unwrap();
+    let vm = Qemu::new(config, small_vm_options(2), discard()).unwrap();
     vm.start(TIMEOUT).await.unwrap();
     wait_ready_line(&socket, TIMEOUT).await.unwrap();
     let boot = start.elapsed();
@@ -63,9 +63,9 @@ fn main() {
         .unwrap();
 
     // The bare baseline runs exactly the SDK's command line.
-    let probe = Qemu::new(config(image, &run_dir), discard()).unwrap();
+    let probe = Qemu::new(config(image, &run_dir), small_vm_options(2), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     println!(
         "accelerator: {:?} ({})",
         probe.accelerator().accelerator,

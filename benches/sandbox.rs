@@ -20,7 +20,7 @@ use std::time::{Duration, Instant};
 use tokio::io::AsyncReadExt;
 use vc_agent_client::{AgentConfig, Transport, TtrpcAgent};
 use vc_guest_image::GuestImage;
-use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
+use vc_hypervisor::{HypervisorConfig, Qemu, QemuOptions};
 use vc_test_support::{
     ContainerSpec, bench_args, busybox_rootfs, discard, require_sandbox_host, spawn_bare_qemu,
 };
@@ -82,7 +82,7 @@ async fn sdk_round(
         .containers
         .push(ContainerConfig::from_bundle("c1".parse().unwrap(), &bundle).unwrap());
     let start = Instant::now();
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), discard())
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), discard())
         .await
         .unwrap();
     let mut io = sandbox
@@ -167,9 +167,10 @@ fn main() {
     hc.memory.boot_mib = 256;
     hc.memory.max_mib = 256;
     hc.agent_ports = 1;
-    let probe = Qemu::new(hc, discard()).unwrap();
+    // The options QemuFactory::default() boots with.
+    let probe = Qemu::new(hc, QemuOptions::default(), discard()).unwrap();
     let qemu_args = probe.command_line().unwrap();
-    let binary = probe.config().qemu_binary.clone();
+    let binary = probe.options().binary.clone();
     drop(probe);
 
     let ms = |d: Duration| d.as_secs_f64() * 1e3;

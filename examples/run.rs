@@ -183,7 +183,7 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
     let config = sandbox_config(&args, work.path(), paths)?;
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger.clone())
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger.clone())
         .await
         .context("creating the sandbox")?;
     let result = run_container(&sandbox, &args, &mut signals).await;

@@ -131,7 +131,7 @@ fn sandbox_of(id: &ContainerId) -> Result<SandboxId> {
 async fn run(cli: Cli) -> Result<ExitCode> {
     let paths = paths(cli.root.as_deref());
     let logger = common::logger(cli.debug);
-    let factory = Arc::new(QemuFactory);
+    let factory = Arc::new(QemuFactory::default());
     match cli.command {
         Command::Create {
             bundle,

@@ -12,7 +12,8 @@ packages=(
   erofs-utils         # mkfs.erofs, for EROFS layer tests
   e2fsprogs           # mkfs.ext4 and debugfs, for the device manager's block-volume VM test
   cpio                # inspecting initramfs images by hand
-  libseccomp-dev      # building virtiofsd (below)
+  libseccomp-dev      # libseccomp.a for the static guest agent (seccomp profiles), and virtiofsd (below)
+  runc                # the reference runtime of the guest agent's side-by-side tests
   libcap-ng-dev       # building virtiofsd (below)
 )
 

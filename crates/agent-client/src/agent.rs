@@ -5,6 +5,8 @@ use std::fmt;
 use async_trait::async_trait;
 use vc_agent_protocol::agent as pb;
 
+use vc_types::Signal;
+
 use crate::Result;
 
 /// The agent's methods, named as on the wire (`grpc.AgentService/<name>`,
@@ -35,6 +37,7 @@ pub enum AgentMethod {
     OnlineCPUMem,
     GetGuestDetails,
     CopyFile,
+    GetOOMEvent,
 }
 
 impl fmt::Display for AgentMethod {
@@ -51,7 +54,8 @@ impl fmt::Display for AgentMethod {
 /// `testing::FakeAgent` (feature `testing`) stands in for it in unit tests.
 ///
 /// Calls that wait for the guest by design ([`Agent::wait_process`],
-/// [`Agent::read_stdout`], [`Agent::read_stderr`]) have no call timeout;
+/// [`Agent::read_stdout`], [`Agent::read_stderr`], [`Agent::get_oom_event`])
+/// have no call timeout;
 /// every call fails with [`crate::AgentError::Disconnected`] as soon as the
 /// connection closes.
 #[async_trait]
@@ -73,7 +77,8 @@ pub trait Agent: Send + Sync {
     /// Starts another process in a running container's namespaces.
     async fn exec_process(&self, req: pb::ExecProcessRequest) -> Result<()>;
     /// Sends a signal to a process (`exec_id` empty: to all of the container's).
-    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()>;
+    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: Signal)
+    -> Result<()>;
     /// Waits for a process to exit: its exit code, or 128 + the signal that
     /// killed it.
     async fn wait_process(&self, container_id: &str, exec_id: &str) -> Result<i32>;
@@ -93,7 +98,8 @@ pub trait Agent: Send + Sync {
     async fn read_stderr(&self, container_id: &str, exec_id: &str, len: u32) -> Result<Vec<u8>>;
     /// Closes a process's stdin (the process reads end of file).
     async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()>;
-    /// Resizes a process's terminal.
+    /// Resizes a process's terminal (`process.terminal`): `row` x `column`
+    /// characters; the process gets `SIGWINCH`.
     async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
     /// Brings hot-plugged CPUs and memory online.
     async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
@@ -104,4 +110,9 @@ pub trait Agent: Send + Sync {
     ) -> Result<pb::GuestDetailsResponse>;
     /// Writes (a chunk of) a file below `/run` in the guest.
     async fn copy_file(&self, req: pb::CopyFileRequest) -> Result<()>;
+    /// Waits for the next out-of-memory kill in a container of the guest
+    /// (Kata's `GetOOMEvent`) and returns that container's id. It waits as
+    /// long as it takes: call it in a loop from a task of its own (a shim
+    /// turns each into a `TaskOOM` event).
+    async fn get_oom_event(&self) -> Result<String>;
 }

@@ -81,11 +81,8 @@ pub enum AgentError {
         source: vc_agent_protocol::convert::ConvertError,
     },
     /// This transport or operation is not available here.
-    #[error("unsupported: {what}")]
-    Unsupported {
-        /// What is not supported.
-        what: String,
-    },
+    #[error(transparent)]
+    Unsupported(#[from] vc_types::Unsupported),
 }
 
 impl AgentError {

@@ -53,6 +53,8 @@ pub use stdio::{OutputStream, ProcessOutput};
 pub use transport::Transport;
 pub use ttrpc_agent::{AgentConfig, TtrpcAgent};
 pub use vc_agent_protocol as protocol;
+/// The signal type of [`Agent::signal_process`] (from `vc-types`).
+pub use vc_types::Signal;
 
 #[cfg(test)]
 mod tests;

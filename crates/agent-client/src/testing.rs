@@ -6,7 +6,7 @@ use std::collections::{HashMap, VecDeque};
 use std::sync::{Mutex, MutexGuard};
 
 use async_trait::async_trait;
-use tokio::sync::watch;
+use tokio::sync::{Notify, watch};
 use vc_agent_protocol::agent as pb;
 use vc_agent_protocol::health;
 
@@ -79,6 +79,7 @@ struct State {
     sandbox_created: bool,
     containers: HashMap<String, Container>,
     scripts: HashMap<(String, String), ProcessScript>,
+    oom_events: VecDeque<String>,
 }
 
 /// The fake agent. All state sits behind one mutex, never held across an
@@ -86,6 +87,8 @@ struct State {
 #[derive(Debug, Default)]
 pub struct FakeAgent {
     state: Mutex<State>,
+    /// Wakes `get_oom_event` callers when an OOM is injected.
+    oom: Notify,
 }
 
 fn not_found(method: AgentMethod, what: String) -> AgentError {
@@ -125,9 +128,17 @@ impl FakeAgent {
     }
 
     /// Simulates the guest going away (`true`): every call fails with
-    /// [`AgentError::Disconnected`].
+    /// [`AgentError::Disconnected`] (a waiting `get_oom_event` too).
     pub fn set_disconnected(&self, gone: bool) {
         self.lock().disconnected = gone;
+        self.oom.notify_waiters();
+    }
+
+    /// Reports an out-of-memory kill in `container_id`: the next (or a
+    /// waiting) [`Agent::get_oom_event`] returns it. Events queue up.
+    pub fn inject_oom(&self, container_id: &str) {
+        self.lock().oom_events.push_back(container_id.to_owned());
+        self.oom.notify_one();
     }
 
     /// Every call so far, in order (failed ones included).
@@ -324,17 +335,21 @@ impl Agent for FakeAgent {
         Ok(())
     }
 
-    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+    async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: vc_types::Signal,
+    ) -> Result<()> {
         let m = AgentMethod::SignalProcess;
         let mut st = self.enter(m, container_id, exec_id)?;
         let c = st
             .containers
             .get_mut(container_id)
             .ok_or_else(|| not_found(m, format!("no container {container_id}")))?;
-        let code = 128 + i32::try_from(signal).unwrap_or(0);
+        let code = 128 + signal.number();
         for (eid, p) in c.processes.iter_mut() {
-            if (exec_id.is_empty() || eid == exec_id) && p.exited.borrow().is_none() && signal != 0
-            {
+            if (exec_id.is_empty() || eid == exec_id) && p.exited.borrow().is_none() {
                 p.exit_code = Some(code);
                 p.exited.send_replace(Some(code));
             }
@@ -482,5 +497,26 @@ impl Agent for FakeAgent {
             });
         }
         Ok(())
+    }
+
+    async fn get_oom_event(&self) -> Result<String> {
+        let m = AgentMethod::GetOOMEvent;
+        drop(self.enter(m, "", "")?);
+        loop {
+            let notified = self.oom.notified();
+            tokio::pin!(notified);
+            // Registered before the queue is checked: no wake-up is lost.
+            notified.as_mut().enable();
+            {
+                let mut st = self.lock();
+                if st.disconnected {
+                    return Err(AgentError::Disconnected { method: m });
+                }
+                if let Some(id) = st.oom_events.pop_front() {
+                    return Ok(id);
+                }
+            }
+            notified.await;
+        }
     }
 }

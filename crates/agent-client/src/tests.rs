@@ -58,6 +58,33 @@ impl agent_ttrpc::AgentService for StandIn {
         Ok(r)
     }
 
+    async fn get_oom_event(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        _: pb::GetOOMEventRequest,
+    ) -> ttrpc::Result<pb::OOMEvent> {
+        // Longer than quick()'s call timeout: the wait is by design.
+        tokio::time::sleep(Duration::from_millis(1200)).await;
+        let mut e = pb::OOMEvent::new();
+        e.container_id = "ctr-1".into();
+        Ok(e)
+    }
+
+    async fn signal_process(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        req: pb::SignalProcessRequest,
+    ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+        if req.signal == 15 && req.exec_id == "e1" {
+            Ok(protobuf::well_known_types::empty::Empty::new())
+        } else {
+            Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("unexpected signal {}", req.signal),
+            )))
+        }
+    }
+
     async fn start_container(
         &self,
         _: &ttrpc::r#async::TtrpcContext,
@@ -207,6 +234,55 @@ async fn a_slow_call_times_out() {
     server.shutdown().await.unwrap();
 }
 
+/// `GetOOMEvent` waits as long as the agent takes (no call timeout), and
+/// signals go out as their numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oom_events_wait_and_signals_are_typed() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut server = serve(&format!("unix://{}", sock.display())).await;
+    let agent = TtrpcAgent::connect(Transport::Serial { socket: sock }, quick(), &logger())
+        .await
+        .unwrap();
+    assert_eq!(agent.get_oom_event().await.unwrap(), "ctr-1");
+    agent
+        .signal_process("c1", "e1", vc_types::Signal::TERM)
+        .await
+        .unwrap();
+    let err = agent
+        .signal_process("c1", "e1", "SIGKILL".parse().unwrap())
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(&err, AgentError::Rpc { code: ttrpc::Code::INVALID_ARGUMENT, message, .. } if message.contains('9')),
+        "{err:?}"
+    );
+    drop(agent);
+    server.shutdown().await.unwrap();
+}
+
+#[tokio::test]
+async fn fake_agent_reports_injected_oom_kills_in_order() {
+    let fake = Arc::new(crate::testing::FakeAgent::new());
+    fake.inject_oom("first");
+    assert_eq!(fake.get_oom_event().await.unwrap(), "first");
+    let waiting = {
+        let fake = fake.clone();
+        tokio::spawn(async move { fake.get_oom_event().await })
+    };
+    tokio::time::sleep(Duration::from_millis(50)).await;
+    assert!(!waiting.is_finished(), "waits for the next kill");
+    fake.inject_oom("second");
+    let got = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.unwrap(), "second");
+    assert_eq!(fake.count(AgentMethod::GetOOMEvent), 2);
+    fake.set_disconnected(true);
+    assert!(fake.get_oom_event().await.unwrap_err().is_disconnect());
+}
+
 /// The guest going away (here: the relay to it cut, as when QEMU dies)
 /// fails a call that waits forever, at once, with `Disconnected`.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -348,7 +424,9 @@ async fn fake_agent_lifecycle_and_injected_failures() {
     fake.close_stdin("c", "c").await.unwrap();
     assert_eq!(fake.stdin_of("c", "c"), Some((b"abc".to_vec(), true)));
 
-    fake.signal_process("c", "c", 9).await.unwrap();
+    fake.signal_process("c", "c", vc_types::Signal::KILL)
+        .await
+        .unwrap();
     assert_eq!(fake.wait_process("c", "c").await.unwrap(), 137);
 
     let mut rm = pb::RemoveContainerRequest::new();

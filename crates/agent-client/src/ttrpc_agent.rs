@@ -15,6 +15,8 @@ use vc_agent_protocol::agent_ttrpc::AgentServiceClient;
 use vc_agent_protocol::health::{self, health_check_response::ServingStatus};
 use vc_agent_protocol::health_ttrpc::HealthClient;
 
+use vc_types::Signal;
+
 use crate::transport::{AgentStream, Transport};
 use crate::{Agent, AgentError, AgentMethod, Result};
 
@@ -163,13 +165,15 @@ fn map_ttrpc_error(method: AgentMethod, timeout: Option<Duration>, e: ttrpc::Err
         ttrpc::Error::RemoteClosed | ttrpc::Error::LocalClosed | ttrpc::Error::Socket(_) => {
             AgentError::Disconnected { method }
         }
-        ttrpc::Error::Others(ref m) if m.contains("deadline") => match timeout {
-            Some(timeout) => AgentError::Timeout { method, timeout },
-            None => AgentError::Ttrpc { method, source: e },
-        },
         source => AgentError::Ttrpc { method, source },
     }
 }
+
+/// How much later than our own timer ttrpc's deadline is: our timer
+/// always fires first, so a call that runs out of time is told by which
+/// timer fired, never by the text of ttrpc's own timeout error (which
+/// carries no code); the agent still gets a deadline to give up by.
+const TTRPC_DEADLINE_SLACK: Duration = Duration::from_millis(500);
 
 /// Runs one call on `session`: bounded by `timeout` (when given) and cut
 /// short by the connection closing.
@@ -187,7 +191,7 @@ where
         return Err(AgentError::Disconnected { method });
     }
     let ctx = match timeout {
-        Some(t) => ttrpc::context::with_duration(t),
+        Some(t) => ttrpc::context::with_duration(t + TTRPC_DEADLINE_SLACK),
         None => ttrpc::context::Context::default(),
     };
     let fut = call(ctx);
@@ -198,9 +202,7 @@ where
         }
     };
     match timeout {
-        // ttrpc enforces the deadline itself; this outer bound only guards
-        // against a transport that stops making progress.
-        Some(t) => tokio::time::timeout(t + Duration::from_millis(500), raced)
+        Some(t) => tokio::time::timeout(t, raced)
             .await
             .map_err(|_| AgentError::Timeout { method, timeout: t })?,
         None => raced.await,
@@ -388,11 +390,16 @@ impl Agent for TtrpcAgent {
         .map(drop)
     }
 
-    async fn signal_process(&self, container_id: &str, exec_id: &str, signal: u32) -> Result<()> {
+    async fn signal_process(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        signal: Signal,
+    ) -> Result<()> {
         let mut req = pb::SignalProcessRequest::new();
         req.container_id = container_id.to_owned();
         req.exec_id = exec_id.to_owned();
-        req.signal = signal;
+        req.signal = signal.into();
         self.call(AgentMethod::SignalProcess, true, |c, ctx| async move {
             c.signal_process(ctx, &req).await
         })
@@ -527,5 +534,14 @@ impl Agent for TtrpcAgent {
         })
         .await
         .map(drop)
+    }
+
+    async fn get_oom_event(&self) -> Result<String> {
+        let req = pb::GetOOMEventRequest::new();
+        self.call(AgentMethod::GetOOMEvent, false, |c, ctx| async move {
+            c.get_oom_event(ctx, &req).await
+        })
+        .await
+        .map(|e| e.container_id)
     }
 }

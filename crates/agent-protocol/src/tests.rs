@@ -96,14 +96,59 @@ fn wire_layout_matches_kata_field_numbers() {
     assert_eq!(check.write_to_bytes().unwrap(), [0x08, 1]);
 }
 
-/// A Kata peer may send fields we do not declare (seccomp, fs_group):
+/// A Kata peer may send fields we do not declare (Intel RDT, fs_group):
 /// they are skipped, the rest is read.
 #[test]
 fn unknown_fields_from_kata_are_tolerated() {
-    // Linux { Seccomp (8) = { DefaultAction = "x" }, MountLabel (12) = "m" }
-    let bytes = [0x42, 3, 0x0a, 1, b'x', 0x62, 1, b'm'];
+    // Linux { IntelRdt (13) = { L3CacheSchema = "x" }, MountLabel (12) = "m" }
+    let bytes = [0x6a, 3, 0x0a, 1, b'x', 0x62, 1, b'm'];
     let linux = oci::Linux::parse_from_bytes(&bytes).unwrap();
     assert_eq!(linux.MountLabel, "m");
+}
+
+/// Kata's numbers for the seccomp messages: Linux.Seccomp = 8;
+/// LinuxSeccomp { DefaultAction = 1, Architectures = 2, Flags = 3,
+/// Syscalls = 4 }; LinuxSyscall { Names = 1, Action = 2, errnoret = 3 (in
+/// the oneof ErrnoRet), Args = 4 }; LinuxSeccompArg { Index = 1, Value = 2,
+/// ValueTwo = 3, Op = 4 }; and OOMEvent { container_id = 1 }.
+#[test]
+fn seccomp_and_oom_use_katas_field_numbers() {
+    let mut arg = oci::LinuxSeccompArg::new();
+    arg.Index = 1;
+    arg.Value = 2;
+    arg.ValueTwo = 3;
+    arg.Op = "o".into();
+    assert_eq!(
+        arg.write_to_bytes().unwrap(),
+        [0x08, 1, 0x10, 2, 0x18, 3, 0x22, 1, b'o']
+    );
+    let mut call = oci::LinuxSyscall::new();
+    call.Names = vec!["n".into()];
+    call.Action = "a".into();
+    call.set_errnoret(0);
+    call.Args.push(arg);
+    let arg_bytes = call.Args[0].write_to_bytes().unwrap();
+    let mut want = vec![0x0a, 1, b'n', 0x12, 1, b'a', 0x22, arg_bytes.len() as u8];
+    want.extend(&arg_bytes);
+    // An errno of 0 is sent (after the other fields, as rust-protobuf
+    // writes oneofs): the oneof keeps "set to 0" apart from "unset".
+    want.extend([0x18, 0]);
+    assert_eq!(call.write_to_bytes().unwrap(), want);
+    let mut sc = oci::LinuxSeccomp::new();
+    sc.DefaultAction = "d".into();
+    sc.Architectures = vec!["x".into()];
+    sc.Flags = vec!["f".into()];
+    assert_eq!(
+        sc.write_to_bytes().unwrap(),
+        [0x0a, 1, b'd', 0x12, 1, b'x', 0x1a, 1, b'f']
+    );
+    let mut linux = oci::Linux::new();
+    linux.Seccomp = MessageField::some(sc);
+    assert_eq!(linux.write_to_bytes().unwrap()[0], 0x42);
+    let mut oom = OOMEvent::new();
+    oom.container_id = "c".into();
+    assert_eq!(oom.write_to_bytes().unwrap(), [0x0a, 1, b'c']);
+    round_trip(&GetOOMEventRequest::new());
 }
 
 fn sample_spec() -> spec::Spec {
@@ -223,6 +268,193 @@ fn spec_survives_the_wire() {
     );
     assert_eq!(r.memory(), s.memory());
     assert_eq!(r.cpu(), s.cpu());
+}
+
+fn seccomp_profile() -> spec::LinuxSeccomp {
+    let arg = |index: usize, value: u64, two: Option<u64>, op| {
+        let mut b = spec::LinuxSeccompArgBuilder::default()
+            .index(index)
+            .value(value)
+            .op(op);
+        if let Some(two) = two {
+            b = b.value_two(two);
+        }
+        b.build().unwrap()
+    };
+    spec::LinuxSeccompBuilder::default()
+        .default_action(spec::LinuxSeccompAction::ScmpActErrno)
+        .default_errno_ret(38u32)
+        .architectures(vec![spec::Arch::ScmpArchX86_64, spec::Arch::ScmpArchX86])
+        .flags(vec![
+            spec::LinuxSeccompFilterFlag::SeccompFilterFlagLog,
+            spec::LinuxSeccompFilterFlag::SeccompFilterFlagSpecAllow,
+        ])
+        .syscalls(vec![
+            spec::LinuxSyscallBuilder::default()
+                .names(vec!["read".to_string(), "write".into()])
+                .action(spec::LinuxSeccompAction::ScmpActAllow)
+                .build()
+                .unwrap(),
+            spec::LinuxSyscallBuilder::default()
+                .names(vec!["mkdir".to_string()])
+                .action(spec::LinuxSeccompAction::ScmpActErrno)
+                .errno_ret(1u32)
+                .build()
+                .unwrap(),
+            spec::LinuxSyscallBuilder::default()
+                .names(vec!["clone".to_string()])
+                .action(spec::LinuxSeccompAction::ScmpActAllow)
+                .args(vec![
+                    arg(
+                        0,
+                        0x7E02_0000,
+                        None,
+                        spec::LinuxSeccompOperator::ScmpCmpMaskedEq,
+                    ),
+                    arg(
+                        2,
+                        0xff,
+                        Some(3),
+                        spec::LinuxSeccompOperator::ScmpCmpMaskedEq,
+                    ),
+                    arg(1, 5, None, spec::LinuxSeccompOperator::ScmpCmpLe),
+                ])
+                .build()
+                .unwrap(),
+            spec::LinuxSyscallBuilder::default()
+                .names(vec!["getpid".to_string()])
+                .action(spec::LinuxSeccompAction::ScmpActKillProcess)
+                .build()
+                .unwrap(),
+        ])
+        .build()
+        .unwrap()
+}
+
+/// Every field a runc user sets survives the trip to the guest.
+#[test]
+fn seccomp_personality_io_priority_and_umask_survive_the_wire() {
+    let mut original = sample_spec();
+    let mut linux = original.linux().clone().unwrap();
+    linux.set_seccomp(Some(seccomp_profile()));
+    linux.set_personality(Some(
+        spec::LinuxPersonalityBuilder::default()
+            .domain(spec::LinuxPersonalityDomain::PerLinux32)
+            .build()
+            .unwrap(),
+    ));
+    linux.set_sysctl(Some(
+        [("net.ipv4.ip_forward".to_string(), "1".to_string())].into(),
+    ));
+    linux.set_uid_mappings(Some(vec![
+        spec::LinuxIdMappingBuilder::default()
+            .host_id(100_000u32)
+            .container_id(0u32)
+            .size(65_536u32)
+            .build()
+            .unwrap(),
+    ]));
+    linux.set_devices(Some(vec![
+        spec::LinuxDeviceBuilder::default()
+            .path("/dev/fuse")
+            .typ(spec::LinuxDeviceType::C)
+            .major(10)
+            .minor(229)
+            .file_mode(0o666u32)
+            .uid(0u32)
+            .gid(0u32)
+            .build()
+            .unwrap(),
+    ]));
+    linux.set_rootfs_propagation(Some("rslave".into()));
+    original.set_linux(Some(linux));
+    let mut process = original.process().clone().unwrap();
+    let mut user = process.user().clone();
+    user.set_umask(Some(0o077));
+    process.set_user(user);
+    process.set_oom_score_adj(Some(-500));
+    process.set_terminal(Some(true));
+    process.set_io_priority(Some(
+        spec::LinuxIOPriorityBuilder::default()
+            .class(spec::IOPriorityClass::IoprioClassIdle)
+            .priority(7i64)
+            .build()
+            .unwrap(),
+    ));
+    original.set_process(Some(process));
+
+    let bytes = convert::spec_to_proto(&original)
+        .unwrap()
+        .write_to_bytes()
+        .unwrap();
+    let back = convert::spec_from_proto(&oci::Spec::parse_from_bytes(&bytes).unwrap()).unwrap();
+    let (l, m) = (
+        back.linux().as_ref().unwrap(),
+        original.linux().as_ref().unwrap(),
+    );
+    assert_eq!(l.seccomp(), m.seccomp());
+    assert_eq!(l.personality(), m.personality());
+    assert_eq!(l.sysctl(), m.sysctl());
+    assert_eq!(l.uid_mappings(), m.uid_mappings());
+    assert_eq!(l.devices(), m.devices());
+    assert_eq!(l.rootfs_propagation(), m.rootfs_propagation());
+    let (p, q) = (
+        back.process().as_ref().unwrap(),
+        original.process().as_ref().unwrap(),
+    );
+    assert_eq!(p.user().umask(), Some(0o077));
+    assert_eq!(p.io_priority(), q.io_priority());
+    assert_eq!(p.oom_score_adj(), Some(-500));
+    assert_eq!(p.terminal(), Some(true));
+}
+
+/// Kata's `ValueTwo` has no presence: an explicit 0 comes back unset,
+/// which libseccomp reads as the same 0.
+#[test]
+fn a_zero_value_two_comes_back_unset() {
+    let arg = spec::LinuxSeccompArgBuilder::default()
+        .index(0usize)
+        .value(0x7E02_0000u64)
+        .value_two(0u64)
+        .op(spec::LinuxSeccompOperator::ScmpCmpMaskedEq)
+        .build()
+        .unwrap();
+    let mut profile = seccomp_profile();
+    let mut calls = profile.syscalls().clone().unwrap();
+    calls[2].set_args(Some(vec![arg]));
+    profile.set_syscalls(Some(calls));
+    let back = convert::seccomp_from_proto(&convert::seccomp_to_proto(&profile)).unwrap();
+    let back_arg = back.syscalls().as_ref().unwrap()[2]
+        .args()
+        .as_ref()
+        .unwrap()[0];
+    assert_eq!(back_arg.value_two(), None);
+    assert_eq!(back_arg.value(), 0x7E02_0000);
+}
+
+#[test]
+fn seccomp_names_are_checked_on_the_way_in() {
+    let mut msg = convert::seccomp_to_proto(&seccomp_profile());
+    msg.Syscalls[0].Action = "SCMP_ACT_BOGUS".into();
+    assert!(matches!(
+        convert::seccomp_from_proto(&msg),
+        Err(ConvertError::InvalidValue {
+            field: "linux.seccomp.syscalls.action",
+            ..
+        })
+    ));
+    let mut msg = convert::seccomp_to_proto(&seccomp_profile());
+    msg.Architectures.push("SCMP_ARCH_Z80".into());
+    assert!(matches!(
+        convert::seccomp_from_proto(&msg),
+        Err(ConvertError::InvalidValue {
+            field: "linux.seccomp.architectures",
+            ..
+        })
+    ));
+    let mut msg = convert::seccomp_to_proto(&seccomp_profile());
+    msg.Syscalls[2].Args[0].Op = "SCMP_CMP_ALMOST".into();
+    assert!(convert::seccomp_from_proto(&msg).is_err());
 }
 
 #[test]

@@ -6,15 +6,8 @@ use std::path::PathBuf;
 use crate::pci::PciAddress;
 
 /// A request that needs something this host, this device or this crate
-/// does not support. Returned instead of a guess.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{feature} is not supported: {reason}")]
-pub struct Unsupported {
-    /// What was asked for.
-    pub feature: String,
-    /// Why not.
-    pub reason: String,
-}
+/// does not support (the one shape every crate of the SDK uses).
+pub use vc_types::Unsupported;
 
 /// Everything the device manager, the EROFS discovery and the VFIO
 /// planner can fail with.
@@ -66,7 +59,7 @@ pub enum Error {
         /// The device id.
         id: String,
         /// The container.
-        container_id: String,
+        container_id: vc_types::ContainerId,
     },
 
     /// The device is attached or in use and cannot be unregistered.
@@ -113,7 +106,7 @@ pub enum Error {
     #[error("releasing devices of container {container_id}: {} failed", failed.join(", "))]
     Release {
         /// The container.
-        container_id: String,
+        container_id: vc_types::ContainerId,
         /// The devices still held.
         failed: Vec<String>,
         /// The first failure.

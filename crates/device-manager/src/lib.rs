@@ -3,9 +3,9 @@
 //!
 //! # Pieces
 //!
-//! - [`DeviceManager`] is the interface a sandbox programs against
-//!   (object-safe, async); [`DeviceRegistry`] implements it over the
-//!   hypervisor's [`DeviceHotplug`](vc_hypervisor::DeviceHotplug). A
+//! - [`DeviceManager`] keeps a sandbox's devices over the hypervisor's
+//!   [`DeviceHotplug`](vc_hypervisor::DeviceHotplug), which is the seam
+//!   its tests fake (`MockHypervisor`). A
 //!   device is registered from a [`DeviceInfo`] (host path, [`DeviceType`]
 //!   block / VFIO / char, read-only, [`DriverOptions`]), attached by the
 //!   first container that needs it and detached when the last lets go.
@@ -15,7 +15,7 @@
 //!   device cause one hot-plug; a failed hot-plug leaves the registry as
 //!   it was. The registry's state serializes
 //!   ([`DeviceManager::save_state`]) so another process can
-//!   [`DeviceRegistry::restore`] it.
+//!   [`DeviceManager::restore`] it.
 //! - [`erofs`] finds the EROFS layer images under a container's overlay
 //!   rootfs (containerd's EROFS snapshotter), from a mount table and sysfs
 //!   given as paths, and plans the guest overlay over the attached disks.
@@ -31,7 +31,7 @@
 //! use std::sync::Arc;
 //! use std::time::Duration;
 //! use vc_device_manager::{
-//!     DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, GuestLocation, RegistryConfig,
+//!     DetachOutcome, DeviceInfo, DeviceManager, GuestLocation, RegistryConfig,
 //! };
 //! use vc_hypervisor::{Hypervisor, HypervisorConfig, testing::MockHypervisor};
 //!
@@ -40,18 +40,19 @@
 //! let vm = MockHypervisor::new(HypervisorConfig::new("vm", "/vmlinux", "/run/vm"));
 //! vm.start(Duration::from_secs(1)).await?;
 //! let logger = slog::Logger::root(slog::Discard, slog::o!());
-//! let devices = DeviceRegistry::new(Arc::new(vm.clone()), RegistryConfig::default(), logger);
+//! let devices = DeviceManager::new(Arc::new(vm.clone()), RegistryConfig::default(), logger);
 //!
 //! let image = tempfile::NamedTempFile::new()?;
 //! let id = devices.register(DeviceInfo::block(image.path()).read_only())?;
-//! let guest = devices.attach(&id, "app").await?;
+//! let (app, sidecar) = ("app".parse()?, "sidecar".parse()?);
+//! let guest = devices.attach(&id, &app).await?;
 //! let GuestLocation::VirtioBlk { pci_path, serial } = &guest.location else { unreachable!() };
 //! println!("the guest finds {id} at PCI path {pci_path} with serial {serial}");
 //!
 //! // A second container shares the disk: no second hot-plug.
-//! devices.attach(&id, "sidecar").await?;
-//! assert_eq!(devices.detach(&id, "app").await?, DetachOutcome::StillInUse { ref_count: 1 });
-//! assert_eq!(devices.detach(&id, "sidecar").await?, DetachOutcome::Unplugged);
+//! devices.attach(&id, &sidecar).await?;
+//! assert_eq!(devices.detach(&id, &app).await?, DetachOutcome::StillInUse { ref_count: 1 });
+//! assert_eq!(devices.detach(&id, &sidecar).await?, DetachOutcome::Unplugged);
 //! assert!(vm.devices().is_empty());
 //! # Ok(()) }
 //! ```
@@ -85,7 +86,7 @@ pub use error::{Error, Result, Unsupported};
 pub use guest::{GuestDevice, GuestLocation, GuestVfioFunction};
 pub use info::{DeviceInfo, DeviceType, DriverOptions, HostDevice};
 pub use manager::{
-    Attachment, DetachOutcome, DeviceManager, DeviceManagerState, DeviceRecord, DeviceRegistry,
-    DeviceState, DeviceStatus, PlugKind, ReconcileReport, RegistryConfig, STATE_VERSION,
+    Attachment, DetachOutcome, DeviceManager, DeviceManagerState, DeviceRecord, DeviceState,
+    DeviceStatus, PlugKind, ReconcileReport, RegistryConfig, STATE_VERSION,
 };
 pub use pci::{ParsePciAddressError, PciAddress};

@@ -76,11 +76,10 @@ impl VfioNode {
         }
         if let Some(group) = text.strip_prefix("/dev/vfio/") {
             if group.starts_with("noiommu-") {
-                return Err(Unsupported {
-                    feature: format!("VFIO no-IOMMU group {text}"),
-                    reason: "no-IOMMU mode gives no DMA isolation and cannot be passed to a VM"
-                        .into(),
-                }
+                return Err(Unsupported::new(
+                    format!("VFIO no-IOMMU group {text}"),
+                    "no-IOMMU mode gives no DMA isolation and cannot be passed to a VM",
+                )
                 .into());
             }
             if !group.is_empty() && group.bytes().all(|b| b.is_ascii_digit()) {
@@ -225,10 +224,10 @@ impl VfioSysfs {
             let name = entry.file_name();
             let name = name.to_string_lossy();
             let address = name.parse().map_err(|_| {
-                Error::from(Unsupported {
-                    feature: format!("IOMMU group {group} member {name}"),
-                    reason: "only PCI devices can be passed through".into(),
-                })
+                Error::from(Unsupported::new(
+                    format!("IOMMU group {group} member {name}"),
+                    "only PCI devices can be passed through",
+                ))
             })?;
             members.push(address);
         }
@@ -292,10 +291,10 @@ impl VfioSysfs {
         let link = self.root.join(format!("class/vfio-dev/{name}/device"));
         let target = self.link_name(&link)?;
         target.parse().map_err(|_| {
-            Error::from(Unsupported {
-                feature: format!("VFIO device {name} ({target})"),
-                reason: "only PCI devices can be passed through".into(),
-            })
+            Error::from(Unsupported::new(
+                format!("VFIO device {name} ({target})"),
+                "only PCI devices can be passed through",
+            ))
         })
     }
 

@@ -16,10 +16,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use vc_device_manager::{
-    DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, DeviceState, Error, GuestDevice,
-    GuestLocation, ReconcileReport, RegistryConfig,
+    DetachOutcome, DeviceInfo, DeviceManager, DeviceState, Error, GuestDevice, GuestLocation,
+    ReconcileReport, RegistryConfig,
 };
-use vc_hypervisor::{Hypervisor, PciPath};
+use vc_hypervisor::{Hypervisor, PciPath, Qemu};
+
+fn cid(id: &str) -> vc_types::ContainerId {
+    id.parse().unwrap()
+}
 
 const START: Duration = Duration::from_secs(60);
 const BOOT: Duration = Duration::from_secs(90);
@@ -76,10 +80,8 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         // Two containers attach the writable volume at the same moment:
         // one hot-plug, one disk, both told the same place.
         let data_id = devices.register(DeviceInfo::block(&data)).unwrap();
-        let (a, b) = tokio::join!(
-            devices.attach(&data_id, "c1"),
-            devices.attach(&data_id, "c2")
-        );
+        let (c1, c2) = (cid("c1"), cid("c2"));
+        let (a, b) = tokio::join!(devices.attach(&data_id, &c1), devices.attach(&data_id, &c2));
         let (a, b) = (a.unwrap(), b.unwrap());
         assert_eq!(a, b);
         assert_eq!(hotplugged(vm.as_ref()), std::slice::from_ref(&data_id));
@@ -116,10 +118,10 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         // The second port goes to a scratch disk; the third disk finds no
         // port: a typed error, and the registry is as it was.
         let scratch_id = devices.register(DeviceInfo::block(&scratch)).unwrap();
-        devices.attach(&scratch_id, "c1").await.unwrap();
+        devices.attach(&scratch_id, &cid("c1")).await.unwrap();
         let extra_id = devices.register(DeviceInfo::block(&extra)).unwrap();
         let before = devices.save_state();
-        match devices.attach(&extra_id, "c1").await {
+        match devices.attach(&extra_id, &cid("c1")).await {
             Err(Error::Hotplug {
                 id,
                 source: vc_hypervisor::Error::NoFreeHotplugPort { .. },
@@ -139,12 +141,12 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         // Another process takes over: the VM from its saved state, the
         // registry from its own, reconciled with the VM's devices.
         let saved_devices = serde_json::to_string(&devices.save_state()).unwrap();
-        let other_vm: Arc<dyn Hypervisor> = Arc::from(
-            vc_hypervisor::attach(vm.save_state().unwrap(), vc_test_support::logger())
+        let other_vm: Arc<dyn Hypervisor> = Arc::new(
+            Qemu::attach(vm.save_state().unwrap(), vc_test_support::logger())
                 .await
                 .unwrap(),
         );
-        let (restored, report) = DeviceRegistry::restore(
+        let (restored, report) = DeviceManager::restore(
             serde_json::from_str(&saved_devices).unwrap(),
             other_vm.clone(),
             RegistryConfig::default(),
@@ -156,14 +158,14 @@ fn block_volumes_are_shared_written_refused_and_restored_in_a_vm() {
         assert_eq!(report, ReconcileReport::default());
         assert_eq!(restored.device(&data_id).unwrap().ref_count(), 2);
         assert_eq!(
-            restored.detach(&data_id, "c1").await.unwrap(),
+            restored.detach(&data_id, &cid("c1")).await.unwrap(),
             DetachOutcome::StillInUse { ref_count: 1 }
         );
-        let mut released = restored.release_container("c1").await.unwrap();
+        let mut released = restored.release_container(&cid("c1")).await.unwrap();
         released.sort();
         assert_eq!(released, std::slice::from_ref(&scratch_id));
         assert_eq!(
-            restored.detach(&data_id, "c2").await.unwrap(),
+            restored.detach(&data_id, &cid("c2")).await.unwrap(),
             DetachOutcome::Unplugged
         );
         guest

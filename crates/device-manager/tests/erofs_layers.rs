@@ -16,9 +16,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use vc_device_manager::erofs::{ErofsDiscovery, ErofsRootfs, GuestOverlayPlan, MountTableFile};
-use vc_device_manager::{DetachOutcome, DeviceInfo, DeviceManager, DeviceState, Error};
+use vc_device_manager::{DetachOutcome, DeviceInfo, DeviceState, Error};
 use vc_hypervisor::Hypervisor;
 use vc_test_support::{HostMounts, leftovers_under, make_layer};
+
+fn cid(id: &str) -> vc_types::ContainerId {
+    id.parse().unwrap()
+}
 
 /// A containerd-like snapshotter root (with a space, as escaping must
 /// hold), three committed layers and one active snapshot.
@@ -221,9 +225,9 @@ fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
             .iter()
             .map(|image| devices.register(DeviceInfo::block(*image).read_only()).unwrap())
             .collect();
-        let disks = devices.attach_all(&ids, "c1").await.unwrap();
+        let disks = devices.attach_all(&ids, &cid("c1")).await.unwrap();
         // A second container with the same image shares the disks.
-        assert_eq!(devices.attach_all(&ids, "c2").await.unwrap(), disks);
+        assert_eq!(devices.attach_all(&ids, &cid("c2")).await.unwrap(), disks);
         let plugged: Vec<String> = vm
             .devices()
             .iter()
@@ -291,12 +295,12 @@ fn erofs_layers_attach_read_only_to_a_vm_and_stack_in_the_guest() {
             .run(&format!("umount /run/rootfs /run/rw {}", layer_mounts.join(" ")))
             .await
             .unwrap();
-        assert_eq!(devices.release_container("c1").await.unwrap().len(), 3);
+        assert_eq!(devices.release_container(&cid("c1")).await.unwrap().len(), 3);
         for id in &ids {
             assert!(matches!(devices.device(id).unwrap().state, DeviceState::Attached { .. }));
         }
         for id in &ids {
-            assert_eq!(devices.detach(id, "c2").await.unwrap(), DetachOutcome::Unplugged);
+            assert_eq!(devices.detach(id, &cid("c2")).await.unwrap(), DetachOutcome::Unplugged);
         }
         guest
             .run_until("ls /sys/block", HOTPLUG_SEEN, |o| !o.contains("vd"))

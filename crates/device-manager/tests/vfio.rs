@@ -14,9 +14,13 @@ use std::time::Duration;
 
 use vc_device_manager::vfio::{VfioRequest, plan};
 use vc_device_manager::{
-    DetachOutcome, DeviceInfo, DeviceManager, DeviceRegistry, Error, GuestLocation, RegistryConfig,
+    DetachOutcome, DeviceInfo, DeviceManager, Error, GuestLocation, RegistryConfig,
 };
 use vc_hypervisor::{DeviceHotplug, Hypervisor, HypervisorConfig, Qemu};
+
+fn cid(id: &str) -> vc_types::ContainerId {
+    id.parse().unwrap()
+}
 
 /// A fixture sysfs with one IOMMU group, 3, holding `0000:01:00.0` bound to vfio-pci.
 fn fixture_sysfs(root: &Path) {
@@ -55,9 +59,9 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
     std::fs::write(&initrd, b"").unwrap();
     let config =
         HypervisorConfig::new("vc-dm-vfio", &kernel, tmp.path().join("run")).with_initrd(&initrd);
-    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).unwrap());
+    let vm = Arc::new(Qemu::new(config, Default::default(), vc_test_support::logger()).unwrap());
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(
+    let devices = DeviceManager::new(
         hotplug,
         RegistryConfig {
             sys_root: sys.clone(),
@@ -67,7 +71,7 @@ fn vfio_hotplug_on_a_host_without_vfio_is_a_typed_error_and_changes_nothing() {
     );
     let id = devices.register(DeviceInfo::vfio("/dev/vfio/3")).unwrap();
     let before = devices.save_state();
-    let result = vc_test_support::runtime().block_on(devices.attach(&id, "c1"));
+    let result = vc_test_support::runtime().block_on(devices.attach(&id, &cid("c1")));
     let host_has_vfio = Path::new("/dev/vfio/vfio").exists();
     match result {
         Err(Error::Hotplug {
@@ -115,7 +119,7 @@ fn a_vfio_group_passes_through_to_a_vm_and_back() {
             .iter()
             .map(|a| devices.register(DeviceInfo::vfio(&a.host_path)).unwrap())
             .collect();
-        let guests = devices.attach_all(&ids, "c1").await.unwrap();
+        let guests = devices.attach_all(&ids, &cid("c1")).await.unwrap();
         assert_eq!(guests[0].location, GuestLocation::VfioControl);
         let GuestLocation::Vfio { functions, .. } = &guests[1].location else {
             panic!("{:?}", guests[1])
@@ -135,8 +139,8 @@ fn a_vfio_group_passes_through_to_a_vm_and_back() {
                 .await
                 .unwrap();
         }
-        assert_eq!(devices.detach(&ids[1], "c1").await.unwrap(), DetachOutcome::Unplugged);
-        assert_eq!(devices.detach(&ids[0], "c1").await.unwrap(), DetachOutcome::Released);
+        assert_eq!(devices.detach(&ids[1], &cid("c1")).await.unwrap(), DetachOutcome::Unplugged);
+        assert_eq!(devices.detach(&ids[0], &cid("c1")).await.unwrap(), DetachOutcome::Released);
         assert!(vm.devices().iter().all(|d| !d.hotplugged));
         vm.stop(Duration::from_secs(10)).await.unwrap();
     });

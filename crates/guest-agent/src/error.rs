@@ -89,9 +89,9 @@ pub enum Error {
         /// The process.
         exec_id: String,
     },
-    /// Not supported by this agent.
-    #[error("not supported: {0}")]
-    Unsupported(String),
+    /// Not supported by this agent or this guest.
+    #[error(transparent)]
+    Unsupported(#[from] vc_types::Unsupported),
 }
 
 impl Error {

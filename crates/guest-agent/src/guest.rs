@@ -309,7 +309,7 @@ pub fn details(sys: &Path, req: &pb::GuestDetailsRequest) -> pb::GuestDetailsRes
         "local".into(),
         "overlayfs".into(),
     ];
-    a.supports_seccomp = false;
+    a.supports_seccomp = true;
     r.agent_details = protobuf::MessageField::some(a);
     r
 }

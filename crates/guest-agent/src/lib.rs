@@ -6,7 +6,9 @@
 //! (`/lib/modules/vc/load-order`), mounts cgroup2 for the containers, finds
 //! the virtio-serial port named `agent.channel.0` and serves the agent
 //! protocol (Kata-compatible ttrpc, [`vc_agent_protocol`]) on it, one ttrpc
-//! connection per host connection, for as long as the VM runs. It reaps
+//! connection per host connection, for as long as the VM runs; when the VM
+//! has a vsock device it also serves on vsock port [`VSOCK_PORT`], where a
+//! Kata runtime looks for its agent. It reaps
 //! every child and never exits; a bad request gets a ttrpc error.
 //!
 //! This library holds the logic, so that most of it is tested on a host:
@@ -14,7 +16,7 @@
 //!   after evaluating youki's `libcontainer`; the module doc says why) — a
 //!   pure [`container::plan`] and the clone/exec machinery;
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
-//! - [`reaper`], [`cgroup`], [`storage`], [`guest`], [`channel`].
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -39,6 +41,7 @@ pub mod channel;
 pub mod container;
 pub mod error;
 pub mod guest;
+pub mod oom;
 pub mod reaper;
 pub mod service;
 pub mod storage;
@@ -52,6 +55,20 @@ use slog::{Logger, info};
 use tokio::task::JoinHandle;
 
 pub use error::{Error, Result};
+
+/// The vsock port Kata's agent listens on, and so ours.
+pub const VSOCK_PORT: u32 = 1024;
+
+/// The ttrpc address of a vsock listener on `port` for any CID.
+pub fn vsock_address(port: u32) -> String {
+    format!("vsock://-1:{port}")
+}
+
+/// Whether the guest has a vsock device (`dev/vsock` exists once the
+/// virtio vsock transport bound to one).
+pub fn has_vsock(dev: &Path) -> bool {
+    dev.join("vsock").exists()
+}
 
 /// The agent: its sandbox, its reaper task and its services.
 pub struct Agent {
@@ -100,6 +117,16 @@ impl Agent {
         let addr = format!("unix://{}", path.as_ref().display());
         let mut server = ttrpc::r#async::Server::new()
             .bind(&addr)?
+            .register_service(self.service.services());
+        server.start().await?;
+        Ok(server)
+    }
+
+    /// Serves on vsock port `port` (any CID): Kata's runtimes reach their
+    /// agent only there ([`VSOCK_PORT`]), when the VM has a vsock device.
+    pub async fn serve_vsock(&self, port: u32) -> anyhow::Result<ttrpc::r#async::Server> {
+        let mut server = ttrpc::r#async::Server::new()
+            .bind(&vsock_address(port))?
             .register_service(self.service.services());
         server.start().await?;
         Ok(server)

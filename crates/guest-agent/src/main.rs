@@ -73,6 +73,16 @@ async fn run_init(log: &Logger) -> anyhow::Result<()> {
             Err(e) => warn!(log, "not serving an extra agent port"; "port" => name, "error" => %e),
         }
     }
+    // Kata's runtimes connect only over vsock, port 1024.
+    if vc_guest_agent::has_vsock(Path::new("/dev")) {
+        match agent.serve_vsock(vc_guest_agent::VSOCK_PORT).await {
+            Ok(server) => {
+                info!(log, "serving"; "vsock port" => vc_guest_agent::VSOCK_PORT);
+                servers.push(server);
+            }
+            Err(e) => warn!(log, "not serving on vsock"; "error" => %e),
+        }
+    }
     // PID 1 never returns.
     std::future::pending::<()>().await;
     Ok(())

@@ -266,11 +266,11 @@ impl agent_ttrpc::AgentService for AgentService {
             .map_err(|e| self.fail("CloseStdin", e))
     }
 
-    async fn tty_win_resize(&self, _: &TtrpcContext, _: pb::TtyWinResizeRequest) -> R<Empty> {
-        Err(self.fail(
-            "TtyWinResize",
-            Error::Unsupported("terminals (process.terminal) are not supported yet".into()),
-        ))
+    async fn tty_win_resize(&self, _: &TtrpcContext, req: pb::TtyWinResizeRequest) -> R<Empty> {
+        self.sandbox
+            .resize_tty(&req.container_id, &req.exec_id, req.row, req.column)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("TtyWinResize", e))
     }
 
     async fn create_sandbox(&self, _: &TtrpcContext, req: pb::CreateSandboxRequest) -> R<Empty> {
@@ -312,6 +312,13 @@ impl agent_ttrpc::AgentService for AgentService {
         req: pb::GuestDetailsRequest,
     ) -> R<pb::GuestDetailsResponse> {
         Ok(guest::details(std::path::Path::new("/sys"), &req))
+    }
+
+    async fn get_oom_event(&self, _: &TtrpcContext, _: pb::GetOOMEventRequest) -> R<pb::OOMEvent> {
+        let mut event = pb::OOMEvent::new();
+        event.container_id = self.sandbox.next_oom_event().await;
+        info!(self.logger, "OOM kill"; "id" => &event.container_id);
+        Ok(event)
     }
 
     async fn copy_file(&self, _: &TtrpcContext, req: pb::CopyFileRequest) -> R<Empty> {

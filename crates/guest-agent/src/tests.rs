@@ -202,7 +202,7 @@ async fn stdin_comes_back_and_kill_reports_137() {
     assert_eq!(out, "sleep\u{0}100\u{0}\ninside\n/tmp\n");
 
     h.agent
-        .signal_process("sleeper", "sleeper", libc::SIGKILL as u32)
+        .signal_process("sleeper", "sleeper", vc_types::Signal::KILL)
         .await
         .unwrap();
     assert_eq!(
@@ -357,10 +357,11 @@ async fn mount_targets_resolve_inside_the_rootfs() {
         0,
         "{err}"
     );
-    // Both land in the rootfs's own /outside, where the container sees them.
+    // Both land in the rootfs's own /outside, where the container sees them
+    // (and the default spec's masked /proc/acpi directory is a tmpfs).
     assert_eq!(
         out,
-        " /dev tmpfs\n /outside/made-rel tmpfs\n /outside/made-rooted tmpfs\nshared\nro\n"
+        " /dev tmpfs\n /outside/made-rel tmpfs\n /outside/made-rooted tmpfs\n /proc/acpi tmpfs\nshared\nro\n"
     );
     assert!(h.root.join("outside/made-rel").is_dir());
     assert!(
@@ -422,7 +423,7 @@ async fn sandbox_storages_live_until_destroy() {
     let base = h.root.parent().unwrap().join("sandbox");
     let storage = |name: &str, fstype: &str| {
         let mut s = pb::Storage::new();
-        s.driver = "local".into();
+        s.driver = "ephemeral".into();
         s.fstype = fstype.into();
         s.mount_point = base.join(name).display().to_string();
         s
@@ -447,4 +448,39 @@ async fn sandbox_storages_live_until_destroy() {
     h.agent.destroy_sandbox().await.unwrap();
     assert!(!base.exists(), "DestroySandbox left its mount points");
     h.finish().await;
+}
+
+/// The vsock listener's address is the one Kata's runtime dials (port 1024,
+/// any CID), and it is set up only where `/dev/vsock` exists.
+#[test]
+fn vsock_listener_setup() {
+    assert_eq!(crate::vsock_address(crate::VSOCK_PORT), "vsock://-1:1024");
+    let dev = tempfile::tempdir().unwrap();
+    assert!(!crate::has_vsock(dev.path()));
+    std::fs::write(dev.path().join("vsock"), "").unwrap();
+    assert!(crate::has_vsock(dev.path()));
+}
+
+/// Binding the listener needs the vsock address family (the host's
+/// `vsock` module): the agent listens as it does in a guest.
+#[tokio::test]
+async fn vsock_listener_binds() {
+    // SAFETY: socket(2) with constant arguments; closed at once.
+    let fd = unsafe { libc::socket(libc::AF_VSOCK, libc::SOCK_STREAM, 0) };
+    assert!(
+        fd >= 0,
+        "this test needs the vsock address family on the host (modprobe vsock): {}",
+        std::io::Error::last_os_error()
+    );
+    // SAFETY: closes the probe socket.
+    unsafe { libc::close(fd) };
+    let agent = Agent::new(
+        ReapMode::Registered,
+        None,
+        slog::Logger::root(slog::Discard, slog::o!()),
+    )
+    .unwrap();
+    // A free port: 1024 may be taken by the host's own agent.
+    let mut server = agent.serve_vsock(0x7654_3210).await.unwrap();
+    server.shutdown().await.unwrap();
 }

@@ -27,7 +27,8 @@ impl Vm {
         let dir = tempfile::tempdir().unwrap();
         let rootfs = vc_test_support::busybox_rootfs(dir.path());
         let config = agent::agent_vm_config("vc-agent-vm-test", dir.path(), &rootfs);
-        let qemu = Qemu::new(config, vc_test_support::logger()).expect("VM config");
+        let options = agent::agent_vm_options();
+        let qemu = Qemu::new(config, options, vc_test_support::logger()).expect("VM config");
         let started = Instant::now();
         qemu.start(Duration::from_secs(60))
             .await
@@ -118,7 +119,9 @@ async fn containers_run_in_the_vm() {
     assert_eq!(out, "hi there\n/work\n1000\n1001\nguest-box\n");
 
     // pivot_root, not chroot: the container's mount namespace holds its
-    // own mounts only, none of the agent's (/run, /sys, other rootfs).
+    // own mounts only, none of the agent's (/run, /sys, other rootfs); then
+    // the default spec's read-only and masked /proc paths (those the guest
+    // kernel has), as runc makes them.
     let (out, err, code) = run(&agent, "mounts", &["cut", "-d ", "-f2", "/proc/mounts"]).await;
     assert_eq!(code, 0, "stderr: {err}");
     assert_eq!(
@@ -132,7 +135,16 @@ async fn containers_run_in_the_vm() {
             "/dev/full",
             "/dev/random",
             "/dev/urandom",
-            "/dev/tty"
+            "/dev/tty",
+            "/proc/bus",
+            "/proc/fs",
+            "/proc/irq",
+            "/proc/sys",
+            "/proc/sysrq-trigger",
+            "/proc/acpi",
+            "/proc/kcore",
+            "/proc/keys",
+            "/proc/timer_list"
         ]
     );
 
@@ -178,7 +190,7 @@ async fn containers_run_in_the_vm() {
     let stats = agent.stats_container("sleeper").await.unwrap();
     assert!(stats.cgroup_stats.pids_stats.current >= 1, "{stats:?}");
     agent
-        .signal_process("sleeper", "sleeper", libc::SIGKILL as u32)
+        .signal_process("sleeper", "sleeper", vc_types::Signal::KILL)
         .await
         .unwrap();
     assert_eq!(agent.wait_process("sleeper", "sleeper").await.unwrap(), 137);

@@ -1,7 +1,6 @@
 //! What a VM is made of: [`HypervisorConfig`] and its validation.
 
 use std::collections::HashSet;
-use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,12 +9,8 @@ use serde::{Deserialize, Serialize};
 use crate::device::{Device, ShareBackend};
 use crate::error::ConfigError;
 use crate::kernel_params::{KernelParams, KernelParamsBuilder};
+use crate::process::ProcessLifetime;
 
-/// Where Debian's `qemu-system-x86` installs QEMU.
-pub const DEFAULT_QEMU_BINARY: &str = "/usr/bin/qemu-system-x86_64";
-/// The minimal firmware QEMU ships (qboot): much faster than SeaBIOS for a
-/// direct kernel boot, and it runs no option ROMs.
-pub const QBOOT_FIRMWARE: &str = "/usr/share/qemu/qboot.rom";
 /// Name of the virtio-serial port of the agent channel (the guest looks it
 /// up in `/sys/class/virtio-ports/*/name`).
 pub const AGENT_CHANNEL_NAME: &str = "agent.channel.0";
@@ -27,28 +22,9 @@ pub const SUN_PATH_MAX: usize = 107;
 pub const MAX_VCPUS: u32 = 255;
 /// Most virtio-serial agent ports a VM gets.
 pub const MAX_AGENT_PORTS: u32 = 16;
-/// Longest name or id accepted.
-pub const MAX_NAME_LEN: usize = 64;
-
-/// The virtual machine model.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum MachineType {
-    /// `q35` (PCIe, ACPI). Hot-plug goes through PCIe root ports with ACPI
-    /// hot-plug, so unplug is quick; HPET and the ACPI PM timer give the
-    /// guest a reliable clock under TCG.
-    #[default]
-    Q35,
-}
-
-impl MachineType {
-    /// The QEMU machine name.
-    pub fn qemu_name(self) -> &'static str {
-        match self {
-            Self::Q35 => "q35",
-        }
-    }
-}
+/// Longest name or id accepted: [`vc_types::MAX_ID_LEN`], so that every
+/// valid sandbox id is a valid VM name.
+pub const MAX_NAME_LEN: usize = vc_types::MAX_ID_LEN;
 
 /// Which accelerator runs the guest's CPUs.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -61,19 +37,6 @@ pub enum Accelerator {
     Kvm,
     /// TCG (software emulation, multi-threaded).
     Tcg,
-}
-
-/// The firmware QEMU runs before jumping to the kernel.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum Firmware {
-    /// qboot ([`QBOOT_FIRMWARE`]) when installed, else QEMU's default.
-    #[default]
-    Auto,
-    /// QEMU's default (SeaBIOS).
-    QemuDefault,
-    /// This file (`-bios`).
-    Path(PathBuf),
 }
 
 /// How the agent in the guest is reached.
@@ -128,17 +91,16 @@ pub struct RootImage {
     pub fs_type: String,
 }
 
-/// Everything needed to start one VM.
+/// Everything needed to start one VM, whatever the backend.
 ///
 /// Build one with [`HypervisorConfig::new`] and adjust the public fields;
 /// [`validate`](Self::validate) checks it (backends validate before
-/// starting, too).
+/// starting, too). What only one backend understands lives in that
+/// backend's options (e.g. [`QemuOptions`](crate::QemuOptions)).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct HypervisorConfig {
-    /// VM name (the sandbox id): QEMU's `-name`, log context.
+    /// VM name (the sandbox id): the VMM's process name, log context.
     pub name: String,
-    /// The QEMU binary.
-    pub qemu_binary: PathBuf,
     /// Uncompressed kernel (`vmlinux` with a PVH entry).
     pub kernel: PathBuf,
     /// Initramfs.
@@ -151,10 +113,6 @@ pub struct HypervisorConfig {
     pub vcpus: VcpuConfig,
     /// Memory.
     pub memory: MemoryConfig,
-    /// Machine model.
-    pub machine: MachineType,
-    /// Firmware.
-    pub firmware: Firmware,
     /// Accelerator.
     pub accelerator: Accelerator,
     /// The agent channel.
@@ -164,28 +122,25 @@ pub struct HypervisorConfig {
     pub runtime_dir: PathBuf,
     /// Devices present from boot.
     pub devices: Vec<Device>,
-    /// PCIe root ports reserved for hot-plug (one device each).
-    pub hotplug_ports: u32,
     /// virtio-serial agent ports (`agent.channel.0` to `agent.channel.<n-1>`,
     /// sockets [`agent_sockets`](Self::agent_sockets)): one per host
     /// process talking to the agent at the same time, since a QEMU socket
     /// chardev serves one client at a time. At least 1.
     pub agent_ports: u32,
-    /// Kill QEMU when this process dies (`PR_SET_PDEATHSIG`, set from a
-    /// dedicated thread that lives as long as the process). Turn off for a
-    /// VM that must outlive its creator; then hand it over with
-    /// `detach`/`attach`.
-    pub kill_on_parent_exit: bool,
-    /// Keep the console and QEMU logs in the runtime dir after stop.
+    /// Whether the VMM dies with the process that starts it (the default)
+    /// or outlives it until stopped, to be attached to from later
+    /// processes (see [`ProcessLifetime`]).
+    pub lifetime: ProcessLifetime,
+    /// Keep the console and VMM logs in the runtime dir after stop.
     pub keep_logs: bool,
-    /// Limit for each QMP command.
-    pub qmp_timeout: Duration,
+    /// Limit for each command on the VMM's control channel (QMP for QEMU).
+    pub control_timeout: Duration,
 }
 
 impl HypervisorConfig {
-    /// A config with defaults: 1 vCPU, 512 MiB, q35, automatic
-    /// accelerator and firmware, the virtio-serial agent channel,
-    /// 8 hot-plug ports, and the base kernel parameters.
+    /// A config with defaults: 1 vCPU, 512 MiB, automatic accelerator,
+    /// the virtio-serial agent channel with 4 ports, a VMM that dies with
+    /// its creator, and the base kernel parameters.
     pub fn new(
         name: impl Into<String>,
         kernel: impl Into<PathBuf>,
@@ -193,7 +148,6 @@ impl HypervisorConfig {
     ) -> Self {
         Self {
             name: name.into(),
-            qemu_binary: PathBuf::from(DEFAULT_QEMU_BINARY),
             kernel: kernel.into(),
             initrd: None,
             image: None,
@@ -204,17 +158,14 @@ impl HypervisorConfig {
                 max_mib: 512,
                 shared: false,
             },
-            machine: MachineType::Q35,
-            firmware: Firmware::Auto,
             accelerator: Accelerator::Auto,
             agent_channel: AgentChannel::VirtioSerial,
             runtime_dir: runtime_dir.into(),
             devices: Vec::new(),
-            hotplug_ports: 8,
             agent_ports: 4,
-            kill_on_parent_exit: true,
+            lifetime: ProcessLifetime::DiesWithOwner,
             keep_logs: false,
-            qmp_timeout: Duration::from_secs(10),
+            control_timeout: Duration::from_secs(10),
         }
     }
 
@@ -222,11 +173,6 @@ impl HypervisorConfig {
     pub fn with_initrd(mut self, initrd: impl Into<PathBuf>) -> Self {
         self.initrd = Some(initrd.into());
         self
-    }
-
-    /// The QMP socket.
-    pub fn qmp_socket(&self) -> PathBuf {
-        self.runtime_dir.join("qmp.sock")
     }
 
     /// The serial console socket (QEMU also logs it to [`console_log`](Self::console_log)).
@@ -237,11 +183,6 @@ impl HypervisorConfig {
     /// The guest console log.
     pub fn console_log(&self) -> PathBuf {
         self.runtime_dir.join("console.log")
-    }
-
-    /// QEMU's stdout and stderr.
-    pub fn qemu_log(&self) -> PathBuf {
-        self.runtime_dir.join("qemu.log")
     }
 
     /// The agent channel's first socket (virtio-serial port
@@ -265,18 +206,15 @@ impl HypervisorConfig {
     }
 
     /// Checks the config: files exist, counts and sizes are sane, names
-    /// are safe for QEMU's command line, socket paths fit `sun_path`.
+    /// are safe for a VMM's command line, socket paths fit `sun_path`.
+    /// Backends check the sockets of their own control channel, and what
+    /// their machine can hold.
     pub fn validate(&self) -> Result<(), ConfigError> {
         check_name("VM name", &self.name)?;
         if self.agent_ports == 0 || self.agent_ports > MAX_AGENT_PORTS {
             return Err(ConfigError::AgentPorts {
                 ports: self.agent_ports,
                 max: MAX_AGENT_PORTS,
-            });
-        }
-        if !is_executable(&self.qemu_binary) {
-            return Err(ConfigError::QemuBinaryNotFound {
-                path: self.qemu_binary.clone(),
             });
         }
         if !self.kernel.is_file() {
@@ -297,11 +235,6 @@ impl HypervisorConfig {
                 });
             }
             _ => {}
-        }
-        if let Firmware::Path(path) = &self.firmware
-            && !path.is_file()
-        {
-            return Err(ConfigError::FirmwareNotFound { path: path.clone() });
         }
         if self.vcpus.boot == 0 {
             return Err(ConfigError::ZeroVcpus);
@@ -330,7 +263,7 @@ impl HypervisorConfig {
                 path: self.runtime_dir.clone(),
             });
         }
-        let mut sockets = vec![self.qmp_socket(), self.console_socket()];
+        let mut sockets = vec![self.console_socket()];
         sockets.extend(self.agent_sockets());
         let mut ids = HashSet::new();
         for device in &self.devices {
@@ -357,21 +290,6 @@ impl HypervisorConfig {
         }
         for socket in &sockets {
             check_socket_path(socket)?;
-        }
-        let cold_pci = self.devices.iter().filter(|d| d.is_pci()).count();
-        if cold_pci > crate::qemu::slots::COLD_PLUG_SLOTS {
-            return Err(ConfigError::TooManyPciDevices {
-                what: "cold-plugged PCI devices",
-                requested: cold_pci,
-                limit: crate::qemu::slots::COLD_PLUG_SLOTS,
-            });
-        }
-        if self.hotplug_ports as usize > crate::qemu::slots::HOTPLUG_PORT_SLOTS {
-            return Err(ConfigError::TooManyPciDevices {
-                what: "hot-plug ports",
-                requested: self.hotplug_ports as usize,
-                limit: crate::qemu::slots::HOTPLUG_PORT_SLOTS,
-            });
         }
         Ok(())
     }
@@ -457,7 +375,7 @@ pub(crate) fn check_name(what: &'static str, value: &str) -> Result<(), ConfigEr
         return Err(invalid("empty"));
     }
     if value.len() > MAX_NAME_LEN {
-        return Err(invalid("longer than 64 bytes"));
+        return Err(invalid("longer than 76 bytes"));
     }
     if !value.chars().all(is_name_char) {
         return Err(invalid("only [A-Za-z0-9._-] allowed"));
@@ -481,10 +399,6 @@ pub fn check_socket_path(path: &Path) -> Result<(), ConfigError> {
     Ok(())
 }
 
-fn is_executable(path: &Path) -> bool {
-    std::fs::metadata(path).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -501,10 +415,8 @@ mod tests {
         let initrd = dir.path().join("initramfs.cpio");
         std::fs::write(&kernel, b"k").unwrap();
         std::fs::write(&initrd, b"i").unwrap();
-        let mut config =
+        let config =
             HypervisorConfig::new("vm-1", kernel, dir.path().join("run")).with_initrd(initrd);
-        // Any executable stands in for QEMU: validation only checks it exists.
-        config.qemu_binary = PathBuf::from("/bin/sh");
         Fixture { _dir: dir, config }
     }
 
@@ -533,20 +445,6 @@ mod tests {
         let mut c = f.config.clone();
         c.initrd = None;
         assert_eq!(c.validate(), Err(ConfigError::NoBootMedia));
-        let mut c = f.config.clone();
-        c.qemu_binary = "/nonexistent/qemu-system-x86_64".into();
-        assert_eq!(
-            c.validate(),
-            Err(ConfigError::QemuBinaryNotFound {
-                path: "/nonexistent/qemu-system-x86_64".into()
-            })
-        );
-        let mut c = f.config.clone();
-        c.firmware = Firmware::Path("/nonexistent/bios".into());
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::FirmwareNotFound { .. })
-        ));
     }
 
     #[test]
@@ -614,7 +512,7 @@ mod tests {
     #[test]
     fn names_and_devices() {
         let f = fixture();
-        for bad in ["", "a,b", "a=b", "-x", "a b", &"x".repeat(65)] {
+        for bad in ["", "a,b", "a=b", "-x", "a b", &"x".repeat(MAX_NAME_LEN + 1)] {
             let mut c = f.config.clone();
             c.name = bad.to_owned();
             assert!(
@@ -663,12 +561,18 @@ mod tests {
                 ..
             })
         ));
-        let mut c = f.config.clone();
-        c.hotplug_ports = 100;
-        assert!(matches!(
-            c.validate(),
-            Err(ConfigError::TooManyPciDevices { .. })
-        ));
+    }
+
+    #[test]
+    fn every_valid_sandbox_id_is_a_valid_vm_name() {
+        let f = fixture();
+        let longest: vc_types::SandboxId = "s".repeat(vc_types::MAX_ID_LEN).parse().unwrap();
+        for id in [longest.as_str(), "ab", "0.x_y-z"] {
+            let id: vc_types::SandboxId = id.parse().unwrap();
+            let mut c = f.config.clone();
+            c.name = id.to_string();
+            c.validate().unwrap();
+        }
     }
 
     #[test]

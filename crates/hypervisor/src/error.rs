@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::hypervisor::VmExit;
+use crate::qemu::QemuOptionsError;
 
 /// A configuration that cannot start a VM. Returned by
 /// [`HypervisorConfig::validate`](crate::HypervisorConfig::validate) before
@@ -42,18 +43,6 @@ pub enum ConfigError {
     /// Neither an initrd nor a root image: the kernel has nothing to run.
     #[error("no initrd and no root image: the guest has nothing to boot")]
     NoBootMedia,
-    /// The QEMU binary is missing or not executable.
-    #[error("QEMU binary {path} not found or not executable (install qemu-system-x86)")]
-    QemuBinaryNotFound {
-        /// The configured binary.
-        path: PathBuf,
-    },
-    /// The firmware file does not exist.
-    #[error("firmware {path} is not a file")]
-    FirmwareNotFound {
-        /// The configured firmware.
-        path: PathBuf,
-    },
     /// Zero boot vCPUs.
     #[error("a VM needs at least one vCPU")]
     ZeroVcpus,
@@ -124,10 +113,10 @@ pub enum ConfigError {
         /// The missing path.
         path: PathBuf,
     },
-    /// More cold-plugged PCI devices or hot-plug ports than the bus has slots.
+    /// More cold-plugged PCI devices than the backend's bus has slots.
     #[error("{requested} {what} exceed the {limit} PCI slots available")]
     TooManyPciDevices {
-        /// Cold-plugged devices or hot-plug ports.
+        /// What was counted (`cold-plugged PCI devices`).
         what: &'static str,
         /// How many were configured.
         requested: usize,
@@ -156,29 +145,19 @@ pub enum ConfigError {
     },
 }
 
-/// A host capability that a request needs and this host or backend lacks.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[error("{feature} is not supported: {reason}")]
-pub struct Unsupported {
-    /// What was asked for (`hot-plug of 9p shares`, `vsock`, ...).
-    pub feature: String,
-    /// Why not.
-    pub reason: String,
-}
-
 /// Why KVM cannot be used.
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum KvmUnusable {
     /// `/dev/kvm` is missing or cannot be opened.
-    #[error("/dev/kvm cannot be opened: {0}")]
-    DeviceUnavailable(String),
+    #[error("/dev/kvm cannot be opened")]
+    DeviceUnavailable(#[source] io::Error),
     /// The KVM API version is not the stable one (12).
     #[error("KVM API version {0} is not 12")]
     ApiVersion(i32),
     /// A VM cannot be created.
-    #[error("KVM cannot create a VM: {0}")]
-    CreateVm(String),
+    #[error("KVM cannot create a VM")]
+    CreateVm(#[source] io::Error),
     /// The host runs the PVM flavour of KVM, which cannot run a stock guest kernel.
     #[error("the host KVM is PVM (/sys/module/kvm_pvm exists): stock guest kernels fail under it")]
     Pvm,
@@ -196,9 +175,13 @@ pub enum Error {
     #[error("accelerator kvm requested but unusable")]
     KvmUnusable(#[source] KvmUnusable),
 
+    /// The backend's own options are invalid; nothing was started.
+    #[error("invalid QEMU options")]
+    InvalidQemuOptions(#[from] QemuOptionsError),
+
     /// The request needs something this host or backend lacks.
     #[error(transparent)]
-    Unsupported(#[from] Unsupported),
+    Unsupported(#[from] vc_types::Unsupported),
 
     /// The operation is not valid in the VM's current state.
     #[error("cannot {op} a VM that is {state}")]
@@ -268,14 +251,21 @@ pub enum Error {
     },
 
     /// QEMU rejected a QMP command.
-    #[error("QMP {command} failed: {class}: {desc}")]
+    #[error("QMP {command} failed ({}): {desc}", class_name(class))]
     QmpCommand {
         /// The command.
         command: &'static str,
         /// QEMU's error class (`GenericError`, `DeviceNotFound`, ...).
-        class: String,
+        class: qapi::ErrorClass,
         /// QEMU's description.
         desc: String,
+    },
+
+    /// QEMU reported a vCPU of another target than the one it runs.
+    #[error("query-cpus-fast reported a vCPU of target {target:?}")]
+    UnexpectedVcpuTarget {
+        /// The target QEMU named.
+        target: qapi::qmp::SysEmuTarget,
     },
 
     /// The QMP connection broke while a command was in flight.
@@ -357,20 +347,84 @@ pub enum Error {
         source: io::Error,
     },
 
-    /// A saved state cannot be used by this version.
-    #[error("saved hypervisor state: {reason}")]
-    InvalidSavedState {
-        /// What is wrong.
-        reason: String,
+    /// A process of a ledger is gone or a zombie.
+    #[error("{program} (pid {pid}) is not running")]
+    ProcessNotRunning {
+        /// Its program.
+        program: PathBuf,
+        /// Its pid.
+        pid: u32,
     },
 
-    /// Failure injected by the mock backend.
-    #[cfg(feature = "testing")]
+    /// The process ledger cannot be read or written.
+    #[error("process ledger {path}")]
+    Ledger {
+        /// The ledger (or exit status) file.
+        path: PathBuf,
+        /// The cause.
+        #[source]
+        source: io::Error,
+    },
+
+    /// A saved state belongs to another backend.
+    #[error("saved state of backend {found:?} handed to backend {expected:?}")]
+    WrongBackend {
+        /// The backend asked to take it.
+        expected: String,
+        /// The backend that saved it.
+        found: String,
+    },
+
+    /// A saved state's format version is not the one this build reads.
+    #[error("saved {backend} state has version {found}, this build reads version {supported}")]
+    StateVersion {
+        /// The backend.
+        backend: String,
+        /// The version saved.
+        found: u32,
+        /// The version this build reads.
+        supported: u32,
+    },
+
+    /// A saved state's data does not decode.
+    #[error("saved {backend} state is malformed")]
+    InvalidSavedState {
+        /// The backend.
+        backend: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A state cannot be encoded for saving.
+    #[error("encoding the {backend} state")]
+    SaveState {
+        /// The backend.
+        backend: String,
+        /// The cause.
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A failure injected on request. Only the mock backend (feature
+    /// `testing`) produces it; the variant exists in every build so that
+    /// the enum has one shape.
     #[error("injected failure in {method}")]
     Injected {
         /// The method that failed.
         method: &'static str,
     },
+}
+
+/// QEMU's name of an error class, as it sends it.
+fn class_name(class: &qapi::ErrorClass) -> &'static str {
+    match class {
+        qapi::ErrorClass::GenericError => "GenericError",
+        qapi::ErrorClass::CommandNotFound => "CommandNotFound",
+        qapi::ErrorClass::DeviceNotActive => "DeviceNotActive",
+        qapi::ErrorClass::DeviceNotFound => "DeviceNotFound",
+        qapi::ErrorClass::KVMMissingCap => "KVMMissingCap",
+    }
 }
 
 fn stderr_suffix(stderr: &str) -> String {

@@ -5,12 +5,14 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use async_trait::async_trait;
+use serde::de::DeserializeOwned;
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
 
 use crate::config::HypervisorConfig;
 use crate::device::{AttachedDevice, Device, DeviceKind};
-use crate::error::Result;
+use crate::error::{Error, Result};
+use crate::process::ProcessRecord;
 
 /// A VMM running one VM.
 ///
@@ -20,7 +22,7 @@ use crate::error::Result;
 /// methods take `&self`, so one handle can be shared (`Arc<dyn
 /// Hypervisor>`) between the code that drives the VM and a task that
 /// watches it. Every method that waits has a bound: an explicit timeout,
-/// or the config's `qmp_timeout`.
+/// or the config's `control_timeout`.
 #[async_trait]
 pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
     /// The config the VM was prepared from.
@@ -57,6 +59,11 @@ pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
     /// not running.
     fn vmm_pids(&self) -> Vec<u32>;
 
+    /// The same processes as [`vmm_pids`](Self::vmm_pids), each with its
+    /// program and start time (what an upper layer records to end them
+    /// later without ever signalling a reused pid).
+    fn vmm_processes(&self) -> Vec<ProcessRecord>;
+
     /// How the host reaches the guest agent.
     fn agent_endpoint(&self) -> AgentEndpoint;
 
@@ -67,8 +74,9 @@ pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
     /// reason (stop, guest power-off, crash, kill -9).
     fn exit_watch(&self) -> ExitWatch;
 
-    /// The state another process needs to [`attach`](crate::attach) to
-    /// this running VM. Persist it after every change (start, hot-plug).
+    /// The state another process needs to attach to this running VM
+    /// (through the backend's own attach entry point). Persist it after
+    /// every change (start, hot-plug).
     fn save_state(&self) -> Result<HypervisorState>;
 }
 
@@ -181,7 +189,7 @@ pub enum ExitStatus {
     Code(i32),
     /// Killed by this signal.
     Signal(i32),
-    /// Not our child (attached from a saved state): the status is not ours to read.
+    /// Not known: not our child, and its reaper recorded no status (yet).
     Unknown,
 }
 
@@ -191,6 +199,16 @@ impl fmt::Display for VmExit {
             ExitStatus::Code(code) => write!(f, "pid {} exited with code {code}", self.pid),
             ExitStatus::Signal(sig) => write!(f, "pid {} killed by signal {sig}", self.pid),
             ExitStatus::Unknown => write!(f, "pid {} exited", self.pid),
+        }
+    }
+}
+
+impl fmt::Display for ExitStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ExitStatus::Code(code) => write!(f, "exit code {code}"),
+            ExitStatus::Signal(sig) => write!(f, "signal {sig}"),
+            ExitStatus::Unknown => f.write_str("an unknown status"),
         }
     }
 }
@@ -220,15 +238,92 @@ impl ExitWatch {
     }
 }
 
-/// The saved state of a running VM, for [`attach`](crate::attach) from
-/// another process. Serialize it with serde (JSON is what the SDK uses).
+/// The saved state of a running VM, for its backend to attach to it from
+/// another process. Opaque to the trait: the backend that saved it names
+/// itself and its format version, and alone reads `data`
+/// ([`decode`](Self::decode)). Serialize it with serde (JSON is what the
+/// SDK uses).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(tag = "backend", rename_all = "snake_case")]
-#[non_exhaustive]
-pub enum HypervisorState {
-    /// A QEMU VM.
-    Qemu(crate::qemu::QemuState),
-    /// A mock VM (testing).
-    #[cfg(feature = "testing")]
-    Mock(crate::testing::MockState),
+pub struct HypervisorState {
+    /// The backend that saved it (`"qemu"`, ...).
+    pub backend: String,
+    /// The version of the backend's format.
+    pub version: u32,
+    /// The backend's own state.
+    pub data: serde_json::Value,
+}
+
+impl HypervisorState {
+    /// Wraps a backend's state.
+    pub fn encode<T: Serialize>(backend: &str, version: u32, data: &T) -> Result<Self> {
+        let data = serde_json::to_value(data).map_err(|source| Error::SaveState {
+            backend: backend.to_owned(),
+            source,
+        })?;
+        Ok(Self {
+            backend: backend.to_owned(),
+            version,
+            data,
+        })
+    }
+
+    /// The backend's state, if `backend` saved it in `version`:
+    /// [`Error::WrongBackend`], [`Error::StateVersion`] or
+    /// [`Error::InvalidSavedState`] otherwise.
+    pub fn decode<T: DeserializeOwned>(&self, backend: &str, version: u32) -> Result<T> {
+        if self.backend != backend {
+            return Err(Error::WrongBackend {
+                expected: backend.to_owned(),
+                found: self.backend.clone(),
+            });
+        }
+        if self.version != version {
+            return Err(Error::StateVersion {
+                backend: backend.to_owned(),
+                found: self.version,
+                supported: version,
+            });
+        }
+        T::deserialize(&self.data).map_err(|source| Error::InvalidSavedState {
+            backend: backend.to_owned(),
+            source,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, PartialEq, Serialize, Deserialize)]
+    struct Saved {
+        pid: u32,
+    }
+
+    #[test]
+    fn states_decode_only_for_their_backend_and_version() {
+        let state = HypervisorState::encode("fake", 3, &Saved { pid: 42 }).unwrap();
+        let json = serde_json::to_string(&state).unwrap();
+        let back: HypervisorState = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, state);
+        assert_eq!(back.decode::<Saved>("fake", 3).unwrap(), Saved { pid: 42 });
+        assert!(matches!(
+            back.decode::<Saved>("other", 3),
+            Err(Error::WrongBackend { expected, found }) if expected == "other" && found == "fake"
+        ));
+        assert!(matches!(
+            back.decode::<Saved>("fake", 4),
+            Err(Error::StateVersion {
+                found: 3,
+                supported: 4,
+                ..
+            })
+        ));
+        let mut garbled = back.clone();
+        garbled.data = serde_json::json!({ "pid": "x" });
+        assert!(matches!(
+            garbled.decode::<Saved>("fake", 3),
+            Err(Error::InvalidSavedState { .. })
+        ));
+    }
 }

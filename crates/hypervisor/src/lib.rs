@@ -11,9 +11,15 @@
 //!   the upper layers program against (`Arc<dyn Hypervisor>`).
 //! - [`Qemu`] runs `qemu-system-x86_64` (machine `q35`, PVH direct boot of an
 //!   uncompressed `vmlinux`, `-nodefaults`, qboot firmware when installed)
-//!   as a supervised child driven over QMP with the `qapi` crate. Its
-//!   state serializes ([`Hypervisor::save_state`]) so another process can
-//!   [`attach`] to the running VM.
+//!   as a supervised process driven over QMP with the `qapi` crate; what
+//!   only QEMU understands is in [`QemuOptions`]. Its state serializes
+//!   ([`Hypervisor::save_state`], an opaque [`HypervisorState`]) so that
+//!   another process can [`Qemu::attach`] to the running VM.
+//! - [`process`] spawns the VMM and helpers so that a crash of their
+//!   creator at any instant leaves nothing unrecorded (a write-ahead
+//!   [`process::ProcessLedger`] in the runtime dir), lets them die with
+//!   their owner or outlive it ([`process::ProcessLifetime`]), and makes
+//!   their exit status readable by every process.
 //! - [`accel`] picks KVM when it can run a stock guest, else TCG; a PVM host
 //!   (`/sys/module/kvm_pvm`) counts as "cannot".
 //! - [`KernelParamsBuilder`] assembles base parameters, systemd masks, debug and
@@ -26,9 +32,9 @@
 //! The async methods run on tokio with I/O and time enabled
 //! (`Builder::enable_all`). The runtime dir holds `qmp.sock`,
 //! `console.sock` (the guest's serial console, also logged to
-//! `console.log`), `agent.sock` (the agent channel) and `qemu.log`
-//! (QEMU's stderr); a stop removes them (logs are kept with
-//! `keep_logs`).
+//! `console.log`), `agent.sock` (the agent channel), `qemu.log`
+//! (QEMU's stderr) and the process ledger (`processes.jsonl`,
+//! `exit-<pid>`); a stop removes them (logs are kept with `keep_logs`).
 //!
 //! # Example
 //!
@@ -52,13 +58,15 @@
 //!
 //! ```no_run
 //! use std::time::Duration;
-//! use vc_hypervisor::{BlockDevice, Device, DeviceHotplug, Hypervisor, HypervisorConfig, Qemu};
+//! use vc_hypervisor::{
+//!     BlockDevice, Device, DeviceHotplug, Hypervisor, HypervisorConfig, Qemu, QemuOptions,
+//! };
 //!
 //! # async fn run() -> vc_hypervisor::Result<()> {
 //! let logger = slog::Logger::root(slog::Discard, slog::o!());
 //! let config = HypervisorConfig::new("sandbox-1", "/var/lib/vc/vmlinux", "/run/vc/sandbox-1")
 //!     .with_initrd("/var/lib/vc/initramfs.cpio");
-//! let vm = Qemu::new(config, logger)?;
+//! let vm = Qemu::new(config, QemuOptions::default(), logger)?;
 //! vm.start(Duration::from_secs(30)).await?;
 //! println!("vCPU threads: {:?}", vm.vcpu_threads().await?);
 //! let disk = vm.hotplug(Device::Block(BlockDevice::new("disk1", "/var/lib/vc/disk.img"))).await?;
@@ -74,20 +82,21 @@ mod device;
 mod error;
 mod hypervisor;
 mod kernel_params;
+pub mod process;
 pub mod qemu;
 #[cfg(feature = "testing")]
 pub mod testing;
 
 pub use config::{
-    AGENT_CHANNEL_NAME, Accelerator, AgentChannel, DEFAULT_QEMU_BINARY, Firmware, HypervisorConfig,
-    MAX_AGENT_PORTS, MAX_NAME_LEN, MAX_VCPUS, MIN_MEMORY_MIB, MachineType, MemoryConfig,
-    QBOOT_FIRMWARE, RootImage, SUN_PATH_MAX, VcpuConfig, agent_port_name, check_socket_path,
+    AGENT_CHANNEL_NAME, Accelerator, AgentChannel, HypervisorConfig, MAX_AGENT_PORTS, MAX_NAME_LEN,
+    MAX_VCPUS, MIN_MEMORY_MIB, MemoryConfig, RootImage, SUN_PATH_MAX, VcpuConfig, agent_port_name,
+    check_socket_path,
 };
 pub use device::{
     AttachedDevice, BlockDevice, BlockFormat, Device, DeviceKind, GuestAddress, MacAddress,
     NetworkDevice, PciPath, SerialPort, ShareBackend, SharedDir, VfioDevice, VsockDevice,
 };
-pub use error::{ConfigError, Error, KvmUnusable, Result, Unsupported};
+pub use error::{ConfigError, Error, KvmUnusable, Result};
 pub use hypervisor::{
     AgentEndpoint, Capabilities, DeviceHotplug, ExitStatus, ExitWatch, Hypervisor, HypervisorState,
     VcpuThread, VmExit, VmStatus,
@@ -95,17 +104,10 @@ pub use hypervisor::{
 pub use kernel_params::{
     AGENT_PREFIX, KernelParam, KernelParams, KernelParamsBuilder, SYSTEMD_MASKED_UNITS,
 };
-pub use qemu::{Qemu, QemuState};
-
-/// Takes over a running VM from its saved state (see
-/// [`Hypervisor::save_state`]), e.g. in another process.
-pub async fn attach(state: HypervisorState, logger: slog::Logger) -> Result<Box<dyn Hypervisor>> {
-    match state {
-        HypervisorState::Qemu(state) => Ok(Box::new(Qemu::attach(state, logger).await?)),
-        #[cfg(feature = "testing")]
-        HypervisorState::Mock(state) => {
-            let _ = logger;
-            Ok(Box::new(testing::MockHypervisor::from_state(state)))
-        }
-    }
-}
+pub use process::{ProcessLifetime, ProcessRecord};
+pub use qemu::{
+    DEFAULT_QEMU_BINARY, Firmware, MachineType, QBOOT_FIRMWARE, Qemu, QemuOptions,
+    QemuOptionsError, QemuState,
+};
+/// "This host or backend cannot do that" (shared by every crate of the SDK).
+pub use vc_types::Unsupported;

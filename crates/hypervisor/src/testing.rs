@@ -17,6 +17,7 @@ use crate::hypervisor::{
     AgentEndpoint, Capabilities, DeviceHotplug, ExitStatus, ExitWatch, Hypervisor, HypervisorState,
     VcpuThread, VmExit, VmStatus,
 };
+use crate::process::ProcessRecord;
 
 /// The methods of [`Hypervisor`] and [`DeviceHotplug`] that can fail.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
@@ -97,7 +98,9 @@ impl Call {
     }
 }
 
-/// The mock's VM, as saved by `save_state` and restored by `attach`.
+/// The mock's VM, as saved by `save_state` (inside a [`HypervisorState`]
+/// of backend [`MockHypervisor::BACKEND`]) and restored by
+/// [`MockHypervisor::from_state`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct MockState {
     /// The config.
@@ -135,12 +138,17 @@ pub struct MockHypervisor {
 }
 
 impl MockHypervisor {
+    /// The backend name in the states the mock saves.
+    pub const BACKEND: &'static str = "mock";
+    /// The version of [`MockState`]'s format.
+    pub const STATE_VERSION: u32 = 1;
+
     /// A fake VM for `config` (not validated: tests use made-up paths).
     /// It reports this process as the VMM and its main thread as the only
     /// vCPU, unless [`with_processes`](Self::with_processes) says otherwise.
     pub fn new(config: HypervisorConfig) -> Self {
         let pid = std::process::id();
-        Self::from_state(MockState {
+        Self::from_mock_state(MockState {
             config,
             running: false,
             paused: false,
@@ -151,8 +159,17 @@ impl MockHypervisor {
         })
     }
 
-    /// A fake VM in a saved state (what `attach` does).
-    pub fn from_state(state: MockState) -> Self {
+    /// The fake VM a mock saved (what attaching to it from another
+    /// process does); a state of another backend or version is a typed
+    /// error ([`Error::WrongBackend`], [`Error::StateVersion`]).
+    pub fn from_state(state: &HypervisorState) -> Result<Self> {
+        Ok(Self::from_mock_state(
+            state.decode(Self::BACKEND, Self::STATE_VERSION)?,
+        ))
+    }
+
+    /// A fake VM in the given mock state.
+    pub fn from_mock_state(state: MockState) -> Self {
         let (exit_tx, _) = watch::channel(None);
         Self {
             config: state.config.clone(),
@@ -361,6 +378,21 @@ impl Hypervisor for MockHypervisor {
         }
     }
 
+    /// The pid it reports, with that process's real start time (so that an
+    /// upper layer's records name a real process); none if it is gone.
+    fn vmm_processes(&self) -> Vec<ProcessRecord> {
+        self.vmm_pids()
+            .into_iter()
+            .filter_map(|pid| {
+                Some(ProcessRecord {
+                    program: "mock-vmm".into(),
+                    pid,
+                    start_time: crate::process::start_time(pid).ok()?,
+                })
+            })
+            .collect()
+    }
+
     fn agent_endpoint(&self) -> AgentEndpoint {
         match self.config.agent_channel {
             AgentChannel::VirtioSerial => AgentEndpoint::VirtioSerial {
@@ -396,7 +428,7 @@ impl Hypervisor for MockHypervisor {
 
     fn save_state(&self) -> Result<HypervisorState> {
         let inner = self.enter(Call::SaveState)?;
-        Ok(HypervisorState::Mock(inner.state.clone()))
+        HypervisorState::encode(Self::BACKEND, Self::STATE_VERSION, &inner.state)
     }
 }
 
@@ -524,13 +556,15 @@ mod tests {
         hv.start(T).await.unwrap();
         let state = hv.save_state().unwrap();
         let json = serde_json::to_string(&state).unwrap();
-        let other = crate::attach(
-            serde_json::from_str(&json).unwrap(),
-            slog::Logger::root(slog::Discard, slog::o!()),
-        )
-        .await
-        .unwrap();
+        let other = MockHypervisor::from_state(&serde_json::from_str(&json).unwrap()).unwrap();
         assert_eq!(other.vmm_pids(), [42]);
         assert_eq!(other.vcpu_threads().await.unwrap().len(), 2);
+        // A state of another backend is refused, typed.
+        let mut foreign = state.clone();
+        foreign.backend = "qemu".into();
+        assert!(matches!(
+            MockHypervisor::from_state(&foreign),
+            Err(Error::WrongBackend { .. })
+        ));
     }
 }

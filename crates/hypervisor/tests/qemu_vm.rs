@@ -9,21 +9,22 @@ use std::time::Duration;
 
 use vc_hypervisor::{
     BlockDevice, ConfigError, Device, DeviceHotplug, Error, ExitStatus, GuestAddress, Hypervisor,
-    HypervisorState, KvmUnusable, MacAddress, NetworkDevice, Qemu, SerialPort, ShareBackend,
-    SharedDir, VmStatus,
+    HypervisorState, KvmUnusable, MacAddress, NetworkDevice, ProcessLifetime, Qemu, QemuOptions,
+    QemuOptionsError, SerialPort, ShareBackend, SharedDir, VmStatus,
 };
 use vc_test_support::{
-    GuestShell, InitMode, busybox_image, logger, require_vm_host, runtime, small_vm_config, vm_lock,
+    GuestShell, InitMode, busybox_image, logger, require_vm_host, runtime, small_vm_config,
+    small_vm_options, vm_lock,
 };
 
 /// A config for the busybox test image with its runtime dir under `dir`.
 fn config(name: &str, dir: &Path) -> vc_hypervisor::HypervisorConfig {
-    small_vm_config(
-        name,
-        busybox_image(InitMode::Serve, &[]),
-        &dir.join("run"),
-        2,
-    )
+    small_vm_config(name, busybox_image(InitMode::Serve, &[]), &dir.join("run"))
+}
+
+/// The QEMU options of the test VMs: 2 hot-plug ports.
+fn options() -> QemuOptions {
+    small_vm_options(2)
 }
 
 const START: Duration = Duration::from_secs(60);
@@ -57,16 +58,16 @@ struct KillOnDrop(Option<std::os::fd::OwnedFd>);
 
 impl KillOnDrop {
     fn new(pid: u32) -> Self {
-        Self(vc_hypervisor::qemu::process::pidfd_open(pid).ok())
+        Self(vc_hypervisor::process::pidfd_open(pid).ok())
     }
 }
 
 impl Drop for KillOnDrop {
     fn drop(&mut self) {
         if let Some(pidfd) = &self.0 {
-            let _ = vc_hypervisor::qemu::process::kill(pidfd);
+            let _ = vc_hypervisor::process::kill(pidfd);
             for _ in 0..1000 {
-                if !matches!(vc_hypervisor::qemu::process::try_reap(pidfd), Ok(None)) {
+                if !matches!(vc_hypervisor::process::try_reap(pidfd), Ok(None)) {
                     break;
                 }
                 std::thread::sleep(Duration::from_millis(5));
@@ -111,7 +112,7 @@ fn vm_lifecycle_vcpus_pause_hotplug_and_clean_stop() {
     }));
     let runtime_dir = cfg.runtime_dir.clone();
     let agent_socket = cfg.agent_socket();
-    let vm = Qemu::new(cfg, logger()).unwrap();
+    let vm = Qemu::new(cfg, options(), logger()).unwrap();
 
     runtime().block_on(async {
         vm.start(START).await.unwrap();
@@ -259,7 +260,7 @@ fn qemu_killed_mid_run_is_reported_and_cleaned_up() {
     let cfg = config("vc-test-kill9", tmp.path());
     let runtime_dir = cfg.runtime_dir.clone();
     let agent_socket = cfg.agent_socket();
-    let vm = Qemu::new(cfg, logger()).unwrap();
+    let vm = Qemu::new(cfg, options(), logger()).unwrap();
     runtime().block_on(async {
         vm.start(START).await.unwrap();
         let (mut guest, ready) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
@@ -312,11 +313,11 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
         .set_len(8 << 20)
         .unwrap();
     let mut cfg = config("vc-test-attach", tmp.path());
-    cfg.kill_on_parent_exit = false;
+    cfg.lifetime = ProcessLifetime::OutlivesOwner;
     let runtime_dir = cfg.runtime_dir.clone();
     let agent_socket = cfg.agent_socket();
     runtime().block_on(async {
-        let owner = Qemu::new(cfg, logger()).unwrap();
+        let owner = Qemu::new(cfg, options(), logger()).unwrap();
         owner.start(START).await.unwrap();
         let (guest, ready) = GuestShell::connect(&agent_socket, BOOT).await.unwrap();
         assert!(ready.is_some(), "no readiness marker");
@@ -337,11 +338,13 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
         // A reused pid is refused.
         let mut forged = detached.clone();
         forged.start_time += 1;
-        let err = Qemu::attach(forged, logger()).await.unwrap_err();
+        let err = Qemu::attach(forged.to_hypervisor_state().unwrap(), logger())
+            .await
+            .unwrap_err();
         assert!(matches!(err, Error::PidReused { .. }), "{err}");
 
         let state: HypervisorState = serde_json::from_str(&json).unwrap();
-        let vm = vc_hypervisor::attach(state, logger()).await.unwrap();
+        let vm = Qemu::attach(state, logger()).await.unwrap();
         assert_eq!(vm.vmm_pids(), [pid]);
         assert_eq!(vm.check().await.unwrap(), VmStatus::Running);
         assert_eq!(vm.vcpu_threads().await.unwrap().len(), 1);
@@ -380,7 +383,9 @@ fn attach_from_saved_state_drives_and_stops_the_vm() {
         );
 
         // Once it is gone, attaching says so.
-        let err = Qemu::attach(detached, logger()).await.unwrap_err();
+        let err = Qemu::attach(detached.to_hypervisor_state().unwrap(), logger())
+            .await
+            .unwrap_err();
         assert!(
             matches!(err, Error::VmmNotRunning { pid: p } if p == pid),
             "{err}"
@@ -399,7 +404,7 @@ fn failed_start_reports_qemu_stderr_and_leaves_nothing() {
     let mut cfg = config("vc-test-badkernel", tmp.path());
     cfg.kernel = bogus;
     let runtime_dir = cfg.runtime_dir.clone();
-    let vm = Qemu::new(cfg, logger()).unwrap();
+    let vm = Qemu::new(cfg, options(), logger()).unwrap();
     runtime().block_on(async {
         let err = vm.start(START).await.unwrap_err();
         match &err {
@@ -425,7 +430,7 @@ fn failed_start_reports_qemu_stderr_and_leaves_nothing() {
     // spawned is killed and its files removed.
     let cfg = config("vc-test-timeout", tmp.path());
     let runtime_dir = cfg.runtime_dir.clone();
-    let vm = Qemu::new(cfg, logger()).unwrap();
+    let vm = Qemu::new(cfg, options(), logger()).unwrap();
     runtime().block_on(async {
         let exit = vm.exit_watch();
         let err = vm.start(Duration::from_millis(1)).await.unwrap_err();
@@ -451,19 +456,19 @@ fn missing_qemu_and_bad_configs_are_typed_errors() {
     let base = vc_hypervisor::HypervisorConfig::new("vm", &kernel, tmp.path().join("run"))
         .with_initrd(&initrd);
 
-    let mut cfg = base.clone();
-    cfg.qemu_binary = PathBuf::from("/nonexistent/qemu-system-x86_64");
-    let err = Qemu::new(cfg, logger()).unwrap_err();
+    let mut missing = options();
+    missing.binary = PathBuf::from("/nonexistent/qemu-system-x86_64");
+    let err = Qemu::new(base.clone(), missing, logger()).unwrap_err();
     assert!(
-        matches!(&err, Error::InvalidConfig(ConfigError::QemuBinaryNotFound { path }) if path.ends_with("qemu-system-x86_64")),
+        matches!(&err, Error::InvalidQemuOptions(QemuOptionsError::BinaryNotFound { path }) if path.ends_with("qemu-system-x86_64")),
         "{err}"
     );
-    assert!(err.to_string().contains("invalid hypervisor config"));
+    assert!(err.to_string().contains("invalid QEMU options"));
 
     let mut cfg = base.clone();
     cfg.memory.boot_mib = 16;
     cfg.memory.max_mib = 16;
-    let err = Qemu::new(cfg, logger()).unwrap_err();
+    let err = Qemu::new(cfg, options(), logger()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -474,7 +479,7 @@ fn missing_qemu_and_bad_configs_are_typed_errors() {
 
     let mut cfg = base.clone();
     cfg.runtime_dir = PathBuf::from(format!("/tmp/{}", "d".repeat(100)));
-    let err = Qemu::new(cfg, logger()).unwrap_err();
+    let err = Qemu::new(cfg, options(), logger()).unwrap_err();
     assert!(
         matches!(
             err,
@@ -487,7 +492,7 @@ fn missing_qemu_and_bad_configs_are_typed_errors() {
     if Path::new(vc_hypervisor::DEFAULT_QEMU_BINARY).exists() {
         let mut cfg = base.clone();
         cfg.accelerator = vc_hypervisor::Accelerator::Kvm;
-        let result = Qemu::new(cfg, logger());
+        let result = Qemu::new(cfg, options(), logger());
         if Path::new("/sys/module/kvm_pvm").exists() {
             assert!(
                 matches!(result, Err(Error::KvmUnusable(KvmUnusable::Pvm))),
@@ -503,7 +508,7 @@ fn missing_qemu_and_bad_configs_are_typed_errors() {
             );
         }
         // Auto on such a host falls back to TCG.
-        let vm = Qemu::new(base.clone(), logger()).unwrap();
+        let vm = Qemu::new(base.clone(), options(), logger()).unwrap();
         if Path::new("/sys/module/kvm_pvm").exists() {
             assert_eq!(
                 vm.accelerator().accelerator,

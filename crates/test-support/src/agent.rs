@@ -79,7 +79,6 @@ pub fn agent_vm_config(name: &str, dir: &Path, rootfs: &Path) -> HypervisorConfi
     config.vcpus.max = 2;
     config.kernel_params = KernelParamsBuilder::new().agent("log", "debug").build();
     config.keep_logs = true;
-    config.hotplug_ports = 0;
     config.devices.push(Device::SharedDir(SharedDir {
         id: "rootfs".into(),
         mount_tag: ROOTFS_TAG.into(),
@@ -89,6 +88,11 @@ pub fn agent_vm_config(name: &str, dir: &Path, rootfs: &Path) -> HypervisorConfi
         },
     }));
     config
+}
+
+/// The agent VM's QEMU options: no hot-plug port (nothing is hot-plugged).
+pub fn agent_vm_options() -> vc_hypervisor::QemuOptions {
+    crate::small_vm_options(0)
 }
 
 /// The client's transport for `vm`'s agent endpoint.

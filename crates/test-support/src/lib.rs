@@ -15,29 +15,30 @@
 //! - **Containers**: busybox root filesystems ([`busybox_rootfs`],
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
-//!   the real agent in a VM ([`agent`]).
+//!   the real agent in a VM (module `agent`).
 //! - **Host fixtures**: ids ([`unique`]), mounts and EROFS layers undone on
 //!   drop ([`HostMounts`], [`make_layer`]), child processes
 //!   ([`ChildGuard`]), and leak checks: what is left under a test's dir
 //!   ([`leftovers_under`]) and a snapshot of everything the SDK can leave
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
-//! - **VM tests**: [`small_vm_config`], one VM test at a time
+//! - **VM tests**: [`small_vm_config`] and [`small_vm_options`], one VM test at a time
 //!   ([`vm_lock`]), [`runtime`], [`logger`]; for the benches, their
 //!   arguments ([`bench_args`]) and the bare QEMU baseline
 //!   ([`time_bare_boot`]).
 //!
 //! ```no_run
 //! use vc_test_support::{HostSnapshot, InitMode, assert_unchanged_since, busybox_image,
-//!     require_vm_host, small_vm_config, unique, vm_lock};
+//!     require_vm_host, small_vm_config, small_vm_options, unique, vm_lock};
 //!
 //! require_vm_host();
 //! let _one_vm_at_a_time = vm_lock();
 //! let before = HostSnapshot::take();
 //! let dir = tempfile::tempdir()?;
 //! let image = busybox_image(InitMode::Serve, &[]);
-//! let config = small_vm_config(&unique("boot"), image, &dir.path().join("run"), 2);
+//! let config = small_vm_config(&unique("boot"), image, &dir.path().join("run"));
+//! let options = small_vm_options(2);
 //! // ... boot `config` with vc_hypervisor::Qemu, talk to it with GuestShell ...
-//! # drop(config);
+//! # drop((config, options));
 //! assert_unchanged_since(&before);
 //! # Ok::<(), std::io::Error>(())
 //! ```
@@ -81,4 +82,7 @@ pub use snapshot::{
     assert_unchanged_since_matching,
 };
 pub use spec::{ContainerSpec, ISOLATED, busybox_rootfs, shared_busybox_rootfs};
-pub use vm::{SMALL_VM_MIB, discard, logger, runtime, small_vm_config, vm_lock, vm_lock_async};
+pub use vm::{
+    SMALL_VM_MIB, discard, logger, runtime, small_vm_config, small_vm_options, vm_lock,
+    vm_lock_async,
+};

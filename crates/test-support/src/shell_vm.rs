@@ -8,7 +8,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::Context;
-use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu};
+use vc_hypervisor::{Hypervisor, HypervisorConfig, Qemu, QemuOptions};
 
 use crate::shell::GuestShell;
 
@@ -22,13 +22,18 @@ pub struct ShellVm {
 }
 
 impl ShellVm {
-    /// Starts a VM from `config` (whose image's init serves shell commands)
+    /// Starts a VM from `config` and `options` (e.g.
+    /// [`crate::small_vm_options`]; the image's init serves shell commands)
     /// and connects to its shell, each step within `timeout`. On failure
     /// the error carries the guest's console.
-    pub async fn boot(config: HypervisorConfig, timeout: Duration) -> anyhow::Result<Self> {
+    pub async fn boot(
+        config: HypervisorConfig,
+        options: QemuOptions,
+        timeout: Duration,
+    ) -> anyhow::Result<Self> {
         let socket = config.agent_socket();
         let console_log = config.console_log();
-        let vm = Qemu::new(config, crate::vm::logger()).context("preparing the VM")?;
+        let vm = Qemu::new(config, options, crate::vm::logger()).context("preparing the VM")?;
         let console = |e: anyhow::Error| {
             let text = std::fs::read_to_string(&console_log).unwrap_or_default();
             e.context(format!("guest console:\n{text}"))

@@ -265,7 +265,25 @@ fn walk_run_vc(root: &Path, snapshot: &mut HostSnapshot) {
     }
 }
 
-/// `(pid, command line)` of the `qemu-system-*` and `virtiofsd` processes.
+/// Whether `/proc/<pid>` is a zombie that init must reap: it holds
+/// nothing, and its parent, the process that should have reaped it, is
+/// gone. (Some container hosts' PID 1 reaps late or never; a zombie whose
+/// parent still runs is that parent's leak and does count.)
+fn orphaned_zombie(proc_dir: &Path) -> bool {
+    let Ok(stat) = std::fs::read_to_string(proc_dir.join("stat")) else {
+        return false;
+    };
+    let Some(after) = stat.rfind(')').map(|i| &stat[i + 1..]) else {
+        return false;
+    };
+    let mut fields = after.split_whitespace();
+    let state = fields.next();
+    let ppid = fields.next();
+    matches!(state, Some("Z" | "X")) && ppid == Some("1")
+}
+
+/// `(pid, command line)` of the `qemu-system-*` and `virtiofsd` processes
+/// (orphaned zombies aside).
 fn vmm_processes() -> Vec<(u32, String)> {
     let mut out = Vec::new();
     for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
@@ -274,7 +292,9 @@ fn vmm_processes() -> Vec<(u32, String)> {
         };
         let comm = std::fs::read_to_string(entry.path().join("comm")).unwrap_or_default();
         let comm = comm.trim();
-        if comm.starts_with("qemu-system-") || comm == "virtiofsd" {
+        if (comm.starts_with("qemu-system-") || comm == "virtiofsd")
+            && !orphaned_zombie(&entry.path())
+        {
             let cmdline = std::fs::read(entry.path().join("cmdline")).unwrap_or_default();
             let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
             out.push((pid, cmdline.trim_end().to_owned()));

@@ -4,27 +4,29 @@
 use std::path::Path;
 
 use vc_guest_image::GuestImage;
-use vc_hypervisor::HypervisorConfig;
+use vc_hypervisor::{HypervisorConfig, QemuOptions};
 
 /// Guest RAM of [`small_vm_config`]: enough for the test inits and a few
 /// busybox containers.
 pub const SMALL_VM_MIB: u64 = 256;
 
-/// A config booting `image` with 1 vCPU and [`SMALL_VM_MIB`] of RAM,
-/// `hotplug_ports` PCIe root ports for hot-plug, its sockets and logs in
-/// `runtime_dir`.
-pub fn small_vm_config(
-    name: &str,
-    image: &GuestImage,
-    runtime_dir: &Path,
-    hotplug_ports: u32,
-) -> HypervisorConfig {
+/// A config booting `image` with 1 vCPU and [`SMALL_VM_MIB`] of RAM, its
+/// sockets and logs in `runtime_dir`.
+pub fn small_vm_config(name: &str, image: &GuestImage, runtime_dir: &Path) -> HypervisorConfig {
     let mut config =
         HypervisorConfig::new(name, &image.vmlinux, runtime_dir).with_initrd(&image.initramfs);
     config.memory.boot_mib = SMALL_VM_MIB;
     config.memory.max_mib = SMALL_VM_MIB;
-    config.hotplug_ports = hotplug_ports;
     config
+}
+
+/// The QEMU options of the test VMs: Debian's QEMU with `hotplug_ports`
+/// PCIe root ports for hot-plug.
+pub fn small_vm_options(hotplug_ports: u32) -> QemuOptions {
+    QemuOptions {
+        hotplug_ports,
+        ..QemuOptions::default()
+    }
 }
 
 static VM_LOCK: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());

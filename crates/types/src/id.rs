@@ -203,6 +203,18 @@ macro_rules! id_type {
                 self.0 == *other
             }
         }
+
+        #[cfg(feature = "slog")]
+        impl slog::Value for $name {
+            fn serialize(
+                &self,
+                _record: &slog::Record<'_>,
+                key: slog::Key,
+                serializer: &mut dyn slog::Serializer,
+            ) -> slog::Result {
+                serializer.emit_str(key, &self.0)
+            }
+        }
     };
 }
 

@@ -10,7 +10,8 @@
 //! - [`Unsupported`]: the one shape of "this host or backend cannot do
 //!   that", carried by every crate's error enum.
 //!
-//! The crate has no I/O and depends only on `serde` and `thiserror`.
+//! The crate has no I/O and depends only on `serde` and `thiserror` (and,
+//! with the `slog` feature, on `slog`, for ids and signals as log values).
 //!
 //! # Example
 //!

@@ -161,6 +161,18 @@ impl FromStr for Signal {
     }
 }
 
+#[cfg(feature = "slog")]
+impl slog::Value for Signal {
+    fn serialize(
+        &self,
+        _record: &slog::Record<'_>,
+        key: slog::Key,
+        serializer: &mut dyn slog::Serializer,
+    ) -> slog::Result {
+        serializer.emit_arguments(key, &format_args!("{self}"))
+    }
+}
+
 impl TryFrom<i32> for Signal {
     type Error = SignalError;
     fn try_from(n: i32) -> Result<Self, SignalError> {

@@ -55,8 +55,6 @@ pub struct VmConfig {
     pub kernel: PathBuf,
     /// Initramfs whose `/init` is the guest agent.
     pub initrd: PathBuf,
-    /// The QEMU binary.
-    pub qemu_binary: PathBuf,
     /// Accelerator (KVM when usable, else TCG, by default).
     pub accelerator: Accelerator,
     /// vCPUs for the guest itself, added to what the containers ask for.
@@ -78,12 +76,12 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A VM booting `kernel` and `initrd` with the defaults: 1 vCPU and
-    /// 256 MiB for the guest, KVM when usable, QEMU from Debian's package.
+    /// 256 MiB for the guest, KVM when usable. The VMM binary and its
+    /// options are the VM factory's (`QemuFactory::new`).
     pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
             initrd: initrd.into(),
-            qemu_binary: vc_hypervisor::DEFAULT_QEMU_BINARY.into(),
             accelerator: Accelerator::Auto,
             default_vcpus: 1,
             default_memory_mib: 256,

@@ -86,7 +86,7 @@ struct DevicePlan {
 /// first attach (write-ahead). On failure the container's devices are
 /// released again.
 pub(crate) async fn attach(
-    dm: &dyn DeviceManager,
+    dm: &DeviceManager,
     cfg: &ContainerConfig,
     logger: &Logger,
     record: impl FnOnce(&[String]) -> Result<(), Error>,
@@ -159,10 +159,7 @@ fn plan_devices(cfg: &ContainerConfig, logger: &Logger) -> Result<DevicePlan, Er
 }
 
 /// Registers the rootfs devices and the block volumes, in that order.
-fn register(
-    dm: &dyn DeviceManager,
-    plan: &DevicePlan,
-) -> Result<(Vec<String>, Vec<String>), Error> {
+fn register(dm: &DeviceManager, plan: &DevicePlan) -> Result<(Vec<String>, Vec<String>), Error> {
     let mut rootfs_ids = Vec::new();
     match &plan.rootfs {
         Some(Plan::BlockRootfs { info, .. }) => {

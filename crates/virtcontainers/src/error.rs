@@ -305,13 +305,26 @@ pub enum Error {
     },
 
     /// A forced cleanup freed what it could; these are what it could not.
-    #[error("cleanup of sandbox \"{sandbox}\" left {} error(s); first: {}", errors.len(), errors.first().map(ToString::to_string).unwrap_or_default())]
+    /// The message names each error with its causes.
+    #[error("cleanup of sandbox \"{sandbox}\" left {} error(s): {}", errors.len(), errors.iter().map(|e| chain(e)).collect::<Vec<_>>().join("; "))]
     Cleanup {
         /// The sandbox id.
         sandbox: vc_types::SandboxId,
         /// Every error met, in order.
         errors: Vec<Error>,
     },
+}
+
+/// An error and its causes, on one line.
+fn chain(e: &dyn std::error::Error) -> String {
+    let mut text = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        text.push_str(": ");
+        text.push_str(&s.to_string());
+        source = s.source();
+    }
+    text
 }
 
 impl Error {
@@ -341,5 +354,37 @@ impl Error {
             path,
             source,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_cleanup_error_names_every_error_with_its_causes() {
+        let e = Error::Cleanup {
+            sandbox: "sb1".parse().unwrap(),
+            errors: vec![
+                Error::Hypervisor {
+                    operation: "attach to the running VM",
+                    source: vc_hypervisor::Error::VmmNotRunning { pid: 42 },
+                },
+                Error::host_io("remove", "/run/x")(std::io::ErrorKind::PermissionDenied.into()),
+            ],
+        };
+        let text = e.to_string();
+        assert!(
+            text.starts_with("cleanup of sandbox \"sb1\" left 2 error(s): "),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot attach to the running VM: VMM process 42 is not running"),
+            "{text}"
+        );
+        assert!(
+            text.contains("cannot remove /run/x: permission denied"),
+            "{text}"
+        );
     }
 }

@@ -1,5 +1,6 @@
 //! How a sandbox gets its VM and its agent connection: the [`VmFactory`]
-//! seam. [`QemuFactory`] boots a fresh QEMU VM per sandbox; a pool of
+//! seam, and the one place that knows VMM backends. [`QemuFactory`] boots
+//! a fresh QEMU VM per sandbox with its [`QemuOptions`]; a pool of
 //! pre-booted VMs or VM templating plug in here, and tests inject fakes.
 
 use std::sync::Arc;
@@ -7,13 +8,23 @@ use std::sync::Arc;
 use async_trait::async_trait;
 use slog::Logger;
 use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
-use vc_hypervisor::{AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu};
+use vc_hypervisor::{
+    AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu, QemuOptions,
+};
 
 use crate::error::Error;
 
 /// Provides a sandbox's VM and agent.
 #[async_trait]
 pub trait VmFactory: Send + Sync {
+    /// Checks, before anything is created, what this factory adds to a VM
+    /// config of its own (a backend's options: binary, firmware, ...).
+    /// The default has nothing to check.
+    fn check_vm(&self, config: &HypervisorConfig) -> Result<(), Error> {
+        let _ = config;
+        Ok(())
+    }
+
     /// A VM for `config`, prepared (validated, accelerator chosen) but not
     /// started.
     fn new_vm(
@@ -23,7 +34,8 @@ pub trait VmFactory: Send + Sync {
     ) -> Result<Arc<dyn Hypervisor>, Error>;
 
     /// Takes over a running VM from its saved state (another process
-    /// started it).
+    /// started it). A state of a backend this factory does not run is a
+    /// typed error (`vc_hypervisor::Error::WrongBackend`).
     async fn attach_vm(
         &self,
         state: HypervisorState,
@@ -41,8 +53,25 @@ pub trait VmFactory: Send + Sync {
 }
 
 /// Boots a new QEMU VM for every sandbox and talks ttrpc to its agent.
-#[derive(Debug, Clone, Copy, Default)]
-pub struct QemuFactory;
+/// [`QemuFactory::default`] runs Debian's QEMU with the default
+/// [`QemuOptions`].
+#[derive(Debug, Clone, Default)]
+pub struct QemuFactory {
+    options: QemuOptions,
+}
+
+impl QemuFactory {
+    /// A factory whose VMs run with `options` (QEMU binary, machine,
+    /// firmware, hot-plug ports).
+    pub fn new(options: QemuOptions) -> Self {
+        Self { options }
+    }
+
+    /// The QEMU options of the VMs it makes.
+    pub fn options(&self) -> &QemuOptions {
+        &self.options
+    }
+}
 
 /// The agent transport for a hypervisor's agent endpoint.
 pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
@@ -72,12 +101,19 @@ pub fn transport_for(endpoint: &AgentEndpoint) -> Transport {
 
 #[async_trait]
 impl VmFactory for QemuFactory {
+    fn check_vm(&self, _config: &HypervisorConfig) -> Result<(), Error> {
+        self.options
+            .validate()
+            .map_err(|e| Error::hypervisor("check the QEMU options")(e.into()))
+    }
+
     fn new_vm(
         &self,
         config: HypervisorConfig,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let vm = Qemu::new(config, logger.clone()).map_err(Error::hypervisor("prepare the VM"))?;
+        let vm = Qemu::new(config, self.options.clone(), logger.clone())
+            .map_err(Error::hypervisor("prepare the VM"))?;
         Ok(Arc::new(vm))
     }
 
@@ -86,10 +122,11 @@ impl VmFactory for QemuFactory {
         state: HypervisorState,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let vm = vc_hypervisor::attach(state, logger.clone())
+        // The saved state carries the options the VM was started with.
+        let vm = Qemu::attach(state, logger.clone())
             .await
             .map_err(Error::hypervisor("attach to the running VM"))?;
-        Ok(Arc::from(vm))
+        Ok(Arc::new(vm))
     }
 
     async fn connect_agent(
@@ -102,5 +139,55 @@ impl VmFactory for QemuFactory {
             .await
             .map_err(Error::agent("connect"))?;
         Ok(Arc::new(agent))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{FsShareConfig, FsShareKind, Paths, SandboxConfig, VmConfig};
+    use crate::error::CreateStep;
+
+    /// A QEMU binary the factory cannot run is a planning error: nothing
+    /// exists on the host when `create_sandbox` returns.
+    #[tokio::test]
+    async fn the_factorys_qemu_options_are_checked_before_anything_is_made() {
+        let dir = tempfile::tempdir().unwrap();
+        let (kernel, initrd) = (dir.path().join("vmlinux"), dir.path().join("initrd"));
+        std::fs::write(&kernel, "").unwrap();
+        std::fs::write(&initrd, "").unwrap();
+        let mut config =
+            SandboxConfig::new("qemu-opts".parse().unwrap(), VmConfig::new(kernel, initrd));
+        config.paths = Paths::under(dir.path().join("root"));
+        config.cgroups = None;
+        config.fs_share = FsShareConfig {
+            kind: FsShareKind::NineP,
+            virtiofsd: None,
+        };
+        let factory = QemuFactory::new(QemuOptions {
+            binary: "/nonexistent/qemu-system-x86_64".into(),
+            ..QemuOptions::default()
+        });
+        let logger = Logger::root(slog::Discard, slog::o!());
+        let r = crate::create_sandbox(config, Arc::new(factory), logger).await;
+        assert!(
+            matches!(
+                &r,
+                Err(Error::Create { step: CreateStep::Plan, source, .. }) if matches!(
+                    **source,
+                    Error::Hypervisor {
+                        source: vc_hypervisor::Error::InvalidQemuOptions(
+                            vc_hypervisor::QemuOptionsError::BinaryNotFound { .. }
+                        ),
+                        ..
+                    }
+                )
+            ),
+            "{r:?}"
+        );
+        assert!(!dir.path().join("root").exists(), "something was made");
+        QemuFactory::default()
+            .check_vm(&HypervisorConfig::new("vm", "/k", "/run/vm"))
+            .unwrap();
     }
 }

@@ -42,7 +42,7 @@
 //! // Every configuration error comes back from planning, before the host
 //! // changes; create_sandbox plans first too.
 //! virtcontainers::plan_sandbox(&config)?;
-//! let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger).await?;
+//! let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger).await?;
 //! let app = "app".parse()?;
 //! let mut io = sandbox.start_container(&app).await?;
 //! let mut out = String::new();
@@ -89,7 +89,7 @@ pub use sandbox::{
     SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
-    ContainerPhase, ContainerRecord, GuestInfo, HelperRecord, HostResources, PersistedSettings,
+    ContainerPhase, ContainerRecord, GuestInfo, HostResources, PersistedSettings, ProcessRecord,
     SandboxPhase, SandboxState,
 };
 pub use vc_types::{ContainerId, ExecId, IdError, IdKind, IdRule, MAX_ID_LEN, SandboxId, Signal};

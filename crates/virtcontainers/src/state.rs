@@ -49,17 +49,9 @@ pub enum ContainerPhase {
     Stopped,
 }
 
-/// A helper process the sandbox started (virtiofsd, ...).
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct HelperRecord {
-    /// What it is.
-    pub program: PathBuf,
-    /// Its pid.
-    pub pid: u32,
-    /// Its start time (`/proc/<pid>/stat` field 22), so a reused pid is
-    /// never killed.
-    pub start_time: u64,
-}
+/// A process the sandbox started (the VMM, virtiofsd, ...) or its owner,
+/// identified for good by pid and start time.
+pub use vc_hypervisor::process::ProcessRecord;
 
 /// Every host resource of the sandbox but its cgroups (whose owner keeps
 /// its own record, `cgroups.json`). Each is recorded before it is created
@@ -73,9 +65,9 @@ pub struct HostResources {
     /// The running VM, for re-attaching.
     pub vm: Option<HypervisorState>,
     /// The VMM process, for ending it without the VMM's help.
-    pub vmm: Option<HelperRecord>,
+    pub vmm: Option<ProcessRecord>,
     /// Helper processes.
-    pub helpers: Vec<HelperRecord>,
+    pub helpers: Vec<ProcessRecord>,
     /// Host mount points the sandbox made (bind mounts into the share), in
     /// the order they were made.
     pub mounts: Vec<PathBuf>,
@@ -164,7 +156,7 @@ pub struct SandboxState {
     /// The process that created it (pid and start time): with the VM, what
     /// [`crate::reclaim_stale`] checks for life.
     #[serde(default)]
-    pub owner: Option<HelperRecord>,
+    pub owner: Option<ProcessRecord>,
     /// How to drive it.
     pub settings: PersistedSettings,
     /// What it holds on the host.

@@ -14,7 +14,7 @@ use vc_hypervisor::testing::{Method, MockHypervisor};
 use vc_hypervisor::{AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState};
 
 use crate::error::Error;
-use crate::factory::VmFactory;
+use crate::factory::{QemuFactory, VmFactory};
 
 /// A [`VmFactory`] of fakes.
 #[derive(Debug, Default)]
@@ -104,26 +104,23 @@ impl VmFactory for MockVmFactory {
         state: HypervisorState,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        match state {
-            HypervisorState::Mock(state) if state.running => {
-                let vm = MockHypervisor::from_state(state);
-                for method in self
-                    .vm_failures
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .drain(..)
-                {
-                    vm.fail_next(method);
-                }
-                Ok(self.keep(vm))
-            }
-            other => {
-                let vm = vc_hypervisor::attach(other, logger.clone())
-                    .await
-                    .map_err(Error::hypervisor("attach to the running VM"))?;
-                Ok(Arc::from(vm))
-            }
+        if state.backend != MockHypervisor::BACKEND {
+            return QemuFactory::default().attach_vm(state, logger).await;
         }
+        let vm = MockHypervisor::from_state(&state)
+            .map_err(Error::hypervisor("attach to the running VM"))?;
+        if !vm.is_running() {
+            return Ok(Arc::new(vm));
+        }
+        for method in self
+            .vm_failures
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .drain(..)
+        {
+            vm.fail_next(method);
+        }
+        Ok(self.keep(vm))
     }
 
     async fn connect_agent(

@@ -75,7 +75,7 @@ async fn creator_process() {
     config
         .containers
         .push(ContainerConfig::from_bundle("main".parse().unwrap(), &bundle).unwrap());
-    let _sandbox = create_sandbox(config, Arc::new(QemuFactory), logger())
+    let _sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger())
         .await
         .unwrap();
     println!("created");

@@ -15,7 +15,6 @@ use vc_test_support::{
     make_layer, require, require_sandbox_host, run, shared_busybox_rootfs, unique, unmount_under,
     vm_lock_async,
 };
-use virtcontainers::vc_device_manager::DeviceManager;
 use virtcontainers::{
     CgroupsConfig, ContainerConfig, ContainerId, ContainerPhase, Error, FsShareConfig, FsShareKind,
     Paths, QemuFactory, SandboxConfig, SandboxId, VmConfig, cleanup_container, create_sandbox,
@@ -145,7 +144,7 @@ async fn run_path(share: FsShareKind, sandbox_cgroup_only: bool) {
     );
     let mut config = env.config(share, vec![c]);
     config.cgroups.as_mut().unwrap().sandbox_cgroup_only = sandbox_cgroup_only;
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory), logger())
+    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger())
         .await
         .unwrap();
     let io = sandbox.start_container(&cid("main")).await.unwrap();
@@ -234,7 +233,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     ];
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, containers),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -268,7 +267,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         &env.id,
         &cid("short"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -280,7 +279,7 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         &env.id,
         &cid("long"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -297,7 +296,7 @@ async fn fetch_child(spec: &str) {
     let sandbox = fetch_sandbox(
         &Paths::under(root),
         &id.parse().unwrap(),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -332,7 +331,7 @@ async fn fetch_sandbox_from_another_process() {
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -369,7 +368,7 @@ async fn fetch_sandbox_from_another_process() {
         &env.id,
         &cid("main"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -390,7 +389,7 @@ async fn kill_9_of_qemu_then_a_plain_cleanup_frees_everything() {
     let c = env.bundle("main", &["sleep", "1000"]);
     let sandbox = create_sandbox(
         env.config(FsShareKind::VirtioFs, vec![c]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -411,7 +410,7 @@ async fn kill_9_of_qemu_then_a_plain_cleanup_frees_everything() {
     assert_eq!(status.phase, virtcontainers::SandboxPhase::VmDied);
     assert_eq!(status.vmm_pid, None, "the dead pid is not reported");
     let paths = env.paths();
-    let fetched = fetch_sandbox(&paths, &env.id, Arc::new(QemuFactory), logger()).await;
+    let fetched = fetch_sandbox(&paths, &env.id, Arc::new(QemuFactory::default()), logger()).await;
     assert!(
         matches!(&fetched, Err(Error::VmDied { pid: p, .. }) if *p == pid),
         "{fetched:?}"
@@ -421,7 +420,7 @@ async fn kill_9_of_qemu_then_a_plain_cleanup_frees_everything() {
         &env.id,
         &cid("main"),
         false,
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -560,7 +559,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
 
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, vec![layered, block]),
-        Arc::new(QemuFactory),
+        Arc::new(QemuFactory::default()),
         logger(),
     )
     .await
@@ -593,7 +592,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
             &env.id,
             &cid("layered"),
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await?;
@@ -602,7 +601,7 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
             &env.id,
             &cid("block"),
             false,
-            Arc::new(QemuFactory),
+            Arc::new(QemuFactory::default()),
             logger(),
         )
         .await

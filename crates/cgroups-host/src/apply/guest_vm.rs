@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use vc_test_support::{
     InitMode, ShellVm, VM_HOST, busybox_image_with_files, host_binary_files, require, runtime,
-    small_vm_config, vm_lock,
+    small_vm_config, small_vm_options, vm_lock,
 };
 
 use super::v2_guest_tests::V2_ROOT_ENV;
@@ -65,14 +65,16 @@ fn v2_applier_on_a_full_cgroup2_hierarchy_in_a_guest_vm() {
     let tmp = tempfile::tempdir().unwrap();
     let files = host_binary_files(&me, GUEST_BINARY, tmp.path()).unwrap();
     let image = busybox_image_with_files(InitMode::Serve, &files, &tmp.path().join("image"));
-    let mut config = small_vm_config("vc-cgroups-v2", &image, &tmp.path().join("run"), 0);
+    let mut config = small_vm_config("vc-cgroups-v2", &image, &tmp.path().join("run"));
     // Two CPUs, so that cpusets have something to choose from.
     config.vcpus.boot = 2;
     config.vcpus.max = 2;
     let built = started.elapsed();
 
     let (output, booted, ran) = runtime().block_on(async {
-        let mut vm = ShellVm::boot(config, BOOT).await.unwrap();
+        let mut vm = ShellVm::boot(config, small_vm_options(0), BOOT)
+            .await
+            .unwrap();
         let booted = started.elapsed();
         let enabled = vm.shell.run(&mount_cgroup2()).await.unwrap();
         for c in ["cpu", "cpuset", "memory", "pids"] {

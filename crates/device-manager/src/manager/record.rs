@@ -2,6 +2,7 @@
 //! the pure mappings to hypervisor devices and guest locations.
 
 use std::collections::BTreeMap;
+use vc_types::ContainerId;
 
 use serde::{Deserialize, Serialize};
 use tokio::sync::watch;
@@ -53,7 +54,7 @@ pub(crate) struct Record {
     pub id: String,
     pub info: DeviceInfo,
     pub host: HostDevice,
-    pub users: BTreeMap<String, u32>,
+    pub users: BTreeMap<ContainerId, u32>,
     pub slot: Slot,
 }
 
@@ -62,12 +63,12 @@ impl Record {
         self.users.values().sum()
     }
 
-    pub fn add_user(&mut self, container_id: &str) {
+    pub fn add_user(&mut self, container_id: &ContainerId) {
         *self.users.entry(container_id.to_owned()).or_default() += 1;
     }
 
     /// Drops one reference of `container_id`; false if it held none.
-    pub fn remove_user(&mut self, container_id: &str) -> bool {
+    pub fn remove_user(&mut self, container_id: &ContainerId) -> bool {
         match self.users.get_mut(container_id) {
             Some(n) if *n > 1 => {
                 *n -= 1;
@@ -146,10 +147,11 @@ pub(crate) fn hypervisor_devices(
             .iter()
             .enumerate()
             .map(|(i, f)| {
-                let host_bdf = f.address.to_qemu_host().ok_or_else(|| Unsupported {
-                    feature: format!("passing through {}", f.address),
-                    reason: "PCI domains above ffff (VMD) do not fit the hypervisor's host address"
-                        .into(),
+                let host_bdf = f.address.to_qemu_host().ok_or_else(|| {
+                    Unsupported::new(
+                        format!("passing through {}", f.address),
+                        "PCI domains above ffff (VMD) do not fit the hypervisor's host address",
+                    )
                 })?;
                 Ok(Device::Vfio(VfioDevice {
                     id: vfio_function_id(id, i),
@@ -163,10 +165,10 @@ pub(crate) fn hypervisor_devices(
 fn pci_path(id: &str, attached: &AttachedDevice) -> Result<PciPath> {
     match &attached.address {
         GuestAddress::Pci { path } => Ok(path.clone()),
-        other => Err(Unsupported {
-            feature: format!("device {id} at guest address {other:?}"),
-            reason: "disks and VFIO functions are found by PCI path".into(),
-        }
+        other => Err(Unsupported::new(
+            format!("device {id} at guest address {other:?}"),
+            "disks and VFIO functions are found by PCI path",
+        )
         .into()),
     }
 }

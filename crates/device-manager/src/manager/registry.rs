@@ -1,4 +1,4 @@
-//! [`DeviceRegistry`]: the [`DeviceManager`] over a hypervisor's hot-plug.
+//! [`DeviceManager`]: the [`DeviceManager`] over a hypervisor's hot-plug.
 //!
 //! The table sits behind a `std` mutex held only for bookkeeping, never
 //! across an `.await`. A hot-plug or unplug marks its record busy, runs
@@ -12,8 +12,8 @@ use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
+use vc_types::ContainerId;
 
-use async_trait::async_trait;
 use tokio::sync::watch;
 use vc_hypervisor::{AttachedDevice, Device, DeviceHotplug};
 
@@ -21,17 +21,26 @@ use super::record::{
     Attachment, PlugKind, Record, Slot, hypervisor_devices, id_prefix, location_of,
 };
 use super::state::{DeviceManagerState, DeviceRecord, STATE_VERSION};
-use super::{DetachOutcome, DeviceManager, DeviceStatus, ReconcileReport, RegistryConfig};
+use super::{DetachOutcome, DeviceStatus, ReconcileReport, RegistryConfig};
 use crate::error::{Error, Result};
 use crate::guest::GuestDevice;
 use crate::info::{DeviceInfo, HostDevice};
 
+/// A sandbox's devices: registered once per host device, attached to the
+/// VM when the first container needs them and detached when the last one
+/// lets go.
+///
+/// Object-safe (`Arc<dyn DeviceManager>`); every method takes `&self` and
+/// may be called from several tasks at once. Two containers attaching the
+/// same device at the same time get one hot-plug between them; a detach
+/// racing an attach of the same device is serialized after it.
+///
 /// The device registry of one sandbox's VM.
 ///
 /// Cheap to clone (clones share the registry). Needs a tokio runtime:
 /// hot-plugs and unplugs run as spawned tasks.
 #[derive(Clone)]
-pub struct DeviceRegistry {
+pub struct DeviceManager {
     inner: Arc<Inner>,
 }
 
@@ -50,10 +59,10 @@ struct Table {
     next_index: u64,
 }
 
-impl fmt::Debug for DeviceRegistry {
+impl fmt::Debug for DeviceManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let table = self.inner.lock();
-        f.debug_struct("DeviceRegistry")
+        f.debug_struct("DeviceManager")
             .field("config", &self.inner.config)
             .field("devices", &table.records.keys().collect::<Vec<_>>())
             .finish()
@@ -149,7 +158,7 @@ enum DetachStep {
     Unplug(Box<(Transition, Attachment, HostDevice)>),
 }
 
-impl DeviceRegistry {
+impl DeviceManager {
     /// An empty registry that attaches through `hotplug` (the VM's
     /// hypervisor: an `Arc<dyn Hypervisor>` coerces to it).
     pub fn new(
@@ -239,7 +248,7 @@ impl DeviceRegistry {
     async fn plug(
         inner: Arc<Inner>,
         transition: Transition,
-        container_id: String,
+        container_id: ContainerId,
         devices: Vec<Device>,
         host: HostDevice,
     ) -> Result<GuestDevice> {
@@ -284,7 +293,7 @@ impl DeviceRegistry {
     async fn unplug(
         inner: Arc<Inner>,
         mut transition: Transition,
-        container_id: String,
+        container_id: ContainerId,
         attachment: Attachment,
         host: HostDevice,
     ) -> Result<DetachOutcome> {
@@ -329,9 +338,11 @@ impl DeviceRegistry {
     }
 }
 
-#[async_trait]
-impl DeviceManager for DeviceRegistry {
-    fn register(&self, info: DeviceInfo) -> Result<String> {
+impl DeviceManager {
+    /// Registers a device and returns its id; the same host device
+    /// registered again with the same settings returns the same id.
+    /// Inspects the host (the file, or sysfs for VFIO) but attaches nothing.
+    pub fn register(&self, info: DeviceInfo) -> Result<String> {
         // Inspect outside the lock: it reads the filesystem.
         let host = HostDevice::inspect(&info, &self.inner.config.sys_root)?;
         let identity = host.identity(&info);
@@ -392,7 +403,8 @@ impl DeviceManager for DeviceRegistry {
         Ok(id)
     }
 
-    fn unregister(&self, id: &str) -> Result<()> {
+    /// Forgets a device that no container holds and that is not attached.
+    pub fn unregister(&self, id: &str) -> Result<()> {
         let mut table = self.inner.lock();
         let record = table.records.get(id).ok_or_else(|| Self::not_found(id))?;
         if !matches!(record.slot, Slot::Detached) || !record.users.is_empty() {
@@ -407,11 +419,14 @@ impl DeviceManager for DeviceRegistry {
         Ok(())
     }
 
-    fn device(&self, id: &str) -> Option<DeviceStatus> {
+    /// A device by id.
+    pub fn device(&self, id: &str) -> Option<DeviceStatus> {
         self.inner.lock().records.get(id).map(Record::status)
     }
 
-    fn find_by_host_path(&self, host_path: &Path) -> Option<DeviceStatus> {
+    /// A device by the host path it was registered with (or another name
+    /// of the same file).
+    pub fn find_by_host_path(&self, host_path: &Path) -> Option<DeviceStatus> {
         let canonical = std::fs::canonicalize(host_path).ok();
         let table = self.inner.lock();
         let id = table
@@ -424,7 +439,8 @@ impl DeviceManager for DeviceRegistry {
         table.records.get(id).map(Record::status)
     }
 
-    fn devices(&self) -> Vec<DeviceStatus> {
+    /// All devices, by id.
+    pub fn devices(&self) -> Vec<DeviceStatus> {
         self.inner
             .lock()
             .records
@@ -433,7 +449,13 @@ impl DeviceManager for DeviceRegistry {
             .collect()
     }
 
-    async fn attach(&self, id: &str, container_id: &str) -> Result<GuestDevice> {
+    /// Takes a reference to device `id` for `container_id`, hot-plugging
+    /// it first if no container holds it; returns where the guest finds
+    /// it. A failed hot-plug leaves the registry as it was. A caller that
+    /// stops waiting does not stop the hot-plug: it completes and the
+    /// reference is taken, for the caller's undo to [`detach`](Self::detach)
+    /// (or [`release_container`](Self::release_container)).
+    pub async fn attach(&self, id: &str, container_id: &ContainerId) -> Result<GuestDevice> {
         loop {
             let step = {
                 let mut table = self.inner.lock();
@@ -491,7 +513,10 @@ impl DeviceManager for DeviceRegistry {
         }
     }
 
-    async fn detach(&self, id: &str, container_id: &str) -> Result<DetachOutcome> {
+    /// Drops one reference of `container_id` to device `id`, unplugging
+    /// the device when it was the last. A failed unplug leaves the
+    /// device attached and the reference held.
+    pub async fn detach(&self, id: &str, container_id: &ContainerId) -> Result<DetachOutcome> {
         let not_attached = || Error::NotAttachedBy {
             id: id.to_owned(),
             container_id: container_id.to_owned(),
@@ -557,7 +582,38 @@ impl DeviceManager for DeviceRegistry {
         }
     }
 
-    async fn release_container(&self, container_id: &str) -> Result<Vec<String>> {
+    /// Attaches `ids` in order for `container_id`; if one fails, the ones
+    /// attached by this call are detached again and the error returned.
+    pub async fn attach_all(
+        &self,
+        ids: &[String],
+        container_id: &ContainerId,
+    ) -> Result<Vec<GuestDevice>> {
+        let mut done: Vec<&str> = Vec::with_capacity(ids.len());
+        let mut out = Vec::with_capacity(ids.len());
+        for id in ids {
+            match self.attach(id, container_id).await {
+                Ok(guest) => {
+                    done.push(id);
+                    out.push(guest);
+                }
+                Err(e) => {
+                    for attached in done.iter().rev() {
+                        // The original error is the one to report; an
+                        // undo failure keeps the reference (see detach).
+                        let _ = self.detach(attached, container_id).await;
+                    }
+                    return Err(e);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    /// Drops every reference `container_id` holds (for a container that
+    /// is deleted or died). Carries on past failures; returns the ids
+    /// released.
+    pub async fn release_container(&self, container_id: &ContainerId) -> Result<Vec<String>> {
         let held: Vec<(String, u32)> = self
             .inner
             .lock()
@@ -598,7 +654,11 @@ impl DeviceManager for DeviceRegistry {
         }
     }
 
-    fn coldplug_devices(&self, ids: &[String]) -> Result<Vec<Device>> {
+    /// The hypervisor devices to cold-plug (put in the VM's config before
+    /// it starts) for registered devices `ids`. After the VM started,
+    /// [`reconcile`](Self::reconcile) with its device list marks them
+    /// attached; containers then [`attach`](Self::attach) them as usual.
+    pub fn coldplug_devices(&self, ids: &[String]) -> Result<Vec<Device>> {
         let table = self.inner.lock();
         let mut out = Vec::new();
         for id in ids {
@@ -614,7 +674,13 @@ impl DeviceManager for DeviceRegistry {
         Ok(out)
     }
 
-    async fn reconcile(&self, vm_devices: &[AttachedDevice]) -> Result<ReconcileReport> {
+    /// Makes the registry agree with the devices the VM has
+    /// (`Hypervisor::devices()`): registered devices the VM has are
+    /// attached (with the VM's addresses), those it lacks are detached,
+    /// and leftovers of interrupted transitions are unplugged. For
+    /// cold-plug and for a registry restored in another process; call it
+    /// before the registry is shared.
+    pub async fn reconcile(&self, vm_devices: &[AttachedDevice]) -> Result<ReconcileReport> {
         let mut report = ReconcileReport::default();
         // What each record expects in the VM, taken under the lock.
         let candidates: Vec<(String, Vec<Device>, HostDevice, bool, bool)> = {
@@ -689,7 +755,9 @@ impl DeviceManager for DeviceRegistry {
         Ok(report)
     }
 
-    fn save_state(&self) -> DeviceManagerState {
+    /// The state to persist, for [`DeviceManager::restore`] in another
+    /// process.
+    pub fn save_state(&self) -> DeviceManagerState {
         let table = self.inner.lock();
         DeviceManagerState {
             version: STATE_VERSION,

@@ -1,6 +1,7 @@
 //! The registry's persisted state.
 
 use std::collections::BTreeMap;
+use vc_types::ContainerId;
 
 use serde::{Deserialize, Serialize};
 
@@ -32,7 +33,7 @@ pub struct DeviceRecord {
     /// What the host inspection found.
     pub host: HostDevice,
     /// References per container.
-    pub users: BTreeMap<String, u32>,
+    pub users: BTreeMap<ContainerId, u32>,
     /// Its attachment, when attached.
     pub attachment: Option<Attachment>,
     /// A hot-plug or unplug was in flight when the state was saved; the

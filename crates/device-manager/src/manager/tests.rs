@@ -14,6 +14,10 @@ use vc_hypervisor::{
 };
 
 use super::*;
+
+fn cid(id: &str) -> vc_types::ContainerId {
+    id.parse().unwrap()
+}
 use crate::error::Error;
 use crate::guest::GuestLocation;
 use crate::info::DeviceType;
@@ -31,7 +35,7 @@ async fn running_vm() -> MockHypervisor {
     vm
 }
 
-fn registry_over(hotplug: Arc<dyn DeviceHotplug>, sys: Option<&Path>) -> DeviceRegistry {
+fn registry_over(hotplug: Arc<dyn DeviceHotplug>, sys: Option<&Path>) -> DeviceManager {
     let mut config = RegistryConfig {
         unplug_timeout: T,
         ..RegistryConfig::default()
@@ -39,7 +43,7 @@ fn registry_over(hotplug: Arc<dyn DeviceHotplug>, sys: Option<&Path>) -> DeviceR
     if let Some(sys) = sys {
         config.sys_root = sys.to_owned();
     }
-    DeviceRegistry::new(hotplug, config, logger())
+    DeviceManager::new(hotplug, config, logger())
 }
 
 /// Image files in a temp dir.
@@ -88,7 +92,7 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
     assert_eq!(reg.device(&id).unwrap().state, DeviceState::Detached);
     assert!(vm.calls().iter().all(|c| c.method() != Method::Hotplug));
 
-    let first = reg.attach(&id, "c1").await.unwrap();
+    let first = reg.attach(&id, &cid("c1")).await.unwrap();
     let GuestLocation::VirtioBlk { pci_path, serial } = &first.location else {
         panic!("{first:?}")
     };
@@ -112,8 +116,8 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
     assert_eq!(first.options["fstype"], "erofs");
 
     // A second container, and the first one twice: references, no plug.
-    assert_eq!(reg.attach(&id, "c2").await.unwrap(), first);
-    assert_eq!(reg.attach(&id, "c1").await.unwrap(), first);
+    assert_eq!(reg.attach(&id, &cid("c2")).await.unwrap(), first);
+    assert_eq!(reg.attach(&id, &cid("c1")).await.unwrap(), first);
     assert_eq!(vm.count(Method::Hotplug), 1);
     let status = reg.device(&id).unwrap();
     assert_eq!(status.ref_count(), 3);
@@ -127,11 +131,11 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
     ));
 
     assert_eq!(
-        reg.detach(&id, "c1").await.unwrap(),
+        reg.detach(&id, &cid("c1")).await.unwrap(),
         DetachOutcome::StillInUse { ref_count: 2 }
     );
     assert!(matches!(
-        reg.detach(&id, "c3").await,
+        reg.detach(&id, &cid("c3")).await,
         Err(Error::NotAttachedBy { .. })
     ));
     assert!(matches!(
@@ -139,24 +143,24 @@ async fn shared_disk_is_plugged_once_and_unplugged_with_its_last_user() {
         Err(Error::DeviceInUse { users: 2, .. })
     ));
     assert_eq!(
-        reg.detach(&id, "c2").await.unwrap(),
+        reg.detach(&id, &cid("c2")).await.unwrap(),
         DetachOutcome::StillInUse { ref_count: 1 }
     );
     assert_eq!(hotplugged_ids(&vm), from_ref(&id));
     assert_eq!(
-        reg.detach(&id, "c1").await.unwrap(),
+        reg.detach(&id, &cid("c1")).await.unwrap(),
         DetachOutcome::Unplugged
     );
     assert!(hotplugged_ids(&vm).is_empty());
     assert_eq!(calls_of(&vm, Method::Unplug), [Call::Unplug(id.clone(), T)]);
     assert!(matches!(
-        reg.detach(&id, "c1").await,
+        reg.detach(&id, &cid("c1")).await,
         Err(Error::NotAttachedBy { .. })
     ));
     reg.unregister(&id).unwrap();
     assert!(reg.device(&id).is_none());
     assert!(matches!(
-        reg.attach(&id, "c1").await,
+        reg.attach(&id, &cid("c1")).await,
         Err(Error::DeviceNotFound { .. })
     ));
 }
@@ -205,7 +209,7 @@ async fn failed_hotplug_leaves_the_registry_as_before() {
     let before = reg.save_state();
 
     vm.fail_next(Method::Hotplug);
-    let err = reg.attach(&id, "c1").await.unwrap_err();
+    let err = reg.attach(&id, &cid("c1")).await.unwrap_err();
     assert!(
         matches!(&err, Error::Hotplug { id: failed, source: vc_hypervisor::Error::Injected { .. } } if *failed == id),
         "{err:?}"
@@ -213,7 +217,7 @@ async fn failed_hotplug_leaves_the_registry_as_before() {
     assert_eq!(reg.save_state(), before);
     assert!(hotplugged_ids(&vm).is_empty());
     // The next attempt works.
-    reg.attach(&id, "c1").await.unwrap();
+    reg.attach(&id, &cid("c1")).await.unwrap();
     assert_eq!(hotplugged_ids(&vm), [id]);
 }
 
@@ -225,18 +229,18 @@ async fn failed_unplug_keeps_the_device_and_the_reference() {
     let id = reg
         .register(DeviceInfo::block(images.make("a.img")))
         .unwrap();
-    reg.attach(&id, "c1").await.unwrap();
+    reg.attach(&id, &cid("c1")).await.unwrap();
     let before = reg.save_state();
 
     vm.fail_next(Method::Unplug);
     assert!(matches!(
-        reg.detach(&id, "c1").await,
+        reg.detach(&id, &cid("c1")).await,
         Err(Error::Unplug { .. })
     ));
     assert_eq!(reg.save_state(), before);
     assert_eq!(hotplugged_ids(&vm), from_ref(&id));
     assert_eq!(
-        reg.detach(&id, "c1").await.unwrap(),
+        reg.detach(&id, &cid("c1")).await.unwrap(),
         DetachOutcome::Unplugged
     );
 }
@@ -269,7 +273,7 @@ async fn vfio_group_plugs_every_function_and_unwinds_a_partial_plug() {
     vm.fail_nth(Method::Hotplug, 2);
     let before = reg.save_state();
     assert!(matches!(
-        reg.attach(&id, "c1").await,
+        reg.attach(&id, &cid("c1")).await,
         Err(Error::Hotplug { .. })
     ));
     assert_eq!(reg.save_state(), before);
@@ -292,7 +296,7 @@ async fn vfio_group_plugs_every_function_and_unwinds_a_partial_plug() {
         ]
     );
 
-    let guest = reg.attach(&id, "c1").await.unwrap();
+    let guest = reg.attach(&id, &cid("c1")).await.unwrap();
     let GuestLocation::Vfio {
         iommu_group,
         functions,
@@ -311,7 +315,7 @@ async fn vfio_group_plugs_every_function_and_unwinds_a_partial_plug() {
     assert_eq!(siblings, ["0000:3a:00.0", "0000:3b:00.0"]);
     assert_ne!(functions[0].pci_path, functions[1].pci_path);
     assert_eq!(
-        reg.detach(&id, "c1").await.unwrap(),
+        reg.detach(&id, &cid("c1")).await.unwrap(),
         DetachOutcome::Unplugged
     );
     assert!(hotplugged_ids(&vm).is_empty());
@@ -324,19 +328,19 @@ async fn char_and_vfio_control_devices_plug_nothing() {
     let reg = registry_over(Arc::new(vm.clone()), Some(sys.root()));
     let null = reg.register(DeviceInfo::char("/dev/null")).unwrap();
     let control = reg.register(DeviceInfo::vfio("/dev/vfio/vfio")).unwrap();
-    let guest = reg.attach(&null, "c1").await.unwrap();
+    let guest = reg.attach(&null, &cid("c1")).await.unwrap();
     assert_eq!(guest.location, GuestLocation::Char { major: 1, minor: 3 });
     assert_eq!(
-        reg.attach(&control, "c1").await.unwrap().location,
+        reg.attach(&control, &cid("c1")).await.unwrap().location,
         GuestLocation::VfioControl
     );
     assert_eq!(
-        reg.detach(&null, "c1").await.unwrap(),
+        reg.detach(&null, &cid("c1")).await.unwrap(),
         DetachOutcome::Released
     );
     assert_eq!(reg.device(&null).unwrap().state, DeviceState::Detached);
     assert_eq!(vm.count(Method::Hotplug), 0);
-    assert_eq!(reg.release_container("c1").await.unwrap(), [control]);
+    assert_eq!(reg.release_container(&cid("c1")).await.unwrap(), [control]);
 }
 
 #[tokio::test]
@@ -349,20 +353,20 @@ async fn attach_all_detaches_what_it_attached_when_one_fails() {
         .map(|n| reg.register(DeviceInfo::block(images.make(n))).unwrap())
         .collect();
     // Another container already holds the first disk.
-    reg.attach(&ids[0], "other").await.unwrap();
+    reg.attach(&ids[0], &cid("other")).await.unwrap();
     vm.fail_nth(Method::Hotplug, 2);
     assert!(matches!(
-        reg.attach_all(&ids, "c1").await,
+        reg.attach_all(&ids, &cid("c1")).await,
         Err(Error::Hotplug { id, .. }) if id == ids[2]
     ));
     // Disk 2 was unplugged again; disk 1 is still held by "other" only.
     assert_eq!(hotplugged_ids(&vm), [ids[0].clone()]);
     let first = reg.device(&ids[0]).unwrap();
     assert_eq!(first.users.keys().collect::<Vec<_>>(), ["other"]);
-    let all = reg.attach_all(&ids, "c1").await.unwrap();
+    let all = reg.attach_all(&ids, &cid("c1")).await.unwrap();
     assert_eq!(all.len(), 3);
     assert_eq!(hotplugged_ids(&vm).len(), 3);
-    let mut released = reg.release_container("c1").await.unwrap();
+    let mut released = reg.release_container(&cid("c1")).await.unwrap();
     released.sort();
     assert_eq!(released, ids);
     assert_eq!(hotplugged_ids(&vm), [ids[0].clone()]);
@@ -375,14 +379,16 @@ async fn release_carries_on_past_a_failure_and_reports_it() {
     let images = Images::new();
     let a = reg.register(DeviceInfo::block(images.make("a"))).unwrap();
     let b = reg.register(DeviceInfo::block(images.make("b"))).unwrap();
-    reg.attach_all(&[a.clone(), b.clone()], "c1").await.unwrap();
+    reg.attach_all(&[a.clone(), b.clone()], &cid("c1"))
+        .await
+        .unwrap();
     vm.fail_next(Method::Unplug);
-    match reg.release_container("c1").await {
+    match reg.release_container(&cid("c1")).await {
         Err(Error::Release { failed, .. }) => assert_eq!(failed, from_ref(&a)),
         other => panic!("{other:?}"),
     }
     assert_eq!(hotplugged_ids(&vm), from_ref(&a));
-    assert_eq!(reg.release_container("c1").await.unwrap(), [a]);
+    assert_eq!(reg.release_container(&cid("c1")).await.unwrap(), [a]);
     assert!(hotplugged_ids(&vm).is_empty());
 }
 
@@ -427,7 +433,7 @@ async fn racing_attaches_plug_once_and_racing_detaches_unplug_once() {
     let attaches: Vec<_> = (0..8)
         .map(|i| {
             let (reg, id) = (reg.clone(), id.clone());
-            tokio::spawn(async move { reg.attach(&id, &format!("c{i}")).await })
+            tokio::spawn(async move { reg.attach(&id, &cid(&format!("c{i}"))).await })
         })
         .collect();
     let mut locations = Vec::new();
@@ -441,7 +447,7 @@ async fn racing_attaches_plug_once_and_racing_detaches_unplug_once() {
     let detaches: Vec<_> = (0..8)
         .map(|i| {
             let (reg, id) = (reg.clone(), id.clone());
-            tokio::spawn(async move { reg.detach(&id, &format!("c{i}")).await })
+            tokio::spawn(async move { reg.detach(&id, &cid(&format!("c{i}"))).await })
         })
         .collect();
     let mut unplugged = 0;
@@ -469,9 +475,9 @@ async fn interleaved_attach_and_detach_end_consistent() {
             let (reg, id) = (reg.clone(), id.clone());
             tokio::spawn(async move {
                 for _ in 0..3 {
-                    reg.attach(&id, &format!("c{i}")).await.unwrap();
+                    reg.attach(&id, &cid(&format!("c{i}"))).await.unwrap();
                     tokio::time::sleep(Duration::from_millis(5 * i)).await;
-                    reg.detach(&id, &format!("c{i}")).await.unwrap();
+                    reg.detach(&id, &cid(&format!("c{i}"))).await.unwrap();
                 }
             })
         })
@@ -495,10 +501,10 @@ async fn a_waiter_retries_when_the_first_attach_fails() {
     vm.fail_next(Method::Hotplug);
     let first = {
         let (reg, id) = (reg.clone(), id.clone());
-        tokio::spawn(async move { reg.attach(&id, "c1").await })
+        tokio::spawn(async move { reg.attach(&id, &cid("c1")).await })
     };
     tokio::time::sleep(Duration::from_millis(5)).await;
-    let second = reg.attach(&id, "c2").await;
+    let second = reg.attach(&id, &cid("c2")).await;
     assert!(matches!(first.await.unwrap(), Err(Error::Hotplug { .. })));
     second.unwrap();
     let status = reg.device(&id).unwrap();
@@ -515,23 +521,23 @@ async fn a_cancelled_attach_still_completes_and_a_panic_leaves_it_detached() {
     let id = reg.register(DeviceInfo::block(images.make("a"))).unwrap();
     // The caller gives up mid-hot-plug; the plug still finishes, and the
     // reference is the caller's to drop.
-    let gave_up = tokio::time::timeout(Duration::from_millis(5), reg.attach(&id, "c1")).await;
+    let gave_up = tokio::time::timeout(Duration::from_millis(5), reg.attach(&id, &cid("c1"))).await;
     assert!(gave_up.is_err());
-    let guest = reg.attach(&id, "c2").await.unwrap();
+    let guest = reg.attach(&id, &cid("c2")).await.unwrap();
     assert_eq!(reg.device(&id).unwrap().ref_count(), 2);
     assert_eq!(vm.count(Method::Hotplug), 1);
     assert!(matches!(guest.location, GuestLocation::VirtioBlk { .. }));
-    reg.release_container("c1").await.unwrap();
-    reg.release_container("c2").await.unwrap();
+    reg.release_container(&cid("c1")).await.unwrap();
+    reg.release_container(&cid("c2")).await.unwrap();
     assert!(hotplugged_ids(&vm).is_empty());
 
     hotplug.panic.store(true, Ordering::SeqCst);
     assert!(matches!(
-        reg.attach(&id, "c1").await,
+        reg.attach(&id, &cid("c1")).await,
         Err(Error::Interrupted { .. })
     ));
     assert_eq!(reg.device(&id).unwrap().state, DeviceState::Detached);
-    reg.attach(&id, "c1").await.unwrap();
+    reg.attach(&id, &cid("c1")).await.unwrap();
 }
 
 #[tokio::test]
@@ -542,8 +548,8 @@ async fn state_round_trips_and_restore_trusts_the_vm() {
     let a = reg.register(DeviceInfo::block(images.make("a"))).unwrap();
     let b = reg.register(DeviceInfo::block(images.make("b"))).unwrap();
     let c = reg.register(DeviceInfo::block(images.make("c"))).unwrap();
-    let guest_a = reg.attach(&a, "c1").await.unwrap();
-    reg.attach(&b, "c1").await.unwrap();
+    let guest_a = reg.attach(&a, &cid("c1")).await.unwrap();
+    reg.attach(&b, &cid("c1")).await.unwrap();
     let json = serde_json::to_string(&reg.save_state()).unwrap();
 
     // Another process: the VM still has a, b was lost (say the guest
@@ -559,7 +565,7 @@ async fn state_round_trips_and_restore_trusts_the_vm() {
     let c_device = hypervisor_devices_of(&reg, &c);
     vm.hotplug(c_device).await.unwrap();
 
-    let (restored, report) = DeviceRegistry::restore(
+    let (restored, report) = DeviceManager::restore(
         state,
         Arc::new(vm.clone()),
         RegistryConfig::default(),
@@ -582,7 +588,7 @@ async fn state_round_trips_and_restore_trusts_the_vm() {
         .unwrap();
     assert_eq!(d, "dm-blk-3");
     assert_eq!(
-        restored.detach(&a, "c1").await.unwrap(),
+        restored.detach(&a, &cid("c1")).await.unwrap(),
         DetachOutcome::Unplugged
     );
     assert!(hotplugged_ids(&vm).is_empty());
@@ -590,7 +596,7 @@ async fn state_round_trips_and_restore_trusts_the_vm() {
     let mut bad = restored.save_state();
     bad.version = 99;
     assert!(matches!(
-        DeviceRegistry::restore(
+        DeviceManager::restore(
             bad,
             Arc::new(vm.clone()),
             RegistryConfig::default(),
@@ -602,7 +608,7 @@ async fn state_round_trips_and_restore_trusts_the_vm() {
     ));
 }
 
-fn hypervisor_devices_of(reg: &DeviceRegistry, id: &str) -> Device {
+fn hypervisor_devices_of(reg: &DeviceManager, id: &str) -> Device {
     let status = reg.device(id).unwrap();
     super::record::hypervisor_devices(id, &status.info, &status.host)
         .unwrap()
@@ -622,7 +628,7 @@ async fn cold_plugged_devices_are_adopted_and_stay() {
     config.devices = reg.coldplug_devices(from_ref(&id)).unwrap();
     let vm = MockHypervisor::new(config);
     vm.start(T).await.unwrap();
-    let reg = DeviceRegistry::restore(
+    let reg = DeviceManager::restore(
         reg.save_state(),
         Arc::new(vm.clone()),
         RegistryConfig::default(),
@@ -634,13 +640,13 @@ async fn cold_plugged_devices_are_adopted_and_stay() {
     .0;
     let report = reg.reconcile(&vm.devices()).await.unwrap();
     assert_eq!(report.adopted, from_ref(&id));
-    let guest = reg.attach(&id, "c1").await.unwrap();
+    let guest = reg.attach(&id, &cid("c1")).await.unwrap();
     // The mock puts cold device i at root slot 3 + i.
     assert!(
         matches!(&guest.location, GuestLocation::VirtioBlk { pci_path, .. } if pci_path.to_string() == "03")
     );
     assert_eq!(
-        reg.detach(&id, "c1").await.unwrap(),
+        reg.detach(&id, &cid("c1")).await.unwrap(),
         DetachOutcome::Released
     );
     assert!(matches!(
@@ -683,7 +689,8 @@ async fn vfio_groups_cold_plug_on_the_qemu_command_line_in_attach_order() {
 
     let mut config = HypervisorConfig::new("vm", "/k", "/run/vm");
     config.devices = reg.coldplug_devices(&ids).unwrap();
-    let args = cmdline::build(&config, ResolvedAccelerator::Tcg, None).unwrap();
+    let args =
+        cmdline::build(&config, &Default::default(), ResolvedAccelerator::Tcg, None).unwrap();
     let vfio: Vec<serde_json::Value> = args
         .windows(2)
         .filter(|w| w[0] == "-device" && w[1].contains("vfio-pci"))
@@ -713,7 +720,7 @@ async fn vfio_groups_cold_plug_on_the_qemu_command_line_in_attach_order() {
     // their root-bus slots with the IOMMU-group siblings.
     let vm = MockHypervisor::new(config);
     vm.start(T).await.unwrap();
-    let reg = DeviceRegistry::restore(
+    let reg = DeviceManager::restore(
         reg.save_state(),
         Arc::new(vm.clone()),
         RegistryConfig {
@@ -726,7 +733,7 @@ async fn vfio_groups_cold_plug_on_the_qemu_command_line_in_attach_order() {
     .await
     .unwrap()
     .0;
-    let guests = reg.attach_all(&ids, "c1").await.unwrap();
+    let guests = reg.attach_all(&ids, &cid("c1")).await.unwrap();
     assert_eq!(guests[0].location, GuestLocation::VfioControl);
     let GuestLocation::Vfio { functions, .. } = &guests[2].location else {
         panic!("{:?}", guests[2])

@@ -9,7 +9,7 @@
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use vc_device_manager::{DeviceRegistry, RegistryConfig};
+use vc_device_manager::{DeviceManager, RegistryConfig};
 use vc_hypervisor::{DeviceHotplug, HypervisorConfig, Qemu};
 use vc_test_support::{EROFS_HOST, InitMode, Need, VM_HOST, busybox_image, require};
 
@@ -30,19 +30,20 @@ pub fn require_disk_vm_host() {
 }
 
 /// A VM config for the test image, with its runtime dir under `dir`.
-pub fn vm_config(name: &str, dir: &Path, hotplug_ports: u32) -> HypervisorConfig {
+pub fn vm_config(name: &str, dir: &Path) -> HypervisorConfig {
     let image = busybox_image(InitMode::Serve, &["ext4"]);
-    vc_test_support::small_vm_config(name, image, &dir.join("run"), hotplug_ports)
+    vc_test_support::small_vm_config(name, image, &dir.join("run"))
 }
 
 /// A prepared (not started) test VM with `hotplug_ports` ports, the
 /// device registry hot-plugging into it, and its agent socket.
-pub fn test_vm(name: &str, dir: &Path, hotplug_ports: u32) -> (Arc<Qemu>, DeviceRegistry, PathBuf) {
-    let config = vm_config(name, dir, hotplug_ports);
+pub fn test_vm(name: &str, dir: &Path, hotplug_ports: u32) -> (Arc<Qemu>, DeviceManager, PathBuf) {
+    let config = vm_config(name, dir);
     let agent_socket = config.agent_socket();
-    let vm = Arc::new(Qemu::new(config, vc_test_support::logger()).expect("a VM config"));
+    let options = vc_test_support::small_vm_options(hotplug_ports);
+    let vm = Arc::new(Qemu::new(config, options, vc_test_support::logger()).expect("a VM config"));
     let hotplug: Arc<dyn DeviceHotplug> = vm.clone();
-    let devices = DeviceRegistry::new(
+    let devices = DeviceManager::new(
         hotplug,
         RegistryConfig::default(),
         vc_test_support::logger(),

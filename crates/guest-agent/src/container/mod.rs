@@ -14,12 +14,15 @@
 //! and `child`/`spawn` (system calls).
 
 mod child;
+mod console;
 pub mod mount_options;
 pub mod plan;
+pub mod seccomp;
 mod spawn;
 mod stdio;
 
 use std::collections::HashMap;
+use std::os::fd::OwnedFd;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
@@ -44,18 +47,39 @@ pub struct Process {
     stdin: InputPipe,
     stdout: OutputPipe,
     stderr: OutputPipe,
+    /// The pty master, for resizing (`process.terminal`).
+    tty: Option<OwnedFd>,
     exited: watch::Receiver<Option<i32>>,
 }
 
 impl Process {
-    fn new(
-        s: spawn::Spawned,
-    ) -> Result<(Process, Option<std::os::fd::OwnedFd>, std::os::fd::OwnedFd)> {
+    fn new(s: spawn::Spawned) -> Result<(Process, Option<OwnedFd>, OwnedFd)> {
+        // With a terminal, stdin and stdout are the pty master (stderr
+        // goes there too: its pipe only ever reads end of file).
+        let (stdin, stdout) = match &s.tty {
+            Some(master) => {
+                console::set_nonblocking(master).map_err(Error::sys("the pty master"))?;
+                let dup = || {
+                    master
+                        .try_clone()
+                        .map_err(Error::sys("dup of the pty master"))
+                };
+                (
+                    InputPipe::from_tty(dup()?).map_err(Error::sys("registering the pty"))?,
+                    OutputPipe::from_tty(dup()?).map_err(Error::sys("registering the pty"))?,
+                )
+            }
+            None => (
+                InputPipe::new(s.stdin).map_err(Error::sys("registering stdin"))?,
+                OutputPipe::new(s.stdout).map_err(Error::sys("registering stdout"))?,
+            ),
+        };
         let p = Process {
             pid: s.pid,
-            stdin: InputPipe::new(s.stdin).map_err(Error::sys("registering stdin"))?,
-            stdout: OutputPipe::new(s.stdout).map_err(Error::sys("registering stdout"))?,
+            stdin,
+            stdout,
             stderr: OutputPipe::new(s.stderr).map_err(Error::sys("registering stderr"))?,
+            tty: s.tty,
             exited: s.exited,
         };
         Ok((p, s.start, s.status))
@@ -91,6 +115,10 @@ struct Container {
     execs: HashMap<String, Arc<Process>>,
     storages: Vec<storage::MountedStorage>,
     cgroup: Option<Cgroup>,
+    /// What exec'd processes inherit: seccomp, personality.
+    exec_defaults: plan::ProcessPlan,
+    /// Whether it has its own user namespace (execs join it first).
+    user_ns: bool,
 }
 
 /// Where the agent keeps containers and how it treats the guest.
@@ -109,24 +137,17 @@ pub struct Sandbox {
     storages: Mutex<Vec<storage::MountedStorage>>,
     reaper: Arc<Reaper>,
     config: SandboxConfig,
+    oom: crate::oom::OomMonitor,
     logger: Logger,
 }
 
-fn check_id(container_id: &str) -> Result<()> {
-    let ok = !container_id.is_empty()
-        && container_id.len() <= 128
-        && container_id
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-        && !container_id.starts_with('.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Error::InvalidRequest {
-            container_id: container_id.to_owned(),
-            reason: "container ids are 1-128 of [A-Za-z0-9_.-], not starting with '.'".into(),
-        })
-    }
+/// Checks an id from the wire against the SDK's one rule
+/// ([`vc_types::validate_id`]).
+fn check_id(kind: vc_types::IdKind, container_id: &str, id: &str) -> Result<()> {
+    vc_types::validate_id(kind, id).map_err(|e| Error::InvalidRequest {
+        container_id: container_id.to_owned(),
+        reason: e.to_string(),
+    })
 }
 
 /// What was done so far in a create, undone on failure.
@@ -159,6 +180,7 @@ impl Sandbox {
             storages: Mutex::new(Vec::new()),
             reaper,
             config,
+            oom: crate::oom::OomMonitor::new(),
             logger,
         }
     }
@@ -200,7 +222,7 @@ impl Sandbox {
         storages: &[pb::Storage],
         spec: &Spec,
     ) -> Result<()> {
-        check_id(container_id)?;
+        check_id(vc_types::IdKind::Container, container_id, container_id)?;
         if self.lock().contains_key(container_id) {
             return Err(Error::ContainerExists(container_id.to_owned()));
         }
@@ -214,6 +236,15 @@ impl Sandbox {
             })?;
         // Plan first: a bad spec changes nothing.
         let plan = plan::plan_container(container_id, spec, &rootfs)?;
+        if let Some(filter) = &plan.process.seccomp
+            && !filter.unknown_syscalls.is_empty()
+        {
+            info!(self.logger, "seccomp: syscalls unknown to libseccomp left out (as runc)";
+                  "id" => container_id, "names" => filter.unknown_syscalls.join(","));
+        }
+        let mut exec_defaults = plan.process.clone();
+        exec_defaults.argv.clear();
+        let user_ns = plan.user_ns.is_some();
 
         let mut undo = Undo {
             logger: &self.logger,
@@ -271,6 +302,8 @@ impl Sandbox {
             execs: HashMap::new(),
             storages: std::mem::take(&mut undo.storages),
             cgroup: undo.cgroup.take(),
+            exec_defaults,
+            user_ns,
         };
         let mut containers = self.lock();
         if containers.contains_key(container_id) {
@@ -278,6 +311,9 @@ impl Sandbox {
             // Lost a race with a create of the same id: undo ours.
             kill(pid, libc::SIGKILL);
             return Err(Error::ContainerExists(container_id.to_owned()));
+        }
+        if let Some(cg) = &container.cgroup {
+            self.oom.watch(container_id, cg.path());
         }
         containers.insert(container_id.to_owned(), container);
         info!(self.logger, "container created"; "id" => container_id, "pid" => pid);
@@ -313,7 +349,7 @@ impl Sandbox {
         let cid = container_id.to_owned();
         let res = tokio::task::spawn_blocking(move || {
             spawn::release(start)?;
-            spawn::read_status(&cid, &status, &[])
+            spawn::read_status(&cid, &status, &spawn::ItemNames::default())
         })
         .await
         .map_err(|e| Error::sys("start task")(std::io::Error::other(e)))?;
@@ -330,7 +366,8 @@ impl Sandbox {
         exec_id: &str,
         process: &oci_spec::runtime::Process,
     ) -> Result<()> {
-        let init_pid = {
+        check_id(vc_types::IdKind::Exec, container_id, exec_id)?;
+        let (init_pid, defaults, user_ns) = {
             let containers = self.lock();
             let c = containers
                 .get(container_id)
@@ -352,15 +389,17 @@ impl Sandbox {
                     operation: "exec",
                 });
             }
-            c.init.pid
+            (c.init.pid, c.exec_defaults.clone(), c.user_ns)
         };
-        let plan = plan::plan_process(container_id, process)?;
+        let mut plan = plan::plan_process(container_id, process)?;
+        plan::inherit(&mut plan, &defaults);
         let reaper = self.reaper.clone();
         let cid = container_id.to_owned();
-        let spawned =
-            tokio::task::spawn_blocking(move || spawn::spawn_exec(&reaper, &cid, init_pid, &plan))
-                .await
-                .map_err(|e| Error::sys("exec task")(std::io::Error::other(e)))??;
+        let spawned = tokio::task::spawn_blocking(move || {
+            spawn::spawn_exec(&reaper, &cid, init_pid, user_ns, &plan)
+        })
+        .await
+        .map_err(|e| Error::sys("exec task")(std::io::Error::other(e)))??;
         let pid = spawned.pid;
         let (p, _, _) = Process::new(spawned)?;
         let mut containers = self.lock();
@@ -448,6 +487,30 @@ impl Sandbox {
         })
     }
 
+    /// The id of the container of the next OOM kill (`GetOOMEvent`),
+    /// waiting for one.
+    pub async fn next_oom_event(&self) -> String {
+        self.oom.next_event().await
+    }
+
+    /// Resizes a process's terminal (`TtyWinResize`).
+    pub fn resize_tty(
+        &self,
+        container_id: &str,
+        exec_id: &str,
+        rows: u32,
+        cols: u32,
+    ) -> Result<()> {
+        let p = self.process(container_id, exec_id)?;
+        let master = p.tty.as_ref().ok_or_else(|| Error::BadState {
+            container_id: container_id.to_owned(),
+            state: "without a terminal (process.terminal is false)",
+            operation: "resize its terminal",
+        })?;
+        let clamp = |v: u32| u16::try_from(v).unwrap_or(u16::MAX);
+        console::resize(master, clamp(rows), clamp(cols)).map_err(Error::sys("TIOCSWINSZ"))
+    }
+
     /// Closes a process's stdin.
     pub async fn close_stdin(&self, container_id: &str, exec_id: &str) -> Result<()> {
         let p = self.process(container_id, exec_id)?;
@@ -465,10 +528,12 @@ impl Sandbox {
         let c = containers
             .get(container_id)
             .ok_or_else(|| Error::ContainerNotFound(container_id.to_owned()))?;
-        let cg = c
-            .cgroup
-            .as_ref()
-            .ok_or_else(|| Error::Unsupported(format!("{what}: the agent runs without cgroups")))?;
+        let cg = c.cgroup.as_ref().ok_or_else(|| {
+            Error::Unsupported(vc_types::Unsupported::new(
+                what.to_owned(),
+                "the agent runs without cgroups (agent.cgroups=0, or no cgroup2 in the guest)",
+            ))
+        })?;
         f(cg)
     }
 
@@ -514,6 +579,7 @@ impl Sandbox {
         let Some(c) = self.lock().remove(container_id) else {
             return Ok(());
         };
+        self.oom.unwatch(container_id);
         let mut first_err = None;
         if let Some(cg) = c.cgroup {
             // The processes may take a moment to leave after the reap.

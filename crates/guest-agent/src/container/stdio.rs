@@ -22,7 +22,19 @@ pub struct OutputPipe {
 impl OutputPipe {
     /// Takes the read end of a pipe.
     pub fn new(fd: OwnedFd) -> io::Result<OutputPipe> {
-        let mut rx = pipe::Receiver::from_owned_fd(fd)?;
+        Ok(OutputPipe::spawn(pipe::Receiver::from_owned_fd(fd)?))
+    }
+
+    /// Takes (a copy of) a pty master, already non-blocking. The kernel
+    /// answers EIO once the slave side is closed by all: read as end of
+    /// file.
+    pub fn from_tty(fd: OwnedFd) -> io::Result<OutputPipe> {
+        Ok(OutputPipe::spawn(pipe::Receiver::from_owned_fd_unchecked(
+            fd,
+        )?))
+    }
+
+    fn spawn(mut rx: pipe::Receiver) -> OutputPipe {
         let (requests, mut incoming) =
             mpsc::channel::<(u32, oneshot::Sender<io::Result<Vec<u8>>>)>(4);
         let task = tokio::spawn(async move {
@@ -33,7 +45,11 @@ impl OutputPipe {
                     continue;
                 }
                 let mut buf = vec![0u8; (len as usize).clamp(1, MAX_READ)];
-                let res = rx.read(&mut buf).await.map(|n| {
+                let res = match rx.read(&mut buf).await {
+                    Err(e) if e.raw_os_error() == Some(libc::EIO) => Ok(0),
+                    other => other,
+                }
+                .map(|n| {
                     eof = n == 0;
                     buf.truncate(n);
                     buf
@@ -41,7 +57,7 @@ impl OutputPipe {
                 let _ = reply.send(res);
             }
         });
-        Ok(OutputPipe { requests, task })
+        OutputPipe { requests, task }
     }
 
     /// Reads at most `len` bytes; empty at end of file.
@@ -77,7 +93,17 @@ pub struct InputPipe {
 impl InputPipe {
     /// Takes the write end of a pipe.
     pub fn new(fd: OwnedFd) -> io::Result<InputPipe> {
-        let mut tx = pipe::Sender::from_owned_fd(fd)?;
+        Ok(InputPipe::spawn(pipe::Sender::from_owned_fd(fd)?))
+    }
+
+    /// Takes (a copy of) a pty master, already non-blocking: what is
+    /// written is the terminal's input. Closing it drops only this copy
+    /// (a terminal has no end of file to send; runc and Kata behave alike).
+    pub fn from_tty(fd: OwnedFd) -> io::Result<InputPipe> {
+        Ok(InputPipe::spawn(pipe::Sender::from_owned_fd_unchecked(fd)?))
+    }
+
+    fn spawn(mut tx: pipe::Sender) -> InputPipe {
         let (requests, mut incoming) = mpsc::channel::<InputRequest>(4);
         let task = tokio::spawn(async move {
             while let Some(req) = incoming.recv().await {
@@ -95,7 +121,7 @@ impl InputPipe {
                 }
             }
         });
-        Ok(InputPipe { requests, task })
+        InputPipe { requests, task }
     }
 
     /// Writes all of `data`; `BrokenPipe` once closed.

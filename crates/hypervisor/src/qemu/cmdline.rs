@@ -15,7 +15,7 @@ use crate::device::{
 };
 use crate::error::ConfigError;
 use crate::kernel_params::KernelParams;
-use crate::qemu::slots;
+use crate::qemu::{QemuOptions, files, slots};
 
 /// QEMU id of the virtio-serial controller.
 pub const VIRTIO_SERIAL_ID: &str = "vserial0";
@@ -264,81 +264,131 @@ pub fn cold_layout(config: &HypervisorConfig) -> Vec<(Device, Option<u8>)> {
 /// The full argument list (without the binary).
 pub fn build(
     config: &HypervisorConfig,
+    options: &QemuOptions,
     accelerator: ResolvedAccelerator,
     firmware: Option<&Path>,
 ) -> Result<Vec<String>, ConfigError> {
     let mut args: Vec<String> = Vec::new();
-    let mut push = |items: &[&str]| args.extend(items.iter().map(|s| (*s).to_owned()));
-    push(&["-name", &format!("{},debug-threads=on", config.name)]);
+    machine_args(&mut args, config, options, accelerator, firmware)?;
+    boot_args(&mut args, config)?;
+    control_args(&mut args, config)?;
+    for (device, slot) in cold_layout(config) {
+        cold_device(&mut args, &device, slot.unwrap_or(0))?;
+    }
+    hotplug_port_args(&mut args, options);
+    Ok(args)
+}
+
+fn push(args: &mut Vec<String>, items: &[&str]) {
+    args.extend(items.iter().map(|s| (*s).to_owned()));
+}
+
+/// The machine, accelerator, CPUs, memory and firmware.
+fn machine_args(
+    args: &mut Vec<String>,
+    config: &HypervisorConfig,
+    options: &QemuOptions,
+    accelerator: ResolvedAccelerator,
+    firmware: Option<&Path>,
+) -> Result<(), ConfigError> {
+    push(
+        args,
+        &["-name", &format!("{},debug-threads=on", config.name)],
+    );
     let mut machine = format!(
         "{},sata=off,smbus=off,vmport=off",
-        config.machine.qemu_name()
+        options.machine.qemu_name()
     );
     if config.memory.shared {
         machine.push_str(",memory-backend=mem0");
     }
-    push(&["-machine", &machine]);
+    push(args, &["-machine", &machine]);
     match accelerator {
-        ResolvedAccelerator::Kvm => push(&["-accel", "kvm", "-cpu", "host"]),
+        ResolvedAccelerator::Kvm => push(args, &["-accel", "kvm", "-cpu", "host"]),
         // `max` offers the guest every feature TCG emulates (x86-64-v2 and
         // up), which some container userlands require.
-        ResolvedAccelerator::Tcg => push(&["-accel", "tcg,thread=multi", "-cpu", "max"]),
+        ResolvedAccelerator::Tcg => push(args, &["-accel", "tcg,thread=multi", "-cpu", "max"]),
     }
-    push(&[
-        "-smp",
-        &format!("{},maxcpus={}", config.vcpus.boot, config.vcpus.max),
-    ]);
+    push(
+        args,
+        &[
+            "-smp",
+            &format!("{},maxcpus={}", config.vcpus.boot, config.vcpus.max),
+        ],
+    );
     let mut memory = format!("{}M", config.memory.boot_mib);
     if config.memory.max_mib > config.memory.boot_mib {
         memory.push_str(&format!(",slots=8,maxmem={}M", config.memory.max_mib));
     }
-    push(&["-m", &memory]);
+    push(args, &["-m", &memory]);
     if config.memory.shared {
-        push(&[
-            "-object",
-            &format!(
-                "memory-backend-memfd,id=mem0,size={}M,share=on",
-                config.memory.boot_mib
-            ),
-        ]);
+        push(
+            args,
+            &[
+                "-object",
+                &format!(
+                    "memory-backend-memfd,id=mem0,size={}M,share=on",
+                    config.memory.boot_mib
+                ),
+            ],
+        );
     }
     if let Some(firmware) = firmware {
-        push(&["-bios", path_str(firmware)?]);
+        push(args, &["-bios", path_str(firmware)?]);
     }
-    push(&[
-        "-nodefaults",
-        "-no-user-config",
-        "-display",
-        "none",
-        "-no-reboot",
-    ]);
-    push(&["-kernel", path_str(&config.kernel)?]);
+    push(
+        args,
+        &[
+            "-nodefaults",
+            "-no-user-config",
+            "-display",
+            "none",
+            "-no-reboot",
+        ],
+    );
+    Ok(())
+}
+
+/// The kernel, initrd and command line.
+fn boot_args(args: &mut Vec<String>, config: &HypervisorConfig) -> Result<(), ConfigError> {
+    push(args, &["-kernel", path_str(&config.kernel)?]);
     if let Some(initrd) = &config.initrd {
-        push(&["-initrd", path_str(initrd)?]);
+        push(args, &["-initrd", path_str(initrd)?]);
     }
-    push(&["-append", &kernel_params(config).to_string()]);
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=qmp,path={},server=on,wait=off",
-            escape(path_str(&config.qmp_socket())?)
-        ),
-        "-mon",
-        "chardev=qmp,mode=control",
-    ]);
+    push(args, &["-append", &kernel_params(config).to_string()]);
+    Ok(())
+}
+
+/// QMP, the logged console, and the agent's virtio-serial ports.
+fn control_args(args: &mut Vec<String>, config: &HypervisorConfig) -> Result<(), ConfigError> {
+    push(
+        args,
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=qmp,path={},server=on,wait=off",
+                escape(path_str(&files::qmp_socket(config))?)
+            ),
+            "-mon",
+            "chardev=qmp,mode=control",
+        ],
+    );
     // The console is logged to a file whether or not anyone is connected.
-    push(&[
-        "-chardev",
-        &format!(
-            "socket,id=console,path={},server=on,wait=off,logfile={}",
-            escape(path_str(&config.console_socket())?),
-            escape(path_str(&config.console_log())?)
-        ),
-        "-serial",
-        "chardev:console",
-    ]);
+    push(
+        args,
+        &[
+            "-chardev",
+            &format!(
+                "socket,id=console,path={},server=on,wait=off,logfile={}",
+                escape(path_str(&config.console_socket())?),
+                escape(path_str(&config.console_log())?)
+            ),
+            "-serial",
+            "chardev:console",
+        ],
+    );
     device_arg(
-        &mut args,
+        args,
         json!({ "driver": "virtio-serial-pci", "id": VIRTIO_SERIAL_ID, "bus": "pcie.0", "addr": pci_addr(slots::VIRTIO_SERIAL_SLOT) }),
     );
     for (index, socket) in (0u32..).zip(config.agent_sockets()) {
@@ -352,16 +402,18 @@ pub fn build(
             escape(path_str(&socket)?)
         ));
         device_arg(
-            &mut args,
+            args,
             json!({ "driver": "virtserialport", "id": port, "bus": format!("{VIRTIO_SERIAL_ID}.0"), "chardev": chardev, "name": agent_port_name(index) }),
         );
     }
-    for (device, slot) in cold_layout(config) {
-        cold_device(&mut args, &device, slot.unwrap_or(0))?;
-    }
-    for index in 0..config.hotplug_ports {
+    Ok(())
+}
+
+/// The PCIe root ports hot-plugged devices go on.
+fn hotplug_port_args(args: &mut Vec<String>, options: &QemuOptions) {
+    for index in 0..options.hotplug_ports {
         device_arg(
-            &mut args,
+            args,
             json!({
                 "driver": "pcie-root-port",
                 "id": slots::port_id(index),
@@ -374,7 +426,6 @@ pub fn build(
             }),
         );
     }
-    Ok(args)
 }
 
 #[cfg(test)]
@@ -384,10 +435,15 @@ mod tests {
     use crate::device::{MacAddress, VfioDevice};
 
     fn config() -> HypervisorConfig {
-        let mut c = HypervisorConfig::new("vm-1", "/img/vmlinux", "/run/vc/vm-1")
-            .with_initrd("/img/initramfs.cpio");
-        c.hotplug_ports = 2;
-        c
+        HypervisorConfig::new("vm-1", "/img/vmlinux", "/run/vc/vm-1")
+            .with_initrd("/img/initramfs.cpio")
+    }
+
+    fn options() -> QemuOptions {
+        QemuOptions {
+            hotplug_ports: 2,
+            ..QemuOptions::default()
+        }
     }
 
     fn value_after<'a>(args: &'a [String], flag: &str) -> Vec<&'a str> {
@@ -408,6 +464,7 @@ mod tests {
     fn base_line_boots_pvh_without_defaults_or_reboot() {
         let args = build(
             &config(),
+            &options(),
             ResolvedAccelerator::Tcg,
             Some(Path::new("/fw/qboot.rom")),
         )
@@ -442,7 +499,7 @@ mod tests {
 
     #[test]
     fn agent_port_and_hotplug_ports() {
-        let args = build(&config(), ResolvedAccelerator::Kvm, None).unwrap();
+        let args = build(&config(), &options(), ResolvedAccelerator::Kvm, None).unwrap();
         assert_eq!(value_after(&args, "-accel"), ["kvm"]);
         assert_eq!(value_after(&args, "-cpu"), ["host"]);
         assert!(value_after(&args, "-bios").is_empty());
@@ -468,7 +525,7 @@ mod tests {
     fn one_socket_and_port_per_agent_port() {
         let mut c = config();
         c.agent_ports = 3;
-        let args = build(&c, ResolvedAccelerator::Kvm, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Kvm, None).unwrap();
         let names: Vec<String> = devices(&args)
             .iter()
             .filter(|d| d["driver"] == "virtserialport")
@@ -528,7 +585,7 @@ mod tests {
                 host_bdf: "0000:3b:00.0".into(),
             }),
         ];
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         let devs = devices(&args);
         let addr = |id: &str| devs.iter().find(|d| d["id"] == id).unwrap()["addr"].clone();
         assert_eq!(addr(ROOT_IMAGE_ID), "0x03");
@@ -572,7 +629,7 @@ mod tests {
         c.vcpus.boot = 2;
         c.vcpus.max = 4;
         c.memory.max_mib = 2048;
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         assert_eq!(value_after(&args, "-smp"), ["2,maxcpus=4"]);
         assert_eq!(value_after(&args, "-m"), ["512M,slots=8,maxmem=2048M"]);
     }
@@ -584,7 +641,7 @@ mod tests {
             guest_cid: 5,
             port: 1024,
         };
-        let args = build(&c, ResolvedAccelerator::Tcg, None).unwrap();
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
         let devs = devices(&args);
         assert!(!devs.iter().any(|d| d["driver"] == "virtserialport"));
         let vsock = devs
@@ -600,7 +657,7 @@ mod tests {
         let mut c = config();
         c.kernel = std::ffi::OsStr::from_bytes(b"/img/\xff").into();
         assert!(matches!(
-            build(&c, ResolvedAccelerator::Tcg, None),
+            build(&c, &options(), ResolvedAccelerator::Tcg, None),
             Err(ConfigError::NonUtf8Path { .. })
         ));
     }

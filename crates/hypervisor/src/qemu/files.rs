@@ -1,5 +1,9 @@
 //! The runtime dir: preparing it before start, reading log tails for
 //! errors, and removing what the backend created.
+//!
+//! Besides the config's neutral files (console, agent sockets), QEMU
+//! keeps `qmp.sock` (its monitor) and `qemu.log` (its stdout and stderr)
+//! there, and the process ledger (`processes.jsonl`, `exit-<pid>`).
 
 use std::io::{Read, Seek, SeekFrom};
 use std::os::unix::net::UnixStream;
@@ -12,9 +16,19 @@ use crate::error::{Error, Result};
 /// How much of a log's end goes into errors and log lines.
 const TAIL_BYTES: u64 = 4096;
 
+/// The QMP socket.
+pub fn qmp_socket(config: &HypervisorConfig) -> PathBuf {
+    config.runtime_dir.join("qmp.sock")
+}
+
+/// QEMU's stdout and stderr.
+pub fn qemu_log(config: &HypervisorConfig) -> PathBuf {
+    config.runtime_dir.join("qemu.log")
+}
+
 /// Sockets QEMU listens on for this config (it creates them, we remove them).
 pub fn listening_sockets(config: &HypervisorConfig) -> Vec<PathBuf> {
-    let mut sockets = vec![config.qmp_socket(), config.console_socket()];
+    let mut sockets = vec![qmp_socket(config), config.console_socket()];
     sockets.extend(config.agent_sockets());
     for device in &config.devices {
         if let Device::Serial(port) = device {
@@ -33,7 +47,7 @@ pub fn prepare_runtime_dir(config: &HypervisorConfig) -> Result<bool> {
         path: dir.clone(),
         source,
     })?;
-    if UnixStream::connect(config.qmp_socket()).is_ok() {
+    if UnixStream::connect(qmp_socket(config)).is_ok() {
         return Err(Error::RuntimeDirInUse { path: dir.clone() });
     }
     for socket in listening_sockets(config) {
@@ -61,7 +75,7 @@ pub fn cleanup_runtime_dir(
     }));
     if !config.keep_logs {
         paths.push(config.console_log());
-        paths.push(config.qemu_log());
+        paths.push(qemu_log(config));
     }
     for path in paths {
         if let Err(e) = remove_if_exists(&path) {
@@ -112,11 +126,11 @@ mod tests {
         let c = config(tmp.path());
         assert!(prepare_runtime_dir(&c).unwrap());
         // A stale socket file (nobody listening) is removed.
-        let stale = std::os::unix::net::UnixListener::bind(c.qmp_socket()).unwrap();
+        let stale = std::os::unix::net::UnixListener::bind(qmp_socket(&c)).unwrap();
         drop(stale);
-        assert!(c.qmp_socket().exists());
+        assert!(qmp_socket(&c).exists());
         assert!(!prepare_runtime_dir(&c).unwrap());
-        assert!(!c.qmp_socket().exists());
+        assert!(!qmp_socket(&c).exists());
     }
 
     #[test]
@@ -124,13 +138,13 @@ mod tests {
         let tmp = tempfile::tempdir().unwrap();
         let c = config(tmp.path());
         std::fs::create_dir_all(&c.runtime_dir).unwrap();
-        let _live = std::os::unix::net::UnixListener::bind(c.qmp_socket()).unwrap();
+        let _live = std::os::unix::net::UnixListener::bind(qmp_socket(&c)).unwrap();
         assert!(matches!(
             prepare_runtime_dir(&c),
             Err(Error::RuntimeDirInUse { .. })
         ));
         assert!(
-            c.qmp_socket().exists(),
+            qmp_socket(&c).exists(),
             "a live VMM's socket must not be touched"
         );
     }
@@ -141,9 +155,9 @@ mod tests {
         let mut c = config(tmp.path());
         prepare_runtime_dir(&c).unwrap();
         for p in [
-            c.qmp_socket(),
+            qmp_socket(&c),
             c.console_log(),
-            c.qemu_log(),
+            qemu_log(&c),
             c.agent_socket(),
         ] {
             std::fs::write(p, b"x").unwrap();
@@ -153,10 +167,10 @@ mod tests {
 
         c.keep_logs = true;
         prepare_runtime_dir(&c).unwrap();
-        std::fs::write(c.qemu_log(), b"log").unwrap();
+        std::fs::write(qemu_log(&c), b"log").unwrap();
         std::fs::write(c.runtime_dir.join("theirs"), b"x").unwrap();
         cleanup_runtime_dir(&c, &[], true).unwrap();
-        assert!(c.qemu_log().exists() && c.runtime_dir.join("theirs").exists());
+        assert!(qemu_log(&c).exists() && c.runtime_dir.join("theirs").exists());
     }
 
     #[test]

@@ -17,8 +17,9 @@ use super::commands::{BlockdevAdd, ChardevAdd, DeviceAdd, NetdevAdd};
 use super::{Qemu, no_vfio, no_vhost_vsock, slots};
 use crate::config::check_device;
 use crate::device::{AttachedDevice, Device, GuestAddress, ShareBackend};
-use crate::error::{Error, Result, Unsupported};
+use crate::error::{Error, Result};
 use crate::hypervisor::DeviceHotplug;
+use vc_types::Unsupported;
 
 impl Qemu {
     /// Runs `undo` after a failed step, logging (not returning) its error:
@@ -68,11 +69,10 @@ impl Qemu {
             Device::SharedDir(share) => match &share.backend {
                 ShareBackend::VirtioFs { socket, queue_size } => {
                     if !self.config.memory.shared {
-                        return Err(Unsupported {
-                            feature: "virtio-fs".into(),
-                            reason: "the VM's memory is not shared (set memory.shared at start)"
-                                .into(),
-                        }
+                        return Err(Unsupported::new(
+                            "virtio-fs",
+                            "the VM's memory is not shared (set memory.shared at start)",
+                        )
                         .into());
                     }
                     let chardev = chardev_id(&share.id);
@@ -174,11 +174,10 @@ impl Qemu {
     fn check_hotpluggable(&self, device: &Device) -> Result<()> {
         match device {
             Device::SharedDir(share) if matches!(share.backend, ShareBackend::NineP { .. }) => {
-                Err(Unsupported {
-                    feature: "hot-plug of 9p shares".into(),
-                    reason: "QEMU has no QMP command to add an fsdev; configure 9p shares at boot"
-                        .into(),
-                }
+                Err(Unsupported::new(
+                    "hot-plug of 9p shares",
+                    "QEMU has no QMP command to add an fsdev; configure 9p shares at boot",
+                )
                 .into())
             }
             Device::Vsock(_) if !self.host.vhost_vsock => Err(no_vhost_vsock().into()),
@@ -270,10 +269,10 @@ impl DeviceHotplug for Qemu {
         };
         let Some(attached) = attached else {
             if self.cold_devices().iter().any(|d| d.device.id() == id) {
-                return Err(Unsupported {
-                    feature: format!("unplugging cold-plugged device {id}"),
-                    reason: "devices on the root bus are not hot-pluggable".into(),
-                }
+                return Err(Unsupported::new(
+                    format!("unplugging cold-plugged device {id}"),
+                    "devices on the root bus are not hot-pluggable",
+                )
                 .into());
             }
             return Err(Error::DeviceNotFound { id: id.to_owned() });

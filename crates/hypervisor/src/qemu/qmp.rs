@@ -152,7 +152,7 @@ impl Qmp {
         result.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => Error::QmpCommand {
                 command: C::NAME,
-                class: format!("{:?}", e.class),
+                class: e.class,
                 desc: e.desc,
             },
             qapi::ExecuteError::Io(source) => Error::QmpIo {

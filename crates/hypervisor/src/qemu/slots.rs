@@ -96,11 +96,11 @@ mod tests {
         assert_eq!(ports.release("a"), Some(0));
         assert_eq!(ports.release("a"), None);
         assert_eq!(ports.take("c"), Some(0));
-        // Survives the JSON round trip of a saved state, even inside a
-        // tagged enum (where map keys must be strings).
-        let state = crate::HypervisorState::Qemu(crate::QemuState {
-            version: 1,
+        // Survives the JSON round trip of a saved state, even inside the
+        // opaque state's JSON value (where map keys must be strings).
+        let qemu = crate::QemuState {
             config: crate::HypervisorConfig::new("vm", "/k", "/run/vm"),
+            options: crate::QemuOptions::default(),
             accelerator: crate::accel::ResolvedAccelerator::Tcg,
             firmware: None,
             pid: 1,
@@ -108,11 +108,14 @@ mod tests {
             ports: ports.clone(),
             hotplugged: Default::default(),
             created_runtime_dir: true,
-        });
+        };
+        let state = qemu.to_hypervisor_state().unwrap();
         let json = serde_json::to_string(&state).unwrap();
+        let back = serde_json::from_str::<crate::HypervisorState>(&json).unwrap();
+        assert_eq!(back, state);
         assert_eq!(
-            serde_json::from_str::<crate::HypervisorState>(&json).unwrap(),
-            state
+            crate::QemuState::from_hypervisor_state(&back).unwrap(),
+            qemu
         );
         assert_eq!(hotplug_path(0).to_string(), "10/00");
         assert_eq!(hotplug_path(14).to_string(), "1e/00");

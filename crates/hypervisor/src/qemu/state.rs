@@ -8,20 +8,27 @@ use serde::{Deserialize, Serialize};
 use crate::accel::ResolvedAccelerator;
 use crate::config::HypervisorConfig;
 use crate::device::AttachedDevice;
+use crate::error::Result;
+use crate::hypervisor::HypervisorState;
+use crate::process::ProcessRecord;
+use crate::qemu::QemuOptions;
 use crate::qemu::slots::HotplugPorts;
 
+/// The backend name in a [`HypervisorState`] saved by QEMU.
+pub const BACKEND: &str = "qemu";
 /// Version of [`QemuState`]'s format.
-pub const STATE_VERSION: u32 = 1;
+pub const STATE_VERSION: u32 = 2;
 
-/// The runtime state of a QEMU VM: its config, the process (pid and start
-/// time, which together identify it even after pid reuse), and the
-/// hot-plugged devices. Sockets live at the config's fixed paths.
+/// The runtime state of a QEMU VM: its config and options, the process
+/// (pid and start time, which together identify it even after pid
+/// reuse), and the hot-plugged devices. Sockets live at the config's fixed
+/// paths, the process ledger in its runtime dir.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QemuState {
-    /// [`STATE_VERSION`] when written.
-    pub version: u32,
     /// The config the VM was started with.
     pub config: HypervisorConfig,
+    /// The QEMU options it was started with.
+    pub options: QemuOptions,
     /// The accelerator it runs with.
     pub accelerator: ResolvedAccelerator,
     /// The firmware it booted.
@@ -37,4 +44,28 @@ pub struct QemuState {
     /// Whether the runtime dir was created by the backend (and is removed
     /// with the VM).
     pub created_runtime_dir: bool,
+}
+
+impl QemuState {
+    /// This state as the trait's opaque [`HypervisorState`] (backend
+    /// [`BACKEND`], version [`STATE_VERSION`]).
+    pub fn to_hypervisor_state(&self) -> Result<HypervisorState> {
+        HypervisorState::encode(BACKEND, STATE_VERSION, self)
+    }
+
+    /// The QEMU state inside `state`; a state of another backend or
+    /// version is a typed error ([`Error::WrongBackend`](crate::Error::WrongBackend),
+    /// [`Error::StateVersion`](crate::Error::StateVersion)).
+    pub fn from_hypervisor_state(state: &HypervisorState) -> Result<Self> {
+        state.decode(BACKEND, STATE_VERSION)
+    }
+
+    /// The QEMU process, as its ledger records it.
+    pub fn process(&self) -> ProcessRecord {
+        ProcessRecord {
+            program: self.options.binary.clone(),
+            pid: self.pid,
+            start_time: self.start_time,
+        }
+    }
 }

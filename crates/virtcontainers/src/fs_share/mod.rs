@@ -23,7 +23,7 @@ pub use virtiofs::VirtioFsShare;
 
 use crate::config::{FsShareConfig, FsShareKind};
 use crate::error::Error;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// The mount tag of the sandbox share.
 pub const SHARE_MOUNT_TAG: &str = "vcShared";
@@ -55,7 +55,7 @@ pub trait FsShare: Send + Sync + std::fmt::Debug {
     /// Starts what serves the share before the VM boots; returns the helper
     /// processes started (none for 9p), for the caller to record and place
     /// in the overhead cgroup.
-    async fn start(&mut self) -> Result<Vec<HelperRecord>, Error>;
+    async fn start(&mut self) -> Result<Vec<ProcessRecord>, Error>;
 
     /// The device the VM boots with.
     fn device(&self) -> Device;
@@ -133,21 +133,26 @@ pub fn resolve(config: &FsShareConfig) -> Result<ShareChoice, Error> {
 }
 
 /// The share of `kind` exporting `host_dir`; virtio-fs puts its socket in
-/// `runtime_dir`.
+/// `runtime_dir` and runs `virtiofsd` with `lifetime` (the VM's), recorded
+/// in that dir's process ledger.
 pub fn new_share(
     kind: &ShareKind,
     host_dir: PathBuf,
     runtime_dir: &Path,
+    lifetime: vc_hypervisor::ProcessLifetime,
     logger: Logger,
 ) -> Box<dyn FsShare> {
     match kind {
         ShareKind::NineP => Box::new(NinePShare::new(host_dir)),
-        ShareKind::VirtioFs { virtiofsd } => Box::new(VirtioFsShare::new(
-            virtiofsd.clone(),
-            host_dir,
-            runtime_dir.join("virtiofsd.sock"),
-            logger,
-        )),
+        ShareKind::VirtioFs { virtiofsd } => Box::new(
+            VirtioFsShare::new(
+                virtiofsd.clone(),
+                host_dir,
+                runtime_dir.join("virtiofsd.sock"),
+                logger,
+            )
+            .with_lifetime(lifetime),
+        ),
     }
 }
 

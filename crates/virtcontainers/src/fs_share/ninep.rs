@@ -8,7 +8,7 @@ use vc_hypervisor::{Device, ShareBackend, SharedDir};
 
 use super::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
 use crate::error::Error;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// 9p needs no helper process: QEMU serves it.
 #[derive(Debug)]
@@ -33,7 +33,7 @@ impl FsShare for NinePShare {
         &self.host_dir
     }
 
-    async fn start(&mut self) -> Result<Vec<HelperRecord>, Error> {
+    async fn start(&mut self) -> Result<Vec<ProcessRecord>, Error> {
         Ok(Vec::new())
     }
 

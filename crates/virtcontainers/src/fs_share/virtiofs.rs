@@ -1,20 +1,24 @@
 //! virtio-fs: `virtiofsd` serves the directory over vhost-user; QEMU's
 //! guest memory is a shared memfd so the daemon can reach it.
+//!
+//! `virtiofsd` is spawned through `vc_hypervisor::process`, recorded in
+//! the process ledger of the VM's runtime dir (where its socket lives)
+//! before it runs, with the lifetime the share is given (the VM's).
 
 use std::path::{Path, PathBuf};
-use std::process::Stdio;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
 use nix::mount::{MsFlags, mount};
 use slog::{Logger, debug};
 use vc_agent_client::protocol::agent::Storage;
-use vc_hypervisor::{Device, ShareBackend, SharedDir};
+use vc_hypervisor::process::{self as vmm_process, ProcessHandle, ProcessLedger, ProcessSpec};
+use vc_hypervisor::{Device, ProcessLifetime, ShareBackend, SharedDir};
 
 use super::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareKind};
 use crate::error::Error;
-use crate::process;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// How long virtiofsd may take to create its socket.
 const SOCKET_WAIT: Duration = Duration::from_secs(10);
@@ -33,21 +37,49 @@ pub struct VirtioFsShare {
     host_dir: PathBuf,
     socket: PathBuf,
     logger: Logger,
-    child: Option<tokio::process::Child>,
-    record: Option<HelperRecord>,
+    lifetime: ProcessLifetime,
+    child: Option<Arc<ProcessHandle>>,
+    record: Option<ProcessRecord>,
 }
 
 impl VirtioFsShare {
-    /// A share of `host_dir` with its vhost-user socket at `socket`.
+    /// A share of `host_dir` with its vhost-user socket at `socket` (in
+    /// the VM's runtime dir, whose process ledger records `virtiofsd`).
+    /// `virtiofsd` dies with this process unless
+    /// [`with_lifetime`](Self::with_lifetime) says otherwise.
     pub fn new(virtiofsd: PathBuf, host_dir: PathBuf, socket: PathBuf, logger: Logger) -> Self {
         VirtioFsShare {
             virtiofsd,
             host_dir,
             socket,
             logger,
+            lifetime: ProcessLifetime::DiesWithOwner,
             child: None,
             record: None,
         }
+    }
+
+    /// Gives `virtiofsd` this lifetime (the VM's).
+    pub fn with_lifetime(mut self, lifetime: ProcessLifetime) -> Self {
+        self.lifetime = lifetime;
+        self
+    }
+
+    /// The ledger `virtiofsd` is recorded in: the one of the runtime dir
+    /// that holds its socket.
+    fn ledger(&self) -> ProcessLedger {
+        ProcessLedger::open(self.socket.parent().unwrap_or(Path::new("/")))
+    }
+
+    /// Ends a `virtiofsd` that failed to start and drops its record.
+    async fn discard(&self, child: Arc<ProcessHandle>) {
+        let ledger = self.ledger();
+        let _ = tokio::task::spawn_blocking(move || {
+            if child.terminate(STOP_GRACE) {
+                let _ = ledger.remove(child.record());
+            }
+        })
+        .await;
     }
 
     /// The share of a sandbox started elsewhere, to stop its daemon.
@@ -55,13 +87,12 @@ impl VirtioFsShare {
         virtiofsd: PathBuf,
         host_dir: PathBuf,
         socket: PathBuf,
-        record: Option<HelperRecord>,
+        record: Option<ProcessRecord>,
         logger: Logger,
     ) -> Self {
-        VirtioFsShare {
-            record,
-            ..Self::new(virtiofsd, host_dir, socket, logger)
-        }
+        let mut share = Self::new(virtiofsd, host_dir, socket, logger);
+        share.record = record;
+        share
     }
 
     fn helper_error(&self, reason: String) -> Error {
@@ -84,7 +115,7 @@ impl FsShare for VirtioFsShare {
         &self.host_dir
     }
 
-    async fn start(&mut self) -> Result<Vec<HelperRecord>, Error> {
+    async fn start(&mut self) -> Result<Vec<ProcessRecord>, Error> {
         // The self-bind that makes the directory a shared mount; the caller
         // recorded it as a host mount of the sandbox (host_dir) beforehand.
         let dir = &self.host_dir;
@@ -108,8 +139,7 @@ impl FsShare for VirtioFsShare {
 
         let log_path = self.socket.with_file_name("virtiofsd.log");
         let log = std::fs::File::create(&log_path).map_err(Error::host_io("create", &log_path))?;
-        let mut command = tokio::process::Command::new(&self.virtiofsd);
-        command
+        let spec = ProcessSpec::new(&self.virtiofsd)
             .arg(format!("--socket-path={}", self.socket.display()))
             .arg(format!("--shared-dir={}", self.host_dir.display()))
             .args([
@@ -118,28 +148,25 @@ impl FsShare for VirtioFsShare {
                 "--announce-submounts",
             ])
             .args(["--log-level=warn"])
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .kill_on_drop(true);
-        let mut child = command
-            .spawn()
-            .map_err(|e| self.helper_error(format!("cannot start: {e}")))?;
-        let pid = child.id().unwrap_or(0);
-        let record = HelperRecord {
-            program: self.virtiofsd.clone(),
-            pid,
-            start_time: process::start_time(pid).unwrap_or(0),
-        };
+            .stderr(log);
+        // In the ledger before it runs, whenever this process dies.
+        let child = vmm_process::spawn(spec, self.lifetime, &self.ledger())
+            .await
+            .map(Arc::new)
+            .map_err(Error::hypervisor("start virtiofsd"))?;
+        let record = child.record().clone();
         self.record = Some(record.clone());
         let deadline = Instant::now() + SOCKET_WAIT;
         while !self.socket.exists() {
             if let Ok(Some(status)) = child.try_wait() {
+                self.discard(child).await;
+                self.record = None;
                 let log = std::fs::read_to_string(&log_path).unwrap_or_default();
                 return Err(self.helper_error(format!("exited with {status}: {}", log.trim())));
             }
             if Instant::now() > deadline {
-                let _ = child.start_kill();
+                self.discard(child).await;
+                self.record = None;
                 return Err(self.helper_error(format!(
                     "no socket at {} after {SOCKET_WAIT:?}",
                     self.socket.display()
@@ -147,7 +174,7 @@ impl FsShare for VirtioFsShare {
             }
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
-        debug!(self.logger, "virtiofsd started"; "pid" => pid, "socket" => %self.socket.display());
+        debug!(self.logger, "virtiofsd started"; "pid" => record.pid, "socket" => %self.socket.display());
         self.child = Some(child);
         Ok(vec![record])
     }
@@ -177,13 +204,20 @@ impl FsShare for VirtioFsShare {
     }
 
     async fn stop(&mut self) -> Result<(), Error> {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.start_kill();
-            let _ = tokio::time::timeout(STOP_GRACE, child.wait()).await;
-        }
         if let Some(record) = self.record.take() {
+            let child = self.child.take();
+            let ledger = self.ledger();
             let stopped = tokio::task::spawn_blocking(move || {
-                process::terminate(record.pid, record.start_time, STOP_GRACE)
+                // Our own handle reaps our child; a record alone (a
+                // sandbox started elsewhere) is ended by pid and start time.
+                let gone = match child {
+                    Some(child) => child.terminate(STOP_GRACE),
+                    None => vmm_process::terminate(&record, STOP_GRACE),
+                };
+                if gone {
+                    let _ = ledger.remove(&record);
+                }
+                gone
             })
             .await
             .unwrap_or(false);
@@ -193,5 +227,18 @@ impl FsShare for VirtioFsShare {
         }
         let _ = std::fs::remove_file(&self.socket);
         Ok(())
+    }
+}
+
+impl Drop for VirtioFsShare {
+    /// A `virtiofsd` that dies with its owner is not left running by a
+    /// share dropped unstopped (an outliving one is, by design).
+    fn drop(&mut self) {
+        if let Some(child) = self.child.take()
+            && self.lifetime == ProcessLifetime::DiesWithOwner
+            && child.terminate(Duration::ZERO)
+        {
+            let _ = self.ledger().remove(child.record());
+        }
     }
 }

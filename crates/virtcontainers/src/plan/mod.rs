@@ -99,6 +99,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         &share.kind,
         shared_dir.clone(),
         &runtime_dir,
+        config.lifetime.into(),
         slog::Logger::root(slog::Discard, slog::o!()),
     );
     let vm = vm::hypervisor_config(config, &runtime_dir, size, share_device.as_ref())?;

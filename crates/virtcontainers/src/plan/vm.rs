@@ -9,7 +9,7 @@ use vc_hypervisor::{
 };
 
 use super::vm_size::{VmBaseSize, VmSize};
-use crate::config::{SandboxConfig, SandboxLifetime, VmConfig};
+use crate::config::{SandboxConfig, VmConfig};
 use crate::error::Error;
 use crate::fs_share::FsShare;
 
@@ -53,7 +53,6 @@ pub(super) fn hypervisor_config(
     let vm = &config.vm;
     let mut hc =
         HypervisorConfig::new(config.id.as_str(), &vm.kernel, runtime_dir).with_initrd(&vm.initrd);
-    hc.qemu_binary = vm.qemu_binary.clone();
     hc.accelerator = vm.accelerator;
     hc.vcpus = VcpuConfig {
         boot: size.vcpus,
@@ -66,7 +65,7 @@ pub(super) fn hypervisor_config(
     };
     hc.agent_channel = AgentChannel::VirtioSerial;
     hc.keep_logs = vm.debug;
-    hc.kill_on_parent_exit = config.lifetime == SandboxLifetime::DiesWithOwner;
+    hc.lifetime = config.lifetime.into();
     hc.kernel_params = kernel_params(vm)?;
     // Checked without the share's device: its directory is made by a later
     // step (the hypervisor checks the whole config again when it starts).

@@ -28,7 +28,7 @@ use vc_hypervisor::Hypervisor;
 use crate::error::Error;
 use crate::persist::{read_versioned, write_versioned};
 use crate::plan::CgroupsPlan;
-use crate::state::HelperRecord;
+use crate::state::ProcessRecord;
 
 /// The record's file in the sandbox's state directory.
 const RECORD_FILE: &str = "cgroups.json";
@@ -134,7 +134,7 @@ impl SandboxCgroups {
         &mut self,
         containers: &[ContainerResources],
         vm: &dyn Hypervisor,
-        helpers: &[HelperRecord],
+        helpers: &[ProcessRecord],
     ) -> Result<(), Error> {
         let plan =
             vc_cgroups_host::plan(&self.config, containers).map_err(Error::cgroups("plan"))?;

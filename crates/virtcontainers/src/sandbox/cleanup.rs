@@ -5,7 +5,6 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slog::{Logger, info, o, warn};
-use vc_device_manager::DeviceManager;
 use vc_types::{ContainerId, SandboxId, Signal};
 
 use super::Sandbox;
@@ -238,7 +237,7 @@ async fn stop_in_place(
         return Ok(());
     }
     let agent = sandbox.agent.clone();
-    let _ = agent.signal_process(id, "", Signal::KILL.into()).await;
+    let _ = agent.signal_process(id, "", Signal::KILL).await;
     let code = tokio::time::timeout(KILL_WAIT, agent.wait_process(id, id))
         .await
         .map_err(|_| Error::Timeout {

@@ -8,7 +8,6 @@ use slog::{debug, warn};
 use vc_agent_client::Agent;
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::protocol::convert;
-use vc_device_manager::DeviceManager;
 use vc_types::ContainerId;
 
 use super::Sandbox;

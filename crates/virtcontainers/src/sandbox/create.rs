@@ -7,7 +7,6 @@ use std::sync::{Arc, Mutex};
 use slog::{Logger, info, o};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig};
-use vc_device_manager::DeviceManager;
 use vc_hypervisor::Hypervisor;
 
 use super::cgroups::SandboxCgroups;
@@ -19,7 +18,7 @@ use crate::fs_share::{self, FsShare, ShareKind};
 use crate::host_mounts;
 use crate::persist::{SandboxStore, Store};
 use crate::plan::{SandboxPlan, plan_sandbox};
-use crate::state::{GuestInfo, HelperRecord, HostResources, SandboxPhase, SandboxState};
+use crate::state::{GuestInfo, HostResources, SandboxPhase, SandboxState};
 use crate::undo::UndoStack;
 
 /// Creates a sandbox.
@@ -56,6 +55,7 @@ pub async fn create_sandbox(
         }
     };
     let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan))?;
+    factory.check_vm(&plan.vm).map_err(fail(CreateStep::Plan))?;
     let logger = logger.new(o!("sandbox" => id.to_string()));
     info!(logger, "filesystem share chosen"; "share" => ?plan.share.kind, "reason" => plan.share.reason);
 
@@ -228,6 +228,7 @@ impl Creation<'_> {
             &plan.share.kind,
             plan.shared_dir.clone(),
             &plan.runtime_dir,
+            plan.vm.lifetime,
             self.logger.clone(),
         );
         let virtiofs = matches!(plan.share.kind, ShareKind::VirtioFs { .. });
@@ -280,13 +281,7 @@ impl Creation<'_> {
             vm.save_state()
                 .map_err(Error::hypervisor("save the VM's state"))?,
         );
-        rec.state.resources.vmm = vm.vmm_pids().first().and_then(|&pid| {
-            Some(HelperRecord {
-                program: plan.vm.qemu_binary.clone(),
-                pid,
-                start_time: crate::process::start_time(pid)?,
-            })
-        });
+        rec.state.resources.vmm = vm.vmm_processes().into_iter().next();
         rec.write()?;
         Ok(vm)
     }

@@ -71,7 +71,7 @@ pub(super) async fn connect(
         .await?;
     let devices = match state.devices.clone() {
         Some(saved) => {
-            let (registry, report) = vc_device_manager::DeviceRegistry::restore(
+            let (registry, report) = vc_device_manager::DeviceManager::restore(
                 saved,
                 vm.clone(),
                 vc_device_manager::RegistryConfig::default(),

@@ -22,7 +22,7 @@ use std::sync::{Arc, Mutex};
 
 use slog::Logger;
 use vc_agent_client::Agent;
-use vc_device_manager::{DeviceRegistry, RegistryConfig};
+use vc_device_manager::{DeviceManager, RegistryConfig};
 use vc_hypervisor::Hypervisor;
 use vc_types::{ContainerId, SandboxId};
 
@@ -55,7 +55,7 @@ pub struct Sandbox {
     vm: Arc<dyn Hypervisor>,
     agent: Arc<dyn Agent>,
     /// The sandbox's hot-plugged disks and who holds them.
-    devices: Arc<DeviceRegistry>,
+    devices: Arc<DeviceManager>,
     /// The share started by this process (to stop its daemon); `None` for a
     /// fetched sandbox, whose daemon is stopped from the state's records.
     share: Mutex<Option<Box<dyn FsShare>>>,
@@ -88,7 +88,7 @@ impl Sandbox {
     }
 
     /// The device manager: the disks hot-plugged for the containers.
-    pub fn devices(&self) -> &Arc<DeviceRegistry> {
+    pub fn devices(&self) -> &Arc<DeviceManager> {
         &self.devices
     }
 
@@ -152,11 +152,8 @@ impl Sandbox {
 }
 
 /// A new device registry over `vm`.
-pub(crate) fn new_device_registry(
-    vm: &Arc<dyn Hypervisor>,
-    logger: &Logger,
-) -> Arc<DeviceRegistry> {
-    Arc::new(DeviceRegistry::new(
+pub(crate) fn new_device_registry(vm: &Arc<dyn Hypervisor>, logger: &Logger) -> Arc<DeviceManager> {
+    Arc::new(DeviceManager::new(
         vm.clone(),
         RegistryConfig::default(),
         logger.clone(),

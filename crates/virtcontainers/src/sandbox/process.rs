@@ -167,7 +167,7 @@ impl Sandbox {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         self.container(&state, id)?;
         self.agent
-            .signal_process(id, exec_name(id, exec), signal.into())
+            .signal_process(id, exec_name(id, exec), signal)
             .await
             .map_err(Error::agent("SignalProcess"))
     }
@@ -187,7 +187,7 @@ impl Sandbox {
         self.container(&state, id)?;
         // The agent reads an empty exec id as "every process".
         self.agent
-            .signal_process(id, "", signal.into())
+            .signal_process(id, "", signal)
             .await
             .map_err(Error::agent("SignalProcess"))
     }
@@ -205,7 +205,7 @@ impl Sandbox {
             }
         }
         self.agent
-            .signal_process(id, id, Signal::TERM.into())
+            .signal_process(id, id, Signal::TERM)
             .await
             .map_err(Error::agent("SignalProcess"))?;
         match tokio::time::timeout(timeout, self.agent.wait_process(id, id)).await {
@@ -217,7 +217,7 @@ impl Sandbox {
             Err(_) => debug!(self.logger, "container ignored SIGTERM; killing"; "container" => %id),
         }
         self.agent
-            .signal_process(id, "", Signal::KILL.into())
+            .signal_process(id, "", Signal::KILL)
             .await
             .map_err(Error::agent("SignalProcess"))?;
         let code = tokio::time::timeout(

@@ -5,6 +5,7 @@
 use std::time::Duration;
 
 use slog::{Logger, debug, info, o, warn};
+use vc_hypervisor::process::ProcessLedger;
 use vc_types::SandboxId;
 
 use super::lifecycle::free_host_resources;
@@ -32,14 +33,28 @@ pub struct ReclaimReport {
     pub failed: Vec<(SandboxId, Error)>,
 }
 
-/// Ends the VMM and helpers a state records, by pid and start time.
+/// Ends the VMM and helpers the state records, and every process the VM
+/// runtime directory's ledger records (written before each was let run:
+/// what a creator killed before it wrote the state also ends), by pid and
+/// start time.
 pub(super) async fn kill_recorded_processes(
     state: &mut SandboxState,
     logger: &Logger,
 ) -> Result<(), Error> {
     let mut procs = std::mem::take(&mut state.resources.helpers);
     procs.extend(state.resources.vmm.take());
-    let left = crate::process::terminate_all(procs, RECLAIM_GRACE).await;
+    let mut left = crate::process::terminate_all(procs, RECLAIM_GRACE).await;
+    if let Some(dir) = state.resources.runtime_dir.clone() {
+        let ledger = ProcessLedger::open(&dir);
+        let survivors = tokio::task::spawn_blocking(move || ledger.terminate_all(RECLAIM_GRACE))
+            .await
+            .map_err(|e| Error::Helper {
+                program: dir,
+                reason: format!("ending the processes of the VM's ledger panicked: {e}"),
+            })?
+            .map_err(Error::hypervisor("end the processes of the VM's ledger"))?;
+        left.extend(survivors);
+    }
     let failed = left.first().map(|p| {
         warn!(logger, "process survived SIGKILL"; "pid" => p.pid);
         Error::Helper {
@@ -118,7 +133,7 @@ pub async fn reclaim_stale(paths: &Paths, logger: Logger) -> Result<ReclaimRepor
 /// VM that dies with its owner may still be dying: it is ended here), or
 /// it never got past creation.
 fn is_stale(state: &SandboxState) -> bool {
-    let alive = |r: &Option<crate::state::HelperRecord>| {
+    let alive = |r: &Option<crate::state::ProcessRecord>| {
         r.as_ref()
             .is_some_and(|r| crate::process::is_alive(r.pid, r.start_time))
     };

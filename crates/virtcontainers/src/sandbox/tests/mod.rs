@@ -154,8 +154,6 @@ impl Fixture {
             self.id.clone(),
             VmConfig::new(images.join("vmlinux"), images.join("initrd")),
         );
-        // Any executable stands in for QEMU: the mock factory starts none.
-        config.vm.qemu_binary = "/bin/sh".into();
         config.paths = self.paths();
         config.cgroups = Some(CgroupsConfig {
             cgroups_path: Some(format!("/{}-pod/{}", self.id, self.id)),

@@ -57,7 +57,7 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
             shared_dir: Some(shared.clone()),
             vm: None,
             vmm: None,
-            helpers: vec![crate::state::HelperRecord {
+            helpers: vec![crate::state::ProcessRecord {
                 program: "sleep".into(),
                 pid: helper_pid,
                 start_time: crate::process::start_time(helper_pid).unwrap(),
@@ -105,7 +105,11 @@ async fn reclaim_frees_a_sandbox_whose_creator_died_mid_create() {
 }
 
 /// Rewrites the owner recorded in a sandbox's state.
-fn set_owner(fx: &Fixture, owner: Option<crate::state::HelperRecord>, phase: Option<SandboxPhase>) {
+fn set_owner(
+    fx: &Fixture,
+    owner: Option<crate::state::ProcessRecord>,
+    phase: Option<SandboxPhase>,
+) {
     let store = crate::persist::Store::new(&fx.paths().state_root);
     let rt = tokio::runtime::Handle::current();
     let sstore = tokio::task::block_in_place(|| {
@@ -125,7 +129,7 @@ fn set_owner(fx: &Fixture, owner: Option<crate::state::HelperRecord>, phase: Opt
 }
 
 /// An owner that is gone: this process's pid with another start time.
-fn dead_owner() -> Option<crate::state::HelperRecord> {
+fn dead_owner() -> Option<crate::state::ProcessRecord> {
     let mut me = crate::process::this_process().unwrap();
     me.start_time += 1;
     Some(me)

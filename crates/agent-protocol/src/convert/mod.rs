@@ -3,14 +3,17 @@
 //!
 //! The host converts the bundle's `config.json` (an [`oci_spec::runtime::Spec`])
 //! to send it; the guest agent converts it back to create the container.
-//! Carried: version, root, hostname, mounts, annotations, the process (user,
-//! args, env, cwd, capabilities, rlimits, terminal, console size,
-//! no-new-privileges, OOM score, AppArmor and SELinux labels) and the Linux
-//! section (ID mappings, sysctls, resources: devices, memory, CPU, pids;
-//! cgroups path, namespaces, devices, rootfs propagation, masked and
-//! read-only paths, mount label). Hooks, seccomp, block I/O, huge pages,
-//! network classes, RDMA and unified cgroup v2 keys are not carried: the
-//! guest runs no host hooks and this agent applies none of those.
+//! Carried: version, root, hostname, mounts, annotations, the process (user
+//! with umask, args, env, cwd, capabilities, rlimits, terminal, console
+//! size, no-new-privileges, OOM score, I/O priority, AppArmor and SELinux
+//! labels) and the Linux section (ID mappings, sysctls, resources: devices,
+//! memory, CPU, pids; cgroups path, namespaces, devices, seccomp, rootfs
+//! propagation, masked and read-only paths, mount label, personality).
+//! Hooks, block I/O, huge pages, network classes, RDMA, unified cgroup v2
+//! keys, time offsets and the scheduler are not carried: the guest runs no
+//! host hooks and this agent applies none of those.
+
+mod seccomp;
 
 use std::path::PathBuf;
 
@@ -20,6 +23,7 @@ use serde::Serialize;
 use serde::de::DeserializeOwned;
 
 use crate::oci;
+pub use seccomp::{seccomp_from_proto, seccomp_to_proto};
 
 /// A value that one side can express and the other cannot.
 #[derive(Debug, thiserror::Error)]
@@ -187,6 +191,7 @@ pub fn process_to_proto(p: &spec::Process) -> Result<oci::Process, ConvertError>
     user.GID = u.gid();
     user.AdditionalGids = u.additional_gids().clone().unwrap_or_default();
     user.Username = u.username().clone().unwrap_or_default();
+    user.Umask = u.umask();
     out.User = MessageField::some(user);
     out.Args = p.args().clone().unwrap_or_default();
     out.Env = p.env().clone().unwrap_or_default();
@@ -216,6 +221,12 @@ pub fn process_to_proto(p: &spec::Process) -> Result<oci::Process, ConvertError>
     out.ApparmorProfile = p.apparmor_profile().clone().unwrap_or_default();
     out.OOMScoreAdj = p.oom_score_adj().map(i64::from).unwrap_or(0);
     out.SelinuxLabel = p.selinux_label().clone().unwrap_or_default();
+    if let Some(io) = p.io_priority() {
+        let mut prio = oci::LinuxIOPriority::new();
+        prio.Class = enum_name(&io.class());
+        prio.Priority = io.priority();
+        out.IOPriority = MessageField::some(prio);
+    }
     Ok(out)
 }
 
@@ -244,6 +255,7 @@ pub fn process_from_proto(p: &oci::Process) -> Result<spec::Process, ConvertErro
         user.set_gid(u.GID);
         user.set_additional_gids(non_empty_vec(&u.AdditionalGids));
         user.set_username(non_empty(&u.Username));
+        user.set_umask(u.Umask);
     }
     out.set_user(user);
     out.set_args(non_empty_vec(&p.Args));
@@ -295,6 +307,24 @@ pub fn process_from_proto(p: &oci::Process) -> Result<spec::Process, ConvertErro
         )
     });
     out.set_selinux_label(non_empty(&p.SelinuxLabel));
+    out.set_io_priority(
+        p.IOPriority
+            .as_ref()
+            .map(|io| -> Result<_, ConvertError> {
+                spec::LinuxIOPriorityBuilder::default()
+                    .class(enum_value::<spec::IOPriorityClass>(
+                        "process.ioPriority.class",
+                        &io.Class,
+                    )?)
+                    .priority(io.Priority)
+                    .build()
+                    .map_err(|source| ConvertError::Build {
+                        what: "process.ioPriority",
+                        source,
+                    })
+            })
+            .transpose()?,
+    );
     Ok(out)
 }
 
@@ -381,6 +411,15 @@ fn linux_to_proto(l: &spec::Linux) -> Result<oci::Linux, ConvertError> {
     out.MaskedPaths = l.masked_paths().clone().unwrap_or_default();
     out.ReadonlyPaths = l.readonly_paths().clone().unwrap_or_default();
     out.MountLabel = l.mount_label().clone().unwrap_or_default();
+    if let Some(s) = l.seccomp() {
+        out.Seccomp = MessageField::some(seccomp_to_proto(s));
+    }
+    if let Some(p) = l.personality() {
+        let mut pers = oci::LinuxPersonality::new();
+        pers.Domain = enum_name(&p.domain());
+        pers.Flags = p.flags().clone().unwrap_or_default();
+        out.Personality = MessageField::some(pers);
+    }
     Ok(out)
 }
 
@@ -419,7 +458,9 @@ fn linux_from_proto(l: &oci::Linux) -> Result<spec::Linux, ConvertError> {
                         dev.set_typ(enum_value("linux.devices.type", &d.Type)?);
                         dev.set_major(d.Major);
                         dev.set_minor(d.Minor);
-                        dev.set_file_mode(Some(d.FileMode));
+                        // Kata's field has no presence: 0 is "not given"
+                        // (runtimes then use 0666), never a mode of 0.
+                        dev.set_file_mode((d.FileMode != 0).then_some(d.FileMode));
                         dev.set_uid(Some(d.UID));
                         dev.set_gid(Some(d.GID));
                         Ok(dev)
@@ -432,6 +473,18 @@ fn linux_from_proto(l: &oci::Linux) -> Result<spec::Linux, ConvertError> {
     out.set_masked_paths(Some(l.MaskedPaths.clone()));
     out.set_readonly_paths(Some(l.ReadonlyPaths.clone()));
     out.set_mount_label(non_empty(&l.MountLabel));
+    out.set_seccomp(l.Seccomp.as_ref().map(seccomp_from_proto).transpose()?);
+    out.set_personality(
+        l.Personality
+            .as_ref()
+            .map(|p| -> Result<_, ConvertError> {
+                let mut pers = spec::LinuxPersonality::default();
+                pers.set_domain(enum_value("linux.personality.domain", &p.Domain)?);
+                pers.set_flags(non_empty_vec(&p.Flags));
+                Ok(pers)
+            })
+            .transpose()?,
+    );
     Ok(out)
 }
 
