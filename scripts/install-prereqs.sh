@@ -15,6 +15,7 @@ packages=(
   libseccomp-dev      # libseccomp.a for the static guest agent (seccomp profiles), and virtiofsd (below)
   runc                # the reference runtime of the guest agent's side-by-side tests
   libcap-ng-dev       # building virtiofsd (below)
+  binutils            # objcopy: the cgroups crate's test binary, stripped, runs in a guest VM (cgroup v2)
 )
 
 # virtiofsd (virtio-fs) is not packaged for Debian 12: built from crates.io.

@@ -451,10 +451,10 @@ fn guest_v2_a_failure_at_any_step_unwinds_everything() {
     }
 }
 
-/// The planner's allowlist enforced by the device program: a thread in
-/// the threaded `vcpus` child of the sandbox cgroup (the program covers
-/// it too) opens the basic devices and is refused (`EPERM`) any other,
-/// also as a node it makes itself.
+/// The planner's allowlist enforced by the device program: a process in
+/// the sandbox cgroup opens the basic devices and is refused (`EPERM`) any
+/// other, also as a node it makes itself; so is a thread of it in the
+/// threaded `vcpus` child.
 #[test]
 #[ignore = "needs a cgroup2 hierarchy with every controller: run in a guest VM by apply::guest_vm"]
 fn guest_v2_device_allowlist_is_enforced() {
@@ -488,6 +488,27 @@ fn guest_v2_device_allowlist_is_enforced() {
     assert_eq!(prober.open("/dev/mem"), libc::EPERM);
     assert_eq!(prober.mknod(&nodes.path().join("mem"), 1, 1), libc::EPERM);
     assert_eq!(prober.mknod(&nodes.path().join("null"), 1, 3), 0);
+
+    // The prober's worker as a vCPU thread, in the threaded child: the
+    // sandbox cgroup's program covers it, the child has none of its own.
+    m.update(
+        &plan,
+        &SandboxTasks {
+            vmm: Some(prober.pid()),
+            vcpu_threads: vec![prober.worker()],
+            ..Default::default()
+        },
+    )
+    .unwrap();
+    let vcpus = &plan.vcpus.as_ref().unwrap().path;
+    assert_eq!(cgroup_of(prober.pid(), prober.worker(), ""), vcpus.as_str());
+    assert!(
+        crate::device_filter::attached(&dir(&root, vcpus))
+            .unwrap()
+            .is_empty()
+    );
+    assert_eq!(prober.open("/dev/null"), 0);
+    assert_eq!(prober.open("/dev/mem"), libc::EPERM);
     m.delete().unwrap();
     assert_eq!(prober.open("/dev/mem"), 0);
     assert_eq!(leftovers(&root, &id), Vec::<PathBuf>::new());
