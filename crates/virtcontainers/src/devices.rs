@@ -112,11 +112,12 @@ pub(crate) async fn attach(
     let id = &cfg.id;
     let plan = plan_devices(cfg, logger)?;
     // Register everything first: a bad path fails before any hot-plug.
-    let (rootfs_ids, volume_ids, node_ids) = register(dm, &plan)?;
-    let ids: Vec<String> = rootfs_ids
+    let registered = register(dm, &plan)?;
+    let ids: Vec<String> = registered
+        .rootfs
         .iter()
-        .chain(&volume_ids)
-        .chain(&node_ids)
+        .chain(&registered.volumes)
+        .chain(&registered.nodes)
         .cloned()
         .collect();
     if ids.is_empty() {
@@ -130,8 +131,8 @@ pub(crate) async fn attach(
             return Err(dm_err("attach the container's devices")(e));
         }
     };
-    let (rootfs_disks, rest) = attached.split_at(rootfs_ids.len());
-    let (volume_disks, node_disks) = rest.split_at(volume_ids.len());
+    let (rootfs_disks, rest) = attached.split_at(registered.rootfs.len());
+    let (volume_disks, node_disks) = rest.split_at(registered.volumes.len());
     let mut out = ContainerDevices {
         ids,
         ..Default::default()
@@ -248,12 +249,16 @@ fn node_devices(
     Ok(())
 }
 
+/// The ids of a container's registered devices, by what they carry.
+struct Registered {
+    rootfs: Vec<String>,
+    volumes: Vec<String>,
+    nodes: Vec<String>,
+}
+
 /// Registers the rootfs devices, the block volumes and the `linux.devices`
 /// disks, in that order.
-fn register(
-    dm: &DeviceManager,
-    plan: &DevicePlan,
-) -> Result<(Vec<String>, Vec<String>, Vec<String>), Error> {
+fn register(dm: &DeviceManager, plan: &DevicePlan) -> Result<Registered, Error> {
     let mut rootfs_ids = Vec::new();
     match &plan.rootfs {
         Some(Plan::BlockRootfs { info, .. }) => {
@@ -296,7 +301,11 @@ fn register(
                 .map_err(dm_err("register a linux.devices block device"))?,
         );
     }
-    Ok((rootfs_ids, volume_ids, node_ids))
+    Ok(Registered {
+        rootfs: rootfs_ids,
+        volumes: volume_ids,
+        nodes: node_ids,
+    })
 }
 
 /// The storages that mount the rootfs from its attached disks.
