@@ -2,6 +2,7 @@
 //! [`Sandbox`]. Every failure becomes a ttrpc status with a clear message;
 //! nothing here panics on a request.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -91,7 +92,24 @@ impl agent_ttrpc::AgentService for AgentService {
                 container_id: cid.clone(),
                 reason: "no OCI spec".into(),
             })?;
-            let spec = convert::spec_from_proto(spec).map_err(|e| convert_error(&cid, e))?;
+            let mut spec = convert::spec_from_proto(spec).map_err(|e| convert_error(&cid, e))?;
+            let devices = req.devices.clone();
+            let (id, found) = (cid.clone(), spec.clone());
+            // Hot-plugged disks may still be probing: wait off the runtime.
+            spec = tokio::task::spawn_blocking(move || {
+                let mut spec = found;
+                crate::devices::apply(
+                    &id,
+                    &devices,
+                    &mut spec,
+                    Path::new("/sys"),
+                    Path::new("/dev"),
+                    crate::storage::DISK_WAIT,
+                )
+                .map(|()| spec)
+            })
+            .await
+            .map_err(|e| Error::sys("device task")(std::io::Error::other(e)))??;
             self.sandbox
                 .create_container(&cid, &req.storages, &spec)
                 .await

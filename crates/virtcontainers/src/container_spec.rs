@@ -42,6 +42,9 @@ pub(crate) struct ContainerLayout {
     pub spec: Spec,
     /// Storages the agent mounts before creating the container.
     pub storages: Vec<Storage>,
+    /// Hot-plugged devices the agent finds and puts in the spec
+    /// (`linux.devices` disks).
+    pub devices: Vec<vc_agent_client::protocol::agent::Device>,
 }
 
 fn guest_path(container: &ContainerId, rel: &str) -> String {
@@ -103,6 +106,7 @@ pub(crate) fn layout(
         binds,
         spec,
         storages,
+        devices: devices.nodes.clone(),
     })
 }
 

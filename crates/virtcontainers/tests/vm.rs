@@ -628,3 +628,109 @@ async fn erofs_layers_block_rootfs_and_block_volume() {
         "loop devices or mounts left behind"
     );
 }
+
+/// A host block device named in the spec's `linux.devices` (by its
+/// numbers, as runc reads them) reaches the container: hot-plugged as a
+/// disk, found by the agent, its node made with the guest's numbers.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_host_block_device_in_linux_devices_reaches_the_container() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("hostdev");
+    vc_test_support::require_loop();
+    let image = env.dir.path().join("raw.img");
+    let mut content = b"hello-disk".to_vec();
+    content.resize(1 << 20, 0);
+    std::fs::write(&image, content).unwrap();
+    let loop_dev = run("losetup", &["-f", "--show", &image.display().to_string()])
+        .unwrap()
+        .trim()
+        .to_owned();
+    struct Detach(String);
+    impl Drop for Detach {
+        fn drop(&mut self) {
+            let _ = run("losetup", &["-d", &self.0]);
+        }
+    }
+    let detach = Detach(loop_dev.clone());
+    let rdev = std::os::unix::fs::MetadataExt::rdev(&std::fs::metadata(&loop_dev).unwrap());
+    let (major, minor) = (nix::sys::stat::major(rdev), nix::sys::stat::minor(rdev));
+
+    // /dev on a tmpfs of the container's own, as runc's default spec has
+    // it: the nodes are made there, not in the (shared) rootfs.
+    let bundle = ContainerSpec::new(
+        shared_busybox_rootfs(),
+        &[
+            "sh",
+            "-c",
+            "head -c 10 /dev/xvda; echo; ls -l /dev/xvda /dev/probe",
+        ],
+    )
+    .cwd("/")
+    .without_default_mounts()
+    .proc_mount()
+    .tmpfs("/dev", &["nosuid", "mode=755"])
+    .isolated()
+    .save_bundle(&env.dir.path().join("bundles/main"));
+    let mut c = ContainerConfig::from_bundle(cid("main"), &bundle).unwrap();
+    let device = oci_spec::runtime::LinuxDeviceBuilder::default()
+        .path("/dev/xvda")
+        .typ(oci_spec::runtime::LinuxDeviceType::B)
+        .major(major as i64)
+        .minor(minor as i64)
+        .file_mode(0o660u32)
+        .build()
+        .unwrap();
+    let mut linux = c.spec.linux().clone().unwrap_or_default();
+    let probe = oci_spec::runtime::LinuxDeviceBuilder::default()
+        .path("/dev/probe")
+        .typ(oci_spec::runtime::LinuxDeviceType::C)
+        .major(1i64)
+        .minor(3i64)
+        .build()
+        .unwrap();
+    linux.set_devices(Some(vec![probe, device]));
+    c.spec.set_linux(Some(linux));
+    let sandbox = create_sandbox(
+        env.config(FsShareKind::NineP, vec![c]),
+        Arc::new(QemuFactory::default()),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let io = sandbox.start_container(&cid("main")).await.unwrap();
+    let out = read_all(io.stdout).await;
+    assert_eq!(
+        sandbox.wait_container(&cid("main")).await.unwrap(),
+        0,
+        "{out}"
+    );
+    let mut lines = out.lines();
+    assert_eq!(lines.next(), Some("hello-disk"), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('b') && l.ends_with("/dev/xvda")),
+        "a block node in the container: {out}"
+    );
+    assert!(
+        out.lines()
+            .any(|l| l.starts_with('c') && l.ends_with("/dev/probe")),
+        "the char device, made with the spec's numbers: {out}"
+    );
+    assert!(
+        !shared_busybox_rootfs().join("dev/xvda").exists(),
+        "a node made in the shared rootfs instead of the container's /dev"
+    );
+    assert_eq!(
+        sandbox
+            .hypervisor()
+            .devices()
+            .iter()
+            .filter(|d| d.hotplugged)
+            .count(),
+        1
+    );
+    sandbox.stop(Duration::from_secs(5)).await.unwrap();
+    sandbox.delete().await.unwrap();
+    drop(detach);
+    env.assert_clean();
+}

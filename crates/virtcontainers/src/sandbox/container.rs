@@ -214,6 +214,7 @@ impl Sandbox {
             container_id: config.id.to_string(),
             exec_id: config.id.to_string(),
             storages: layout.storages.clone(),
+            devices: layout.devices.clone(),
             OCI: Some(spec).into(),
             ..Default::default()
         };

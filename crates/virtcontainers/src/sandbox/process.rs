@@ -156,6 +156,21 @@ impl Sandbox {
         Ok(())
     }
 
+    /// Waits for the next out-of-memory kill in one of the sandbox's
+    /// containers and returns that container (Kata's `GetOOMEvent`; a
+    /// shim turns each into containerd's `TaskOOM`). It waits as long as it
+    /// takes: call it in a loop from a task of its own. An id the guest
+    /// reports that is not a valid container id is an error, never passed
+    /// on.
+    pub async fn next_oom_event(&self) -> Result<ContainerId, Error> {
+        let id = self
+            .agent
+            .get_oom_event()
+            .await
+            .map_err(Error::agent("GetOOMEvent"))?;
+        Ok(id.parse()?)
+    }
+
     /// Sends `signal` to a process of container `id`: its own process
     /// (`exec` is `None`) or the extra process `exec`.
     pub async fn signal_process(

@@ -243,3 +243,36 @@ async fn fetch_sandbox_reconnects_to_a_running_sandbox() {
     fx.assert_clean("after delete through the fetched handle");
     drop(created);
 }
+
+#[tokio::test]
+async fn oom_kills_in_the_guest_reach_the_sandbox_api() {
+    let fx = Fixture::new("oom");
+    let sandbox = create_sandbox(
+        fx.config(vec![fx.bundle("c1", None)]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let waiting = tokio::spawn({
+        let agent = fx.factory.agent().clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            agent.inject_oom("c1");
+        }
+    });
+    let id = tokio::time::timeout(Duration::from_secs(5), sandbox.next_oom_event())
+        .await
+        .expect("an OOM event")
+        .unwrap();
+    assert_eq!(id, cid("c1"));
+    waiting.await.unwrap();
+    fx.factory.agent().inject_oom("../bad");
+    assert!(matches!(
+        sandbox.next_oom_event().await,
+        Err(Error::InvalidId(_))
+    ));
+    sandbox.stop(Duration::from_secs(1)).await.unwrap();
+    sandbox.delete().await.unwrap();
+    fx.assert_clean("after delete");
+}
