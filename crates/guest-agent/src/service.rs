@@ -311,10 +311,10 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn destroy_sandbox(&self, _: &TtrpcContext, _: pb::DestroySandboxRequest) -> R<Empty> {
-        self.sandbox
-            .remove_all()
-            .await
-            .map(|()| Empty::new())
+        info!(self.logger, "DestroySandbox");
+        let done = self.sandbox.remove_all().await;
+        info!(self.logger, "DestroySandbox done"; "ok" => done.is_ok());
+        done.map(|()| Empty::new())
             .map_err(|e| self.fail("DestroySandbox", e))
     }
 

@@ -292,8 +292,12 @@ pub enum Error {
     },
 
     /// Creating the sandbox failed at `step`; everything done before it
-    /// was undone.
-    #[error("creating sandbox \"{sandbox}\" failed at step {step:?}")]
+    /// was undone (what an undo could not do is in `unwind_errors`, and
+    /// what it left recorded is freed by [`crate::reclaim`]).
+    #[error(
+        "creating sandbox \"{sandbox}\" failed at step {step:?}{}",
+        unwind_suffix(unwind_errors)
+    )]
     Create {
         /// The sandbox id.
         sandbox: vc_types::SandboxId,
@@ -302,6 +306,8 @@ pub enum Error {
         /// Why.
         #[source]
         source: Box<Error>,
+        /// The undo steps that failed while unwinding, with why.
+        unwind_errors: Vec<(&'static str, Error)>,
     },
 
     /// A forced cleanup freed what it could; these are what it could not.
@@ -315,8 +321,19 @@ pub enum Error {
     },
 }
 
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+fn unwind_suffix(errors: &[(&'static str, Error)]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = errors
+        .iter()
+        .map(|(step, e)| format!("{step}: {}", chain(e)))
+        .collect();
+    format!(" (and undoing left: {})", each.join("; "))
+}
+
+/// An error and its causes, on one line (for logs and messages).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -734,3 +734,38 @@ async fn a_host_block_device_in_linux_devices_reaches_the_container() {
     drop(detach);
     env.assert_clean();
 }
+
+/// A container the agent refuses, in a sandbox sharing over virtio-fs: the
+/// create fails at the Containers step and unwinds cleanly — the guest
+/// lets go of the share (DestroySandbox) while virtiofsd still serves it,
+/// so no undo step fails or waits for a timeout.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_container_unwinds_a_virtio_fs_sandbox_cleanly() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("refused");
+    let mut c = env.bundle("main", &["true"]);
+    // A hostname without a UTS namespace: runc and the agent refuse it.
+    let mut linux = c.spec.linux().clone().unwrap_or_default();
+    linux.set_namespaces(Some(Vec::new()));
+    c.spec.set_linux(Some(linux));
+    let mut config = env.config(FsShareKind::VirtioFs, vec![c]);
+    // A DestroySandbox that cannot finish would fail within this, not 30 s.
+    config.agent.call_timeout = Duration::from_secs(10);
+    let err = create_sandbox(config, Arc::new(QemuFactory::default()), logger())
+        .await
+        .unwrap_err();
+    match &err {
+        Error::Create {
+            step,
+            unwind_errors,
+            ..
+        } => {
+            assert_eq!(*step, virtcontainers::CreateStep::Containers, "{err}");
+            assert!(unwind_errors.is_empty(), "{err}");
+        }
+        other => panic!("{other:?}"),
+    }
+    let text = err.to_string();
+    assert!(!text.contains("undoing left"), "{text}");
+    env.assert_clean();
+}

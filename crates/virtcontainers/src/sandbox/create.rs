@@ -42,7 +42,7 @@ pub async fn create_sandbox(
     logger: Logger,
 ) -> Result<Sandbox, Error> {
     let id = config.id.clone();
-    let fail = |step: CreateStep| {
+    let fail = |step: CreateStep, unwind_errors: Vec<(&'static str, Error)>| {
         let id = id.clone();
         move |source: Error| match source {
             // Not a failure to unwind: someone else's sandbox.
@@ -51,11 +51,14 @@ pub async fn create_sandbox(
                 sandbox: id,
                 step,
                 source: Box::new(source),
+                unwind_errors,
             },
         }
     };
-    let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan))?;
-    factory.check_vm(&plan.vm).map_err(fail(CreateStep::Plan))?;
+    let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan, Vec::new()))?;
+    factory
+        .check_vm(&plan.vm)
+        .map_err(fail(CreateStep::Plan, Vec::new()))?;
     let logger = logger.new(o!("sandbox" => id.to_string()));
     info!(logger, "filesystem share chosen"; "share" => ?plan.share.kind, "reason" => plan.share.reason);
 
@@ -65,6 +68,7 @@ pub async fn create_sandbox(
         factory,
         logger: logger.clone(),
         step: CreateStep::State,
+        share: None,
     };
     match creation.run(&mut undo).await {
         Ok(sandbox) => {
@@ -74,8 +78,8 @@ pub async fn create_sandbox(
         }
         Err(e) => {
             let step = creation.step;
-            undo.unwind().await;
-            Err(fail(step)(e))
+            let unwind_errors = undo.unwind().await;
+            Err(fail(step, unwind_errors)(e))
         }
     }
 }
@@ -87,6 +91,10 @@ struct Creation<'a> {
     logger: Logger,
     /// The step in progress, for the error.
     step: CreateStep,
+    /// The filesystem share, once prepared. Kept here, not in a step's
+    /// locals, so that on a failure it lives through the unwinding: the
+    /// guest lets go of the share (DestroySandbox) before its daemon stops.
+    share: Option<Box<dyn FsShare>>,
 }
 
 /// The sandbox's state, locked, as the steps record into it.
@@ -111,7 +119,7 @@ impl Creation<'_> {
         let cgroups = self.create_cgroups(&rec, undo)?;
 
         self.step = CreateStep::FsShare;
-        let share = self.prepare_share(&mut rec, undo).await?;
+        self.share = Some(self.prepare_share(&mut rec, undo).await?);
 
         self.step = CreateStep::StartVm;
         let vm = self.start_vm(&mut rec, undo).await?;
@@ -136,8 +144,8 @@ impl Creation<'_> {
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
 
         self.step = CreateStep::GuestSandbox;
-        self.create_guest_sandbox(&agent, share.as_ref(), undo)
-            .await?;
+        let share = self.share.as_deref().expect("prepared above");
+        self.create_guest_sandbox(&agent, share, undo).await?;
 
         self.step = CreateStep::Containers;
         let sandbox = self.sandbox(vm, agent);
@@ -145,7 +153,7 @@ impl Creation<'_> {
 
         rec.state.phase = SandboxPhase::Ready;
         rec.write()?;
-        *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(share);
+        *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = self.share.take();
         Ok(sandbox)
     }
 

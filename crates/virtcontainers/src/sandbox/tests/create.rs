@@ -146,10 +146,12 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
             Error::Create {
                 step: failed,
                 sandbox,
+                unwind_errors,
                 ..
             } => {
                 assert_eq!(*failed, step, "{err:?}");
                 assert_eq!(sandbox, &fx.id);
+                assert!(unwind_errors.is_empty(), "{step:?}: {err}");
             }
             other => panic!("{step:?}: {other:?}"),
         }
