@@ -62,7 +62,12 @@ impl Env {
     /// A busybox container running `args` in its own mount, pid, uts and
     /// ipc namespaces, with `/proc`.
     fn bundle(&self, name: &str, args: &[&str]) -> ContainerConfig {
-        let bundle = ContainerSpec::new(shared_busybox_rootfs(), args)
+        self.bundle_of(name, ContainerSpec::new(shared_busybox_rootfs(), args))
+    }
+
+    /// Like [`Env::bundle`], from `spec` as a test built it.
+    fn bundle_of(&self, name: &str, spec: ContainerSpec) -> ContainerConfig {
+        let bundle = spec
             .hostname(name)
             .cwd("/")
             .without_default_mounts()
@@ -227,9 +232,19 @@ async fn run_path_with_virtio_fs() {
 async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     let _serial = vm_lock_async().await;
     let env = Env::new("two");
+    // The long one names its cgroup the systemd way (as containerd with
+    // SystemdCgroup = true would), the short one the cgroupfs way.
     let containers = vec![
-        env.bundle("long", &["sleep", "1000"]),
-        env.bundle("short", &["echo", "short"]),
+        env.bundle_of(
+            "long",
+            ContainerSpec::new(shared_busybox_rootfs(), &["sleep", "1000"])
+                .cgroups_path("kubepods-pod1.slice:cri-containerd:long"),
+        ),
+        env.bundle_of(
+            "short",
+            ContainerSpec::new(shared_busybox_rootfs(), &["cat", "/proc/self/cgroup"])
+                .cgroups_path("/kubepods/pod1/short"),
+        ),
     ];
     let sandbox = create_sandbox(
         env.config(FsShareKind::NineP, containers),
@@ -238,8 +253,14 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
     )
     .await
     .unwrap();
+    let short_out = sandbox.process_io(&cid("short"), None);
     sandbox.start().await.unwrap();
     assert_eq!(sandbox.wait_container(&cid("short")).await.unwrap(), 0);
+    assert_eq!(
+        read_all(short_out.stdout).await,
+        "0::/kubepods/pod1/short\n",
+        "the container runs in the cgroup its spec names"
+    );
     // Both run in the same guest: the exec sees the long-running one's pid 1.
     let process = ProcessBuilder::default()
         .args(vec!["cat".to_owned(), "/proc/1/cmdline".to_owned()])
@@ -253,6 +274,21 @@ async fn two_containers_and_cleanup_of_the_last_removes_the_sandbox() {
         .unwrap();
     let out = read_all(io.stdout).await;
     assert_eq!(out, "sleep\u{0}1000\u{0}");
+    let cgroup = ProcessBuilder::default()
+        .args(vec!["cat".to_owned(), "/proc/self/cgroup".to_owned()])
+        .env(vec!["PATH=/bin".to_owned()])
+        .cwd("/")
+        .build()
+        .unwrap();
+    let io = sandbox
+        .exec(&cid("long"), &"cg".parse().unwrap(), &cgroup)
+        .await
+        .unwrap();
+    assert_eq!(
+        read_all(io.stdout).await,
+        "0::/kubepods.slice/kubepods-pod1.slice/cri-containerd-long.scope\n",
+        "an exec joins its container's cgroup, the systemd path expanded"
+    );
     assert_eq!(
         sandbox
             .wait_process(&cid("long"), Some(&"probe".parse().unwrap()))

@@ -161,6 +161,14 @@ pub(crate) fn plan_container(c: &ContainerConfig) -> Result<ContainerPlan, Error
         container: c.id.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(path) = c
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        crate::container_spec::guest_cgroups_path(&c.id, &path.to_string_lossy())?;
+    }
     Ok(ContainerPlan {
         config: c.clone(),
         resources: resources_of(&c.id, &c.spec, false),
