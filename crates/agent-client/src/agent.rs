@@ -35,7 +35,9 @@ pub enum AgentMethod {
     CloseStdin,
     TtyWinResize,
     OnlineCPUMem,
+    ReseedRandomDev,
     GetGuestDetails,
+    SetGuestDateTime,
     CopyFile,
     GetOOMEvent,
 }
@@ -103,6 +105,15 @@ pub trait Agent: Send + Sync {
     async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
     /// Brings hot-plugged CPUs and memory online.
     async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
+    /// Mixes `data` into the guest's entropy pool, credits it and reseeds
+    /// the kernel's random generator (Kata's `ReseedRandomDev`): a VM
+    /// cloned from a template starts with its template's random state,
+    /// which every clone shares until reseeded.
+    async fn reseed_random_dev(&self, data: &[u8]) -> Result<()>;
+    /// Sets the guest's wall clock to `time` (Kata's `SetGuestDateTime`,
+    /// microsecond precision): a cloned VM wakes up at its template's save
+    /// time.
+    async fn set_guest_date_time(&self, time: std::time::SystemTime) -> Result<()>;
     /// What the guest and agent support.
     async fn get_guest_details(
         &self,
@@ -115,4 +126,35 @@ pub trait Agent: Send + Sync {
     /// long as it takes: call it in a loop from a task of its own (a shim
     /// turns each into a `TaskOOM` event).
     async fn get_oom_event(&self) -> Result<String>;
+}
+
+/// The `SetGuestDateTime` request for `time`: whole seconds since the
+/// Epoch (rounded down, so negative before it) and the microseconds past
+/// them (0 to 999999), as a `timeval` holds them.
+pub(crate) fn date_time_request(time: std::time::SystemTime) -> pb::SetGuestDateTimeRequest {
+    let (sec, usec) = match time.duration_since(std::time::UNIX_EPOCH) {
+        Ok(after) => (after.as_secs() as i64, i64::from(after.subsec_micros())),
+        Err(before) => {
+            let micros = -(before.duration().as_micros() as i64);
+            (micros.div_euclid(1_000_000), micros.rem_euclid(1_000_000))
+        }
+    };
+    let mut req = pb::SetGuestDateTimeRequest::new();
+    req.Sec = sec;
+    req.Usec = usec;
+    req
+}
+
+#[cfg(test)]
+mod date_time_tests {
+    use std::time::{Duration, UNIX_EPOCH};
+
+    #[test]
+    fn times_split_into_seconds_and_microseconds() {
+        let t = UNIX_EPOCH + Duration::new(1_700_000_000, 123_456_789);
+        let r = super::date_time_request(t);
+        assert_eq!((r.Sec, r.Usec), (1_700_000_000, 123_456));
+        let r = super::date_time_request(UNIX_EPOCH - Duration::new(2, 500_000));
+        assert_eq!((r.Sec, r.Usec), (-3, 999_500));
+    }
 }

@@ -80,6 +80,8 @@ struct State {
     containers: HashMap<String, Container>,
     scripts: HashMap<(String, String), ProcessScript>,
     oom_events: VecDeque<String>,
+    reseeds: Vec<Vec<u8>>,
+    guest_times: Vec<std::time::SystemTime>,
 }
 
 /// The fake agent. All state sits behind one mutex, never held across an
@@ -132,6 +134,16 @@ impl FakeAgent {
     pub fn set_disconnected(&self, gone: bool) {
         self.lock().disconnected = gone;
         self.oom.notify_waiters();
+    }
+
+    /// The entropy each successful `ReseedRandomDev` carried, in order.
+    pub fn reseeds(&self) -> Vec<Vec<u8>> {
+        self.lock().reseeds.clone()
+    }
+
+    /// The clock each successful `SetGuestDateTime` set, in order.
+    pub fn guest_times(&self) -> Vec<std::time::SystemTime> {
+        self.lock().guest_times.clone()
     }
 
     /// Reports an out-of-memory kill in `container_id`: the next (or a
@@ -471,6 +483,18 @@ impl Agent for FakeAgent {
 
     async fn online_cpu_mem(&self, _req: pb::OnlineCPUMemRequest) -> Result<()> {
         self.enter(AgentMethod::OnlineCPUMem, "", "").map(drop)
+    }
+
+    async fn reseed_random_dev(&self, data: &[u8]) -> Result<()> {
+        let mut st = self.enter(AgentMethod::ReseedRandomDev, "", "")?;
+        st.reseeds.push(data.to_vec());
+        Ok(())
+    }
+
+    async fn set_guest_date_time(&self, time: std::time::SystemTime) -> Result<()> {
+        let mut st = self.enter(AgentMethod::SetGuestDateTime, "", "")?;
+        st.guest_times.push(time);
+        Ok(())
     }
 
     async fn get_guest_details(

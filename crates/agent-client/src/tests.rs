@@ -85,6 +85,35 @@ impl agent_ttrpc::AgentService for StandIn {
         }
     }
 
+    async fn reseed_random_dev(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        req: pb::ReseedRandomDevRequest,
+    ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+        // Only the expected bytes are accepted: the test sees what arrived.
+        match req.data.as_slice() {
+            b"seed" => Ok(protobuf::well_known_types::empty::Empty::new()),
+            other => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("got {other:?}"),
+            ))),
+        }
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        req: pb::SetGuestDateTimeRequest,
+    ) -> ttrpc::Result<protobuf::well_known_types::empty::Empty> {
+        match (req.Sec, req.Usec) {
+            (1_700_000_000, 42) => Ok(protobuf::well_known_types::empty::Empty::new()),
+            other => Err(ttrpc::Error::RpcStatus(ttrpc::get_status(
+                ttrpc::Code::INVALID_ARGUMENT,
+                format!("got {other:?}"),
+            ))),
+        }
+    }
+
     async fn start_container(
         &self,
         _: &ttrpc::r#async::TtrpcContext,
@@ -259,6 +288,57 @@ async fn oom_events_wait_and_signals_are_typed() {
     );
     drop(agent);
     server.shutdown().await.unwrap();
+}
+
+/// A clone's entropy and clock reach the agent as Kata's requests; the
+/// fake records them.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn reseed_and_clock_reach_the_agent() {
+    let dir = tempfile::tempdir().unwrap();
+    let sock = dir.path().join("agent.sock");
+    let mut server = serve(&format!("unix://{}", sock.display())).await;
+    let agent = TtrpcAgent::connect(Transport::Serial { socket: sock }, quick(), &logger())
+        .await
+        .unwrap();
+    agent.reseed_random_dev(b"seed").await.unwrap();
+    let err = agent.reseed_random_dev(b"other").await.unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AgentError::Rpc {
+                method: AgentMethod::ReseedRandomDev,
+                code: ttrpc::Code::INVALID_ARGUMENT,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    let time = std::time::UNIX_EPOCH + Duration::new(1_700_000_000, 42_999);
+    agent.set_guest_date_time(time).await.unwrap();
+    let err = agent
+        .set_guest_date_time(std::time::UNIX_EPOCH)
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(
+            &err,
+            AgentError::Rpc {
+                method: AgentMethod::SetGuestDateTime,
+                ..
+            }
+        ),
+        "{err:?}"
+    );
+    drop(agent);
+    server.shutdown().await.unwrap();
+
+    let fake = FakeAgent::new();
+    fake.reseed_random_dev(b"abc").await.unwrap();
+    fake.set_guest_date_time(time).await.unwrap();
+    fake.fail(AgentMethod::ReseedRandomDev, Some(1));
+    assert!(fake.reseed_random_dev(b"lost").await.is_err());
+    assert_eq!(fake.reseeds(), [b"abc".to_vec()]);
+    assert_eq!(fake.guest_times(), [time]);
 }
 
 #[tokio::test]

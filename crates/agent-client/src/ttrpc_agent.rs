@@ -518,6 +518,25 @@ impl Agent for TtrpcAgent {
         .map(drop)
     }
 
+    async fn reseed_random_dev(&self, data: &[u8]) -> Result<()> {
+        let mut req = pb::ReseedRandomDevRequest::new();
+        req.data = data.to_vec();
+        self.call(AgentMethod::ReseedRandomDev, true, |c, ctx| async move {
+            c.reseed_random_dev(ctx, &req).await
+        })
+        .await
+        .map(drop)
+    }
+
+    async fn set_guest_date_time(&self, time: std::time::SystemTime) -> Result<()> {
+        let req = crate::agent::date_time_request(time);
+        self.call(AgentMethod::SetGuestDateTime, true, |c, ctx| async move {
+            c.set_guest_date_time(ctx, &req).await
+        })
+        .await
+        .map(drop)
+    }
+
     async fn get_guest_details(
         &self,
         req: pb::GuestDetailsRequest,

@@ -106,6 +106,36 @@ fn unknown_fields_from_kata_are_tolerated() {
     assert_eq!(linux.MountLabel, "m");
 }
 
+/// Kata's numbers for the template clone's calls: ReseedRandomDevRequest
+/// { data = 2 }, SetGuestDateTimeRequest { Sec = 1, Usec = 2 }, and the
+/// method names on the wire.
+#[test]
+fn reseed_and_guest_time_use_katas_field_numbers() {
+    let mut reseed = ReseedRandomDevRequest::new();
+    reseed.data = vec![0xaa, 0xbb];
+    assert_eq!(reseed.write_to_bytes().unwrap(), [0x12, 2, 0xaa, 0xbb]);
+    let mut time = SetGuestDateTimeRequest::new();
+    time.Sec = 1_700_000_000;
+    time.Usec = 5;
+    let bytes = time.write_to_bytes().unwrap();
+    assert_eq!(bytes[0], 0x08);
+    assert_eq!(&bytes[bytes.len() - 2..], [0x10, 5]);
+    assert_eq!(
+        SetGuestDateTimeRequest::parse_from_bytes(&bytes).unwrap(),
+        time
+    );
+    let services = crate::agent_ttrpc::create_agent_service(Arc::new(Unimplemented));
+    let methods = &services["grpc.AgentService"].methods;
+    for name in ["ReseedRandomDev", "SetGuestDateTime"] {
+        assert!(methods.contains_key(name), "{name} is not served");
+    }
+}
+
+/// An agent service that answers nothing (every method's default).
+struct Unimplemented;
+
+impl crate::agent_ttrpc::AgentService for Unimplemented {}
+
 /// Kata's numbers for the seccomp messages: Linux.Seccomp = 8;
 /// LinuxSeccomp { DefaultAction = 1, Architectures = 2, Flags = 3,
 /// Syscalls = 4 }; LinuxSyscall { Names = 1, Action = 2, errnoret = 3 (in

@@ -16,7 +16,8 @@
 //!   after evaluating youki's `libcontainer`; the module doc says why) — a
 //!   pure [`container::plan`] and the clone/exec machinery;
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
-//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`],
+//!   [`clone_state`] (fresh entropy and clock for a VM cloned from a template).
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -38,6 +39,7 @@
 
 pub mod cgroup;
 pub mod channel;
+pub mod clone_state;
 pub mod container;
 pub mod devices;
 pub mod error;

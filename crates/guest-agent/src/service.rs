@@ -324,6 +324,26 @@ impl agent_ttrpc::AgentService for AgentService {
             .map_err(|e| self.fail("OnlineCPUMem", e))
     }
 
+    async fn reseed_random_dev(
+        &self,
+        _: &TtrpcContext,
+        req: pb::ReseedRandomDevRequest,
+    ) -> R<Empty> {
+        crate::clone_state::reseed(Path::new(crate::clone_state::RANDOM_DEV), &req.data)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("ReseedRandomDev", e))
+    }
+
+    async fn set_guest_date_time(
+        &self,
+        _: &TtrpcContext,
+        req: pb::SetGuestDateTimeRequest,
+    ) -> R<Empty> {
+        crate::clone_state::set_wall_clock(req.Sec, req.Usec)
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("SetGuestDateTime", e))
+    }
+
     async fn get_guest_details(
         &self,
         _: &TtrpcContext,

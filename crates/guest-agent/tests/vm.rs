@@ -217,6 +217,29 @@ async fn containers_run_in_the_vm() {
     }
     assert_eq!(run(&agent, "lost", &["echo", "found"]).await.0, "found\n");
 
+    // A clone's fresh state: the wall clock the host sets is what
+    // containers read; entropy is mixed in (an empty seed is refused).
+    let year_2100 = std::time::UNIX_EPOCH + Duration::from_secs(4_102_444_800);
+    agent.set_guest_date_time(year_2100).await.unwrap();
+    let (out, _, _) = run(&agent, "date", &["date", "+%s"]).await;
+    let guest: u64 = out.trim().parse().unwrap();
+    assert!(
+        (4_102_444_800..4_102_444_860).contains(&guest),
+        "guest clock {guest}"
+    );
+    agent
+        .set_guest_date_time(std::time::SystemTime::now())
+        .await
+        .unwrap();
+    agent.reseed_random_dev(&[7u8; 64]).await.unwrap();
+    assert!(matches!(
+        agent.reseed_random_dev(&[]).await,
+        Err(AgentError::Rpc {
+            code: ttrpc::Code::INVALID_ARGUMENT,
+            ..
+        })
+    ));
+
     // The host disconnects and reconnects: a working agent again.
     drop(agent);
     let agent = vm.connect().await;
