@@ -82,6 +82,22 @@ pub struct MemoryConfig {
     pub shared: bool,
 }
 
+/// Guest RAM backed by a file instead of anonymous memory: what VM
+/// templating is built on. The template VM writes its RAM to the file
+/// (`shared`); each VM started from the template maps the same file
+/// privately, so the pages it only reads stay shared with every other
+/// clone (in the page cache) and the pages it writes become its own
+/// (copy-on-write). Keep the file on a tmpfs: it is read at RAM speed and
+/// never written back to a disk.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct MemoryFile {
+    /// The file (created by the VMM if missing when `shared`).
+    pub path: PathBuf,
+    /// `true`: guest writes go to the file (the template VM); `false`: a
+    /// private copy-on-write mapping of a file that must exist (a clone).
+    pub shared: bool,
+}
+
 /// A root filesystem image given to the guest as a read-only disk.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RootImage {
@@ -113,6 +129,10 @@ pub struct HypervisorConfig {
     pub vcpus: VcpuConfig,
     /// Memory.
     pub memory: MemoryConfig,
+    /// Back guest RAM with this file (VM templating) instead of anonymous
+    /// memory (or the shared memfd of `memory.shared`).
+    #[serde(default)]
+    pub memory_file: Option<MemoryFile>,
     /// Accelerator.
     pub accelerator: Accelerator,
     /// The agent channel.
@@ -158,6 +178,7 @@ impl HypervisorConfig {
                 max_mib: 512,
                 shared: false,
             },
+            memory_file: None,
             accelerator: Accelerator::Auto,
             agent_channel: AgentChannel::VirtioSerial,
             runtime_dir: runtime_dir.into(),
@@ -258,6 +279,7 @@ impl HypervisorConfig {
                 max: self.memory.max_mib,
             });
         }
+        self.check_memory_file()?;
         if !self.runtime_dir.is_absolute() {
             return Err(ConfigError::RuntimeDirNotAbsolute {
                 path: self.runtime_dir.clone(),
@@ -277,7 +299,7 @@ impl HypervisorConfig {
                 Device::Serial(port) => sockets.push(port.socket.clone()),
                 Device::SharedDir(share) => {
                     if let ShareBackend::VirtioFs { socket, .. } = &share.backend {
-                        if !self.memory.shared {
+                        if !self.memory_is_shared() {
                             return Err(ConfigError::VirtioFsNeedsSharedMemory {
                                 id: share.id.clone(),
                             });
@@ -290,6 +312,42 @@ impl HypervisorConfig {
         }
         for socket in &sockets {
             check_socket_path(socket)?;
+        }
+        Ok(())
+    }
+}
+
+impl HypervisorConfig {
+    /// Whether guest RAM is shared memory that other processes can map
+    /// (what vhost-user devices such as virtio-fs need): a shared memfd,
+    /// or a memory file mapped shared.
+    pub fn memory_is_shared(&self) -> bool {
+        match &self.memory_file {
+            Some(file) => file.shared,
+            None => self.memory.shared,
+        }
+    }
+
+    fn check_memory_file(&self) -> Result<(), ConfigError> {
+        let Some(file) = &self.memory_file else {
+            return Ok(());
+        };
+        let invalid = |reason| ConfigError::MemoryFile {
+            path: file.path.clone(),
+            reason,
+        };
+        if self.memory.shared && !file.shared {
+            return Err(invalid(
+                "memory.shared asks for shared memory, the file is mapped private",
+            ));
+        }
+        if !file.shared && !file.path.is_file() {
+            return Err(invalid(
+                "a private memory file must exist (it holds the template's RAM)",
+            ));
+        }
+        if file.shared && !file.path.parent().is_some_and(Path::is_dir) {
+            return Err(invalid("its directory does not exist"));
         }
         Ok(())
     }
@@ -561,6 +619,33 @@ mod tests {
                 ..
             })
         ));
+    }
+
+    #[test]
+    fn memory_files_are_checked() {
+        let f = fixture();
+        let mut c = f.config.clone();
+        let dir = f.config.kernel.parent().unwrap().to_owned();
+        c.memory_file = Some(MemoryFile {
+            path: dir.join("memory"),
+            shared: false,
+        });
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryFile { .. })));
+        c.memory_file.as_mut().unwrap().shared = true;
+        c.validate().unwrap();
+        assert!(c.memory_is_shared());
+        c.memory_file.as_mut().unwrap().path = "/nonexistent/dir/memory".into();
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryFile { .. })));
+        // A clone's private mapping cannot carry virtio-fs.
+        std::fs::write(dir.join("memory"), b"").unwrap();
+        c.memory_file = Some(MemoryFile {
+            path: dir.join("memory"),
+            shared: false,
+        });
+        c.validate().unwrap();
+        assert!(!c.memory_is_shared());
+        c.memory.shared = true;
+        assert!(matches!(c.validate(), Err(ConfigError::MemoryFile { .. })));
     }
 
     #[test]

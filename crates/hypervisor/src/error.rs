@@ -129,6 +129,15 @@ pub enum ConfigError {
         /// The device id.
         id: String,
     },
+    /// The guest memory file cannot back this VM: a private file that is
+    /// not there, or a private file where shared memory is needed.
+    #[error("memory file {path}: {reason}", path = path.display())]
+    MemoryFile {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        reason: &'static str,
+    },
     /// A path that QEMU's command line cannot carry (not UTF-8).
     #[error("path {path:?} is not valid UTF-8")]
     NonUtf8Path {
@@ -404,6 +413,22 @@ pub enum Error {
         /// The cause.
         #[source]
         source: serde_json::Error,
+    },
+
+    /// Saving or loading a VM's device state (a migration) did not
+    /// complete.
+    #[error("{operation} {path}: migration {status}{}", desc.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), path = path.display())]
+    Migration {
+        /// What was being done (`save the device state to`, `load the
+        /// device state from`).
+        operation: &'static str,
+        /// The state file.
+        path: PathBuf,
+        /// How the migration ended (`failed`, `cancelled`, `timed out
+        /// after 30s`).
+        status: String,
+        /// QEMU's description of the error, if it gave one.
+        desc: Option<String>,
     },
 
     /// A failure injected on request. Only the mock backend (feature

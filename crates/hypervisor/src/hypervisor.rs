@@ -1,7 +1,7 @@
 //! The traits a VMM backend implements, and the types they exchange.
 
 use std::fmt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -13,6 +13,7 @@ use crate::config::HypervisorConfig;
 use crate::device::{AttachedDevice, Device, DeviceKind};
 use crate::error::{Error, Result};
 use crate::process::ProcessRecord;
+use vc_types::Unsupported;
 
 /// A VMM running one VM.
 ///
@@ -73,6 +74,39 @@ pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
     /// A watch that resolves when the VMM process exits, for whatever
     /// reason (stop, guest power-off, crash, kill -9).
     fn exit_watch(&self) -> ExitWatch;
+
+    /// Saves the state of the VM's devices (vCPUs, chipset, virtio queues;
+    /// not its RAM) to `path`, for VMs to start from later
+    /// ([`start_from_state`](Self::start_from_state)): VM templating. The
+    /// VM's RAM must be a shared [`MemoryFile`](crate::MemoryFile), which
+    /// the clones map instead of reading RAM from `path`. Pauses the VM and
+    /// leaves it paused; stop it afterwards. Waits up to `timeout`. A
+    /// backend that cannot do it returns [`Unsupported`](crate::Unsupported).
+    async fn save_device_state(&self, path: &Path, timeout: Duration) -> Result<()> {
+        let _ = (path, timeout);
+        Err(Unsupported::new(
+            "saving a VM's device state",
+            "this hypervisor backend cannot",
+        )
+        .into())
+    }
+
+    /// Starts the VM from a device state that
+    /// [`save_device_state`](Self::save_device_state) wrote, instead of
+    /// booting it: the config must make the same machine as the saved VM's
+    /// (devices, sizes, kernel), with its RAM the saved VM's
+    /// [`MemoryFile`](crate::MemoryFile) mapped private. Returns once the
+    /// VM runs, within `timeout`; on failure nothing is left, as for
+    /// [`start`](Self::start). A backend that cannot do it returns
+    /// [`Unsupported`](crate::Unsupported).
+    async fn start_from_state(&self, path: &Path, timeout: Duration) -> Result<()> {
+        let _ = (path, timeout);
+        Err(Unsupported::new(
+            "starting a VM from a saved device state",
+            "this hypervisor backend cannot",
+        )
+        .into())
+    }
 
     /// The state another process needs to attach to this running VM
     /// (through the backend's own attach entry point). Persist it after

@@ -15,6 +15,12 @@
 //!   only QEMU understands is in [`QemuOptions`]. Its state serializes
 //!   ([`Hypervisor::save_state`], an opaque [`HypervisorState`]) so that
 //!   another process can [`Qemu::attach`] to the running VM.
+//! - VM templating: guest RAM in a [`MemoryFile`] (shared in the template
+//!   VM, a private copy-on-write mapping in each clone);
+//!   [`Hypervisor::save_device_state`] saves the template's devices and
+//!   [`Hypervisor::start_from_state`] starts a clone from them (QEMU:
+//!   `x-ignore-shared` migration to and from the state file, `-incoming
+//!   defer`); other backends return [`Unsupported`].
 //! - [`process`] spawns the VMM and helpers so that a crash of their
 //!   creator at any instant leaves nothing unrecorded (a write-ahead
 //!   [`process::ProcessLedger`] in the runtime dir), lets them die with
@@ -89,8 +95,8 @@ pub mod testing;
 
 pub use config::{
     AGENT_CHANNEL_NAME, Accelerator, AgentChannel, HypervisorConfig, MAX_AGENT_PORTS, MAX_NAME_LEN,
-    MAX_VCPUS, MIN_MEMORY_MIB, MemoryConfig, RootImage, SUN_PATH_MAX, VcpuConfig, agent_port_name,
-    check_socket_path,
+    MAX_VCPUS, MIN_MEMORY_MIB, MemoryConfig, MemoryFile, RootImage, SUN_PATH_MAX, VcpuConfig,
+    agent_port_name, check_socket_path,
 };
 pub use device::{
     AttachedDevice, BlockDevice, BlockFormat, Device, DeviceKind, GuestAddress, MacAddress,

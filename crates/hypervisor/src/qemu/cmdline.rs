@@ -299,7 +299,8 @@ fn machine_args(
         "{},sata=off,smbus=off,vmport=off",
         options.machine.qemu_name()
     );
-    if config.memory.shared {
+    let memory_backend = memory_backend(config)?;
+    if memory_backend.is_some() {
         machine.push_str(",memory-backend=mem0");
     }
     push(args, &["-machine", &machine]);
@@ -321,17 +322,8 @@ fn machine_args(
         memory.push_str(&format!(",slots=8,maxmem={}M", config.memory.max_mib));
     }
     push(args, &["-m", &memory]);
-    if config.memory.shared {
-        push(
-            args,
-            &[
-                "-object",
-                &format!(
-                    "memory-backend-memfd,id=mem0,size={}M,share=on",
-                    config.memory.boot_mib
-                ),
-            ],
-        );
+    if let Some(backend) = memory_backend {
+        push(args, &["-object", &backend]);
     }
     if let Some(firmware) = firmware {
         push(args, &["-bios", path_str(firmware)?]);
@@ -347,6 +339,24 @@ fn machine_args(
         ],
     );
     Ok(())
+}
+
+/// The `-object` of guest RAM when it is not QEMU's anonymous memory: a
+/// memory file (VM templating: `share=on` writes the template, `share=off`
+/// maps it copy-on-write), or a shared memfd (virtio-fs).
+pub fn memory_backend(config: &HypervisorConfig) -> Result<Option<String>, ConfigError> {
+    let size = config.memory.boot_mib;
+    Ok(match &config.memory_file {
+        Some(file) => Some(format!(
+            "memory-backend-file,id=mem0,size={size}M,mem-path={},share={}",
+            escape(path_str(&file.path)?),
+            if file.shared { "on" } else { "off" }
+        )),
+        None if config.memory.shared => Some(format!(
+            "memory-backend-memfd,id=mem0,size={size}M,share=on"
+        )),
+        None => None,
+    })
 }
 
 /// The kernel, initrd and command line.
@@ -621,6 +631,28 @@ mod tests {
             append.ends_with("root=/dev/vda rootfstype=erofs ro"),
             "{append}"
         );
+    }
+
+    #[test]
+    fn a_memory_file_backs_guest_ram_shared_or_private() {
+        let mut c = config();
+        c.memory_file = Some(crate::config::MemoryFile {
+            path: "/run/tmpl,1/memory".into(),
+            shared: true,
+        });
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
+        assert_eq!(
+            value_after(&args, "-object"),
+            ["memory-backend-file,id=mem0,size=512M,mem-path=/run/tmpl,,1/memory,share=on"]
+        );
+        assert!(value_after(&args, "-machine")[0].ends_with(",memory-backend=mem0"));
+        c.memory_file.as_mut().unwrap().shared = false;
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
+        assert!(value_after(&args, "-object")[0].ends_with(",share=off"));
+        c.memory_file = None;
+        let args = build(&c, &options(), ResolvedAccelerator::Tcg, None).unwrap();
+        assert!(value_after(&args, "-object").is_empty());
+        assert!(!value_after(&args, "-machine")[0].contains("memory-backend"));
     }
 
     #[test]

@@ -68,7 +68,7 @@ impl Qemu {
             }
             Device::SharedDir(share) => match &share.backend {
                 ShareBackend::VirtioFs { socket, queue_size } => {
-                    if !self.config.memory.shared {
+                    if !self.config.memory_is_shared() {
                         return Err(Unsupported::new(
                             "virtio-fs",
                             "the VM's memory is not shared (set memory.shared at start)",

@@ -10,6 +10,7 @@ pub mod cmdline;
 mod commands;
 mod files;
 mod hotplug;
+mod migration;
 mod options;
 mod qmp;
 mod run;

@@ -1,6 +1,6 @@
 //! Starting, watching and ending the QEMU process.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
@@ -19,6 +19,53 @@ const KILL_WAIT: Duration = Duration::from_secs(5);
 const CONNECT_RETRY: Duration = Duration::from_millis(10);
 
 impl Qemu {
+    /// [`Hypervisor::start`](crate::Hypervisor::start), booting, or
+    /// resuming from a saved device state.
+    pub(super) async fn start_vm(
+        &self,
+        timeout: Duration,
+        from_state: Option<&Path>,
+    ) -> Result<()> {
+        if let Some(state) = from_state {
+            // QEMU waits forever on an empty stream: refuse it up front.
+            if !state.metadata().is_ok_and(|m| m.is_file() && m.len() > 0) {
+                return Err(Error::Migration {
+                    operation: "load the device state from",
+                    path: state.to_owned(),
+                    status: "not started".into(),
+                    desc: Some("the state file is missing or empty".into()),
+                });
+            }
+        }
+        {
+            let mut phase = self.lock_phase();
+            match &*phase {
+                Phase::Prepared | Phase::Stopped => *phase = Phase::Starting(None),
+                other => {
+                    return Err(Error::InvalidState {
+                        op: "start",
+                        state: other.name(),
+                    });
+                }
+            }
+        }
+        self.exit_tx.send_replace(None);
+        match self.launch(timeout, from_state).await {
+            Ok(vm) => {
+                slog::info!(self.logger, "QEMU running"; "pid" => vm.pid(),
+                    "accelerator" => ?self.accel.accelerator, "runtime_dir" => %self.config.runtime_dir.display(),
+                    "from_state" => from_state.map(|p| p.display().to_string()));
+                *self.lock_phase() = Phase::Running(vm);
+                Ok(())
+            }
+            Err(e) => {
+                slog::error!(self.logger, "QEMU failed to start"; "error" => %e);
+                *self.lock_phase() = Phase::Stopped;
+                Err(e)
+            }
+        }
+    }
+
     /// Starts watching the process: the returned VM's supervisor task
     /// waits for its exit (reaping it when it is our child) and publishes
     /// it.
@@ -51,10 +98,17 @@ impl Qemu {
     /// before it runs) and waits until its monitor answers. On failure
     /// nothing is left: no process, no record, no socket (a runtime dir
     /// in use by another VMM is not touched).
-    pub(super) async fn launch(&self, timeout: Duration) -> Result<Arc<Vm>> {
+    ///
+    /// With `from_state`, QEMU starts waiting for an incoming migration
+    /// and the VM resumes from that saved device state instead of booting.
+    pub(super) async fn launch(
+        &self,
+        timeout: Duration,
+        from_state: Option<&Path>,
+    ) -> Result<Arc<Vm>> {
         let created = files::prepare_runtime_dir(&self.config)?;
         self.created_runtime_dir.store(created, Ordering::Relaxed);
-        let launched = self.spawn_and_wait(timeout).await;
+        let launched = self.spawn_and_wait(timeout, from_state).await;
         if launched.is_err() {
             self.qmp.disconnect();
             if let Err(cleanup) = files::cleanup_runtime_dir(&self.config, &[], created) {
@@ -64,9 +118,17 @@ impl Qemu {
         launched
     }
 
-    async fn spawn_and_wait(&self, timeout: Duration) -> Result<Arc<Vm>> {
+    async fn spawn_and_wait(
+        &self,
+        timeout: Duration,
+        from_state: Option<&Path>,
+    ) -> Result<Arc<Vm>> {
         let deadline = Instant::now() + timeout;
-        let args = self.command_line()?;
+        let mut args = self.command_line()?;
+        if from_state.is_some() {
+            // Paused (-S) until the state is in, then `cont`.
+            args.extend(["-S", "-incoming", "defer"].map(String::from));
+        }
         let log_path = files::qemu_log(&self.config);
         let log_err = |source| Error::RuntimeDir {
             path: log_path.clone(),
@@ -86,7 +148,17 @@ impl Qemu {
         };
         let vm = self.supervise(process, true, table);
         *self.lock_phase() = Phase::Starting(Some(vm.clone()));
-        if let Err(e) = self.wait_ready(deadline, timeout).await {
+        let ready = match from_state {
+            None => self.wait_ready(deadline, timeout, VmStatus::Running).await,
+            Some(state) => {
+                let incoming = VmStatus::Other("inmigrate".into());
+                match self.wait_ready(deadline, timeout, incoming).await {
+                    Ok(()) => self.load_device_state(state, deadline, timeout).await,
+                    Err(e) => Err(e),
+                }
+            }
+        };
+        if let Err(e) = ready {
             self.terminate(&vm).await;
             self.forget(&vm);
             return Err(e);
@@ -95,8 +167,13 @@ impl Qemu {
     }
 
     /// Connects QMP (retrying while QEMU creates its socket) and checks
-    /// that the VM runs; fails early if QEMU exits.
-    async fn wait_ready(&self, deadline: Instant, limit: Duration) -> Result<()> {
+    /// that the VM is in the `expected` state; fails early if QEMU exits.
+    async fn wait_ready(
+        &self,
+        deadline: Instant,
+        limit: Duration,
+        expected: VmStatus,
+    ) -> Result<()> {
         let timeout = || Error::StartTimeout {
             timeout: limit,
             stderr: files::tail(&files::qemu_log(&self.config)),
@@ -124,7 +201,7 @@ impl Qemu {
         let status = tokio::time::timeout_at(deadline.into(), self.query_status())
             .await
             .map_err(|_| timeout())??;
-        if status != VmStatus::Running {
+        if status != expected {
             return Err(Error::InvalidState {
                 op: "start",
                 state: "not running after start",

@@ -1,5 +1,6 @@
 //! [`Hypervisor`] for [`Qemu`].
 
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -28,7 +29,7 @@ impl Hypervisor for Qemu {
             DeviceKind::Network,
         ];
         let mut hotplug = vec![DeviceKind::Block, DeviceKind::Serial, DeviceKind::Network];
-        if self.config.memory.shared {
+        if self.config.memory_is_shared() {
             hotplug.push(DeviceKind::ShareVirtioFs);
         }
         if self.host.vfio {
@@ -48,32 +49,15 @@ impl Hypervisor for Qemu {
     }
 
     async fn start(&self, timeout: Duration) -> Result<()> {
-        {
-            let mut phase = self.lock_phase();
-            match &*phase {
-                Phase::Prepared | Phase::Stopped => *phase = Phase::Starting(None),
-                other => {
-                    return Err(Error::InvalidState {
-                        op: "start",
-                        state: other.name(),
-                    });
-                }
-            }
-        }
-        self.exit_tx.send_replace(None);
-        match self.launch(timeout).await {
-            Ok(vm) => {
-                slog::info!(self.logger, "QEMU running"; "pid" => vm.pid(),
-                    "accelerator" => ?self.accel.accelerator, "runtime_dir" => %self.config.runtime_dir.display());
-                *self.lock_phase() = Phase::Running(vm);
-                Ok(())
-            }
-            Err(e) => {
-                slog::error!(self.logger, "QEMU failed to start"; "error" => %e);
-                *self.lock_phase() = Phase::Stopped;
-                Err(e)
-            }
-        }
+        self.start_vm(timeout, None).await
+    }
+
+    async fn save_device_state(&self, path: &Path, timeout: Duration) -> Result<()> {
+        self.save_device_state_to(path, timeout).await
+    }
+
+    async fn start_from_state(&self, path: &Path, timeout: Duration) -> Result<()> {
+        self.start_vm(timeout, Some(path)).await
     }
 
     async fn stop(&self, timeout: Duration) -> Result<()> {
