@@ -417,18 +417,16 @@ pub enum Error {
 
     /// Saving or loading a VM's device state (a migration) did not
     /// complete.
-    #[error("{operation} {path}: migration {status}{}", desc.as_deref().map(|d| format!(" ({d})")).unwrap_or_default(), path = path.display())]
+    #[error("{operation} {path}: {reason}", path = path.display())]
     Migration {
         /// What was being done (`save the device state to`, `load the
         /// device state from`).
         operation: &'static str,
         /// The state file.
         path: PathBuf,
-        /// How the migration ended (`failed`, `cancelled`, `timed out
-        /// after 30s`).
-        status: String,
-        /// QEMU's description of the error, if it gave one.
-        desc: Option<String>,
+        /// How the migration ended, with QEMU's description when it gave
+        /// one (`migration failed: ...`, `migration timed out after 30s`).
+        reason: String,
     },
 
     /// A failure injected on request. Only the mock backend (feature

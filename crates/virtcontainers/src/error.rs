@@ -291,6 +291,36 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A VM template that cannot be cloned: none was made, its `init`
+    /// died half-way (`init` again rebuilds it), or its files do not match
+    /// its record.
+    #[error("VM template {dir}: {reason}")]
+    TemplateUnusable {
+        /// The template's directory.
+        dir: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// Another process held a VM factory's lock (a template being made or
+    /// destroyed, a pool's directory) for too long.
+    #[error("VM factory lock {path} held by another process; gave up after {timeout:?}")]
+    FactoryLockTimeout {
+        /// The lock file.
+        path: PathBuf,
+        /// How long we waited.
+        timeout: Duration,
+    },
+
+    /// A VM pool daemon refused a request or broke its protocol.
+    #[error("VM pool at {socket}: {reason}")]
+    Pool {
+        /// The daemon's socket.
+        socket: PathBuf,
+        /// What happened.
+        reason: String,
+    },
+
     /// Creating the sandbox failed at `step`; everything done before it
     /// was undone (what an undo could not do is in `unwind_errors`, and
     /// what it left recorded is freed by [`crate::reclaim`]).

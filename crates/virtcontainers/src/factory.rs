@@ -4,6 +4,7 @@
 //! pre-booted VMs or VM templating plug in here, and tests inject fakes.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use async_trait::async_trait;
 use slog::Logger;
@@ -33,6 +34,22 @@ pub trait VmFactory: Send + Sync {
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error>;
 
+    /// A running VM for `config`: booted, cloned from a template, or taken
+    /// from a pool of running VMs, as the factory does it. The default
+    /// prepares one with [`new_vm`](Self::new_vm) and starts it. Returns
+    /// once the VMM runs (the agent may still be coming up: see
+    /// [`connect_agent`](Self::connect_agent)); on failure nothing of the
+    /// VM is left.
+    async fn start_vm(
+        &self,
+        config: HypervisorConfig,
+        timeout: Duration,
+        logger: &Logger,
+    ) -> Result<Arc<dyn Hypervisor>, Error> {
+        let vm = self.new_vm(config, logger)?;
+        start_or_stop(vm, timeout, logger).await
+    }
+
     /// Takes over a running VM from its saved state (another process
     /// started it). A state of a backend this factory does not run is a
     /// typed error (`vc_hypervisor::Error::WrongBackend`).
@@ -51,6 +68,27 @@ pub trait VmFactory: Send + Sync {
         logger: &Logger,
     ) -> Result<Arc<dyn Agent>, Error>;
 }
+
+/// Starts `vm`; if that fails, stops what the start left (a process that
+/// came up but never answered) and returns the start's error.
+pub(crate) async fn start_or_stop(
+    vm: Arc<dyn Hypervisor>,
+    timeout: Duration,
+    logger: &Logger,
+) -> Result<Arc<dyn Hypervisor>, Error> {
+    match vm.start(timeout).await {
+        Ok(()) => Ok(vm),
+        Err(e) => {
+            if let Err(stop) = vm.stop(STOP_AFTER_FAILED_START).await {
+                slog::warn!(logger, "stopping a VM that failed to start"; "error" => %stop);
+            }
+            Err(Error::hypervisor("start the VM")(e))
+        }
+    }
+}
+
+/// How long a VM that failed to start gets to quit before it is killed.
+const STOP_AFTER_FAILED_START: Duration = Duration::from_secs(5);
 
 /// Boots a new QEMU VM for every sandbox and talks ttrpc to its agent.
 /// [`QemuFactory::default`] runs Debian's QEMU with the default

@@ -57,6 +57,7 @@
 mod config;
 mod container_spec;
 mod devices;
+mod dir_lock;
 mod error;
 mod factory;
 pub mod fs_share;
@@ -67,6 +68,7 @@ mod plan;
 mod process;
 mod sandbox;
 mod state;
+pub mod template;
 #[cfg(any(test, feature = "testing"))]
 pub mod testing;
 mod undo;
@@ -92,6 +94,7 @@ pub use state::{
     ContainerPhase, ContainerRecord, GuestInfo, HostResources, PersistedSettings, ProcessRecord,
     SandboxPhase, SandboxState,
 };
+pub use template::{TemplateConfig, TemplateFactory, TemplateInfo, TemplateStatus};
 pub use vc_types::{ContainerId, ExecId, IdError, IdKind, IdRule, MAX_ID_LEN, SandboxId, Signal};
 
 // Re-exported so embedders name the same types.

@@ -121,11 +121,10 @@ impl Qemu {
         deadline: Instant,
         limit: Duration,
     ) -> Result<()> {
-        let failed = |status: String, desc: Option<String>| Error::Migration {
+        let failed = |reason: String| Error::Migration {
             operation,
             path: path.to_owned(),
-            status,
-            desc,
+            reason,
         };
         loop {
             if let Some(exit) = *self.exit_tx.borrow() {
@@ -146,12 +145,13 @@ impl Qemu {
             match info.status {
                 Some(MigrationStatus::completed) => return Ok(()),
                 Some(status @ (MigrationStatus::failed | MigrationStatus::cancelled)) => {
-                    return Err(failed(format!("{status:?}"), info.error_desc));
+                    let desc = info.error_desc.unwrap_or_default();
+                    return Err(failed(format!("migration {status:?}: {desc}")));
                 }
                 _ => {}
             }
             if Instant::now() >= deadline {
-                return Err(failed(format!("timed out after {limit:?}"), None));
+                return Err(failed(format!("migration timed out after {limit:?}")));
             }
             tokio::time::sleep(POLL).await;
         }

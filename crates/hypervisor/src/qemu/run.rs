@@ -32,8 +32,7 @@ impl Qemu {
                 return Err(Error::Migration {
                     operation: "load the device state from",
                     path: state.to_owned(),
-                    status: "not started".into(),
-                    desc: Some("the state file is missing or empty".into()),
+                    reason: "the state file is missing or empty".into(),
                 });
             }
         }

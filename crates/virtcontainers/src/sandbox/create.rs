@@ -274,8 +274,10 @@ impl Creation<'_> {
         undo: &mut UndoStack,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         let plan = self.plan;
-        let vm = self.factory.new_vm(plan.vm.clone(), &self.logger)?;
-        let started = vm.start(plan.start_timeout).await;
+        let vm = self
+            .factory
+            .start_vm(plan.vm.clone(), plan.start_timeout, &self.logger)
+            .await?;
         {
             let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
             undo.push("vm", move || async move {
@@ -284,7 +286,6 @@ impl Creation<'_> {
                     .map_err(Error::hypervisor("stop the VM"))
             });
         }
-        started.map_err(Error::hypervisor("start the VM"))?;
         rec.state.resources.vm = Some(
             vm.save_state()
                 .map_err(Error::hypervisor("save the VM's state"))?,
