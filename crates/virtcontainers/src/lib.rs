@@ -65,6 +65,7 @@ mod host_mounts;
 pub mod mounts;
 pub mod persist;
 mod plan;
+pub mod pool;
 mod process;
 mod sandbox;
 mod state;
@@ -86,6 +87,7 @@ pub use plan::{
     CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources, plan_sandbox,
     resources_of, vm_size,
 };
+pub use pool::{PoolConfig, PoolFactory, VmPool};
 pub use sandbox::{
     CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
     SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,

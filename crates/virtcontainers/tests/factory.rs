@@ -18,7 +18,8 @@ use vc_test_support::{
     vm_lock_async,
 };
 use virtcontainers::{
-    FsShareKind, Sandbox, SandboxConfig, TemplateStatus, VmFactory, create_sandbox,
+    FsShareKind, PoolConfig, PoolFactory, Sandbox, SandboxConfig, TemplateStatus, VmFactory,
+    VmPool, create_sandbox,
 };
 
 const STOP: Duration = Duration::from_secs(5);
@@ -190,4 +191,299 @@ async fn a_mismatch_boots_cold_and_names_the_field() {
         .destroy(&capture.logger())
         .await
         .unwrap();
+}
+
+/// Set in the re-executed test binary that makes a template and is
+/// killed: `<test dir>`.
+const INIT_CHILD_ENV: &str = "VC_FACTORY_INIT_CHILD";
+
+/// When the process running `init` is killed: before and while it mounts,
+/// while QEMU boots, around the save (about 5 s in here), after it.
+const KILL_INIT_AFTER_MS: [u64; 7] = [0, 40, 300, 1500, 3500, 5500, 9000];
+
+/// The body of the process killed during `init`: makes the template of
+/// the test directory it is given, then waits to be killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process the init crash test starts and kills, not a test"]
+async fn init_child_process() {
+    let dir = std::env::var(INIT_CHILD_ENV).expect("run by the init crash test only");
+    let dir = std::path::Path::new(&dir);
+    let prototype = factory_support::sandbox_in(dir, "proto", vec![]);
+    factory_support::template_factory_in(dir)
+        .init(&prototype, &common::logger())
+        .await
+        .unwrap();
+    println!("initialized");
+    tokio::time::sleep(Duration::from_secs(3600)).await;
+}
+
+/// Processes whose command line names `needle`.
+fn processes_naming(needle: &str) -> Vec<u32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            std::fs::read(format!("/proc/{pid}/cmdline"))
+                .is_ok_and(|c| String::from_utf8_lossy(&c).contains(needle))
+        })
+        .collect()
+}
+
+/// `init` killed with SIGKILL at several points: its VM dies with it, what
+/// it left is never taken for a template, and the next `init` clears it
+/// and makes a working one. Then `destroy` leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn init_killed_anywhere_is_rebuilt_and_never_used() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("tmpl-crash");
+    let before = HostSnapshot::take();
+    let factory = template_factory(&env);
+    let dir = factory.config().dir.display().to_string();
+    for ms in KILL_INIT_AFTER_MS {
+        let mut child = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "init_child_process",
+                "--exact",
+                "--ignored",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(INIT_CHILD_ENV, env.dir.path())
+            .stdin(std::process::Stdio::null())
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap();
+        tokio::time::sleep(Duration::from_millis(ms)).await;
+        child.kill().unwrap();
+        let out = child.wait_with_output().unwrap();
+        let finished = String::from_utf8_lossy(&out.stdout).contains("initialized");
+        // The template VM died with its maker.
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while !processes_naming(&dir).is_empty() {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "killed after {ms} ms: {:?} still run",
+                processes_naming(&dir)
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let status = factory.status().unwrap();
+        eprintln!("init killed after {ms} ms: {status:?}");
+        match status {
+            TemplateStatus::Ready(_) => assert!(
+                finished,
+                "killed after {ms} ms: a half-made template reads as ready"
+            ),
+            status => assert!(!finished, "killed after {ms} ms, init done, yet {status:?}"),
+        }
+    }
+    // Made again over what the last kill left: clones work.
+    let capture = Capture::new();
+    factory
+        .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())
+        .await
+        .unwrap();
+    let id = unique("after-crash");
+    let sandbox = create_sandbox(
+        config(&env, &id, vec![env.bundle("main", &["echo", "cloned"])]),
+        Arc::new(template_factory(&env)),
+        capture.logger(),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        capture.count("VM started from its template"),
+        1,
+        "{}",
+        capture.text()
+    );
+    assert_eq!(run(&sandbox, "main").await, ["cloned"]);
+    stop(sandbox).await;
+    factory.destroy(&capture.logger()).await.unwrap();
+    assert!(!factory.config().dir.exists());
+    assert_unchanged_since_matching(&before, &[&dir, &id]);
+}
+
+/// The pool of an env's sandboxes: `size` VMs in `<test dir>/pool`.
+fn pool_config(env: &Env, size: usize) -> PoolConfig {
+    let mut config = PoolConfig::new(env.config(FsShareKind::NineP, vec![]), size);
+    config.dir = env.dir.path().join("pool");
+    config
+}
+
+async fn until_ready(pool: &VmPool, ready: usize) {
+    let deadline = std::time::Instant::now() + Duration::from_secs(180);
+    while pool.counts().ready < ready {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "pool stuck at {:?}",
+            pool.counts()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A pool of 2: three sandboxes in a row each get a booted VM (the third
+/// waits for the refill that began when the first was taken) and run
+/// their container; the pool refills, and its shutdown stops what it
+/// holds and leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_pool_of_two_serves_three_sandboxes_in_a_row() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("pool");
+    let before = HostSnapshot::take();
+    let capture = Capture::new();
+    let pool = VmPool::start(pool_config(&env, 2), capture.logger())
+        .await
+        .unwrap();
+    until_ready(&pool, 2).await;
+    let factory: Arc<dyn VmFactory> = Arc::new(PoolFactory::local(pool.clone()));
+    let mut ids = Vec::new();
+    for n in 0..3 {
+        let id = unique(&format!("pooled{n}"));
+        let word = format!("pooled-{n}");
+        let config = config(&env, &id, vec![env.bundle("main", &["echo", &word])]);
+        let started = std::time::Instant::now();
+        let sandbox = create_sandbox(config, factory.clone(), capture.logger())
+            .await
+            .unwrap();
+        eprintln!("sandbox {n} from the pool in {:?}", started.elapsed());
+        assert_eq!(run(&sandbox, "main").await, [word]);
+        stop(sandbox).await;
+        ids.push(id);
+    }
+    assert_eq!(
+        capture.count("VM taken from the pool"),
+        3,
+        "{}",
+        capture.text()
+    );
+    assert_eq!(capture.count("booting cold"), 0, "{}", capture.text());
+    assert_eq!(pool.counts().handed_over, 3);
+    until_ready(&pool, 2).await;
+    pool.shutdown().await.unwrap();
+    assert!(!pool.dir().exists(), "{} left", pool.dir().display());
+    let dir = env.dir.path().display().to_string();
+    assert_unchanged_since_matching(&before, &[&dir]);
+}
+
+/// Set in the re-executed test binary that takes a VM from a served
+/// pool: `<test dir>\t<sandbox id>\t<socket>`.
+const POOL_CLIENT_ENV: &str = "VC_FACTORY_POOL_CLIENT";
+
+/// The body of another process: creates a sandbox (that outlives it) with
+/// a VM from the pool at the socket it is given, runs its container once,
+/// and exits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the body of a child process the served pool test starts, not a test"]
+async fn pool_client_process() {
+    let spec = std::env::var(POOL_CLIENT_ENV).expect("run by the served pool test only");
+    let mut parts = spec.split('\t');
+    let (dir, id, socket) = (
+        std::path::PathBuf::from(parts.next().unwrap()),
+        parts.next().unwrap().to_owned(),
+        parts.next().unwrap().to_owned(),
+    );
+    let bundle = ContainerSpec::new(shared_busybox_rootfs(), &["echo", "from-the-pool"])
+        .cwd("/")
+        .without_default_mounts()
+        .proc_mount()
+        .isolated()
+        .save_bundle(&dir.join("bundles").join("client"));
+    let container = virtcontainers::ContainerConfig::from_bundle(cid("main"), &bundle).unwrap();
+    let mut config = factory_support::sandbox_in(&dir, &id, vec![container]);
+    config.lifetime = virtcontainers::SandboxLifetime::UntilDeleted;
+    let capture = Capture::new();
+    let factory = PoolFactory::remote(
+        socket,
+        virtcontainers::vc_hypervisor::QemuOptions::default(),
+    );
+    let sandbox = create_sandbox(config, Arc::new(factory), capture.logger())
+        .await
+        .unwrap();
+    println!("{}", run(&sandbox, "main").await.join(" "));
+    println!("taken={}", capture.count("VM taken from the pool"));
+}
+
+/// A pool served over a unix socket: another process creates a sandbox
+/// with one of its VMs; a third party (this process) fetches that sandbox
+/// and cleans it up; the pool refills and its shutdown leaves nothing.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_served_pool_hands_a_vm_to_another_process() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("pool-srv");
+    let before = HostSnapshot::take();
+    let mut config = pool_config(&env, 1);
+    config.outlive_owner = true;
+    let pool = VmPool::start(config, common::logger()).await.unwrap();
+    let socket = env.dir.path().join("pool.sock");
+    let (stop_serving, serving) = tokio::sync::oneshot::channel::<()>();
+    let server = {
+        let (pool, socket) = (pool.clone(), socket.clone());
+        tokio::spawn(async move {
+            pool.serve(&socket, async {
+                let _ = serving.await;
+            })
+            .await
+        })
+    };
+    until_ready(&pool, 1).await;
+
+    let id = unique("served");
+    let spec = format!("{}\t{id}\t{}", env.dir.path().display(), socket.display());
+    let child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "pool_client_process",
+            "--exact",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(POOL_CLIENT_ENV, spec)
+        .output()
+        .await
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&child.stdout);
+    assert!(
+        child.status.success(),
+        "client failed: {stdout}\n{}",
+        String::from_utf8_lossy(&child.stderr)
+    );
+    assert!(stdout.contains("from-the-pool\n"), "{stdout}");
+    assert!(stdout.contains("taken=1"), "{stdout}");
+
+    let sandbox_id: virtcontainers::SandboxId = id.parse().unwrap();
+    let fetched = virtcontainers::fetch_sandbox(
+        &env.paths(),
+        &sandbox_id,
+        Arc::new(virtcontainers::QemuFactory::default()),
+        common::logger(),
+    )
+    .await
+    .unwrap();
+    let vmm = fetched.status().await.unwrap().vmm_pid.unwrap();
+    drop(fetched);
+    let outcome = virtcontainers::cleanup_container(
+        &env.paths(),
+        &sandbox_id,
+        &cid("main"),
+        false,
+        Arc::new(virtcontainers::QemuFactory::default()),
+        common::logger(),
+    )
+    .await
+    .unwrap();
+    assert!(outcome.sandbox_removed);
+    assert!(
+        !std::path::Path::new(&format!("/proc/{vmm}")).exists(),
+        "the VM outlived its cleanup"
+    );
+    until_ready(&pool, 1).await;
+    stop_serving.send(()).unwrap();
+    server.await.unwrap().unwrap();
+    assert!(!socket.exists() && !pool.dir().exists());
+    let dir = env.dir.path().display().to_string();
+    assert_unchanged_since_matching(&before, &[&dir, &id]);
 }

@@ -212,6 +212,22 @@ impl Qemu {
     /// [`exit_watch`](crate::Hypervisor::exit_watch) fires when QEMU dies,
     /// with the exit status its reaper recorded.
     pub async fn attach(state: HypervisorState, logger: slog::Logger) -> Result<Self> {
+        Self::take_over(state, logger, false).await
+    }
+
+    /// Takes ownership of a VM another handle let go of
+    /// ([`detach`](Self::detach)), in this process or another (a pool of
+    /// booted VMs hands one over): like [`attach`](Self::attach), but the
+    /// new handle owns the VM as if it had started it, so dropping it ends
+    /// QEMU when the state's config says the VM dies with its owner.
+    /// (A QEMU that another process started is not this process's child:
+    /// if this process is killed, it goes on running until it is stopped
+    /// or its sandbox reclaimed.)
+    pub async fn adopt(state: HypervisorState, logger: slog::Logger) -> Result<Self> {
+        Self::take_over(state, logger, true).await
+    }
+
+    async fn take_over(state: HypervisorState, logger: slog::Logger, owned: bool) -> Result<Self> {
         let state = QemuState::from_hypervisor_state(&state)?;
         let ledger = ProcessLedger::open(&state.config.runtime_dir);
         let process = match ProcessHandle::attach(&ledger, state.process()) {
@@ -240,14 +256,14 @@ impl Qemu {
             pending: Default::default(),
         };
         let pid = process.pid();
-        let vm = qemu.supervise(process, false, table);
+        let vm = qemu.supervise(process, owned, table);
         *qemu.lock_phase() = Phase::Running(vm);
         if let Err(e) = qemu.qmp.connect().await {
-            // Not ours to kill: just let go of it.
+            // Not ours to kill (yet): just let go of it.
             qemu.detach_now();
             return Err(e);
         }
-        slog::info!(qemu.logger, "attached to running QEMU"; "pid" => pid);
+        slog::info!(qemu.logger, "attached to running QEMU"; "pid" => pid, "owned" => owned);
         Ok(qemu)
     }
 

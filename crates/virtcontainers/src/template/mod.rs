@@ -177,20 +177,22 @@ impl TemplateFactory {
         .await
     }
 
-    /// A clone of the template for `config`, its agent refreshed; `None`
-    /// (logged why) when there is no usable template or it does not match.
-    async fn clone_vm(
+    /// How to start a clone of the template for `config`: the clone's
+    /// config (the template's RAM file mapped private) and the device state
+    /// to start it from, the template kept (shared lock) until the plan is
+    /// dropped. `None` (logged why) when there is no usable template or
+    /// `config` does not match it.
+    pub(crate) async fn clone_plan(
         &self,
         config: &HypervisorConfig,
-        timeout: Duration,
         logger: &Logger,
-    ) -> Result<Option<Arc<dyn Hypervisor>>, Error> {
+    ) -> Result<Option<ClonePlan>, Error> {
         // Nothing made on the host for a template that is not there.
         if !self.layout.record().exists() {
             info!(logger, "no VM template: booting cold"; "dir" => %self.layout.dir().display());
             return Ok(None);
         }
-        let Some(_lock) = DirLock::try_acquire(&self.layout.lock(), LockMode::Shared)? else {
+        let Some(lock) = DirLock::try_acquire(&self.layout.lock(), LockMode::Shared)? else {
             info!(logger, "VM template being made or destroyed: booting cold");
             return Ok(None);
         };
@@ -211,16 +213,35 @@ impl TemplateFactory {
                 "field" => &m.field, "template" => &m.template, "sandbox" => &m.wanted);
             return Ok(None);
         }
-        let deadline = Instant::now() + timeout;
         let mut clone = config.clone();
         clone.memory_file = Some(MemoryFile {
             path: self.layout.memory_file(),
             shared: false,
         });
-        let vm = self.cold.new_vm(clone, logger)?;
-        vm.start_from_state(&self.layout.state(), timeout)
+        Ok(Some(ClonePlan {
+            config: clone,
+            state: self.layout.state(),
+            _lock: lock,
+        }))
+    }
+
+    /// A clone of the template for `config`, its agent refreshed; `None`
+    /// (logged why) when there is no usable template or it does not match.
+    async fn clone_vm(
+        &self,
+        config: &HypervisorConfig,
+        timeout: Duration,
+        logger: &Logger,
+    ) -> Result<Option<Arc<dyn Hypervisor>>, Error> {
+        let Some(plan) = self.clone_plan(config, logger).await? else {
+            return Ok(None);
+        };
+        let deadline = Instant::now() + timeout;
+        let vm = self.cold.new_vm(plan.config.clone(), logger)?;
+        vm.start_from_state(&plan.state, timeout)
             .await
             .map_err(Error::hypervisor("start the VM from its template"))?;
+        drop(plan);
         let left = deadline.saturating_duration_since(Instant::now());
         if let Err(e) = refresh(&vm.agent_endpoint(), left, logger).await {
             let _ = vm.stop(Duration::from_secs(5)).await;
@@ -230,9 +251,18 @@ impl TemplateFactory {
     }
 }
 
+/// How to start one clone (see [`TemplateFactory::clone_plan`]).
+pub(crate) struct ClonePlan {
+    /// The clone's config.
+    pub(crate) config: HypervisorConfig,
+    /// The device state to start it from.
+    pub(crate) state: PathBuf,
+    _lock: DirLock,
+}
+
 /// What no clone may keep from its template: host entropy into the
 /// guest's random pool, the host's time into its clock.
-async fn refresh(
+pub(crate) async fn refresh(
     endpoint: &AgentEndpoint,
     timeout: Duration,
     logger: &Logger,

@@ -15,8 +15,13 @@ use crate::common::Env;
 /// The template factory of `env`'s test: its template under the test's
 /// directory.
 pub fn template_factory(env: &Env) -> TemplateFactory {
+    template_factory_in(env.dir.path())
+}
+
+/// A template factory with its template in `<dir>/template`.
+pub fn template_factory_in(dir: &std::path::Path) -> TemplateFactory {
     TemplateFactory::new(TemplateConfig {
-        dir: env.dir.path().join("template"),
+        dir: dir.join("template"),
         init_timeout: Duration::from_secs(180),
         ..TemplateConfig::default()
     })
@@ -88,4 +93,23 @@ impl slog::Drain for Capture {
         self.lines.lock().unwrap().push(line.0);
         Ok(())
     }
+}
+
+/// A sandbox config like `Env::config(NineP, ...)`'s, for a process that
+/// works in a test's directory `dir` (a child of the test).
+pub fn sandbox_in(
+    dir: &std::path::Path,
+    id: &str,
+    containers: Vec<virtcontainers::ContainerConfig>,
+) -> virtcontainers::SandboxConfig {
+    let image = vc_test_support::require_sandbox_host();
+    let mut config = virtcontainers::SandboxConfig::new(
+        id.parse().unwrap(),
+        virtcontainers::VmConfig::new(&image.vmlinux, &image.initramfs),
+    );
+    config.paths = virtcontainers::Paths::under(dir);
+    config.cgroups = Some(virtcontainers::CgroupsConfig::default());
+    config.fs_share.kind = virtcontainers::FsShareKind::NineP;
+    config.containers = containers;
+    config
 }

@@ -1,0 +1,240 @@
+//! The pool's QEMU VMs: each boots (or is cloned from the template) in a
+//! slot directory of the pool, shaped like the prototype's sandboxes, and
+//! is handed over by moving its runtime and share directories to the
+//! sandbox's places and letting go of its handle.
+//!
+//! ```text
+//! <pool dir>/<n>/vm/      the VM's runtime dir (QMP, agent sockets, logs, process ledger)
+//! <pool dir>/<n>/share/   the host side of its 9p share
+//! ```
+//!
+//! QEMU keeps its listening sockets and its share's directory open by
+//! inode, and the keeper of an outliving VM holds its ledger directory the
+//! same way: a `rename(2)` within one filesystem moves them under the VM's
+//! feet without it noticing. So the pool's directory must be on the same
+//! filesystem as the sandboxes' runtime and share roots.
+
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use async_trait::async_trait;
+use slog::{Logger, warn};
+use vc_hypervisor::{
+    AgentEndpoint, Device, Hypervisor, HypervisorConfig, HypervisorState, ProcessLifetime, Qemu,
+    QemuOptions, ShareBackend,
+};
+
+use super::core::Spawner;
+use crate::error::Error;
+use crate::template::TemplateFactory;
+
+/// How long a pool VM gets to quit when the pool stops it.
+const STOP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A VM of the pool, ready to hand over.
+pub(crate) struct PooledVm {
+    qemu: Qemu,
+    slot: PathBuf,
+}
+
+/// Starts the pool's VMs.
+pub(crate) struct QemuSpawner {
+    pub(crate) dir: PathBuf,
+    /// The prototype's VM config: what each slot's VM is, but its paths.
+    pub(crate) base: HypervisorConfig,
+    pub(crate) options: QemuOptions,
+    pub(crate) template: Option<TemplateFactory>,
+    pub(crate) start_timeout: Duration,
+    pub(crate) logger: Logger,
+}
+
+/// The host directory of `config`'s 9p share, if it has one.
+pub(crate) fn share_dir(config: &HypervisorConfig) -> Option<&Path> {
+    config.devices.iter().find_map(|d| match d {
+        Device::SharedDir(share) => match &share.backend {
+            ShareBackend::NineP { host_path, .. } => Some(host_path.as_path()),
+            ShareBackend::VirtioFs { .. } => None,
+        },
+        _ => None,
+    })
+}
+
+impl QemuSpawner {
+    /// VM `n`'s config: the prototype's, in slot `n`.
+    pub(crate) fn slot_config(&self, n: u64) -> HypervisorConfig {
+        let slot = self.dir.join(n.to_string());
+        let mut config = self.base.clone();
+        config.name = format!("vc-pool-{n}");
+        config.runtime_dir = slot.join("vm");
+        for device in &mut config.devices {
+            if let Device::SharedDir(share) = device
+                && let ShareBackend::NineP { host_path, .. } = &mut share.backend
+            {
+                *host_path = slot.join("share");
+            }
+        }
+        config
+    }
+
+    async fn boot(&self, n: u64) -> Result<Qemu, Error> {
+        let deadline = Instant::now() + self.start_timeout;
+        let config = self.slot_config(n);
+        let plan = match &self.template {
+            Some(template) => template.clone_plan(&config, &self.logger).await?,
+            None => None,
+        };
+        let qemu = match &plan {
+            Some(plan) => {
+                let qemu = Qemu::new(
+                    plan.config.clone(),
+                    self.options.clone(),
+                    self.logger.clone(),
+                )
+                .map_err(Error::hypervisor("prepare a pool VM"))?;
+                qemu.start_from_state(&plan.state, self.start_timeout)
+                    .await
+                    .map_err(Error::hypervisor("start a pool VM from the template"))?;
+                qemu
+            }
+            None => {
+                let qemu = Qemu::new(config, self.options.clone(), self.logger.clone())
+                    .map_err(Error::hypervisor("prepare a pool VM"))?;
+                qemu.start(self.start_timeout)
+                    .await
+                    .map_err(Error::hypervisor("start a pool VM"))?;
+                qemu
+            }
+        };
+        let left = deadline.saturating_duration_since(Instant::now());
+        let ready = match plan {
+            Some(_) => crate::template::refresh(&qemu.agent_endpoint(), left, &self.logger).await,
+            None => agent_ready(&qemu.agent_endpoint(), left, &self.logger).await,
+        };
+        if let Err(e) = ready {
+            let _ = qemu.stop(STOP_TIMEOUT).await;
+            return Err(e);
+        }
+        Ok(qemu)
+    }
+}
+
+/// Waits until the agent answers.
+async fn agent_ready(
+    endpoint: &AgentEndpoint,
+    timeout: Duration,
+    logger: &Logger,
+) -> Result<(), Error> {
+    let config = vc_agent_client::AgentConfig {
+        connect_timeout: timeout,
+        ..Default::default()
+    };
+    vc_agent_client::TtrpcAgent::connect(crate::factory::transport_for(endpoint), config, logger)
+        .await
+        .map(drop)
+        .map_err(Error::agent("connect to a pool VM's agent"))
+}
+
+#[async_trait]
+impl Spawner for QemuSpawner {
+    type Vm = PooledVm;
+
+    async fn start(&self, n: u64) -> Result<PooledVm, Error> {
+        let slot = self.dir.join(n.to_string());
+        let share = slot.join("share");
+        std::fs::create_dir_all(&share).map_err(Error::host_io("create directory", &share))?;
+        match self.boot(n).await {
+            Ok(qemu) => Ok(PooledVm { qemu, slot }),
+            Err(e) => {
+                remove_slot(&slot, &self.logger);
+                Err(e)
+            }
+        }
+    }
+
+    async fn stop(&self, vm: PooledVm) {
+        if let Err(e) = vm.qemu.stop(STOP_TIMEOUT).await {
+            warn!(self.logger, "stopping a pool VM"; "error" => %e);
+        }
+        remove_slot(&vm.slot, &self.logger);
+    }
+}
+
+/// Removes a slot's directories (its runtime dir holds only sockets and
+/// logs; its share is empty).
+pub(crate) fn remove_slot(slot: &Path, logger: &Logger) {
+    let removed = crate::sandbox::remove_runtime_dir(&slot.join("vm"))
+        .and_then(|()| crate::sandbox::remove_empty_dir(&slot.join("share")))
+        .and_then(|()| crate::sandbox::remove_empty_dir(slot));
+    if let Err(e) = removed {
+        warn!(logger, "removing a pool VM's directory"; "error" => crate::error::chain(&e));
+    }
+}
+
+/// A hand-over that did not happen, and the VM when it can go back to
+/// the pool.
+pub(crate) struct HandOverError {
+    pub(crate) vm: Option<Box<PooledVm>>,
+    pub(crate) error: Error,
+}
+
+/// Hands `vm` over as the VM of `wanted`: moves its runtime and share
+/// directories to `wanted`'s (which must be empty or missing), lets go of
+/// it, and returns the state to adopt it from, its config now `wanted`'s.
+pub(crate) fn hand_over(
+    vm: PooledVm,
+    wanted: &HypervisorConfig,
+) -> Result<HypervisorState, HandOverError> {
+    let fail = |vm: Option<PooledVm>, error| {
+        Err(HandOverError {
+            vm: vm.map(Box::new),
+            error,
+        })
+    };
+    let (Some(target_share), Some(ours)) = (share_dir(wanted), share_dir(vm.qemu.config())) else {
+        return fail(
+            Some(vm),
+            Error::Unsupported(vc_types::Unsupported::new(
+                "handing a pool VM to a sandbox without a 9p share",
+                "the pool's VMs carry a 9p share for their sandbox's files",
+            )),
+        );
+    };
+    let (ours_share, ours_run) = (ours.to_owned(), vm.qemu.config().runtime_dir.clone());
+    if let Err(e) = move_dir(&ours_run, &wanted.runtime_dir) {
+        return fail(Some(vm), e);
+    }
+    if let Err(e) = move_dir(&ours_share, target_share) {
+        let back = move_dir(&wanted.runtime_dir, &ours_run);
+        return fail(back.is_ok().then_some(vm), e);
+    }
+    let memory_file = vm.qemu.config().memory_file.clone();
+    let slot = vm.slot.clone();
+    let mut state = match vm.qemu.detach() {
+        Ok(state) => state,
+        Err(e) => return fail(None, Error::hypervisor("let go of a pool VM")(e)),
+    };
+    let _ = std::fs::remove_dir(&slot);
+    state.config = HypervisorConfig {
+        memory_file,
+        ..wanted.clone()
+    };
+    state.to_hypervisor_state().map_err(|e| HandOverError {
+        vm: None,
+        error: Error::hypervisor("save a pool VM's state")(e),
+    })
+}
+
+/// `rename(2)` of a directory onto an empty (or missing) one.
+fn move_dir(from: &Path, to: &Path) -> Result<(), Error> {
+    std::fs::rename(from, to).map_err(|e| Error::HostIo {
+        operation: "move a pool VM's directory to",
+        path: to.to_owned(),
+        source: e,
+    })
+}
+
+/// Whether the pool's VMs can be handed to a sandbox of `lifetime`: a VM
+/// that dies with the pool's process cannot outlive it.
+pub(crate) fn lifetime_fits(pool: ProcessLifetime, wanted: ProcessLifetime) -> bool {
+    pool == ProcessLifetime::OutlivesOwner || pool == wanted
+}
