@@ -4,8 +4,14 @@
 //! ```text
 //! sudo cargo run --release --example run -- [--cpus N] [--memory SIZE] \
 //!     [--sandbox-cgroup-only] [--fs-share 9p|virtio-fs] [--rootfs DIR] [--hold] \
-//!     -- CMD ARGS...
+//!     [--factory cold|template|pool] -- CMD ARGS...
 //! ```
+//!
+//! `--factory` says where the VM comes from: booted for this run (`cold`,
+//! the default), cloned from the template `factory init` made
+//! (`template`), or taken from the pool `factory serve` keeps (`pool`).
+//! Both use the 9p share; a sandbox that does not match boots cold, and a
+//! warning names the field that differed.
 //!
 //! The guest image comes from `make guest-image`
 //! (`target/vc-guest-agent-image/`); the default rootfs is a busybox tree
@@ -34,9 +40,11 @@ use virtcontainers::oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
     RootBuilder, SpecBuilder,
 };
+use virtcontainers::vc_hypervisor::QemuOptions;
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, Paths, ProcessIo,
-    QemuFactory, Sandbox, SandboxConfig, Signal, VmConfig, create_sandbox, reclaim_stale,
+    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, Paths, PoolFactory,
+    ProcessIo, QemuFactory, Sandbox, SandboxConfig, Signal, TemplateConfig, TemplateFactory,
+    VmConfig, VmFactory, create_sandbox, reclaim_stale,
 };
 
 /// Run a command in a container inside a VM.
@@ -76,6 +84,10 @@ struct Args {
     /// `process.terminal` is honoured when stdin is a terminal.
     #[arg(long, conflicts_with_all = ["rootfs", "cpus", "memory"])]
     bundle: Option<PathBuf>,
+    /// Where the VM comes from: a cold boot, the VM template (`factory
+    /// init`), or the pool `factory serve` keeps.
+    #[arg(long, value_parser = ["cold", "template", "pool"], default_value = "cold")]
+    factory: String,
     /// The command and its arguments.
     #[arg(
         last = true,
@@ -193,9 +205,17 @@ async fn run(args: Args) -> Result<ExitCode> {
     let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
     let config = sandbox_config(&args, work.path(), paths)?;
     let terminal = config.containers.first().is_some_and(has_terminal);
-    let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger.clone())
+    let created = std::time::Instant::now();
+    let sandbox = create_sandbox(config, vm_factory(&args.factory), logger.clone())
         .await
         .context("creating the sandbox")?;
+    if args.debug {
+        eprintln!(
+            "run: sandbox created in {:?} ({} factory)",
+            created.elapsed(),
+            args.factory
+        );
+    }
     let result = run_container(&sandbox, &args, terminal, &mut signals).await;
     // Every exit path cleans up: a failed run, a signal, a normal exit.
     let stopped = sandbox.stop(Duration::from_secs(5)).await;
@@ -206,6 +226,18 @@ async fn run(args: Args) -> Result<ExitCode> {
     let code = result?;
     deleted.context("cleaning up the sandbox")?;
     Ok(common::exit_code(code))
+}
+
+/// The VM factory `--factory` names.
+fn vm_factory(name: &str) -> Arc<dyn VmFactory> {
+    match name {
+        "template" => Arc::new(TemplateFactory::new(TemplateConfig::default())),
+        "pool" => Arc::new(PoolFactory::remote(
+            virtcontainers::pool::DEFAULT_POOL_SOCKET,
+            QemuOptions::default(),
+        )),
+        _ => Arc::new(QemuFactory::default()),
+    }
 }
 
 /// The sandbox for the command: its VM, cgroups, share and one container.
@@ -254,9 +286,12 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
         ..CgroupsConfig::default()
     });
     config.fs_share = FsShareConfig {
-        kind: match args.fs_share.as_deref() {
-            Some("9p") => FsShareKind::NineP,
-            Some("virtio-fs") => FsShareKind::VirtioFs,
+        kind: match (args.fs_share.as_deref(), args.factory.as_str()) {
+            (Some("9p"), _) => FsShareKind::NineP,
+            (Some("virtio-fs"), _) => FsShareKind::VirtioFs,
+            // Template and pool VMs carry a 9p share (virtio-fs needs
+            // shared memory, which a clone's is not).
+            (_, "template" | "pool") => FsShareKind::NineP,
             _ => FsShareKind::Auto,
         },
         virtiofsd: None,

@@ -59,6 +59,7 @@ pub fn image_dir() -> PathBuf {
 }
 
 /// Copies `from` to `to` until EOF, then flushes.
+#[allow(dead_code)] // Only the examples that run containers use it.
 pub async fn copy(
     mut from: impl tokio::io::AsyncRead + Unpin,
     mut to: impl tokio::io::AsyncWrite + Unpin,
@@ -69,6 +70,7 @@ pub async fn copy(
 }
 
 /// A process's exit code as this process's (out of range: 1).
+#[allow(dead_code)] // Only the examples that run containers use it.
 pub fn exit_code(code: i32) -> ExitCode {
     ExitCode::from(u8::try_from(code).unwrap_or(1))
 }

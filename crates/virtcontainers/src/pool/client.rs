@@ -60,12 +60,12 @@ pub(crate) async fn take(
             pool,
             sandbox,
         } => {
-            info!(logger, "VM does not match the pool: booting cold";
+            warn!(logger, "VM does not match the pool: booting cold";
                 "field" => field, "pool" => pool, "sandbox" => sandbox);
             None
         }
         PoolReply::Empty => {
-            info!(logger, "VM pool empty: booting cold");
+            warn!(logger, "VM pool empty: booting cold");
             None
         }
         PoolReply::Status { .. } | PoolReply::Error { .. } => {

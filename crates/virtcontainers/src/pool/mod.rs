@@ -61,6 +61,10 @@ use crate::persist::LockMode;
 use crate::plan::plan_sandbox;
 use crate::template::{KeyMismatch, TemplateConfig, TemplateFactory, TemplateKey};
 
+/// Where a served pool listens by default ([`VmPool::serve`],
+/// [`PoolFactory::remote`]).
+pub const DEFAULT_POOL_SOCKET: &str = "/run/vc/pool.sock";
+
 /// Where a pool keeps its VMs by default (beside the default runtime and
 /// share roots, on the same filesystem).
 pub const DEFAULT_POOL_DIR: &str = "/run/vc/pool";
@@ -195,7 +199,7 @@ impl VmPool {
             .await
             .map_err(NotTaken::Error)?;
         if let Some(m) = self.key.first_difference(&key) {
-            info!(logger, "VM does not match the pool: booting cold";
+            warn!(logger, "VM does not match the pool: booting cold";
                 "field" => &m.field, "pool" => &m.template, "sandbox" => &m.wanted);
             return Err(NotTaken::Mismatch(m));
         }
@@ -205,11 +209,11 @@ impl VmPool {
                 template: format!("{:?}", self.lifetime),
                 wanted: format!("{:?}", wanted.lifetime),
             };
-            info!(logger, "VM does not match the pool: booting cold"; "field" => &m.field);
+            warn!(logger, "VM does not match the pool: booting cold"; "field" => &m.field);
             return Err(NotTaken::Mismatch(m));
         }
         let Some(vm) = self.core.take(self.take_wait).await else {
-            info!(logger, "VM pool empty: booting cold"; "waited" => ?self.take_wait);
+            warn!(logger, "VM pool empty: booting cold"; "waited" => ?self.take_wait);
             return Err(NotTaken::Empty);
         };
         match hand_over(vm, wanted) {

@@ -189,17 +189,17 @@ impl TemplateFactory {
     ) -> Result<Option<ClonePlan>, Error> {
         // Nothing made on the host for a template that is not there.
         if !self.layout.record().exists() {
-            info!(logger, "no VM template: booting cold"; "dir" => %self.layout.dir().display());
+            warn!(logger, "no VM template: booting cold"; "dir" => %self.layout.dir().display());
             return Ok(None);
         }
         let Some(lock) = DirLock::try_acquire(&self.layout.lock(), LockMode::Shared)? else {
-            info!(logger, "VM template being made or destroyed: booting cold");
+            warn!(logger, "VM template being made or destroyed: booting cold");
             return Ok(None);
         };
         let info = match store::status(&self.layout)? {
             TemplateStatus::Ready(info) => *info,
             TemplateStatus::Absent => {
-                info!(logger, "no VM template: booting cold");
+                warn!(logger, "no VM template: booting cold");
                 return Ok(None);
             }
             TemplateStatus::Unusable { reason } => {
@@ -209,7 +209,7 @@ impl TemplateFactory {
         };
         let wanted = TemplateKey::of(config, &self.config.qemu).await?;
         if let Some(m) = info.key.first_difference(&wanted) {
-            info!(logger, "VM does not match the template: booting cold";
+            warn!(logger, "VM does not match the template: booting cold";
                 "field" => &m.field, "template" => &m.template, "sandbox" => &m.wanted);
             return Ok(None);
         }
