@@ -287,6 +287,19 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A NIC's tap could not be opened (in its network namespace).
+    #[error("device {id}: cannot open tap {tap} (netns {netns:?})")]
+    TapOpen {
+        /// The device id.
+        id: String,
+        /// The tap's name.
+        tap: String,
+        /// Its network namespace (`None`: the hypervisor's).
+        netns: Option<PathBuf>,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
     /// No device with this id is attached.
     #[error("no device {id} is attached")]
     DeviceNotFound {
