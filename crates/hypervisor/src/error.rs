@@ -287,15 +287,14 @@ pub enum Error {
         timeout: Duration,
     },
 
-    /// A NIC's tap could not be opened (in its network namespace).
-    #[error("device {id}: cannot open tap {tap} (netns {netns:?})")]
+    /// A NIC's tap could not be opened (in its network namespace, as the
+    /// device says).
+    #[error("device {id}: cannot open tap {tap}")]
     TapOpen {
         /// The device id.
         id: String,
         /// The tap's name.
         tap: String,
-        /// Its network namespace (`None`: the hypervisor's).
-        netns: Option<PathBuf>,
         /// Why it failed.
         #[source]
         source: io::Error,

@@ -33,7 +33,6 @@ pub(super) async fn open_tap(net: &NetworkDevice) -> Result<OwnedFd> {
     opened.map_err(|source| Error::TapOpen {
         id: net.id.clone(),
         tap: net.tap.clone(),
-        netns: net.netns.clone(),
         source,
     })
 }

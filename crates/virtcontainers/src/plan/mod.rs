@@ -57,6 +57,8 @@ pub struct SandboxPlan {
     pub settings: PersistedSettings,
     /// How long the VM may take to start and its agent to answer.
     pub start_timeout: std::time::Duration,
+    /// The network.
+    pub network: crate::network::NetworkPlan,
 }
 
 /// The sandbox's host cgroups: the planner's input and its first plan.
@@ -86,6 +88,8 @@ pub struct ContainerPlan {
 /// the configuration says), which VMM device nodes `/dev` has.
 pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
     let id = config.id.clone();
+    let state_dir = config.paths.state_root.join(id.as_str());
+    let network = crate::network::plan_network(&config.network, &state_dir)?;
     let containers = plan_containers(config)?;
     let resources: Vec<ContainerResources> =
         containers.iter().map(|c| c.resources.clone()).collect();
@@ -118,7 +122,8 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         lifetime: config.lifetime,
     };
     Ok(SandboxPlan {
-        state_dir: config.paths.state_root.join(id.as_str()),
+        state_dir,
+        network,
         settings,
         start_timeout: config.vm.start_timeout,
         id,

@@ -2,6 +2,8 @@
 //! step records its host resources before making them and registers its
 //! undo; a failure unwinds the completed steps in reverse.
 
+mod network;
+
 use std::sync::{Arc, Mutex};
 
 use slog::{Logger, info, o};
@@ -65,6 +67,7 @@ pub async fn create_sandbox(
         factory,
         logger: logger.clone(),
         step: CreateStep::State,
+        network: None,
     };
     match creation.run(&mut undo).await {
         Ok(sandbox) => {
@@ -87,6 +90,8 @@ struct Creation<'a> {
     logger: Logger,
     /// The step in progress, for the error.
     step: CreateStep,
+    /// The network, once set up (its NICs go into the VM's config).
+    network: Option<crate::network::owner::SandboxNetwork>,
 }
 
 /// The sandbox's state, locked, as the steps record into it.
@@ -106,6 +111,9 @@ impl Creation<'_> {
     async fn run(&mut self, undo: &mut UndoStack) -> Result<Sandbox, Error> {
         self.step = CreateStep::State;
         let mut rec = self.claim_state(undo)?;
+
+        self.step = CreateStep::Network;
+        self.create_network(undo).await?;
 
         self.step = CreateStep::Cgroups;
         let cgroups = self.create_cgroups(&rec, undo)?;
@@ -134,6 +142,9 @@ impl Creation<'_> {
 
         self.step = CreateStep::GuestDetails;
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
+
+        self.step = CreateStep::GuestNetwork;
+        self.configure_guest_network(agent.as_ref()).await?;
 
         self.step = CreateStep::GuestSandbox;
         self.create_guest_sandbox(&agent, share.as_ref(), undo)
@@ -266,7 +277,11 @@ impl Creation<'_> {
         undo: &mut UndoStack,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         let plan = self.plan;
-        let vm = self.factory.new_vm(plan.vm.clone(), &self.logger)?;
+        let mut config = plan.vm.clone();
+        if let Some(network) = &self.network {
+            config.devices.extend(network.cold_nics());
+        }
+        let vm = self.factory.new_vm(config, &self.logger)?;
         let started = vm.start(plan.start_timeout).await;
         {
             let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
@@ -326,6 +341,7 @@ impl Creation<'_> {
         let request = pb::CreateSandboxRequest {
             hostname: self.plan.hostname.clone(),
             storages: vec![share.guest_storage()],
+            dns: self.plan.network.dns.clone(),
             sandbox_id: self.plan.id.to_string(),
             ..Default::default()
         };
