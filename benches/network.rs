@@ -17,7 +17,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use oci_spec::runtime::{LinuxCapabilitiesBuilder, ProcessBuilder};
+use oci_spec::runtime::{Capability, LinuxCapabilities, LinuxCapabilitiesBuilder, ProcessBuilder};
 use tokio::io::AsyncReadExt;
 use vc_guest_image::rootfs::DEFAULT_BUSYBOX;
 use vc_test_support::{
@@ -97,24 +97,26 @@ fn host_side(pod: &Path, peer_ns: &Path, peer: Ipv4Addr, mib: usize) -> (f64, f6
     (mib as f64 * 8.0 * 1.048_576 / secs, rtt)
 }
 
+/// The container's capabilities: busybox ping needs a raw socket.
+fn capabilities() -> LinuxCapabilities {
+    let caps: std::collections::HashSet<_> =
+        [Capability::NetRaw, Capability::Kill].into_iter().collect();
+    LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .effective(caps.clone())
+        .inheritable(caps.clone())
+        .ambient(caps.clone())
+        .permitted(caps)
+        .build()
+        .unwrap()
+}
+
 async fn exec(sandbox: &Sandbox, name: &str, script: &str) -> String {
-    let caps: Vec<_> = ["CAP_NET_RAW", "CAP_NET_BIND_SERVICE"]
-        .iter()
-        .map(|c| c.parse().unwrap())
-        .collect();
-    let caps = caps.into_iter().collect::<std::collections::HashSet<_>>();
     let process = ProcessBuilder::default()
         .args(vec!["sh".to_owned(), "-c".to_owned(), script.to_owned()])
         .env(vec!["PATH=/bin".to_owned()])
         .cwd("/")
-        .capabilities(
-            LinuxCapabilitiesBuilder::default()
-                .bounding(caps.clone())
-                .effective(caps.clone())
-                .permitted(caps)
-                .build()
-                .unwrap(),
-        )
+        .capabilities(capabilities())
         .build()
         .unwrap();
     let main = "main".parse().unwrap();
@@ -147,9 +149,15 @@ fn main() {
     let (host_mbps, host_rtt) = host_side(&pod.netns, &peer.netns, peer.ip, mib);
 
     let rootfs = busybox_rootfs(tmp.path());
-    let bundle = ContainerSpec::new(&rootfs, &["sleep", "1000"])
+    let mut spec = ContainerSpec::new(&rootfs, &["sleep", "1000"])
         .cwd("/")
-        .save_bundle(&tmp.path().join("bundle"));
+        .build();
+    if let Some(process) = spec.process_mut() {
+        process.set_capabilities(Some(capabilities()));
+    }
+    let bundle = tmp.path().join("bundle");
+    std::fs::create_dir_all(&bundle).unwrap();
+    spec.save(bundle.join("config.json")).unwrap();
     let mut config = SandboxConfig::new(
         id.parse().unwrap(),
         VmConfig::new(&image.vmlinux, &image.initramfs),

@@ -168,9 +168,24 @@ fn kill_and_reclaim(
         String::from_utf8_lossy(&out.stderr)
     );
     let state_root = Paths::under(root.path()).state_root;
+    let left: Vec<_> = std::fs::read_dir(&state_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .flat_map(|p| {
+            let inner: Vec<_> = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            std::iter::once(p).chain(inner)
+        })
+        .collect();
     assert!(
-        std::fs::read_dir(&state_root).map_or(true, |mut d| d.next().is_none()),
-        "{context}: state left in {}",
+        left.is_empty(),
+        "{context}: state left in {}: {left:?}",
         state_root.display()
     );
     let dir = root.path().display().to_string();

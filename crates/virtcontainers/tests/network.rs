@@ -225,6 +225,25 @@ async fn a_container_talks_to_a_peer_and_the_host_through_cni() {
     let bridge = CniBridge::new().unwrap();
     let pod = bridge.attach_new(&unique("pod")).unwrap();
     let peer = bridge.attach_new(&unique("peer")).unwrap();
+    // A static neighbour, as some CNI plugins add: the guest gets it too.
+    let neighbour = Ipv4Addr::from(u32::from(bridge.gateway()) + 98);
+    vc_test_support::run(
+        "ip",
+        &[
+            "-n",
+            &pod.name,
+            "neigh",
+            "add",
+            &neighbour.to_string(),
+            "lladdr",
+            "02:00:00:00:00:63",
+            "dev",
+            "eth0",
+            "nud",
+            "permanent",
+        ],
+    )
+    .unwrap();
     let pod_before = netns_snapshot(&pod.netns);
     let peer_page = format!("hello from the peer {}\n", env.id);
     let _peer_httpd = httpd_in(&peer.netns, &www(&env.dir.path().join("peer"), &peer_page));
@@ -284,6 +303,20 @@ async fn a_container_talks_to_a_peer_and_the_host_through_cni() {
     assert!(
         route.contains(&format!("via {} dev eth0", pod.gateway)),
         "{route}"
+    );
+    let (neigh, _) = exec(
+        &sandbox,
+        "main",
+        "neigh",
+        &["ip", "neigh", "show", "dev", "eth0"],
+    )
+    .await;
+    assert!(
+        neigh.lines().any(
+            |l| l.starts_with(&format!("{neighbour} lladdr 02:00:00:00:00:63 "))
+                && l.ends_with("PERMANENT")
+        ),
+        "{neigh}"
     );
     let (resolv, _) = exec(&sandbox, "main", "resolv", &["cat", "/etc/resolv.conf"]).await;
     assert_eq!(resolv, "nameserver 10.53.0.53\nsearch vc.test\n");
