@@ -54,6 +54,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod boot;
 mod config;
 mod container_spec;
 mod devices;
@@ -71,6 +72,7 @@ mod state;
 pub mod testing;
 mod undo;
 
+pub use boot::BootAdmission;
 pub use config::{
     AgentSettings, BlockRootfs, CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig,
     FsShareKind, Paths, SandboxConfig, SandboxLifetime, VmConfig,
@@ -81,8 +83,8 @@ pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
 pub use plan::{
-    CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources, plan_sandbox,
-    resources_of, vm_size,
+    BootPlan, CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources,
+    plan_sandbox, resources_of, vm_size,
 };
 pub use sandbox::{
     CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
