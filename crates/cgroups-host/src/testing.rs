@@ -167,6 +167,38 @@ impl CgroupManager for FakeCgroups {
     }
 }
 
+/// A container's resources with the given CPU quota/period, cpuset and
+/// memory limit (bytes), each left unset when `None`.
+pub fn container_resources(
+    id: &str,
+    quota: Option<i64>,
+    period: Option<u64>,
+    cpus: Option<&str>,
+    memory: Option<i64>,
+) -> crate::plan::ContainerResources {
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(q) = quota {
+        cpu = cpu.quota(q);
+    }
+    if let Some(p) = period {
+        cpu = cpu.period(p);
+    }
+    if let Some(c) = cpus {
+        cpu = cpu.cpus(c);
+    }
+    let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().expect("a cpu section"));
+    if let Some(m) = memory {
+        res = res.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .build()
+                .expect("a memory section"),
+        );
+    }
+    crate::plan::ContainerResources::new(id, res.build().expect("resources"))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -226,36 +258,4 @@ mod tests {
         m.apply(&p, &SandboxTasks::default()).unwrap();
         assert_eq!(records.lock().unwrap()[0].plan.as_ref(), Some(&p));
     }
-}
-
-/// A container's resources with the given CPU quota/period, cpuset and
-/// memory limit (bytes), each left unset when `None`.
-pub fn container_resources(
-    id: &str,
-    quota: Option<i64>,
-    period: Option<u64>,
-    cpus: Option<&str>,
-    memory: Option<i64>,
-) -> crate::plan::ContainerResources {
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
-    let mut cpu = LinuxCpuBuilder::default();
-    if let Some(q) = quota {
-        cpu = cpu.quota(q);
-    }
-    if let Some(p) = period {
-        cpu = cpu.period(p);
-    }
-    if let Some(c) = cpus {
-        cpu = cpu.cpus(c);
-    }
-    let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().expect("a cpu section"));
-    if let Some(m) = memory {
-        res = res.memory(
-            LinuxMemoryBuilder::default()
-                .limit(m)
-                .build()
-                .expect("a memory section"),
-        );
-    }
-    crate::plan::ContainerResources::new(id, res.build().expect("resources"))
 }
