@@ -35,7 +35,7 @@ mod common;
 
 use anyhow::{Context, Result, bail, ensure};
 use clap::Parser;
-use tokio::io::AsyncBufReadExt;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt};
 use tokio::signal::unix::{SignalKind, signal};
 use virtcontainers::oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
@@ -89,8 +89,17 @@ struct Args {
     /// Debug logs, and the guest console kept in the runtime directory.
     #[arg(long)]
     debug: bool,
+    /// Run this OCI bundle (`config.json` and its rootfs) instead of a
+    /// command in a busybox container, as `runc run --bundle` does; its
+    /// `process.terminal` is honoured when stdin is a terminal.
+    #[arg(long, conflicts_with_all = ["rootfs", "cpus", "memory"])]
+    bundle: Option<PathBuf>,
     /// The command and its arguments.
-    #[arg(last = true, required = true)]
+    #[arg(
+        last = true,
+        required_unless_present = "bundle",
+        conflicts_with = "bundle"
+    )]
     command: Vec<String>,
 }
 
@@ -201,10 +210,11 @@ async fn run(args: Args) -> Result<ExitCode> {
 
     let work = tempfile::Builder::new().prefix("vc-run-").tempdir()?;
     let config = sandbox_config(&args, work.path(), paths)?;
+    let terminal = config.containers.first().is_some_and(has_terminal);
     let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), logger.clone())
         .await
         .context("creating the sandbox")?;
-    let result = run_container(&sandbox, &args, &mut signals).await;
+    let result = run_container(&sandbox, &args, terminal, &mut signals).await;
     // Every exit path cleans up: a failed run, a signal, a normal exit.
     let stopped = sandbox.stop(Duration::from_secs(5)).await;
     let deleted = match stopped {
@@ -233,20 +243,25 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
             initrd.display()
         );
     }
-    let rootfs = match &args.rootfs {
-        Some(r) => r
-            .canonicalize()
-            .with_context(|| format!("--rootfs {}", r.display()))?,
+    let container = match &args.bundle {
+        Some(dir) => user_bundle(dir)?,
         None => {
-            let r = work.join("rootfs");
-            vc_guest_image::rootfs::busybox_rootfs(
-                &r,
-                Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
-            )?;
-            r
+            let rootfs = match &args.rootfs {
+                Some(r) => r
+                    .canonicalize()
+                    .with_context(|| format!("--rootfs {}", r.display()))?,
+                None => {
+                    let r = work.join("rootfs");
+                    vc_guest_image::rootfs::busybox_rootfs(
+                        &r,
+                        Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
+                    )?;
+                    r
+                }
+            };
+            bundle(&work.join("bundle"), &rootfs, args)?
         }
     };
-    let container = bundle(&work.join("bundle"), &rootfs, args)?;
     let id = format!("run-{}", std::process::id());
     let mut vm = VmConfig::new(kernel, initrd);
     vm.debug = args.debug;
@@ -276,11 +291,45 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
     Ok(config)
 }
 
-/// Starts the container, streams its output, forwards signals to it until
-/// it exits, and returns its exit code.
+/// An existing bundle, as `runc run --bundle` takes it. A terminal asked
+/// for while stdin is not one is dropped, with a warning.
+fn user_bundle(dir: &Path) -> Result<ContainerConfig> {
+    let dir = dir
+        .canonicalize()
+        .with_context(|| format!("--bundle {}", dir.display()))?;
+    let mut container = ContainerConfig::from_bundle(main_id(), &dir)?;
+    let wants_tty = container
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false);
+    if wants_tty && !common::terminal::stdin_is_terminal() {
+        eprintln!("run: process.terminal is set but stdin is not a terminal: running without one");
+        let mut process = container.spec.process().clone().unwrap_or_default();
+        process.set_terminal(Some(false));
+        container.spec.set_process(Some(process));
+    }
+    Ok(container)
+}
+
+/// Whether the container's process runs on a terminal.
+fn has_terminal(container: &ContainerConfig) -> bool {
+    container
+        .spec
+        .process()
+        .as_ref()
+        .and_then(|p| p.terminal())
+        .unwrap_or(false)
+}
+
+/// Starts the container, streams its output and our stdin, forwards
+/// signals (and, on a terminal, window sizes) to it until it exits, and
+/// returns its exit code.
 async fn run_container(
     sandbox: &Sandbox,
     args: &Args,
+    terminal: bool,
     signals: &mut tokio::sync::mpsc::UnboundedReceiver<Signal>,
 ) -> Result<i32> {
     let main = main_id();
@@ -290,17 +339,45 @@ async fn run_container(
         eprintln!("run: {sig} before the container started; cleaning up");
         return Ok(128 + sig.number());
     }
+    let tty = terminal;
+    // Raw mode for as long as the container owns the terminal.
+    let _raw = tty.then(common::terminal::RawMode::enter).transpose()?;
     let ProcessIo { stdout, stderr } = sandbox.start_container(&main).await?;
+    if tty && let Some((rows, columns)) = common::terminal::window_size() {
+        sandbox.resize_terminal(&main, None, rows, columns).await?;
+    }
     let out = tokio::spawn(common::copy(stdout, tokio::io::stdout()));
     let err = tokio::spawn(common::copy(stderr, tokio::io::stderr()));
     let wait = sandbox.wait_container(&main);
     tokio::pin!(wait);
+    let mut winch = signal(SignalKind::window_change())?;
+    let mut stdin = tokio::io::stdin();
+    let mut buf = vec![0u8; 16 << 10];
+    // The container's stdin is ours, as with `runc run`; `--hold` keeps
+    // ours for its prompt.
+    let mut stdin_open = !args.hold;
     let code = loop {
         tokio::select! {
             code = &mut wait => break code?,
             Some(sig) = signals.recv() => {
                 if let Err(e) = sandbox.signal_process(&main, None, sig).await {
                     eprintln!("run: forwarding {sig}: {}", common::chain(&e));
+                }
+            }
+            read = stdin.read(&mut buf), if stdin_open => match read {
+                Ok(n) if n > 0 => {
+                    if sandbox.write_stdin(&main, None, &buf[..n]).await.is_err() {
+                        stdin_open = false;
+                    }
+                }
+                _ => {
+                    stdin_open = false;
+                    let _ = sandbox.close_stdin(&main, None).await;
+                }
+            },
+            Some(()) = winch.recv(), if tty => {
+                if let Some((rows, columns)) = common::terminal::window_size() {
+                    let _ = sandbox.resize_terminal(&main, None, rows, columns).await;
                 }
             }
         }

@@ -17,6 +17,7 @@ packages=(
   libcap-ng-dev       # building virtiofsd (below)
   containernetworking-plugins  # CNI bridge + host-local: the network tests' pod namespaces
   iproute2            # ip and tc, to look into the network tests' namespaces
+  binutils            # objcopy: the cgroups crate's test binary, stripped, runs in a guest VM (cgroup v2)
 )
 
 # virtiofsd (virtio-fs) is not packaged for Debian 12: built from crates.io.

@@ -6,6 +6,9 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 
 use slog::{Drain, o};
+
+#[allow(dead_code)] // Only the examples that run terminals use it.
+pub mod terminal;
 use tokio::io::AsyncWriteExt;
 
 /// Runs `body` on a multi-threaded tokio runtime; an error is printed with
@@ -21,14 +24,18 @@ pub fn run_main(name: &str, body: impl Future<Output = anyhow::Result<ExitCode>>
             return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(body) {
+    let code = match runtime.block_on(body) {
         Ok(code) => code,
         Err(e) => {
             // The whole chain: what failed, and why, down to the cause.
             eprintln!("{name}: {e:#}");
             ExitCode::FAILURE
         }
-    }
+    };
+    // A read of stdin may still be pending on a blocking thread: do not
+    // wait for the next key to exit.
+    runtime.shutdown_background();
+    code
 }
 
 /// Logs on stderr: warnings, or everything with `debug`.

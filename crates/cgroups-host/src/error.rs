@@ -233,6 +233,46 @@ pub enum Error {
         source: std::io::Error,
     },
 
+    /// The kernel refused to load the cgroup v2 device program generated
+    /// from the plan's device rules (`bpf(BPF_PROG_LOAD)`).
+    #[error(
+        "cannot load the device program for cgroup {path}{}",
+        verifier_log(log)
+    )]
+    LoadDeviceProgram {
+        /// The cgroup directory it was meant for.
+        path: PathBuf,
+        /// The verifier's log; empty when the kernel gave none.
+        log: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Attaching a device program to a cgroup v2 directory failed, or
+    /// listing the programs it has (`BPF_PROG_ATTACH`, `BPF_PROG_QUERY`).
+    #[error("cannot attach the device program to cgroup {path}")]
+    AttachDeviceProgram {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// Detaching a device program from a cgroup v2 directory failed
+    /// (`BPF_PROG_DETACH`).
+    #[error("cannot detach device program {program} from cgroup {path}")]
+    DetachDeviceProgram {
+        /// The cgroup directory.
+        path: PathBuf,
+        /// The program's kernel id.
+        program: u32,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+
     /// The operation is not supported by this backend or host.
     #[error(transparent)]
     Unsupported(#[from] vc_types::Unsupported),
@@ -247,6 +287,14 @@ pub enum Error {
         #[source]
         source: crate::apply::JournalError,
     },
+}
+
+fn verifier_log(log: &str) -> String {
+    if log.trim().is_empty() {
+        String::new()
+    } else {
+        format!(" (verifier: {})", log.trim())
+    }
 }
 
 /// Why a cgroupfs path was rejected.

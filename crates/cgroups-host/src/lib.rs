@@ -23,13 +23,12 @@
 //!   mount points.
 //!
 //! Supported: the cgroupfs driver on v1 (tested on this project's CI hosts'
-//! real v1 hierarchy) and on v2 (threaded cgroups for the vCPU split; tested
-//! on a real cgroup2 hierarchy, with controllers, inside a guest VM by a
-//! later test suite — it sits behind the same [`CgroupManager`] trait). The
-//! systemd driver's `slice:prefix:name` paths are parsed and planned;
-//! applying them needs systemd's D-Bus API and returns
-//! [`Error::Unsupported`] for now. On cgroup v2 the device allowlist needs an
-//! eBPF program, which is not loaded yet.
+//! real v1 hierarchy) and on v2 (threaded cgroups for the vCPU split, the
+//! device allowlist as an eBPF program, [`device_filter`]; tested on a
+//! real cgroup2 hierarchy with every controller inside a guest VM, and on
+//! the hosts' controller-less cgroup2 mount). The systemd driver's
+//! `slice:prefix:name` paths are parsed and planned; applying them needs
+//! systemd's D-Bus API and returns [`Error::Unsupported`] for now.
 //!
 //! # Example
 //!
@@ -81,6 +80,7 @@
 //! ```
 
 pub mod apply;
+pub mod device_filter;
 mod error;
 pub mod host_devices;
 pub mod plan;

@@ -41,6 +41,7 @@
 pub mod cgroup;
 pub mod channel;
 pub mod container;
+pub mod devices;
 pub mod error;
 pub mod guest;
 pub mod network;

@@ -2,6 +2,7 @@
 //! [`Sandbox`]. Every failure becomes a ttrpc status with a clear message;
 //! nothing here panics on a request.
 
+use std::path::Path;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -98,6 +99,23 @@ impl agent_ttrpc::AgentService for AgentService {
                 reason: "no OCI spec".into(),
             })?;
             let mut spec = convert::spec_from_proto(spec).map_err(|e| convert_error(&cid, e))?;
+            let devices = req.devices.clone();
+            let (id, found) = (cid.clone(), spec.clone());
+            // Hot-plugged disks may still be probing: wait off the runtime.
+            spec = tokio::task::spawn_blocking(move || {
+                let mut spec = found;
+                crate::devices::apply(
+                    &id,
+                    &devices,
+                    &mut spec,
+                    Path::new("/sys"),
+                    Path::new("/dev"),
+                    crate::storage::DISK_WAIT,
+                )
+                .map(|()| spec)
+            })
+            .await
+            .map_err(|e| Error::sys("device task")(std::io::Error::other(e)))??;
             self.network.add_dns_mount(&mut spec);
             self.sandbox
                 .create_container(&cid, &req.storages, &spec)
@@ -305,10 +323,10 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn destroy_sandbox(&self, _: &TtrpcContext, _: pb::DestroySandboxRequest) -> R<Empty> {
-        self.sandbox
-            .remove_all()
-            .await
-            .map(|()| Empty::new())
+        info!(self.logger, "DestroySandbox");
+        let done = self.sandbox.remove_all().await;
+        info!(self.logger, "DestroySandbox done"; "ok" => done.is_ok());
+        done.map(|()| Empty::new())
             .map_err(|e| self.fail("DestroySandbox", e))
     }
 

@@ -484,3 +484,37 @@ async fn vsock_listener_binds() {
     let mut server = agent.serve_vsock(0x7654_3210).await.unwrap();
     server.shutdown().await.unwrap();
 }
+
+/// A `linux.devices` node goes in the container's `/dev` tmpfs, never in
+/// the rootfs under it (on the host, the shared directory).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn device_nodes_go_in_the_dev_tmpfs_not_the_rootfs() {
+    let h = Harness::new().await;
+    let mut spec = spec(&h.root, &["sh", "-c", "ls -l /dev/probe"]);
+    let probe = oci_spec::runtime::LinuxDeviceBuilder::default()
+        .path("/dev/probe")
+        .typ(oci_spec::runtime::LinuxDeviceType::C)
+        .major(1i64)
+        .minor(3i64)
+        .build()
+        .unwrap();
+    let mut linux = spec.linux().clone().unwrap_or_default();
+    linux.set_devices(Some(vec![probe]));
+    spec.set_linux(Some(linux));
+    h.create_spec("probe", spec).await.unwrap();
+    h.agent.start_container("probe").await.unwrap();
+    let (out, err) = h.output("probe", "probe").await;
+    assert_eq!(
+        h.agent.wait_process("probe", "probe").await.unwrap(),
+        0,
+        "{err}"
+    );
+    assert!(out.starts_with('c'), "{out}");
+    assert!(
+        !h.root.join("dev/probe").exists(),
+        "the node was made in the rootfs: {}",
+        h.root.join("dev/probe").display()
+    );
+    h.remove("probe").await;
+    h.finish().await;
+}

@@ -87,8 +87,9 @@ impl KernelParams {
         Self::default()
     }
 
-    /// Parses a command line: whitespace-separated `key` or `key=value`,
-    /// values may be double-quoted (`key="a b"`).
+    /// Parses a command line as the kernel reads it: whitespace-separated
+    /// `key` or `key=value`; a value may be double-quoted (`key="a b"`),
+    /// and so may a whole parameter (`"key=a b"`).
     pub fn parse(input: &str) -> Result<Self, ConfigError> {
         let invalid = |reason| ConfigError::InvalidKernelParams {
             input: input.to_owned(),
@@ -103,6 +104,30 @@ impl KernelParams {
             while chars.next_if(|c| c.is_whitespace()).is_some() {}
             if chars.peek().is_none() {
                 return Ok(params);
+            }
+            // The kernel's own form: the whole parameter in quotes
+            // (`"key=a b"`), as Kata's parser accepts too.
+            if chars.next_if_eq(&'"').is_some() {
+                let mut whole = String::new();
+                loop {
+                    match chars.next() {
+                        Some('"') => break,
+                        Some(c) => whole.push(c),
+                        None => return Err(invalid("unterminated quote")),
+                    }
+                }
+                if chars.peek().is_some_and(|c| !c.is_whitespace()) {
+                    return Err(invalid("text after a closing quote"));
+                }
+                let (key, value) = match whole.split_once('=') {
+                    Some((k, v)) => (k.to_owned(), Some(v.to_owned())),
+                    None => (whole, None),
+                };
+                if key.is_empty() || key.contains(char::is_whitespace) {
+                    return Err(invalid("empty key, or a key with spaces"));
+                }
+                params.push(key, value);
+                continue;
             }
             let mut key = String::new();
             while let Some(c) = chars.next_if(|c| !c.is_whitespace() && *c != '=') {
@@ -442,11 +467,18 @@ mod tests {
         assert_eq!(text, r#"root=/dev/vda ro init="/sbin/my init" x="" y"#);
         assert_eq!(KernelParams::parse(&text).unwrap(), line);
         assert!(KernelParams::parse("").unwrap().is_empty());
+        // A whole parameter in quotes, as the kernel (and Kata) accept.
+        let quoted = KernelParams::parse(r#""init=/sbin/my init" "quiet" x=1"#).unwrap();
+        assert_eq!(quoted.get("init"), Some(Some("/sbin/my init")));
+        assert_eq!(quoted.get("quiet"), Some(None));
+        assert_eq!(quoted.get("x"), Some(Some("1")));
     }
 
     #[test]
     fn parse_rejects_malformed_lines() {
-        for bad in ["a=\"open", "=v", "a=\"x\"y", "a\nb", "a=b\"c", "k\"=v"] {
+        for bad in [
+            "a=\"open", "=v", "a=\"x\"y", "a\nb", "a=b\"c", "k\"=v", "\"open", "\"=v\"", "\"a\"b",
+        ] {
             assert!(
                 matches!(
                     KernelParams::parse(bad),

@@ -91,6 +91,27 @@ pub fn agent_image() -> &'static GuestImage {
     })
 }
 
+/// A guest image like [`busybox_image`]`(mode, &[])` with `files` added
+/// (image path, host file), built into `dir` and not cached: for files
+/// that change with every build, such as a test binary
+/// ([`crate::host_binary_files`]).
+pub fn busybox_image_with_files(
+    mode: InitMode,
+    files: &[(String, PathBuf)],
+    dir: &Path,
+) -> GuestImage {
+    let busybox = vc_guest_image::rootfs::DEFAULT_BUSYBOX;
+    let builder = GuestImageBuilder::new(require_guest_kernel(), init_script(mode).into_bytes())
+        .extra_file(busybox, PathBuf::from(busybox), 0o755);
+    files
+        .iter()
+        .fold(builder, |b, (image_path, source)| {
+            b.extra_file(image_path.clone(), source.clone(), 0o755)
+        })
+        .build_into(dir)
+        .expect("building the test guest image")
+}
+
 /// A guest image whose `/init` is the busybox [`init_script`] for `mode`,
 /// with `/bin/busybox` and the default modules plus `extra_modules` (e.g.
 /// `ext4`), built once per inputs and cached in the target dir.

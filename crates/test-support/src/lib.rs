@@ -9,7 +9,9 @@
 //!   [`require_guest_image`]), the static agent built fresh from this tree
 //!   ([`agent_binary`], [`agent_image`]), and busybox images with a test
 //!   init ([`busybox_image`], [`init_script`]) whose command server
-//!   [`GuestShell`] talks to.
+//!   [`GuestShell`] talks to ([`ShellVm`] boots one and connects), also
+//!   carrying a host executable with its libraries
+//!   ([`busybox_image_with_files`], [`host_binary_files`]).
 //! - **Containers**: busybox root filesystems ([`busybox_rootfs`],
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
@@ -24,7 +26,8 @@
 //!   ([`leftovers_under`]) and a snapshot of everything the SDK can leave
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
 //! - **VM tests**: [`small_vm_config`] and [`small_vm_options`], one VM test at a time
-//!   ([`vm_lock`]), [`runtime`], [`logger`]; for the benches, their
+//!   ([`vm_lock`]), [`runtime`], [`logger`], a log a test reads back
+//!   ([`LogCapture`]); for the benches, their
 //!   arguments ([`bench_args`]) and the bare QEMU baseline
 //!   ([`time_bare_boot`]).
 //!
@@ -50,11 +53,14 @@ pub mod agent;
 mod bench;
 mod cni;
 mod host;
+mod host_binary;
 mod ids;
 mod image;
 mod init;
+mod log_capture;
 mod require;
 mod shell;
+mod shell_vm;
 mod snapshot;
 mod spec;
 mod vm;
@@ -65,18 +71,21 @@ pub use host::{
     ChildGuard, HostMounts, leftovers_under, loop_devices, make_layer, mounts_under, run,
     unmount_under,
 };
+pub use host_binary::{HOST_BINARY_TOOLS, host_binary_files};
 pub use ids::{ID_PREFIX, unique};
 pub use image::{
-    AGENT_TARGET, GUEST_IMAGE_DIR_NAME, agent_binary, agent_image, busybox_image, guest_image_dir,
-    workspace_root,
+    AGENT_TARGET, GUEST_IMAGE_DIR_NAME, agent_binary, agent_image, busybox_image,
+    busybox_image_with_files, guest_image_dir, workspace_root,
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
+pub use log_capture::{LogCapture, LogLine};
 pub use require::{
     EROFS_HOST, NETWORK_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,
     require_program, require_qemu, require_root, require_sandbox_host, require_vm_host,
 };
 pub use shell::{GuestShell, RUN_TIMEOUT};
+pub use shell_vm::ShellVm;
 pub use snapshot::{
     Change, HostSnapshot, RUN_VC, Resource, SETTLE, assert_unchanged_since,
     assert_unchanged_since_matching,

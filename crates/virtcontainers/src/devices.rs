@@ -4,10 +4,12 @@
 //! mounts them from their PCI paths.
 
 use std::collections::BTreeMap;
-use std::path::Path;
+use std::path::{Path, PathBuf};
+
+use oci_spec::runtime::LinuxDeviceType;
 
 use slog::{Logger, debug};
-use vc_agent_client::protocol::agent::Storage;
+use vc_agent_client::protocol::agent::{self as pb, Storage};
 use vc_device_manager::erofs::{ErofsDiscovery, GuestOverlayPlan};
 use vc_device_manager::{DeviceInfo, DeviceManager, GuestDevice, GuestLocation};
 
@@ -35,6 +37,24 @@ pub(crate) struct ContainerDevices {
     pub rootfs: Option<String>,
     /// Spec mount index -> guest path of its block volume.
     pub volumes: BTreeMap<usize, String>,
+    /// The host block devices of `linux.devices`, as the agent finds them
+    /// (Kata's `CreateContainerRequest.devices`: type `blk`, the PCI path).
+    pub nodes: Vec<pb::Device>,
+}
+
+/// Kata's `driver_options` key naming a directory its agent makes before
+/// mounting an overlay.
+const OVERLAY_CREATE_DIR: &str = "io.katacontainers.volume.overlayfs.create_directory";
+
+/// Kata's device type of a virtio-blk disk the agent finds by PCI path.
+const DRIVER_BLK_PCI: &str = "blk";
+
+/// A `linux.devices` block device of the host, passed to the container.
+struct HostNode {
+    /// The entry's path in the container.
+    container_path: PathBuf,
+    /// The host's device node.
+    host_path: PathBuf,
 }
 
 /// What carries the rootfs, worked out before anything is attached.
@@ -79,6 +99,8 @@ struct DevicePlan {
     rootfs: Option<Plan>,
     /// Spec mount index and the block volume it names.
     volumes: Vec<(usize, GuestMount)>,
+    /// The host block devices of `linux.devices`.
+    nodes: Vec<HostNode>,
 }
 
 /// Registers and attaches the container's devices, returning what the
@@ -94,8 +116,14 @@ pub(crate) async fn attach(
     let id = &cfg.id;
     let plan = plan_devices(cfg, logger)?;
     // Register everything first: a bad path fails before any hot-plug.
-    let (rootfs_ids, volume_ids) = register(dm, &plan)?;
-    let ids: Vec<String> = rootfs_ids.iter().chain(&volume_ids).cloned().collect();
+    let registered = register(dm, &plan)?;
+    let ids: Vec<String> = registered
+        .rootfs
+        .iter()
+        .chain(&registered.volumes)
+        .chain(&registered.nodes)
+        .cloned()
+        .collect();
     if ids.is_empty() {
         return Ok(ContainerDevices::default());
     }
@@ -107,13 +135,15 @@ pub(crate) async fn attach(
             return Err(dm_err("attach the container's devices")(e));
         }
     };
-    let (rootfs_disks, volume_disks) = attached.split_at(rootfs_ids.len());
+    let (rootfs_disks, rest) = attached.split_at(registered.rootfs.len());
+    let (volume_disks, node_disks) = rest.split_at(registered.volumes.len());
     let mut out = ContainerDevices {
         ids,
         ..Default::default()
     };
     let built = rootfs_storages(&plan, id, rootfs_disks, &mut out)
-        .and_then(|()| volume_storages(&plan, id, volume_disks, &mut out));
+        .and_then(|()| volume_storages(&plan, id, volume_disks, &mut out))
+        .and_then(|()| node_devices(&plan, node_disks, &mut out));
     if let Err(e) = built {
         let _ = dm.release_container(id).await;
         return Err(e);
@@ -155,11 +185,84 @@ fn plan_devices(cfg: &ContainerConfig, logger: &Logger) -> Result<DevicePlan, Er
         .map(|(i, m)| (i, classify(m, &[])))
         .filter(|(_, g)| matches!(g, GuestMount::Block { .. }))
         .collect();
-    Ok(DevicePlan { rootfs, volumes })
+    let nodes = host_nodes(cfg, Path::new("/sys"))?;
+    Ok(DevicePlan {
+        rootfs,
+        volumes,
+        nodes,
+    })
 }
 
-/// Registers the rootfs devices and the block volumes, in that order.
-fn register(dm: &DeviceManager, plan: &DevicePlan) -> Result<(Vec<String>, Vec<String>), Error> {
+/// The host block devices the spec's `linux.devices` name, found by their
+/// numbers (`/sys/dev/block/<major>:<minor>`), as Kata finds them.
+/// Character devices need nothing from the host: the guest makes the node
+/// with the same numbers (its kernel numbers them as the host's does).
+fn host_nodes(cfg: &ContainerConfig, sys: &Path) -> Result<Vec<HostNode>, Error> {
+    let entries = cfg
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.devices().clone())
+        .unwrap_or_default();
+    let mut nodes = Vec::new();
+    for d in entries.iter().filter(|d| d.typ() == LinuxDeviceType::B) {
+        let numbers = format!("{}:{}", d.major(), d.minor());
+        let uevent = sys.join("dev/block").join(&numbers).join("uevent");
+        let name = std::fs::read_to_string(&uevent)
+            .ok()
+            .and_then(|text| {
+                text.lines()
+                    .find_map(|l| l.strip_prefix("DEVNAME=").map(str::to_owned))
+            })
+            .ok_or_else(|| Error::InvalidSpec {
+                container: cfg.id.clone(),
+                reason: format!(
+                    "linux.devices {}: the host has no block device {numbers}",
+                    d.path().display()
+                ),
+            })?;
+        nodes.push(HostNode {
+            container_path: d.path().clone(),
+            host_path: Path::new("/dev").join(name),
+        });
+    }
+    Ok(nodes)
+}
+
+/// What the agent needs to find each `linux.devices` disk.
+fn node_devices(
+    plan: &DevicePlan,
+    disks: &[GuestDevice],
+    out: &mut ContainerDevices,
+) -> Result<(), Error> {
+    for (node, disk) in plan.nodes.iter().zip(disks) {
+        let GuestLocation::VirtioBlk { pci_path, .. } = &disk.location else {
+            return Err(vc_types::Unsupported::new(
+                "a linux.devices block device that is not virtio-blk",
+                format!("device {} is attached as {:?}", disk.id, disk.location),
+            )
+            .into());
+        };
+        out.nodes.push(pb::Device {
+            id: pci_path.to_string(),
+            type_: DRIVER_BLK_PCI.into(),
+            container_path: node.container_path.display().to_string(),
+            ..Default::default()
+        });
+    }
+    Ok(())
+}
+
+/// The ids of a container's registered devices, by what they carry.
+struct Registered {
+    rootfs: Vec<String>,
+    volumes: Vec<String>,
+    nodes: Vec<String>,
+}
+
+/// Registers the rootfs devices, the block volumes and the `linux.devices`
+/// disks, in that order.
+fn register(dm: &DeviceManager, plan: &DevicePlan) -> Result<Registered, Error> {
     let mut rootfs_ids = Vec::new();
     match &plan.rootfs {
         Some(Plan::BlockRootfs { info, .. }) => {
@@ -195,7 +298,18 @@ fn register(dm: &DeviceManager, plan: &DevicePlan) -> Result<(Vec<String>, Vec<S
             );
         }
     }
-    Ok((rootfs_ids, volume_ids))
+    let mut node_ids = Vec::new();
+    for node in &plan.nodes {
+        node_ids.push(
+            dm.register(DeviceInfo::block(&node.host_path))
+                .map_err(dm_err("register a linux.devices block device"))?,
+        );
+    }
+    Ok(Registered {
+        rootfs: rootfs_ids,
+        volumes: volume_ids,
+        nodes: node_ids,
+    })
 }
 
 /// The storages that mount the rootfs from its attached disks.
@@ -263,6 +377,11 @@ fn erofs_storages(
         format!("workdir={}", rw.join("work").display()),
     ];
     s.options.extend(overlay.features.iter().cloned());
+    // A Kata agent makes an overlay's dirs only when asked to, this way.
+    s.driver_options = ["upper", "work"]
+        .iter()
+        .map(|d| format!("{OVERLAY_CREATE_DIR}={}", rw.join(d).display()))
+        .collect();
     s.mount_point = guest_rootfs.to_owned();
     out.storages.push(s);
     Ok(())

@@ -22,6 +22,8 @@ pub enum CreateStep {
     Cgroups,
     /// Preparing the host side of the filesystem share.
     FsShare,
+    /// Waiting for a boot slot ([`crate::BootAdmission`]).
+    BootSlot,
     /// Starting the VM.
     StartVm,
     /// Moving the VMM's threads into the cgroups.
@@ -228,6 +230,27 @@ pub enum Error {
         pid: u32,
     },
 
+    /// No boot slot became free in time ([`crate::BootAdmission`]).
+    #[error("sandbox \"{id}\" waited for a boot slot in vain")]
+    BootAdmission {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// How long and for how many slots.
+        #[source]
+        source: crate::boot::AdmissionError,
+    },
+
+    /// The guest's agent did not answer before its boot was given up (see
+    /// [`crate::VmConfig::boot_cpu_budget`]).
+    #[error("the guest of sandbox \"{id}\" did not get ready")]
+    GuestNotReady {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// Why the wait ended: its CPU budget spent, the wall-clock limit.
+        #[source]
+        source: crate::boot::BootVerdict,
+    },
+
     /// No sandbox with this id.
     #[error("sandbox \"{id}\" not found")]
     NotFound {
@@ -389,8 +412,12 @@ pub enum Error {
     },
 
     /// Creating the sandbox failed at `step`; everything done before it
-    /// was undone.
-    #[error("creating sandbox \"{sandbox}\" failed at step {step:?}")]
+    /// was undone (what an undo could not do is in `unwind_errors`, and
+    /// what it left recorded is freed by [`crate::reclaim`]).
+    #[error(
+        "creating sandbox \"{sandbox}\" failed at step {step:?}{}",
+        unwind_suffix(unwind_errors)
+    )]
     Create {
         /// The sandbox id.
         sandbox: vc_types::SandboxId,
@@ -399,6 +426,8 @@ pub enum Error {
         /// Why.
         #[source]
         source: Box<Error>,
+        /// The undo steps that failed while unwinding, with why.
+        unwind_errors: Vec<(&'static str, Error)>,
     },
 
     /// A forced cleanup freed what it could; these are what it could not.
@@ -412,8 +441,19 @@ pub enum Error {
     },
 }
 
-/// An error and its causes, on one line.
-fn chain(e: &dyn std::error::Error) -> String {
+fn unwind_suffix(errors: &[(&'static str, Error)]) -> String {
+    if errors.is_empty() {
+        return String::new();
+    }
+    let each: Vec<String> = errors
+        .iter()
+        .map(|(step, e)| format!("{step}: {}", chain(e)))
+        .collect();
+    format!(" (and undoing left: {})", each.join("; "))
+}
+
+/// An error and its causes, on one line (for logs and messages).
+pub(crate) fn chain(e: &dyn std::error::Error) -> String {
     let mut text = e.to_string();
     let mut source = e.source();
     while let Some(s) = source {

@@ -79,7 +79,23 @@ fn empty_dir_name(source: &Path) -> Option<String> {
 /// Decides how `mount` reaches the guest. `host_mounts` is the host's mount
 /// table (`/proc/self/mountinfo`): a memory-medium emptyDir is the one the
 /// kubelet mounted a tmpfs on.
+///
+/// As in Kata, a Kubernetes emptyDir is recognised by its source path
+/// whatever the mount's type (Kata's `isEphemeralStorage` and
+/// `isHostEmptyDir` look at the source only).
 pub fn classify(mount: &Mount, host_mounts: &[MountInfo]) -> GuestMount {
+    if let Some(source) = mount.source()
+        && let Some(name) = empty_dir_name(source)
+    {
+        let on_tmpfs = host_mounts
+            .iter()
+            .any(|m| m.mount_point == *source && m.fs_type == "tmpfs");
+        return if on_tmpfs {
+            GuestMount::Ephemeral { name }
+        } else {
+            GuestMount::LocalDir { name }
+        };
+    }
     if !is_bind(mount) {
         return match (mount.typ().as_deref(), mount.source()) {
             (Some(t), Some(source)) if DISK_FILESYSTEMS.contains(&t) => GuestMount::Block {
@@ -93,16 +109,6 @@ pub fn classify(mount: &Mount, host_mounts: &[MountInfo]) -> GuestMount {
     let Some(source) = mount.source() else {
         return GuestMount::Guest;
     };
-    if let Some(name) = empty_dir_name(source) {
-        let on_tmpfs = host_mounts
-            .iter()
-            .any(|m| m.mount_point == *source && m.fs_type == "tmpfs");
-        return if on_tmpfs {
-            GuestMount::Ephemeral { name }
-        } else {
-            GuestMount::LocalDir { name }
-        };
-    }
     GuestMount::Shared {
         source: source.clone(),
         read_only: is_read_only(mount),
@@ -153,6 +159,19 @@ mod tests {
         );
         assert_eq!(
             classify(&memory, &table()),
+            GuestMount::Ephemeral {
+                name: "cache".into()
+            }
+        );
+        // Kata's reading: the source path decides, whatever the type.
+        let typed = MountBuilder::default()
+            .destination("/cache")
+            .typ("tmpfs")
+            .source("/var/lib/kubelet/pods/u1/volumes/kubernetes.io~empty-dir/cache")
+            .build()
+            .unwrap();
+        assert_eq!(
+            classify(&typed, &table()),
             GuestMount::Ephemeral {
                 name: "cache".into()
             }

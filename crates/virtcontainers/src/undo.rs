@@ -39,14 +39,17 @@ impl UndoStack {
     }
 
     /// Undoes every registered step, last first. Failures are logged and
-    /// do not stop the unwinding: the first error of the operation is the
-    /// one the caller reports.
-    pub(crate) async fn unwind(mut self) {
+    /// do not stop the unwinding; they are returned, by step, for the
+    /// caller's error (the operation's own error stays the one reported).
+    pub(crate) async fn unwind(mut self) -> Vec<(&'static str, Error)> {
+        let mut failed = Vec::new();
         while let Some((name, undo)) = self.steps.pop() {
             if let Err(e) = undo().await {
-                warn!(self.logger, "undo failed"; "step" => name, "error" => %e);
+                warn!(self.logger, "undo failed"; "step" => name, "error" => crate::error::chain(&e));
+                failed.push((name, e));
             }
         }
+        failed
     }
 }
 

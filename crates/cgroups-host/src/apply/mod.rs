@@ -7,6 +7,8 @@
 //! explicit mount points, so tests (and embedders with unusual mounts) say
 //! where the hierarchies are.
 
+#[cfg(test)]
+mod guest_vm;
 mod hierarchy;
 #[cfg(test)]
 mod journal_tests;
@@ -18,6 +20,10 @@ mod test_support;
 mod tests;
 mod v1;
 mod v2;
+#[cfg(test)]
+mod v2_guest_tests;
+#[cfg(test)]
+mod v2_host_tests;
 mod write;
 
 use std::path::{Path, PathBuf};

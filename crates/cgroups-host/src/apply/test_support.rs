@@ -130,6 +130,151 @@ impl Process {
     }
 }
 
+/// Env var telling the re-executed test binary to act as a device prober.
+const DEVICE_PROBE: &str = "VC_CGROUPS_TEST_DEVICE_PROBE";
+const DEVICE_PROBE_TEST: &str = "apply::test_support::device_probe_process";
+/// The prefix of the prober's answers (libtest writes its own lines too).
+const PROBE_ANSWER: &str = "PROBE-ERRNO ";
+/// The prefix of the line naming the prober's worker thread.
+const PROBE_WORKER: &str = "PROBE-WORKER ";
+
+/// A process that opens and makes device nodes when asked, to see what
+/// the device rules of its cgroup let it do: this test binary
+/// re-executed. A worker thread of its own does the probing, so that it
+/// can be placed apart from the process (as a vCPU thread is). Killed and
+/// reaped on drop.
+pub(crate) struct Prober {
+    process: Process,
+    stdin: std::process::ChildStdin,
+    stdout: std::io::BufReader<std::process::ChildStdout>,
+    worker: u32,
+}
+
+impl Prober {
+    pub(crate) fn spawn() -> Self {
+        use std::process::Stdio;
+        let mut child = Command::new(std::env::current_exe().expect("test binary path"))
+            .args([
+                DEVICE_PROBE_TEST,
+                "--exact",
+                "--nocapture",
+                "--test-threads=1",
+            ])
+            .env(DEVICE_PROBE, "1")
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .expect("re-executing the test binary as a device prober");
+        let stdin = child.stdin.take().expect("piped stdin");
+        let stdout = std::io::BufReader::new(child.stdout.take().expect("piped stdout"));
+        let mut prober = Prober {
+            process: Process(ChildGuard(child)),
+            stdin,
+            stdout,
+            worker: 0,
+        };
+        prober.worker = prober.read_marked(PROBE_WORKER);
+        prober
+    }
+
+    pub(crate) fn pid(&self) -> u32 {
+        self.process.pid()
+    }
+
+    /// The thread that opens and makes the nodes.
+    pub(crate) fn worker(&self) -> u32 {
+        self.worker
+    }
+
+    /// The number after the next `marker` the prober writes.
+    fn read_marked<T: std::str::FromStr>(&mut self, marker: &str) -> T {
+        use std::io::BufRead;
+        let mut line = String::new();
+        loop {
+            line.clear();
+            let n = self
+                .stdout
+                .read_line(&mut line)
+                .expect("reading the prober");
+            assert!(n > 0, "the prober exited before writing {marker:?}");
+            // libtest may have started the line with the test's name.
+            if let Some(at) = line.find(marker)
+                && let Ok(value) = line[at + marker.len()..].trim().parse()
+            {
+                return value;
+            }
+        }
+    }
+
+    fn ask(&mut self, request: &str) -> i32 {
+        use std::io::Write;
+        writeln!(self.stdin, "{request}").expect("writing to the prober");
+        self.read_marked(PROBE_ANSWER)
+    }
+
+    /// Opens `path` for reading and writing: 0, or the errno.
+    pub(crate) fn open(&mut self, path: &str) -> i32 {
+        self.ask(&format!("open {path}"))
+    }
+
+    /// Makes the character device node `major:minor` at `path` (removing
+    /// it again): 0, or the errno.
+    pub(crate) fn mknod(&mut self, path: &Path, major: u32, minor: u32) -> i32 {
+        self.ask(&format!("mknod {} {major} {minor}", path.display()))
+    }
+}
+
+fn probe(request: &str) -> i32 {
+    let errno = |e: std::io::Error| e.raw_os_error().unwrap_or(-1);
+    let words: Vec<&str> = request.split_whitespace().collect();
+    match words.as_slice() {
+        ["open", path] => std::fs::OpenOptions::new()
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_or_else(errno, |_| 0),
+        ["mknod", path, major, minor] => {
+            let dev = nix::sys::stat::makedev(major.parse().unwrap(), minor.parse().unwrap());
+            let made = nix::sys::stat::mknod(
+                *path,
+                nix::sys::stat::SFlag::S_IFCHR,
+                nix::sys::stat::Mode::from_bits_truncate(0o600),
+                dev,
+            );
+            let _ = std::fs::remove_file(path);
+            made.map_or_else(|e| e as i32, |()| 0)
+        }
+        _ => panic!("unknown probe request {request:?}"),
+    }
+}
+
+/// The body of the device prober when re-executed; as a plain test, a
+/// check that the prober answers.
+#[test]
+fn device_probe_process() {
+    use std::io::BufRead;
+    if std::env::var_os(DEVICE_PROBE).is_some() {
+        let worker = std::thread::spawn(|| {
+            // SAFETY: gettid has no preconditions.
+            println!("{PROBE_WORKER}{}", unsafe { libc::gettid() });
+            for line in std::io::stdin().lock().lines() {
+                let line = line.expect("reading a probe request");
+                println!("{PROBE_ANSWER}{}", probe(&line));
+            }
+        });
+        worker.join().expect("the prober's worker");
+        return;
+    }
+    let mut prober = Prober::spawn();
+    assert!(
+        Path::new(&format!("/proc/{}/task/{}", prober.pid(), prober.worker())).exists(),
+        "the worker is a thread of the prober"
+    );
+    assert_ne!(prober.worker(), prober.pid());
+    assert_eq!(prober.open("/dev/null"), 0);
+    assert_eq!(prober.open("/nonexistent"), libc::ENOENT);
+}
+
 /// The body of the fake VMM when re-executed; as a plain test, a check that
 /// the fixture really makes a multi-threaded process.
 #[test]

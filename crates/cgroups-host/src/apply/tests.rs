@@ -653,80 +653,59 @@ fn a_plan_for_another_backend_is_refused() {
     assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }
 
-/// The v2 backend on this host's cgroup2 mount, which has no controllers
-/// (they are all bound to v1 here): the threaded split of a process's
-/// threads is exercised for real; constraints need controllers, which are
-/// tested on a full cgroup2 hierarchy inside a guest VM.
+/// The v1 `devices` controller takes the whole rule language: partial
+/// access, `*` majors, allow-all and back, and a deny rule, which the
+/// kernel applies by narrowing the matching exception (here with the same
+/// result as the v2 program: read and mknod stay, write goes).
 #[test]
-fn v2_threaded_split_on_the_hosts_cgroup2_mount() {
+fn v1_device_rules_beyond_the_allowlist() {
+    use crate::plan::{DeviceAccess, DeviceKind, permits};
     let roots = require_root_v1();
-    let root = roots
-        .v2
-        .clone()
-        .expect("the v2 applier test needs a cgroup2 mount (e.g. /sys/fs/cgroup/unified)");
-    let id = unique("v2");
-    let vmm = Process::fake_vmm(3);
-    let helper = Process::sleeper();
-    let mut config = v1_config(&id, false);
-    config.version = crate::plan::CgroupVersion::V2;
-    let mut plan = plan(&config, &[]).unwrap();
-
-    // With settings, the missing controllers are a typed error and nothing
-    // is left behind.
-    let mut m = CgroupfsV2::new(root.clone(), logger());
-    let before = cgroup_of(vmm.pid(), vmm.pid(), "");
-    let err = m
-        .apply(
-            &plan,
-            &SandboxTasks {
-                vmm: Some(vmm.pid()),
-                ..Default::default()
-            },
+    let id = unique("v1rules");
+    let mut plan = plan(&v1_config(&id, false), &[]).unwrap();
+    let list = |plan: &CgroupPlan| -> Vec<String> {
+        sorted(
+            read(dir(&roots, "devices", &plan.sandbox.path).join("devices.list"))
+                .lines()
+                .map(str::to_owned)
+                .collect(),
         )
-        .unwrap_err();
-    assert!(matches!(err, Error::ControllerMissing { .. }), "{err}");
-    assert!(!root.join(format!("{id}-parent")).exists());
-    assert_eq!(cgroup_of(vmm.pid(), vmm.pid(), ""), before);
+    };
+    let loops_read_only = DeviceRule {
+        kind: DeviceKind::Block,
+        major: Some(7),
+        minor: None,
+        access: DeviceAccess::READ,
+        allow: true,
+    };
+    plan.devices = vec![loops_read_only, DeviceRule::char(1, 3)];
+    let mut m = v1(&roots);
+    m.apply(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["b 7:* r", "c 1:3 rwm"]);
 
-    // Placement only: the VMM in the sandbox cgroup, its vCPU threads in
-    // the threaded child.
-    plan.sandbox.settings.clear();
-    if let Some(vcpus) = plan.vcpus.as_mut() {
-        vcpus.settings.clear();
-    }
-    let vcpus = vmm.worker_threads()[..2].to_vec();
-    let mut m = CgroupfsV2::new(root.clone(), logger());
-    m.apply(
-        &plan,
-        &SandboxTasks {
-            vmm: Some(vmm.pid()),
-            vcpu_threads: vcpus.clone(),
-            helpers: vec![helper.pid()],
-            ..Default::default()
-        },
-    )
-    .unwrap();
-    let vcpu_dir = root.join(plan.vcpus.as_ref().unwrap().path.relative());
-    assert_eq!(read(vcpu_dir.join("cgroup.type")), "threaded");
-    assert_eq!(
-        read(root.join(plan.sandbox.path.relative()).join("cgroup.type")),
-        "domain threaded"
-    );
-    for tid in vmm.threads() {
-        let expected = if vcpus.contains(&tid) {
-            plan.vcpus.as_ref().unwrap().path.as_str()
-        } else {
-            plan.sandbox.path.as_str()
-        };
-        assert_eq!(cgroup_of(vmm.pid(), tid, ""), expected, "thread {tid}");
-    }
-    assert_eq!(
-        cgroup_of(helper.pid(), helper.pid(), ""),
-        plan.overhead.as_ref().unwrap().path.as_str()
-    );
+    let everything = DeviceRule {
+        kind: DeviceKind::All,
+        major: None,
+        minor: None,
+        access: DeviceAccess::RWM,
+        allow: true,
+    };
+    plan.devices = vec![everything];
+    m.update(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["a *:* rwm"]);
+
+    let no_write = DeviceRule {
+        access: DeviceAccess::WRITE,
+        allow: false,
+        ..DeviceRule::char(1, 3)
+    };
+    plan.devices = vec![DeviceRule::char(1, 3), no_write];
+    m.update(&plan, &SandboxTasks::default()).unwrap();
+    assert_eq!(list(&plan), ["c 1:3 rm"]);
+    let (c, r, w) = (DeviceKind::Char, DeviceAccess::READ, DeviceAccess::WRITE);
+    assert!(permits(&plan.devices, c, 1, 3, r));
+    assert!(!permits(&plan.devices, c, 1, 3, w));
+
     m.delete().unwrap();
-    m.delete().unwrap();
-    assert!(!root.join(format!("{id}-parent")).exists());
-    assert!(!root.join(format!("{id}-overhead")).exists());
-    assert_eq!(cgroup_of(vmm.pid(), vmm.pid(), ""), "/");
+    assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
 }

@@ -34,8 +34,11 @@ const EVACUATE_ATTEMPTS: usize = 10;
 /// [`Error::ThreadedModeUnavailable`] and unwinds, and the caller can fall
 /// back to `sandbox_cgroup_only`.
 ///
-/// The device allowlist needs a `BPF_PROG_TYPE_CGROUP_DEVICE` program on v2;
-/// it is planned but not loaded yet (a warning is logged).
+/// The device allowlist is enforced by a `BPF_PROG_TYPE_CGROUP_DEVICE`
+/// program attached to the sandbox cgroup ([`crate::device_filter`]),
+/// replaced on every apply and detached before the cgroup is removed. It
+/// covers the threaded `vcpus` child too (a cgroup's device programs apply
+/// to its descendants); the overhead cgroup has none, as on v1.
 #[derive(Debug)]
 pub struct CgroupfsV2 {
     root: PathBuf,
@@ -267,12 +270,7 @@ impl Backend for CgroupfsV2 {
             }
         }
         self.step(Step::WriteDevices)?;
-        if !plan.devices.is_empty() {
-            warn!(self.logger,
-                "device allowlist not enforced: cgroup v2 needs an eBPF device program, not loaded yet";
-                "sandbox" => %plan.sandbox_id, "rules" => plan.devices.len());
-        }
-        Ok(())
+        crate::device_filter::install(&self.dir(plan.sandbox.path.as_str()), &plan.devices)
     }
 
     fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
@@ -336,6 +334,17 @@ impl Backend for CgroupfsV2 {
     /// for its children).
     fn remove(&self, cgroup: &PlannedCgroup) -> Result<(), Error> {
         let (path, threaded) = (&cgroup.path, cgroup.threaded);
+        let is_sandbox = self
+            .rec
+            .state
+            .plan
+            .as_ref()
+            .is_some_and(|p| p.sandbox.path == *path);
+        if is_sandbox && let Err(e) = crate::device_filter::remove(&self.dir(path.as_str())) {
+            // Removing the cgroup releases its programs all the same.
+            warn!(self.logger, "cannot detach the device program before removing the cgroup";
+                "cgroup" => %path, "error" => %e);
+        }
         let cgroup = self.hierarchy().cgroup(path.relative());
         let target = evacuation_target(path, &self.root, &self.rec.state.created);
         let target = self.hierarchy().cgroup(target.relative());

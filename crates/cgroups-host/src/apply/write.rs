@@ -10,7 +10,7 @@ use cgroups_rs::fs::pid::PidController;
 use cgroups_rs::fs::{Cgroup, Controller, MaxValue};
 
 use crate::error::Error;
-use crate::plan::{CgroupVersion, DeviceKind, DeviceRule, FileValue, Setting};
+use crate::plan::{CgroupVersion, DeviceAccess, DeviceKind, DeviceRule, FileValue, Setting};
 
 fn controller<'a, T>(cgroup: &'a Cgroup, name: &'static str, dir: &Path) -> Result<&'a T, Error>
 where
@@ -123,18 +123,63 @@ const RWM: [DevicePermissions; 3] = [
     DevicePermissions::MkNod,
 ];
 
+fn permissions(access: DeviceAccess) -> Vec<DevicePermissions> {
+    [
+        (DeviceAccess::READ, DevicePermissions::Read),
+        (DeviceAccess::WRITE, DevicePermissions::Write),
+        (DeviceAccess::MKNOD, DevicePermissions::MkNod),
+    ]
+    .into_iter()
+    .filter(|(bit, _)| access.contains(*bit))
+    .map(|(_, p)| p)
+    .collect()
+}
+
+fn access_of(permissions: &[DevicePermissions]) -> Option<DeviceAccess> {
+    permissions
+        .iter()
+        .map(|p| match p {
+            DevicePermissions::Read => DeviceAccess::READ,
+            DevicePermissions::Write => DeviceAccess::WRITE,
+            DevicePermissions::MkNod => DeviceAccess::MKNOD,
+        })
+        .reduce(DeviceAccess::union)
+}
+
 fn device_type(kind: DeviceKind) -> DeviceType {
     match kind {
         DeviceKind::Char => DeviceType::Char,
         DeviceKind::Block => DeviceType::Block,
+        DeviceKind::All => DeviceType::All,
     }
 }
 
-/// Makes the v1 `devices` controller of `cgroup` allow exactly `rules`.
+/// A `devices.list` entry as an allow rule; `None` for `a *:* rwm`.
+fn listed_rule(d: &cgroups_rs::fs::DeviceResource) -> Option<DeviceRule> {
+    let kind = match d.devtype {
+        DeviceType::Char => DeviceKind::Char,
+        DeviceType::Block => DeviceKind::Block,
+        DeviceType::All => return None,
+    };
+    Some(DeviceRule {
+        kind,
+        major: u32::try_from(d.major).ok(),
+        minor: u32::try_from(d.minor).ok(),
+        access: access_of(&d.access)?,
+        allow: true,
+    })
+}
+
+/// Makes the v1 `devices` controller of `cgroup` enforce `rules`.
 ///
-/// A fresh cgroup (allow-all) gets `a` denied, then each rule allowed. A
-/// cgroup that already has an allowlist gets the difference only, so tasks
-/// inside never lose a device that stays allowed.
+/// A list of allow rules (what the planner makes): a fresh cgroup
+/// (allow-all) gets `a` denied, then each rule allowed; a cgroup that
+/// already has an allowlist gets the difference only, so tasks inside never
+/// lose a device that stays allowed; a rule allowing everything puts the
+/// cgroup in allow-all mode. A list with deny rules is written whole, in
+/// order, after `a` is denied, and the kernel's v1 semantics apply to it (a
+/// deny removes only an exception that matches it exactly, where the v2
+/// program lets the last matching rule decide).
 pub(crate) fn write_device_rules(
     cgroup: &Cgroup,
     rules: &[DeviceRule],
@@ -150,52 +195,55 @@ pub(crate) fn write_device_rules(
             source: Box::new(e),
         }
     };
+    let write = |rule: &DeviceRule| {
+        let (major, minor) = (
+            rule.major.map_or(-1, i64::from),
+            rule.minor.map_or(-1, i64::from),
+        );
+        let perms = permissions(rule.access);
+        let kind = device_type(rule.kind);
+        if rule.allow {
+            devices
+                .allow_device(kind, major, minor, &perms)
+                .map_err(fail("devices.allow", rule.to_string()))
+        } else {
+            devices
+                .deny_device(kind, major, minor, &perms)
+                .map_err(fail("devices.deny", rule.to_string()))
+        }
+    };
+    let deny_all = || {
+        devices
+            .deny_device(DeviceType::All, -1, -1, &RWM)
+            .map_err(fail("devices.deny", "a *:* rwm".to_owned()))
+    };
+    if rules.iter().any(|r| !r.allow) {
+        deny_all()?;
+        return rules.iter().try_for_each(write);
+    }
+    if let Some(everything) = rules.iter().find(|r| r.matches_everything()) {
+        return write(everything);
+    }
     let current = devices.allowed_devices().map_err(|e| Error::WriteSetting {
         path: dir.to_owned(),
         file: "devices.list",
         value: String::new(),
         source: Box::new(e),
     })?;
-    let allow_all = current.iter().any(|d| d.devtype == DeviceType::All);
-    let as_rule = |d: &cgroups_rs::fs::DeviceResource| -> Option<DeviceRule> {
-        let kind = match d.devtype {
-            DeviceType::Char => DeviceKind::Char,
-            DeviceType::Block => DeviceKind::Block,
-            DeviceType::All => return None,
-        };
-        Some(DeviceRule {
-            kind,
-            major: u32::try_from(d.major).ok()?,
-            minor: u32::try_from(d.minor).ok(),
-        })
-    };
-    let existing: Vec<DeviceRule> = if allow_all {
-        devices
-            .deny_device(DeviceType::All, -1, -1, &RWM)
-            .map_err(fail("devices.deny", "a *:* rwm".to_owned()))?;
+    let existing: Vec<DeviceRule> = if current.iter().any(|d| d.devtype == DeviceType::All) {
+        deny_all()?;
         Vec::new()
     } else {
-        current.iter().filter_map(as_rule).collect()
+        current.iter().filter_map(listed_rule).collect()
     };
     for rule in rules.iter().filter(|r| !existing.contains(r)) {
-        devices
-            .allow_device(
-                device_type(rule.kind),
-                i64::from(rule.major),
-                rule.minor.map_or(-1, i64::from),
-                &RWM,
-            )
-            .map_err(fail("devices.allow", rule.to_string()))?;
+        write(rule)?;
     }
     for stale in existing.iter().filter(|r| !rules.contains(r)) {
-        devices
-            .deny_device(
-                device_type(stale.kind),
-                i64::from(stale.major),
-                stale.minor.map_or(-1, i64::from),
-                &RWM,
-            )
-            .map_err(fail("devices.deny", stale.to_string()))?;
+        write(&DeviceRule {
+            allow: false,
+            ..*stale
+        })?;
     }
     Ok(())
 }

@@ -11,7 +11,10 @@ mod settings;
 use serde::{Deserialize, Serialize};
 
 pub use cpu_list::{CpuList, MAX_CPU_INDEX};
-pub use devices::{BASIC_DEVICES, DeviceKind, DeviceRule, HostDevice, RUNTIME_DEVICES, allowlist};
+pub use devices::{
+    BASIC_DEVICES, DeviceAccess, DeviceKind, DeviceRule, HostDevice, RUNTIME_DEVICES, allowlist,
+    permits,
+};
 pub use path::{CgroupPath, DEFAULT_SYSTEMD_SLICE, SystemdCgroupPath};
 pub use resources::{
     CPU_SHARES_RANGE, ContainerLimits, ContainerResources, ContainerState, CpuQuota,
@@ -121,9 +124,10 @@ pub struct CgroupPlan {
     pub overhead: Option<PlannedCgroup>,
     /// The aggregated resources the settings were derived from.
     pub resources: SandboxResources,
-    /// The sandbox cgroup's device allowlist. Enforced through the v1
-    /// `devices` controller; cgroup v2 needs an eBPF program for it, which
-    /// the applier does not load yet (it logs a warning).
+    /// The sandbox cgroup's device rules (an allowlist: everything else is
+    /// denied). Enforced through the v1 `devices` controller, and on
+    /// cgroup v2 by the eBPF program [`crate::device_filter`] generates
+    /// from them.
     pub devices: Vec<DeviceRule>,
     /// Where processes and threads go.
     pub placement: Placement,

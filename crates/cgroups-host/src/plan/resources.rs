@@ -1,5 +1,7 @@
 //! Aggregation of the containers' OCI resources into the sandbox's.
 
+use std::num::NonZeroU64;
+
 use oci_spec::runtime::{LinuxDevice, LinuxResources};
 use serde::{Deserialize, Serialize};
 
@@ -82,6 +84,13 @@ impl ContainerResources {
 }
 
 /// A CFS bandwidth limit.
+///
+/// The period is a [`NonZeroU64`]: a zero period, for which Kata's
+/// `CalculateMilliCPUs` returns 0 CPUs and a plain division would give
+/// infinity, cannot be built (and is refused when deserialized), so
+/// [`CpuQuota::cpus`] is always finite. The planner never makes one: a
+/// container's period outside the kernel's 1 ms ..= 1 s is
+/// [`Error::InvalidCpuPeriod`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum CpuQuota {
     /// No limit (`-1` / `max`).
@@ -90,8 +99,8 @@ pub enum CpuQuota {
     Limited {
         /// Microseconds of CPU time per period.
         quota: u64,
-        /// The period, in microseconds.
-        period: u64,
+        /// The period, in microseconds; never zero.
+        period: NonZeroU64,
     },
 }
 
@@ -100,7 +109,7 @@ impl CpuQuota {
     pub fn cpus(&self) -> Option<f64> {
         match *self {
             CpuQuota::Unlimited => None,
-            CpuQuota::Limited { quota, period } => Some(quota as f64 / period as f64),
+            CpuQuota::Limited { quota, period } => Some(quota as f64 / period.get() as f64),
         }
     }
 }
@@ -324,7 +333,11 @@ fn sum_quotas(quotas: impl Iterator<Item = Option<(u64, u64)>>) -> CpuQuota {
     let quota = u64::try_from(whole + extra)
         .unwrap_or(u64::MAX)
         .max(MIN_CPU_QUOTA_US);
-    CpuQuota::Limited { quota, period }
+    CpuQuota::Limited {
+        quota,
+        // Every period was checked to be at least MIN_CPU_PERIOD_US.
+        period: NonZeroU64::new(period).unwrap_or(NonZeroU64::MIN),
+    }
 }
 
 fn sum_limits(limits: impl Iterator<Item = Option<u64>>, overhead: u64) -> Option<u64> {
@@ -340,35 +353,10 @@ fn sum_limits(limits: impl Iterator<Item = Option<u64>>, overhead: u64) -> Optio
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oci_spec::runtime::{
-        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
-    };
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxPidsBuilder};
     use proptest::prelude::*;
 
-    /// A container with the given CPU quota/period, cpuset, memory and pids.
-    pub(crate) fn container(
-        id: &str,
-        quota: Option<i64>,
-        period: Option<u64>,
-        cpus: Option<&str>,
-        memory: Option<i64>,
-    ) -> ContainerResources {
-        let mut cpu = LinuxCpuBuilder::default();
-        if let Some(q) = quota {
-            cpu = cpu.quota(q);
-        }
-        if let Some(p) = period {
-            cpu = cpu.period(p);
-        }
-        if let Some(c) = cpus {
-            cpu = cpu.cpus(c);
-        }
-        let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().unwrap());
-        if let Some(m) = memory {
-            res = res.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
-        }
-        ContainerResources::new(id, res.build().unwrap())
-    }
+    pub(crate) use crate::testing::container_resources as container;
 
     fn with_shares(mut c: ContainerResources, shares: u64) -> ContainerResources {
         let cpu = LinuxCpuBuilder::default().shares(shares).build().unwrap();
@@ -381,6 +369,22 @@ pub(crate) mod tests {
             LinuxPidsBuilder::default().limit(limit).build().unwrap(),
         ));
         c
+    }
+
+    fn nz(period: u64) -> NonZeroU64 {
+        NonZeroU64::new(period).unwrap()
+    }
+
+    #[test]
+    fn a_zero_period_cannot_be_made_so_cpus_is_always_finite() {
+        // Kata's CalculateMilliCPUs answers 0 for a zero period; here the
+        // value cannot exist, not even from a persisted plan.
+        let zero = serde_json::from_str::<CpuQuota>(r#"{"Limited":{"quota":100000,"period":0}}"#);
+        assert!(zero.is_err(), "{zero:?}");
+        let one =
+            serde_json::from_str::<CpuQuota>(r#"{"Limited":{"quota":100000,"period":1}}"#).unwrap();
+        assert_eq!(one.cpus(), Some(100_000.0));
+        assert_eq!(CpuQuota::Unlimited.cpus(), None);
     }
 
     const NO_OVERHEAD: Overhead = Overhead {
@@ -402,7 +406,7 @@ pub(crate) mod tests {
             r.cpu_quota,
             CpuQuota::Limited {
                 quota: 150_000,
-                period: 100_000
+                period: nz(100_000)
             }
         );
         assert_eq!(r.cpu_quota.cpus(), Some(1.5));
@@ -419,7 +423,7 @@ pub(crate) mod tests {
             same_odd_period.cpu_quota,
             CpuQuota::Limited {
                 quota: 50_000,
-                period: 50_000
+                period: nz(50_000)
             }
         );
     }
@@ -439,7 +443,7 @@ pub(crate) mod tests {
             r.cpu_quota,
             CpuQuota::Limited {
                 quota: 83_334,
-                period: DEFAULT_CPU_PERIOD_US
+                period: nz(DEFAULT_CPU_PERIOD_US)
             }
         );
     }
@@ -451,7 +455,7 @@ pub(crate) mod tests {
             r.cpu_quota,
             CpuQuota::Limited {
                 quota: MIN_CPU_QUOTA_US,
-                period: DEFAULT_CPU_PERIOD_US
+                period: nz(DEFAULT_CPU_PERIOD_US)
             }
         );
     }

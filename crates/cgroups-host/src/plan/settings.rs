@@ -133,7 +133,7 @@ fn cpuset_value(set: &Option<CpuList>, version: CgroupVersion) -> FileValue {
 pub(crate) fn cpu_settings(r: &SandboxResources) -> Vec<Setting> {
     let (quota, period) = match r.cpu_quota {
         CpuQuota::Unlimited => (None, super::resources::DEFAULT_CPU_PERIOD_US),
-        CpuQuota::Limited { quota, period } => (Some(quota), period),
+        CpuQuota::Limited { quota, period } => (Some(quota), period.get()),
     };
     vec![
         Setting::Cpus(r.cpus.clone()),

@@ -88,7 +88,7 @@ pub async fn cleanup_container(
     {
         Ok(s) => Some(s),
         Err(e) if force => {
-            warn!(cleanup.logger, "cannot reach the sandbox; freeing what its state records"; "error" => %e);
+            warn!(cleanup.logger, "cannot reach the sandbox; freeing what its state records"; "error" => crate::error::chain(&e));
             cleanup.errors.push(e);
             None
         }
@@ -105,7 +105,7 @@ pub async fn cleanup_container(
     } else if let Some(s) = &sandbox
         && let Err(e) = s.update_cgroups(&state).await
     {
-        warn!(cleanup.logger, "host cgroups not updated"; "error" => %e);
+        warn!(cleanup.logger, "host cgroups not updated"; "error" => crate::error::chain(&e));
     }
     cleanup.outcome(sandbox_id, last)
 }

@@ -105,7 +105,7 @@ impl Sandbox {
         self.create_container_locked(&store, &mut state, &config)
             .await?;
         if let Err(e) = self.update_cgroups(&state).await {
-            warn!(self.logger, "host cgroups not updated for the new container"; "container" => %config.id, "error" => %e);
+            warn!(self.logger, "host cgroups not updated for the new container"; "container" => %config.id, "error" => crate::error::chain(&e));
         }
         Ok(())
     }
@@ -157,10 +157,10 @@ impl Sandbox {
                 .map(|r| r.mounts)
                 .unwrap_or_default();
             if let Err(undo) = unbind_all(&mounts) {
-                warn!(self.logger, "could not undo a container's mounts"; "error" => %undo);
+                warn!(self.logger, "could not undo a container's mounts"; "error" => crate::error::chain(&undo));
             }
             if let Err(undo) = self.devices.release_container(&config.id).await {
-                warn!(self.logger, "could not undo a container's devices"; "error" => %undo);
+                warn!(self.logger, "could not undo a container's devices"; "error" => crate::error::chain(&undo));
             }
             state.devices = Some(self.devices.save_state());
             store.write(state)?;
@@ -225,6 +225,7 @@ impl Sandbox {
             container_id: config.id.to_string(),
             exec_id: config.id.to_string(),
             storages: layout.storages.clone(),
+            devices: layout.devices.clone(),
             OCI: Some(spec).into(),
             ..Default::default()
         };
@@ -331,7 +332,7 @@ impl Sandbox {
         }
         self.delete_container_locked(&store, &mut state, id).await?;
         if let Err(e) = self.update_cgroups(&state).await {
-            warn!(self.logger, "host cgroups not updated after delete"; "container" => %id, "error" => %e);
+            warn!(self.logger, "host cgroups not updated after delete"; "container" => %id, "error" => crate::error::chain(&e));
         }
         Ok(())
     }

@@ -4,15 +4,21 @@
 
 mod network;
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use slog::{Logger, info, o};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig};
 use vc_hypervisor::Hypervisor;
+use vc_hypervisor::accel::ResolvedAccelerator;
 
 use super::cgroups::SandboxCgroups;
 use super::{Sandbox, remove_empty_dir, remove_runtime_dir};
+use crate::boot::admission::take_slot;
+use crate::boot::progress::wait_for_guest;
+use crate::boot::{BootSlot, BootVerdict};
 use crate::config::SandboxConfig;
 use crate::error::{CreateStep, Error};
 use crate::factory::VmFactory;
@@ -44,7 +50,7 @@ pub async fn create_sandbox(
     logger: Logger,
 ) -> Result<Sandbox, Error> {
     let id = config.id.clone();
-    let fail = |step: CreateStep| {
+    let fail = |step: CreateStep, unwind_errors: Vec<(&'static str, Error)>| {
         let id = id.clone();
         move |source: Error| match source {
             // Not a failure to unwind: someone else's sandbox.
@@ -53,11 +59,14 @@ pub async fn create_sandbox(
                 sandbox: id,
                 step,
                 source: Box::new(source),
+                unwind_errors,
             },
         }
     };
-    let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan))?;
-    factory.check_vm(&plan.vm).map_err(fail(CreateStep::Plan))?;
+    let plan = plan_sandbox(&config).map_err(fail(CreateStep::Plan, Vec::new()))?;
+    factory
+        .check_vm(&plan.vm)
+        .map_err(fail(CreateStep::Plan, Vec::new()))?;
     let logger = logger.new(o!("sandbox" => id.to_string()));
     info!(logger, "filesystem share chosen"; "share" => ?plan.share.kind, "reason" => plan.share.reason);
 
@@ -68,6 +77,7 @@ pub async fn create_sandbox(
         logger: logger.clone(),
         step: CreateStep::State,
         network: None,
+        share: None,
     };
     match creation.run(&mut undo).await {
         Ok(sandbox) => {
@@ -77,8 +87,8 @@ pub async fn create_sandbox(
         }
         Err(e) => {
             let step = creation.step;
-            undo.unwind().await;
-            Err(fail(step)(e))
+            let unwind_errors = undo.unwind().await;
+            Err(fail(step, unwind_errors)(e))
         }
     }
 }
@@ -92,6 +102,10 @@ struct Creation<'a> {
     step: CreateStep,
     /// The network, once set up (its NICs go into the VM's config).
     network: Option<crate::network::owner::SandboxNetwork>,
+    /// The filesystem share, once prepared. Kept here, not in a step's
+    /// locals, so that on a failure it lives through the unwinding: the
+    /// guest lets go of the share (DestroySandbox) before its daemon stops.
+    share: Option<Box<dyn FsShare>>,
 }
 
 /// The sandbox's state, locked, as the steps record into it.
@@ -119,7 +133,11 @@ impl Creation<'_> {
         let cgroups = self.create_cgroups(&rec, undo)?;
 
         self.step = CreateStep::FsShare;
-        let share = self.prepare_share(&mut rec, undo).await?;
+        self.share = Some(self.prepare_share(&mut rec, undo).await?);
+
+        self.step = CreateStep::BootSlot;
+        // Held until the agent answers: the boot is what loads the host.
+        let slot = self.take_boot_slot().await?;
 
         self.step = CreateStep::StartVm;
         let vm = self.start_vm(&mut rec, undo).await?;
@@ -139,6 +157,7 @@ impl Creation<'_> {
 
         self.step = CreateStep::ConnectAgent;
         let agent = self.connect_agent(vm.as_ref()).await?;
+        drop(slot);
 
         self.step = CreateStep::GuestDetails;
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
@@ -147,8 +166,8 @@ impl Creation<'_> {
         self.configure_guest_network(agent.as_ref()).await?;
 
         self.step = CreateStep::GuestSandbox;
-        self.create_guest_sandbox(&agent, share.as_ref(), undo)
-            .await?;
+        let share = self.share.as_deref().expect("prepared above");
+        self.create_guest_sandbox(&agent, share, undo).await?;
 
         self.step = CreateStep::Containers;
         let sandbox = self.sandbox(vm, agent);
@@ -156,7 +175,7 @@ impl Creation<'_> {
 
         rec.state.phase = SandboxPhase::Ready;
         rec.write()?;
-        *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = Some(share);
+        *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = self.share.take();
         Ok(sandbox)
     }
 
@@ -282,7 +301,7 @@ impl Creation<'_> {
             config.devices.extend(network.cold_nics());
         }
         let vm = self.factory.new_vm(config, &self.logger)?;
-        let started = vm.start(plan.start_timeout).await;
+        let started = vm.start(plan.boot.budget.wall).await;
         {
             let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
             undo.push("vm", move || async move {
@@ -301,15 +320,56 @@ impl Creation<'_> {
         Ok(vm)
     }
 
+    /// A boot slot, when boots are limited; waits for one.
+    async fn take_boot_slot(&self) -> Result<Option<BootSlot>, Error> {
+        let boot = &self.plan.boot;
+        let accel = vc_hypervisor::accel::choose(
+            self.plan.vm.accelerator,
+            vc_hypervisor::accel::probe_kvm(),
+        )
+        .map_or(ResolvedAccelerator::Tcg, |c| c.accelerator);
+        let cpus = std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| NonZeroU32::new(u32::try_from(n.get()).unwrap_or(u32::MAX)))
+            .unwrap_or(NonZeroU32::MIN);
+        let Some(slots) = boot.admission.slots(accel, cpus) else {
+            return Ok(None);
+        };
+        let waited = Instant::now();
+        let slot = take_slot(&boot.slot_scope, slots, boot.admission_timeout)
+            .await
+            .map_err(|source| Error::BootAdmission {
+                id: self.plan.id.clone(),
+                source,
+            })?;
+        info!(self.logger, "boot slot taken"; "slot" => slot.index(), "slots" => slots.get(),
+              "waited_ms" => waited.elapsed().as_millis() as u64);
+        Ok(Some(slot))
+    }
+
+    /// The agent, once it answers; waited for by the guest's progress
+    /// ([`crate::boot::progress`]), not a fixed time.
     async fn connect_agent(&self, vm: &dyn Hypervisor) -> Result<Arc<dyn Agent>, Error> {
+        let budget = self.plan.boot.budget;
         let config = AgentConfig {
-            connect_timeout: self.plan.start_timeout,
+            connect_timeout: budget.wall,
             call_timeout: self.plan.settings.agent.call_timeout,
             ..AgentConfig::default()
         };
-        self.factory
-            .connect_agent(&vm.agent_endpoint(), config, &self.logger)
-            .await
+        let endpoint = vm.agent_endpoint();
+        let connect = self.factory.connect_agent(&endpoint, config, &self.logger);
+        let vmm = vm.vmm_processes().into_iter().next();
+        match wait_for_guest(connect, vmm.as_ref(), budget).await {
+            Ok(agent) => agent,
+            Err(BootVerdict::VmmExited { pid }) => Err(Error::VmDied {
+                id: self.plan.id.clone(),
+                pid,
+            }),
+            Err(verdict) => Err(Error::GuestNotReady {
+                id: self.plan.id.clone(),
+                source: verdict,
+            }),
+        }
     }
 
     async fn read_guest_details(&self, agent: &dyn Agent, rec: &mut Record) -> Result<(), Error> {

@@ -108,7 +108,7 @@ impl Sandbox {
         };
         for id in running {
             if let Err(e) = self.stop_container(&id, timeout).await {
-                warn!(self.logger, "container did not stop cleanly"; "container" => %id, "error" => %e);
+                warn!(self.logger, "container did not stop cleanly"; "container" => %id, "error" => crate::error::chain(&e));
             }
         }
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
@@ -141,7 +141,7 @@ impl Sandbox {
                 .await
                 .map_err(Error::agent("DestroySandbox"));
             if let Err(e) = destroyed {
-                warn!(self.logger, "guest sandbox not destroyed; stopping the VM anyway"; "error" => %e);
+                warn!(self.logger, "guest sandbox not destroyed; stopping the VM anyway"; "error" => crate::error::chain(&e));
             }
         }
         note(
@@ -251,7 +251,7 @@ pub(crate) fn free_host_resources(
         match r {
             Ok(()) => Ok(()),
             Err(e) if force => {
-                warn!(logger, "cleanup step failed; carrying on"; "error" => %e);
+                warn!(logger, "cleanup step failed; carrying on"; "error" => crate::error::chain(&e));
                 errors.push(e);
                 Ok(())
             }

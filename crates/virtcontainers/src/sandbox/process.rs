@@ -113,6 +113,28 @@ impl Sandbox {
         Ok(n as usize)
     }
 
+    /// Sets the window size of a process's terminal (`process.terminal`):
+    /// what a terminal's `SIGWINCH` asks for.
+    pub async fn resize_terminal(
+        &self,
+        id: &ContainerId,
+        exec: Option<&ExecId>,
+        rows: u32,
+        columns: u32,
+    ) -> Result<(), Error> {
+        let request = pb::TtyWinResizeRequest {
+            container_id: id.to_string(),
+            exec_id: exec_name(id, exec).to_owned(),
+            row: rows,
+            column: columns,
+            ..Default::default()
+        };
+        self.agent
+            .tty_win_resize(request)
+            .await
+            .map_err(Error::agent("TtyWinResize"))
+    }
+
     /// Closes a process's stdin.
     pub async fn close_stdin(&self, id: &ContainerId, exec: Option<&ExecId>) -> Result<(), Error> {
         self.agent
@@ -153,10 +175,25 @@ impl Sandbox {
             store.write(&state)?;
             // A stopped container no longer counts towards the cgroups.
             if let Err(e) = self.update_cgroups(&state).await {
-                warn!(self.logger, "host cgroups not updated after exit"; "container" => %id, "error" => %e);
+                warn!(self.logger, "host cgroups not updated after exit"; "container" => %id, "error" => crate::error::chain(&e));
             }
         }
         Ok(())
+    }
+
+    /// Waits for the next out-of-memory kill in one of the sandbox's
+    /// containers and returns that container (Kata's `GetOOMEvent`; a
+    /// shim turns each into containerd's `TaskOOM`). It waits as long as it
+    /// takes: call it in a loop from a task of its own. An id the guest
+    /// reports that is not a valid container id is an error, never passed
+    /// on.
+    pub async fn next_oom_event(&self) -> Result<ContainerId, Error> {
+        let id = self
+            .agent
+            .get_oom_event()
+            .await
+            .map_err(Error::agent("GetOOMEvent"))?;
+        Ok(id.parse()?)
     }
 
     /// Sends `signal` to a process of container `id`: its own process

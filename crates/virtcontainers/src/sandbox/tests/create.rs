@@ -87,6 +87,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
         CreateStep::Network,
         CreateStep::Cgroups,
         CreateStep::FsShare,
+        CreateStep::BootSlot,
         CreateStep::StartVm,
         CreateStep::ConstrainVm,
         CreateStep::ConnectAgent,
@@ -98,6 +99,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
     for step in steps {
         // A namespace with interfaces to carry.
         let netns = DummyNetns::new(&step);
+        let mut _held_slot = None;
         let fx = Fixture::new("fail");
         let mut config = fx.config(vec![
             fx.bundle("c1", Some(fx.dir.path())),
@@ -137,6 +139,21 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
             CreateStep::FsShare => {
                 std::fs::write(fx.dir.path().join("shared"), "not a directory").unwrap();
             }
+            CreateStep::BootSlot => {
+                // The host's only boot slot stays taken.
+                config.vm.boot_admission = crate::BootAdmission::Limit(std::num::NonZeroU32::MIN);
+                config.vm.admission_timeout = Duration::from_millis(100);
+                let scope = config.paths.runtime_root.to_string_lossy().into_owned();
+                _held_slot = Some(
+                    crate::boot::admission::take_slot(
+                        &scope,
+                        std::num::NonZeroU32::MIN,
+                        Duration::ZERO,
+                    )
+                    .await
+                    .unwrap(),
+                );
+            }
             CreateStep::StartVm => fx.factory.fail_vm(Method::Start),
             CreateStep::ConstrainVm => fx.factory.fail_vm(Method::VcpuThreads),
             CreateStep::ConnectAgent => fx.factory.fail_connect(true),
@@ -161,10 +178,12 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
             Error::Create {
                 step: failed,
                 sandbox,
+                unwind_errors,
                 ..
             } => {
                 assert_eq!(*failed, step, "{err:?}");
                 assert_eq!(sandbox, &fx.id);
+                assert!(unwind_errors.is_empty(), "{step:?}: {err}");
             }
             other => panic!("{step:?}: {other:?}"),
         }
@@ -306,4 +325,37 @@ async fn fetch_sandbox_reconnects_to_a_running_sandbox() {
     fetched.delete().await.unwrap();
     fx.assert_clean("after delete through the fetched handle");
     drop(created);
+}
+
+#[tokio::test]
+async fn oom_kills_in_the_guest_reach_the_sandbox_api() {
+    let fx = Fixture::new("oom");
+    let sandbox = create_sandbox(
+        fx.config(vec![fx.bundle("c1", None)]),
+        fx.factory.clone(),
+        logger(),
+    )
+    .await
+    .unwrap();
+    let waiting = tokio::spawn({
+        let agent = fx.factory.agent().clone();
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            agent.inject_oom("c1");
+        }
+    });
+    let id = tokio::time::timeout(Duration::from_secs(5), sandbox.next_oom_event())
+        .await
+        .expect("an OOM event")
+        .unwrap();
+    assert_eq!(id, cid("c1"));
+    waiting.await.unwrap();
+    fx.factory.agent().inject_oom("../bad");
+    assert!(matches!(
+        sandbox.next_oom_event().await,
+        Err(Error::InvalidId(_))
+    ));
+    sandbox.stop(Duration::from_secs(1)).await.unwrap();
+    sandbox.delete().await.unwrap();
+    fx.assert_clean("after delete");
 }
