@@ -13,7 +13,7 @@
 //! agent gives it the interface's name, addresses and routes: to the pod,
 //! the VM's NIC is its veth.
 //!
-//! One owner ([`owner::SandboxNetwork`]) makes all of it and records
+//! One owner (`SandboxNetwork`, crate-internal) makes all of it and records
 //! every piece before making it (`network.json` in the state directory),
 //! so a failed create, a delete and a `reclaim` after a kill -9 remove
 //! exactly what exists, leaving the namespace as CNI made it. Interfaces
