@@ -165,32 +165,7 @@ impl SandboxNetwork {
             made: Vec::new(),
             veth_txqlen,
         });
-        self.made(Made::Tap)?;
-        fail("tap")?;
-        let netns = nl.netns().map(Path::to_owned);
-        let created = {
-            let (tap, netns) = (tap.clone(), netns.clone());
-            tokio::task::spawn_blocking(move || {
-                vc_hypervisor::tap::create_persistent(&tap, netns.as_deref())
-            })
-            .await
-            .map_err(std::io::Error::other)
-            .and_then(|r| r)
-        };
-        if let Err(source) = created {
-            if source.kind() == std::io::ErrorKind::AlreadyExists {
-                // Someone else's: never ours to delete.
-                self.unmade(Made::Tap)?;
-            }
-            return Err(Error::Tap { tap, netns, source });
-        }
-        fail("tap up")?;
-        let tap_index = nl
-            .link(&tap)
-            .await?
-            .map(|l| l.header.index)
-            .ok_or_else(|| conflict(format!("{tap} vanished once made")))?;
-        nl.set_mtu_up(tap_index, mtu, &tap).await?;
+        let tap_index = self.make_tap(nl, &tap, mtu, fail).await?;
         self.made(Made::TapIngress)?;
         fail("tap ingress")?;
         nl.add_ingress(tap_index, &tap).await?;
@@ -206,6 +181,52 @@ impl SandboxNetwork {
         nl.add_redirect(tap_index, veth_index, (&tap, &veth))
             .await?;
         Ok(())
+    }
+
+    /// The tap of the last endpoint, recorded, made persistent, with
+    /// `mtu`, up; its index.
+    async fn make_tap(
+        &mut self,
+        nl: &Netlink,
+        tap: &str,
+        mtu: u32,
+        fail: Failpoint<'_>,
+    ) -> Result<u32, Error> {
+        self.made(Made::Tap)?;
+        fail("tap")?;
+        let netns = nl.netns().map(Path::to_owned);
+        let created = {
+            let (tap, netns) = (tap.to_owned(), netns.clone());
+            tokio::task::spawn_blocking(move || {
+                vc_hypervisor::tap::create_persistent(&tap, netns.as_deref())
+            })
+            .await
+            .map_err(std::io::Error::other)
+            .and_then(|r| r)
+        };
+        if let Err(source) = created {
+            if source.kind() == std::io::ErrorKind::AlreadyExists {
+                // Someone else's: never ours to delete.
+                self.unmade(Made::Tap)?;
+            }
+            return Err(Error::Tap {
+                tap: tap.to_owned(),
+                netns,
+                source,
+            });
+        }
+        fail("tap up")?;
+        let index =
+            nl.link(tap)
+                .await?
+                .map(|l| l.header.index)
+                .ok_or_else(|| Error::NetworkConflict {
+                    link: tap.to_owned(),
+                    netns: netns.clone(),
+                    reason: "the tap vanished once made".into(),
+                })?;
+        nl.set_mtu_up(index, mtu, tap).await?;
+        Ok(index)
     }
 
     fn made(&mut self, what: Made) -> Result<(), Error> {
