@@ -16,13 +16,18 @@
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
 //!   the real agent in a VM (module `agent`).
+//! - **Pod networks** as containerd makes them: CNI's `bridge` and
+//!   `host-local` plugins run as binaries ([`CniBridge`]), and a
+//!   namespace's links, qdiscs and filters for leak checks
+//!   ([`netns_snapshot`]).
 //! - **Host fixtures**: ids ([`unique`]), mounts and EROFS layers undone on
 //!   drop ([`HostMounts`], [`make_layer`]), child processes
 //!   ([`ChildGuard`]), and leak checks: what is left under a test's dir
 //!   ([`leftovers_under`]) and a snapshot of everything the SDK can leave
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
 //! - **VM tests**: [`small_vm_config`] and [`small_vm_options`], one VM test at a time
-//!   ([`vm_lock`]), [`runtime`], [`logger`]; for the benches, their
+//!   ([`vm_lock`]), [`runtime`], [`logger`], a log a test reads back
+//!   ([`LogCapture`]); for the benches, their
 //!   arguments ([`bench_args`]) and the bare QEMU baseline
 //!   ([`time_bare_boot`]).
 //!
@@ -46,11 +51,13 @@
 #[cfg(feature = "agent")]
 pub mod agent;
 mod bench;
+mod cni;
 mod host;
 mod host_binary;
 mod ids;
 mod image;
 mod init;
+mod log_capture;
 mod require;
 mod shell;
 mod shell_vm;
@@ -59,6 +66,7 @@ mod spec;
 mod vm;
 
 pub use bench::{bench_args, spawn_bare_qemu, time_bare_boot, wait_ready_line};
+pub use cni::{CNI_PLUGIN_DIR, CniAttachment, CniBridge, in_netns, netns_snapshot};
 pub use host::{
     ChildGuard, HostMounts, leftovers_under, loop_devices, make_layer, mounts_under, run,
     unmount_under,
@@ -70,8 +78,9 @@ pub use image::{
     busybox_image_with_files, guest_image_dir, workspace_root,
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
+pub use log_capture::{LogCapture, LogLine};
 pub use require::{
-    EROFS_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
+    EROFS_HOST, NETWORK_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,
     require_program, require_qemu, require_root, require_sandbox_host, require_vm_host,
 };

@@ -12,6 +12,7 @@ use vc_cgroups_host::plan::{CgroupDriver, CgroupVersion, Overhead};
 use vc_hypervisor::Accelerator;
 use vc_types::{ContainerId, SandboxId};
 
+use crate::boot::BootAdmission;
 use crate::error::Error;
 
 /// Where the SDK keeps its files on the host.
@@ -68,8 +69,24 @@ pub struct VmConfig {
     pub kernel_params: Vec<String>,
     /// Guest agent log level and console kept after stop.
     pub debug: bool,
-    /// How long the VM may take to start and its agent to answer.
+    /// The longest wall time the VM may take to start and its agent to
+    /// answer, however busy the host. Normally the guest's progress
+    /// decides first: see [`VmConfig::boot_cpu_budget`].
     pub start_timeout: Duration,
+    /// The VMM CPU time the guest may use to boot before its agent
+    /// answers. A boot on a busy host gets the CPU later but needs no
+    /// more of it, so this, not the wall clock, tells a stuck guest from
+    /// a slow one.
+    #[serde(default = "default_boot_cpu_budget")]
+    pub boot_cpu_budget: Duration,
+    /// How many VMs may boot at once on this host, across the processes
+    /// sharing [`Paths::runtime_root`] (and a network namespace); a boot
+    /// beyond the limit waits for a slot.
+    #[serde(default)]
+    pub boot_admission: BootAdmission,
+    /// How long a boot may wait for a slot.
+    #[serde(default = "default_admission_timeout")]
+    pub admission_timeout: Duration,
     /// How long a graceful VM stop may take before it is killed.
     pub stop_timeout: Duration,
 }
@@ -91,10 +108,21 @@ impl VmConfig {
                 .max(1),
             kernel_params: Vec::new(),
             debug: false,
-            start_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(600),
+            boot_cpu_budget: default_boot_cpu_budget(),
+            boot_admission: BootAdmission::Auto,
+            admission_timeout: default_admission_timeout(),
             stop_timeout: Duration::from_secs(5),
         }
     }
+}
+
+fn default_boot_cpu_budget() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_admission_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Where the cgroup hierarchies are.
@@ -363,6 +391,9 @@ pub struct SandboxConfig {
     pub lock_timeout: Duration,
     /// How long the VM and helpers live.
     pub lifetime: SandboxLifetime,
+    /// The network: the pod's namespace (or one the SDK makes, or none)
+    /// and DNS.
+    pub network: crate::network::NetworkConfig,
 }
 
 impl SandboxConfig {
@@ -379,6 +410,7 @@ impl SandboxConfig {
             containers: Vec::new(),
             lock_timeout: Duration::from_secs(10),
             lifetime: SandboxLifetime::DiesWithOwner,
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }

@@ -10,7 +10,7 @@ use async_trait::async_trait;
 use slog::Logger;
 use vc_agent_client::{Agent, AgentConfig, Transport, TtrpcAgent};
 use vc_hypervisor::{
-    AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, Qemu, QemuOptions,
+    AgentEndpoint, Device, Hypervisor, HypervisorConfig, HypervisorState, Qemu, QemuOptions,
 };
 
 use crate::error::Error;
@@ -85,6 +85,38 @@ pub(crate) async fn start_or_stop(
             Err(Error::hypervisor("start the VM")(e))
         }
     }
+}
+
+/// Takes the NICs out of `config`. A VM made ahead of its sandbox (a
+/// template's clone, a pool's VM) was made without them: it gets them
+/// hot-plugged once it runs ([`plug_nics`]), so a sandbox with a network
+/// still matches.
+pub(crate) fn split_nics(config: &mut HypervisorConfig) -> Vec<Device> {
+    let (nics, others) = std::mem::take(&mut config.devices)
+        .into_iter()
+        .partition(|d| matches!(d, Device::Network(_)));
+    config.devices = others;
+    nics
+}
+
+/// Hot-plugs `nics` into a VM made ahead of its sandbox; on failure stops
+/// the VM (nothing of it is left, as [`VmFactory::start_vm`] promises).
+pub(crate) async fn plug_nics(
+    vm: Arc<dyn Hypervisor>,
+    nics: Vec<Device>,
+    logger: &Logger,
+) -> Result<Arc<dyn Hypervisor>, Error> {
+    for nic in nics {
+        let id = nic.id().to_owned();
+        if let Err(e) = vm.hotplug(nic).await {
+            if let Err(stop) = vm.stop(STOP_AFTER_FAILED_START).await {
+                slog::warn!(logger, "stopping a VM whose NIC was not plugged"; "error" => %stop);
+            }
+            return Err(Error::hypervisor("hot-plug a NIC")(e));
+        }
+        slog::debug!(logger, "NIC hot-plugged into a VM made ahead"; "nic" => id);
+    }
+    Ok(vm)
 }
 
 /// How long a VM that failed to start gets to quit before it is killed.

@@ -12,10 +12,10 @@ use std::time::Duration;
 use common::{Env, cid, logger, read_all};
 
 use oci_spec::runtime::ProcessBuilder;
-use vc_test_support::{ContainerSpec, shared_busybox_rootfs, vm_lock_async};
+use vc_test_support::{ContainerSpec, LogCapture, shared_busybox_rootfs, vm_lock_async};
 use virtcontainers::{
-    ContainerPhase, Error, FsShareKind, Paths, QemuFactory, cleanup_container, create_sandbox,
-    fetch_sandbox,
+    BootAdmission, ContainerPhase, Error, FsShareKind, Paths, QemuFactory, cleanup_container,
+    create_sandbox, fetch_sandbox,
 };
 
 /// Set in the child process of the cross-process test.
@@ -349,5 +349,53 @@ async fn kill_9_of_qemu_then_a_plain_cleanup_frees_everything() {
     .unwrap();
     assert!(plain.sandbox_removed);
     drop(sandbox);
+    env.assert_clean();
+}
+
+/// Boots beyond the admission limit wait their turn instead of all
+/// booting at once: three sandboxes created together with one boot slot
+/// all run their container, one boot after the other.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn boots_beyond_the_admission_limit_wait_their_turn() {
+    let _serial = vm_lock_async().await;
+    let env = Env::new("admit");
+    let capture = LogCapture::new();
+    let creates = ["a", "b", "c"].map(|tag| {
+        let mut config = env.config(
+            FsShareKind::NineP,
+            vec![env.bundle("main", &["echo", "ok"])],
+        );
+        config.id = format!("{}-{tag}", env.id).parse().unwrap();
+        config.vm.boot_admission = BootAdmission::Limit(std::num::NonZeroU32::MIN);
+        let log = capture.logger().new(slog::o!("sandbox" => tag));
+        async move {
+            let sandbox = create_sandbox(config, Arc::new(QemuFactory::default()), log).await?;
+            let io = sandbox.start_container(&cid("main")).await?;
+            let out = read_all(io.stdout).await;
+            let code = sandbox.wait_container(&cid("main")).await?;
+            sandbox.stop(Duration::from_secs(5)).await?;
+            sandbox.delete().await?;
+            Ok::<_, Error>((out, code))
+        }
+    });
+    let [a, b, c] = creates;
+    let (a, b, c) = tokio::join!(a, b, c);
+    for r in [a, b, c] {
+        assert_eq!(r.unwrap(), ("ok\n".to_owned(), 0));
+    }
+    let taken = capture.with_message("boot slot taken");
+    assert_eq!(taken.len(), 3, "{taken:?}");
+    assert!(
+        taken.iter().all(|l| l.value("slot") == Some("0")),
+        "{taken:?}"
+    );
+    let mut waits: Vec<u64> = taken
+        .iter()
+        .map(|l| l.value("waited_ms").unwrap().parse().unwrap())
+        .collect();
+    waits.sort_unstable();
+    // A boot to agent-ready takes seconds under TCG: the second and third
+    // waited for at least one and two of them.
+    assert!(waits[1] >= 500 && waits[2] >= waits[1] + 500, "{waits:?}");
     env.assert_clean();
 }

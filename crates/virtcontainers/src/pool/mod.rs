@@ -56,7 +56,7 @@ use self::qemu::{HandOverError, QemuSpawner, hand_over, lifetime_fits, remove_sl
 use crate::config::SandboxConfig;
 use crate::dir_lock::DirLock;
 use crate::error::Error;
-use crate::factory::{QemuFactory, VmFactory};
+use crate::factory::{QemuFactory, VmFactory, plug_nics, split_nics};
 use crate::persist::LockMode;
 use crate::plan::plan_sandbox;
 use crate::template::{KeyMismatch, TemplateConfig, TemplateFactory, TemplateKey};
@@ -380,11 +380,13 @@ impl VmFactory for PoolFactory {
         timeout: Duration,
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let Some(state) = self.take(&config, logger).await else {
+        let mut bare = config.clone();
+        let nics = split_nics(&mut bare);
+        let Some(state) = self.take(&bare, logger).await else {
             return self.cold.start_vm(config, timeout, logger).await;
         };
         match Qemu::adopt(state, logger.clone()).await {
-            Ok(vm) => Ok(Arc::new(vm)),
+            Ok(vm) => plug_nics(Arc::new(vm), nics, logger).await,
             Err(e) => {
                 // Moved into the sandbox's runtime dir, owned by nobody:
                 // end it from its ledger there.

@@ -63,7 +63,7 @@ use self::store::Layout;
 use crate::config::SandboxConfig;
 use crate::dir_lock::DirLock;
 use crate::error::Error;
-use crate::factory::{QemuFactory, VmFactory, transport_for};
+use crate::factory::{QemuFactory, VmFactory, plug_nics, split_nics, transport_for};
 use crate::persist::LockMode;
 
 /// Where a template lives by default.
@@ -312,6 +312,8 @@ impl VmFactory for TemplateFactory {
 
     /// A clone when the template is usable and matches, else a cold boot;
     /// a clone that fails to come up is logged and replaced by a cold boot.
+    /// A clone's NICs are hot-plugged once it runs (the template has
+    /// none).
     async fn start_vm(
         &self,
         config: HypervisorConfig,
@@ -319,10 +321,12 @@ impl VmFactory for TemplateFactory {
         logger: &Logger,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         let started = Instant::now();
-        match self.clone_vm(&config, timeout, logger).await {
+        let mut bare = config.clone();
+        let nics = split_nics(&mut bare);
+        match self.clone_vm(&bare, timeout, logger).await {
             Ok(Some(vm)) => {
                 info!(logger, "VM started from its template"; "took" => ?started.elapsed());
-                return Ok(vm);
+                return plug_nics(vm, nics, logger).await;
             }
             Ok(None) => {}
             Err(e) => {
