@@ -1,7 +1,8 @@
 //! How a sandbox gets its VM and its agent connection: the [`VmFactory`]
 //! seam, and the one place that knows VMM backends. [`QemuFactory`] boots
-//! a fresh QEMU VM per sandbox with its [`QemuOptions`]; a pool of
-//! pre-booted VMs or VM templating plug in here, and tests inject fakes.
+//! a fresh QEMU VM per sandbox with its [`QemuOptions`];
+//! [`crate::TemplateFactory`] (VM templating) and [`crate::PoolFactory`]
+//! (a pool of booted VMs) plug in here, and tests inject fakes.
 
 use std::sync::Arc;
 use std::time::Duration;

@@ -32,6 +32,33 @@
 //! installed, else virtio-9p. Kubernetes emptyDir volumes stay in the
 //! guest; memory-backed ones are a tmpfs there.
 //!
+//! # VM factory
+//!
+//! Where a sandbox's VM comes from is the [`VmFactory`] given to
+//! [`create_sandbox`]: [`QemuFactory`] boots one per sandbox;
+//! [`TemplateFactory`] ([`template`], Kata's template factory) starts it
+//! from a VM booted once and saved, its RAM mapped copy-on-write, about
+//! ten times sooner than a boot under TCG; [`PoolFactory`] ([`pool`],
+//! Kata's VMCache) hands over one of N VMs a [`VmPool`] keeps booted, in
+//! this process or served over a unix socket to others. A sandbox whose
+//! VM does not match the template or the pool boots cold and a warning
+//! names the field that differed; the sandbox's NICs are hot-plugged into
+//! a clone or a pool VM once it runs.
+//!
+//! Templates are **opt-in** and a security trade-off: the clones of a
+//! template share its memory pages until they write them, the page-sharing
+//! side channel of CVE-2015-2877 (KSM), and start with the same kernel
+//! and agent memory (address-space layout included). Every clone's random
+//! generator is reseeded (`ReseedRandomDev`) and its clock set
+//! (`SetGuestDateTime`) before it is handed over, but clones of one
+//! template are not independent: never share a template between tenants
+//! that do not trust each other.
+//!
+//! Template and pool VMs carry a 9p share ([`FsShareKind::NineP`]) or use
+//! block rootfs: virtio-fs needs guest RAM shared with `virtiofsd`, which
+//! a clone's private copy-on-write mapping is not, so a virtio-fs sandbox
+//! never matches a template and boots cold.
+//!
 //! # Example
 //!
 //! ```no_run

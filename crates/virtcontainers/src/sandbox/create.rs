@@ -8,7 +8,7 @@ use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
-use slog::{Logger, info, o};
+use slog::{Logger, debug, info, o};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig};
 use vc_hypervisor::Hypervisor;
@@ -76,6 +76,7 @@ pub async fn create_sandbox(
         factory,
         logger: logger.clone(),
         step: CreateStep::State,
+        step_started: Instant::now(),
         network: None,
         share: None,
     };
@@ -100,6 +101,8 @@ struct Creation<'a> {
     logger: Logger,
     /// The step in progress, for the error.
     step: CreateStep,
+    /// When it began.
+    step_started: Instant,
     /// The network, once set up (its NICs go into the VM's config).
     network: Option<crate::network::owner::SandboxNetwork>,
     /// The filesystem share, once prepared. Kept here, not in a step's
@@ -126,23 +129,23 @@ impl Creation<'_> {
         self.step = CreateStep::State;
         let mut rec = self.claim_state(undo)?;
 
-        self.step = CreateStep::Network;
+        self.enter(CreateStep::Network);
         self.create_network(undo).await?;
 
-        self.step = CreateStep::Cgroups;
+        self.enter(CreateStep::Cgroups);
         let cgroups = self.create_cgroups(&rec, undo)?;
 
-        self.step = CreateStep::FsShare;
+        self.enter(CreateStep::FsShare);
         self.share = Some(self.prepare_share(&mut rec, undo).await?);
 
-        self.step = CreateStep::BootSlot;
+        self.enter(CreateStep::BootSlot);
         // Held until the agent answers: the boot is what loads the host.
         let slot = self.take_boot_slot().await?;
 
-        self.step = CreateStep::StartVm;
+        self.enter(CreateStep::StartVm);
         let vm = self.start_vm(&mut rec, undo).await?;
 
-        self.step = CreateStep::ConstrainVm;
+        self.enter(CreateStep::ConstrainVm);
         if let Some(mut cgroups) = cgroups {
             let planned: Vec<_> = self
                 .plan
@@ -155,28 +158,38 @@ impl Creation<'_> {
                 .await?;
         }
 
-        self.step = CreateStep::ConnectAgent;
+        self.enter(CreateStep::ConnectAgent);
         let agent = self.connect_agent(vm.as_ref()).await?;
         drop(slot);
 
-        self.step = CreateStep::GuestDetails;
+        self.enter(CreateStep::GuestDetails);
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
 
-        self.step = CreateStep::GuestNetwork;
+        self.enter(CreateStep::GuestNetwork);
         self.configure_guest_network(agent.as_ref()).await?;
 
-        self.step = CreateStep::GuestSandbox;
+        self.enter(CreateStep::GuestSandbox);
         let share = self.share.as_deref().expect("prepared above");
         self.create_guest_sandbox(&agent, share, undo).await?;
 
-        self.step = CreateStep::Containers;
+        self.enter(CreateStep::Containers);
         let sandbox = self.sandbox(vm, agent);
         self.create_containers(&sandbox, &mut rec, undo).await?;
 
         rec.state.phase = SandboxPhase::Ready;
         rec.write()?;
+        self.enter(CreateStep::Containers);
         *sandbox.share.lock().unwrap_or_else(|e| e.into_inner()) = self.share.take();
         Ok(sandbox)
+    }
+
+    /// Starts `step`, logging how long the one before took (where the
+    /// time of a sandbox start goes, at debug level).
+    fn enter(&mut self, step: CreateStep) {
+        debug!(self.logger, "create step done"; "step" => ?self.step,
+               "ms" => self.step_started.elapsed().as_millis() as u64);
+        self.step = step;
+        self.step_started = Instant::now();
     }
 
     /// The state directory, claimed and locked (held until the sandbox
