@@ -38,6 +38,7 @@ pub enum AgentMethod {
     GetGuestDetails,
     CopyFile,
     GetOOMEvent,
+    GetMetrics,
 }
 
 impl fmt::Display for AgentMethod {
@@ -101,7 +102,11 @@ pub trait Agent: Send + Sync {
     /// Resizes a process's terminal (`process.terminal`): `row` x `column`
     /// characters; the process gets `SIGWINCH`.
     async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
-    /// Brings hot-plugged CPUs and memory online.
+    /// Brings hot-plugged CPUs and memory online (Kata's semantics:
+    /// `nb_cpus` is how many CPUs must be online in the end; the agent
+    /// retries for a few seconds and fails if the guest does not get
+    /// there; with `cpu_only` false, every offline memory block is
+    /// onlined too).
     async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
     /// What the guest and agent support.
     async fn get_guest_details(
@@ -115,4 +120,8 @@ pub trait Agent: Send + Sync {
     /// long as it takes: call it in a loop from a task of its own (a shim
     /// turns each into a `TaskOOM` event).
     async fn get_oom_event(&self) -> Result<String>;
+    /// The guest's metrics in the Prometheus text format (Kata's
+    /// `GetMetrics`: `kata_guest_meminfo{item="mem_total"}` and the like,
+    /// in bytes).
+    async fn get_metrics(&self) -> Result<String>;
 }

@@ -16,7 +16,8 @@
 //!   after evaluating youki's `libcontainer`; the module doc says why) — a
 //!   pure [`container::plan`] and the clone/exec machinery;
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
-//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`resources`]
+//!   (CPU and memory onlining, memory metrics), [`channel`].
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -44,6 +45,7 @@ pub mod error;
 pub mod guest;
 pub mod oom;
 pub mod reaper;
+pub mod resources;
 pub mod service;
 pub mod storage;
 

@@ -61,8 +61,17 @@ pub struct VmConfig {
     pub default_vcpus: u32,
     /// Memory (MiB) for the guest itself, added to the containers' limits.
     pub default_memory_mib: u64,
-    /// Upper bound on vCPUs.
+    /// Upper bound on vCPUs: the VM can grow to this many with vCPU
+    /// hot-plug as containers come (QEMU's `-smp maxcpus`; the guest
+    /// kernel gets `nr_cpus=` this).
     pub max_vcpus: u32,
+    /// Upper bound on memory (MiB): the VM can grow to this with memory
+    /// hot-plug (QEMU's `-m maxmem`). Leave room in whole guest memory
+    /// blocks (128 MiB on x86-64) above the default.
+    pub max_memory_mib: u64,
+    /// How long growing the VM may take (hot-plug, and the guest bringing
+    /// the new vCPUs and memory online) before it is undone.
+    pub resize_timeout: Duration,
     /// Extra kernel parameters (`key=value` or `flag`), overriding defaults
     /// by key.
     pub kernel_params: Vec<String>,
@@ -76,25 +85,42 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A VM booting `kernel` and `initrd` with the defaults: 1 vCPU and
-    /// 256 MiB for the guest, KVM when usable. The VMM binary and its
-    /// options are the VM factory's (`QemuFactory::new`).
+    /// 256 MiB for the guest, growing up to the host's CPUs and memory (as
+    /// Kata's `default_maxvcpus` and `default_maxmemory` do), KVM when
+    /// usable. The VMM binary and its options are the VM factory's
+    /// (`QemuFactory::new`).
     pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
             initrd: initrd.into(),
             accelerator: Accelerator::Auto,
             default_vcpus: 1,
-            default_memory_mib: 256,
+            default_memory_mib: DEFAULT_MEMORY_MIB,
             max_vcpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1)
                 .max(1),
+            max_memory_mib: host_memory_mib()
+                .unwrap_or(DEFAULT_MEMORY_MIB)
+                .max(DEFAULT_MEMORY_MIB),
+            resize_timeout: Duration::from_secs(10),
             kernel_params: Vec::new(),
             debug: false,
             start_timeout: Duration::from_secs(60),
             stop_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Guest memory of a VM before any container counts, MiB.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// The host's memory (`MemTotal`), MiB.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 /// Where the cgroup hierarchies are.

@@ -60,6 +60,7 @@ mod devices;
 mod error;
 mod factory;
 pub mod fs_share;
+mod guest_metrics;
 mod host_mounts;
 pub mod mounts;
 pub mod persist;
@@ -80,6 +81,7 @@ pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};
 pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
+pub use guest_metrics::{GuestMemory, parse_guest_memory};
 pub use plan::{
     CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources, plan_sandbox,
     resources_of, vm_size,

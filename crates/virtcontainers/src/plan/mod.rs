@@ -95,6 +95,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
     let shared_dir = config.paths.shared_root.join(id.as_str());
     let vm_base = vm::base_size(&config.vm)?;
     let size = vm_size(&resources, &vm_base).map_err(cgroups_config)?;
+    vm_base.check(size)?;
     let share_device = fs_share::new_share(
         &share.kind,
         shared_dir.clone(),
@@ -114,6 +115,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         cgroups: config.cgroups.clone(),
         vm_base,
         stop_timeout: config.vm.stop_timeout,
+        resize_timeout: config.vm.resize_timeout,
         lock_timeout: config.lock_timeout,
         lifetime: config.lifetime,
     };

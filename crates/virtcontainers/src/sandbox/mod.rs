@@ -14,6 +14,7 @@ mod fetch;
 mod lifecycle;
 mod process;
 mod reclaim;
+mod resize;
 #[cfg(test)]
 mod tests;
 
