@@ -88,14 +88,110 @@ pub fn stats(dir: &Path) -> pb::CgroupStats {
 #[derive(Debug)]
 pub struct Cgroup {
     dir: PathBuf,
+    /// Its ancestors below the agent's root (outermost first), removed
+    /// after it when no other container uses them.
+    parents: Vec<PathBuf>,
+}
+
+/// The container's cgroup, relative: the spec's `linux.cgroupsPath` (as
+/// the runtime sends it, a cgroupfs path; taken from the top of the
+/// hierarchy) or the container id when it has none (taken from the
+/// agent's own directory). A path that could leave the hierarchy is
+/// refused.
+pub fn container_cgroup_path(container_id: &str, cgroups_path: Option<&Path>) -> Result<PathBuf> {
+    let Some(path) = cgroups_path else {
+        return Ok(PathBuf::from(container_id));
+    };
+    let mut rel = PathBuf::new();
+    for c in path.components() {
+        match c {
+            std::path::Component::RootDir => {}
+            std::path::Component::Normal(n) => rel.push(n),
+            _ => {
+                return Err(Error::InvalidRequest {
+                    container_id: container_id.to_owned(),
+                    reason: format!(
+                        "linux.cgroupsPath {} leaves the cgroup root",
+                        path.display()
+                    ),
+                });
+            }
+        }
+    }
+    if rel.as_os_str().is_empty() {
+        return Err(Error::InvalidRequest {
+            container_id: container_id.to_owned(),
+            reason: "linux.cgroupsPath names the cgroup root".into(),
+        });
+    }
+    Ok(rel)
 }
 
 impl Cgroup {
     /// Creates `<root>/<container_id>`.
     pub fn create(root: &Path, container_id: &str) -> Result<Cgroup> {
-        let dir = root.join(container_id);
-        fs::create_dir(&dir).map_err(Error::io("creating cgroup", &dir))?;
-        Ok(Cgroup { dir })
+        Self::create_at(root, Path::new(container_id))
+    }
+
+    /// Creates `<root>/<rel>`, making the missing parents with the
+    /// controllers `root` gives its children enabled for theirs (cgroup v2
+    /// hands a controller down one level at a time). An existing cgroup is
+    /// an error: one container per cgroup.
+    pub fn create_at(root: &Path, rel: &Path) -> Result<Cgroup> {
+        let controllers = read(root, "cgroup.subtree_control").unwrap_or_default();
+        let enable: Vec<String> = controllers
+            .split_whitespace()
+            .map(|c| format!("+{c}"))
+            .collect();
+        let mut parents = Vec::new();
+        let mut dir = root.to_path_buf();
+        let components: Vec<_> = rel.components().collect();
+        for (i, c) in components.iter().enumerate() {
+            dir.push(c);
+            let last = i + 1 == components.len();
+            if last {
+                if let Err(e) = fs::create_dir(&dir) {
+                    let cg = Cgroup {
+                        dir: dir.clone(),
+                        parents,
+                    };
+                    cg.remove_parents();
+                    return Err(Error::io("creating cgroup", &dir)(e));
+                }
+                break;
+            }
+            // Parents another container made count too: the agent owns
+            // everything below its root, and the last one out removes them.
+            parents.push(dir.clone());
+            match fs::create_dir(&dir) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => {
+                    let cg = Cgroup {
+                        dir: dir.clone(),
+                        parents,
+                    };
+                    cg.remove_parents();
+                    return Err(Error::io("creating cgroup", &dir)(e));
+                }
+            }
+            if !enable.is_empty() {
+                // Already enabled is fine; a failure shows when limits are
+                // written.
+                let _ = write(&dir, "cgroup.subtree_control", &enable.join(" "));
+            }
+        }
+        Ok(Cgroup { dir, parents })
+    }
+
+    /// Removes its ancestors below the root, innermost first, stopping at
+    /// one another container still uses.
+    pub(crate) fn remove_parents(&self) {
+        for p in self.parents.iter().rev() {
+            if fs::remove_dir(p).is_err() {
+                break;
+            }
+        }
     }
 
     /// The directory.
@@ -169,13 +265,60 @@ impl Cgroup {
 
     /// Removes the directory (it must be empty of processes).
     pub fn remove(self) -> Result<()> {
-        fs::remove_dir(&self.dir).map_err(Error::io("removing cgroup", &self.dir))
+        fs::remove_dir(&self.dir).map_err(Error::io("removing cgroup", &self.dir))?;
+        self.remove_parents();
+        Ok(())
     }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_cgroups_path_is_made_below_the_root_and_its_parents_go_with_it() {
+        let root = tempfile::tempdir().unwrap();
+        // A plain directory stands in for cgroupfs: mkdir/rmdir are what count.
+        fs::write(root.path().join("cgroup.subtree_control"), "").unwrap();
+        let rel = container_cgroup_path("c1", Some(Path::new("/kubepods/pod1/c1"))).unwrap();
+        assert_eq!(rel, Path::new("kubepods/pod1/c1"));
+        let a = Cgroup::create_at(root.path(), &rel).unwrap();
+        assert_eq!(a.path(), root.path().join("kubepods/pod1/c1"));
+        let rel_b = container_cgroup_path("c2", Some(Path::new("kubepods/pod1/c2"))).unwrap();
+        let b = Cgroup::create_at(root.path(), &rel_b).unwrap();
+        assert!(
+            Cgroup::create_at(root.path(), &rel).is_err(),
+            "one container per cgroup"
+        );
+        assert!(
+            root.path().join("kubepods/pod1").is_dir(),
+            "a failed create keeps parents in use"
+        );
+        a.remove().unwrap();
+        assert!(
+            root.path().join("kubepods/pod1").is_dir(),
+            "c2 still uses the parents"
+        );
+        b.remove().unwrap();
+        assert!(
+            !root.path().join("kubepods").exists(),
+            "the last one out removes them"
+        );
+    }
+
+    #[test]
+    fn a_cgroups_path_that_leaves_the_root_is_refused() {
+        assert_eq!(container_cgroup_path("c1", None).unwrap(), Path::new("c1"));
+        for bad in ["/a/../../x", "/", "..", "a/./../b"] {
+            assert!(
+                matches!(
+                    container_cgroup_path("c1", Some(Path::new(bad))),
+                    Err(Error::InvalidRequest { .. })
+                ),
+                "{bad}"
+            );
+        }
+    }
 
     #[test]
     fn stats_from_v2_files() {

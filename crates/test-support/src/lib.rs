@@ -22,7 +22,8 @@
 //!   ([`leftovers_under`]) and a snapshot of everything the SDK can leave
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
 //! - **VM tests**: [`small_vm_config`] and [`small_vm_options`], one VM test at a time
-//!   ([`vm_lock`]), [`runtime`], [`logger`]; for the benches, their
+//!   ([`vm_lock`]), [`runtime`], [`logger`], a log a test reads back
+//!   ([`LogCapture`]); for the benches, their
 //!   arguments ([`bench_args`]) and the bare QEMU baseline
 //!   ([`time_bare_boot`]).
 //!
@@ -51,6 +52,7 @@ mod host_binary;
 mod ids;
 mod image;
 mod init;
+mod log_capture;
 mod require;
 mod shell;
 mod shell_vm;
@@ -70,6 +72,7 @@ pub use image::{
     busybox_image_with_files, guest_image_dir, workspace_root,
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
+pub use log_capture::{LogCapture, LogLine};
 pub use require::{
     EROFS_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,

@@ -78,6 +78,7 @@ pub struct ContainerSpec {
     namespaces: Vec<LinuxNamespaceType>,
     mounts: Option<Vec<Mount>>,
     resources: Option<LinuxResources>,
+    cgroups_path: Option<String>,
 }
 
 impl ContainerSpec {
@@ -95,6 +96,7 @@ impl ContainerSpec {
             namespaces: Vec::new(),
             mounts: None,
             resources: None,
+            cgroups_path: None,
         }
     }
 
@@ -196,6 +198,13 @@ impl ContainerSpec {
         self
     }
 
+    /// The container's cgroup (`linux.cgroupsPath`): a cgroupfs path or a
+    /// systemd `slice:prefix:name`.
+    pub fn cgroups_path(mut self, path: &str) -> Self {
+        self.cgroups_path = Some(path.to_owned());
+        self
+    }
+
     /// The spec.
     pub fn build(self) -> Spec {
         let mut process = ProcessBuilder::default().args(self.args).env(self.env);
@@ -229,7 +238,7 @@ impl ContainerSpec {
         if let Some(mounts) = self.mounts {
             spec = spec.mounts(mounts);
         }
-        if !self.namespaces.is_empty() || self.resources.is_some() {
+        if !self.namespaces.is_empty() || self.resources.is_some() || self.cgroups_path.is_some() {
             let mut linux = LinuxBuilder::default();
             if !self.namespaces.is_empty() {
                 let namespaces = self
@@ -242,6 +251,9 @@ impl ContainerSpec {
             }
             if let Some(resources) = self.resources {
                 linux = linux.resources(resources);
+            }
+            if let Some(path) = self.cgroups_path {
+                linux = linux.cgroups_path(path);
             }
             spec = spec.linux(linux.build().expect("a linux section"));
         }

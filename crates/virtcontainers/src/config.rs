@@ -12,6 +12,7 @@ use vc_cgroups_host::plan::{CgroupDriver, CgroupVersion, Overhead};
 use vc_hypervisor::Accelerator;
 use vc_types::{ContainerId, SandboxId};
 
+use crate::boot::BootAdmission;
 use crate::error::Error;
 
 /// Where the SDK keeps its files on the host.
@@ -68,17 +69,35 @@ pub struct VmConfig {
     /// Upper bound on memory (MiB): the VM can grow to this with memory
     /// hot-plug (QEMU's `-m maxmem`). Leave room in whole guest memory
     /// blocks (128 MiB on x86-64) above the default.
+    #[serde(default = "default_max_memory_mib")]
     pub max_memory_mib: u64,
     /// How long growing the VM may take (hot-plug, and the guest bringing
     /// the new vCPUs and memory online) before it is undone.
+    #[serde(default = "default_resize_timeout")]
     pub resize_timeout: Duration,
     /// Extra kernel parameters (`key=value` or `flag`), overriding defaults
     /// by key.
     pub kernel_params: Vec<String>,
     /// Guest agent log level and console kept after stop.
     pub debug: bool,
-    /// How long the VM may take to start and its agent to answer.
+    /// The longest wall time the VM may take to start and its agent to
+    /// answer, however busy the host. Normally the guest's progress
+    /// decides first: see [`VmConfig::boot_cpu_budget`].
     pub start_timeout: Duration,
+    /// The VMM CPU time the guest may use to boot before its agent
+    /// answers. A boot on a busy host gets the CPU later but needs no
+    /// more of it, so this, not the wall clock, tells a stuck guest from
+    /// a slow one.
+    #[serde(default = "default_boot_cpu_budget")]
+    pub boot_cpu_budget: Duration,
+    /// How many VMs may boot at once on this host, across the processes
+    /// sharing [`Paths::runtime_root`] (and a network namespace); a boot
+    /// beyond the limit waits for a slot.
+    #[serde(default)]
+    pub boot_admission: BootAdmission,
+    /// How long a boot may wait for a slot.
+    #[serde(default = "default_admission_timeout")]
+    pub admission_timeout: Duration,
     /// How long a graceful VM stop may take before it is killed.
     pub stop_timeout: Duration,
 }
@@ -100,13 +119,14 @@ impl VmConfig {
                 .map(|n| n.get() as u32)
                 .unwrap_or(1)
                 .max(1),
-            max_memory_mib: host_memory_mib()
-                .unwrap_or(DEFAULT_MEMORY_MIB)
-                .max(DEFAULT_MEMORY_MIB),
-            resize_timeout: Duration::from_secs(10),
+            max_memory_mib: default_max_memory_mib(),
+            resize_timeout: default_resize_timeout(),
             kernel_params: Vec::new(),
             debug: false,
-            start_timeout: Duration::from_secs(60),
+            start_timeout: Duration::from_secs(600),
+            boot_cpu_budget: default_boot_cpu_budget(),
+            boot_admission: BootAdmission::Auto,
+            admission_timeout: default_admission_timeout(),
             stop_timeout: Duration::from_secs(5),
         }
     }
@@ -115,12 +135,31 @@ impl VmConfig {
 /// Guest memory of a VM before any container counts, MiB.
 const DEFAULT_MEMORY_MIB: u64 = 256;
 
+/// The host's memory, as Kata's `default_maxmemory` is.
+fn default_max_memory_mib() -> u64 {
+    host_memory_mib()
+        .unwrap_or(DEFAULT_MEMORY_MIB)
+        .max(DEFAULT_MEMORY_MIB)
+}
+
+fn default_resize_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
 /// The host's memory (`MemTotal`), MiB.
 fn host_memory_mib() -> Option<u64> {
     let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
     let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
     let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kib / 1024)
+}
+
+fn default_boot_cpu_budget() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_admission_timeout() -> Duration {
+    Duration::from_secs(600)
 }
 
 /// Where the cgroup hierarchies are.

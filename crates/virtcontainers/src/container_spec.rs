@@ -101,7 +101,7 @@ pub(crate) fn layout(
         mounts.push(place.rewrite(i, m, host_mounts)?);
     }
     spec.set_mounts(Some(mounts));
-    strip_host_only(&mut spec);
+    strip_host_only(id, &mut spec)?;
     Ok(ContainerLayout {
         binds,
         spec,
@@ -178,16 +178,42 @@ impl MountPlacement<'_> {
     }
 }
 
-/// Drops what only means something on the host: hooks (host binaries),
-/// the network namespace (the VM is the network boundary: containers
-/// share the guest's namespace, which holds the sandbox's interfaces) and
-/// the host cgroup path (the agent places the container in its own
-/// hierarchy).
-fn strip_host_only(spec: &mut Spec) {
+/// The container's cgroup inside the guest for its `linux.cgroupsPath`:
+/// a cgroupfs path as is, a systemd `slice:prefix:name` as the cgroupfs
+/// path systemd would give it (the guest has no systemd; runc shows the
+/// same path in `/proc/self/cgroup`). A path that could leave the
+/// hierarchy is refused before anything is made.
+pub(crate) fn guest_cgroups_path(id: &ContainerId, path: &str) -> Result<String, Error> {
+    let invalid = |reason: String| Error::InvalidSpec {
+        container: id.clone(),
+        reason: format!("linux.cgroupsPath {path:?}: {reason}"),
+    };
+    let parsed = if !path.starts_with('/') && path.split(':').count() == 3 {
+        vc_cgroups_host::plan::SystemdCgroupPath::parse(path)
+            .map(|p| p.cgroup_path().clone())
+            .map_err(|e| invalid(crate::error::chain(&e)))?
+    } else {
+        vc_cgroups_host::plan::CgroupPath::parse(path)
+            .map_err(|e| invalid(crate::error::chain(&e)))?
+    };
+    if parsed.is_root() {
+        return Err(invalid("names the cgroup root".into()));
+    }
+    Ok(parsed.as_str().to_owned())
+}
+
+/// Drops what only means something on the host: hooks (host binaries)
+/// and the network namespace (the VM is the network boundary: containers
+/// share the guest's namespace, which holds the sandbox's interfaces); the
+/// cgroup path becomes the guest's form of it.
+fn strip_host_only(id: &ContainerId, spec: &mut Spec) -> Result<(), Error> {
     spec.set_hooks(None);
     if let Some(linux) = spec.linux().clone() {
         let mut linux = linux;
-        linux.set_cgroups_path(None);
+        if let Some(path) = linux.cgroups_path().clone() {
+            let guest = guest_cgroups_path(id, &path.to_string_lossy())?;
+            linux.set_cgroups_path(Some(PathBuf::from(guest)));
+        }
         if let Some(ns) = linux.namespaces().clone() {
             linux.set_namespaces(Some(
                 ns.into_iter()
@@ -197,6 +223,7 @@ fn strip_host_only(spec: &mut Spec) {
         }
         spec.set_linux(Some(linux));
     }
+    Ok(())
 }
 
 fn push_storage(
@@ -369,7 +396,7 @@ mod tests {
     }
 
     #[test]
-    fn host_only_settings_are_dropped() {
+    fn host_only_settings_are_dropped_and_the_cgroup_path_kept() {
         let l = layout(
             &config(vec![]),
             Path::new("/s"),
@@ -378,7 +405,11 @@ mod tests {
         )
         .unwrap();
         let linux = l.spec.linux().as_ref().unwrap();
-        assert_eq!(linux.cgroups_path(), &None);
+        assert_eq!(
+            linux.cgroups_path().as_deref(),
+            Some(Path::new("/kubepods/pod1/c1")),
+            "the cgroup path is the guest's too"
+        );
         let types: Vec<_> = linux
             .namespaces()
             .as_ref()
@@ -387,6 +418,30 @@ mod tests {
             .map(|n| n.typ())
             .collect();
         assert_eq!(types, [LinuxNamespaceType::Pid]);
+    }
+
+    #[test]
+    fn cgroup_paths_become_the_guest_form_or_are_refused() {
+        let id = ContainerId::new("c1").unwrap();
+        let guest = |p: &str| guest_cgroups_path(&id, p);
+        assert_eq!(guest("kubepods//pod1/./c1").unwrap(), "/kubepods/pod1/c1");
+        assert_eq!(
+            guest("kubepods-besteffort-pod1.slice:cri-containerd:c1").unwrap(),
+            "/kubepods.slice/kubepods-besteffort.slice/kubepods-besteffort-pod1.slice/cri-containerd-c1.scope"
+        );
+        assert_eq!(
+            guest(":docker:c1").unwrap(),
+            "/system.slice/docker-c1.scope"
+        );
+        for bad in ["/pod/../../x", "/", "/sys/fs/cgroup/x", "a:b:c/d"] {
+            match guest(bad) {
+                Err(Error::InvalidSpec { container, reason }) => {
+                    assert_eq!(container, id);
+                    assert!(reason.contains(bad), "{reason}");
+                }
+                other => panic!("{bad}: {other:?}"),
+            }
+        }
     }
 
     #[test]

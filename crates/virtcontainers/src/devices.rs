@@ -42,6 +42,10 @@ pub(crate) struct ContainerDevices {
     pub nodes: Vec<pb::Device>,
 }
 
+/// Kata's `driver_options` key naming a directory its agent makes before
+/// mounting an overlay.
+const OVERLAY_CREATE_DIR: &str = "io.katacontainers.volume.overlayfs.create_directory";
+
 /// Kata's device type of a virtio-blk disk the agent finds by PCI path.
 const DRIVER_BLK_PCI: &str = "blk";
 
@@ -373,6 +377,11 @@ fn erofs_storages(
         format!("workdir={}", rw.join("work").display()),
     ];
     s.options.extend(overlay.features.iter().cloned());
+    // A Kata agent makes an overlay's dirs only when asked to, this way.
+    s.driver_options = ["upper", "work"]
+        .iter()
+        .map(|d| format!("{OVERLAY_CREATE_DIR}={}", rw.join(d).display()))
+        .collect();
     s.mount_point = guest_rootfs.to_owned();
     out.storages.push(s);
     Ok(())

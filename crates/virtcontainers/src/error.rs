@@ -19,6 +19,8 @@ pub enum CreateStep {
     Cgroups,
     /// Preparing the host side of the filesystem share.
     FsShare,
+    /// Waiting for a boot slot ([`crate::BootAdmission`]).
+    BootSlot,
     /// Starting the VM.
     StartVm,
     /// Moving the VMM's threads into the cgroups.
@@ -142,6 +144,27 @@ pub enum Error {
         id: vc_types::SandboxId,
         /// The VMM's pid.
         pid: u32,
+    },
+
+    /// No boot slot became free in time ([`crate::BootAdmission`]).
+    #[error("sandbox \"{id}\" waited for a boot slot in vain")]
+    BootAdmission {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// How long and for how many slots.
+        #[source]
+        source: crate::boot::AdmissionError,
+    },
+
+    /// The guest's agent did not answer before its boot was given up (see
+    /// [`crate::VmConfig::boot_cpu_budget`]).
+    #[error("the guest of sandbox \"{id}\" did not get ready")]
+    GuestNotReady {
+        /// The sandbox id.
+        id: vc_types::SandboxId,
+        /// Why the wait ended: its CPU budget spent, the wall-clock limit.
+        #[source]
+        source: crate::boot::BootVerdict,
     },
 
     /// No sandbox with this id.

@@ -54,6 +54,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod boot;
 mod config;
 mod container_spec;
 mod devices;
@@ -72,6 +73,7 @@ mod state;
 pub mod testing;
 mod undo;
 
+pub use boot::BootAdmission;
 pub use config::{
     AgentSettings, BlockRootfs, CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig,
     FsShareKind, Paths, SandboxConfig, SandboxLifetime, VmConfig,
@@ -83,8 +85,8 @@ pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
 pub use guest_metrics::{GuestMemory, parse_guest_memory};
 pub use plan::{
-    CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources, plan_sandbox,
-    resources_of, vm_size,
+    BootPlan, CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources,
+    plan_sandbox, resources_of, vm_size,
 };
 pub use sandbox::{
     CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,

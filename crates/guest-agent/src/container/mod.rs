@@ -124,8 +124,10 @@ struct Container {
 /// Where the agent keeps containers and how it treats the guest.
 #[derive(Debug, Clone)]
 pub struct SandboxConfig {
-    /// The cgroup v2 directory under which each container gets one
-    /// (`None`: no cgroups; stats, update, pause are then unsupported).
+    /// The cgroup v2 directory under which each container without a
+    /// `linux.cgroupsPath` gets one; a named path is taken from its parent,
+    /// the top of the hierarchy (`None`: no cgroups; stats, update, pause
+    /// are then unsupported).
     pub cgroup_root: Option<PathBuf>,
 }
 
@@ -263,7 +265,16 @@ impl Sandbox {
                 });
             }
             if let Some(root) = &self.config.cgroup_root {
-                let cg = Cgroup::create(root, container_id)?;
+                let cgroups_path = spec.linux().as_ref().and_then(|l| l.cgroups_path().as_deref());
+                let path = crate::cgroup::container_cgroup_path(container_id, cgroups_path)?;
+                // A named cgroup is where the spec says, from the top of the
+                // guest's hierarchy, as runc and Kata's agent place it; an
+                // unnamed one goes below the agent's own directory.
+                let base = match cgroups_path {
+                    Some(_) => root.parent().unwrap_or(root),
+                    None => root,
+                };
+                let cg = Cgroup::create_at(base, &path)?;
                 let resources = spec.linux().as_ref().and_then(|l| l.resources().clone());
                 undo.cgroup = Some(cg);
                 if let (Some(r), Some(cg)) = (resources, &undo.cgroup) {
@@ -367,7 +378,7 @@ impl Sandbox {
         process: &oci_spec::runtime::Process,
     ) -> Result<()> {
         check_id(vc_types::IdKind::Exec, container_id, exec_id)?;
-        let (init_pid, defaults, user_ns) = {
+        let (init_pid, defaults, user_ns, cgroup) = {
             let containers = self.lock();
             let c = containers
                 .get(container_id)
@@ -389,14 +400,19 @@ impl Sandbox {
                     operation: "exec",
                 });
             }
-            (c.init.pid, c.exec_defaults.clone(), c.user_ns)
+            (
+                c.init.pid,
+                c.exec_defaults.clone(),
+                c.user_ns,
+                c.cgroup.as_ref().map(|cg| cg.path().to_owned()),
+            )
         };
         let mut plan = plan::plan_process(container_id, process)?;
         plan::inherit(&mut plan, &defaults);
         let reaper = self.reaper.clone();
         let cid = container_id.to_owned();
         let spawned = tokio::task::spawn_blocking(move || {
-            spawn::spawn_exec(&reaper, &cid, init_pid, user_ns, &plan)
+            spawn::spawn_exec(&reaper, &cid, init_pid, user_ns, cgroup.as_deref(), &plan)
         })
         .await
         .map_err(|e| Error::sys("exec task")(std::io::Error::other(e)))??;
@@ -657,7 +673,10 @@ impl Sandbox {
 impl Cgroup {
     fn remove_or_keep(self) -> std::result::Result<(), Cgroup> {
         match std::fs::remove_dir(self.path()) {
-            Ok(()) => Ok(()),
+            Ok(()) => {
+                self.remove_parents();
+                Ok(())
+            }
             Err(_) => Err(self),
         }
     }

@@ -5,6 +5,7 @@ use std::ffi::CString;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::path::Path;
 
 use tokio::sync::watch;
 
@@ -159,9 +160,18 @@ impl Launched {
     /// namespace (runc writes them from the parent too, before the child
     /// sets anything up), its OOM score; then the go byte. On failure the
     /// child is killed (and reaped by the reaper).
-    fn release(&self, maps: Option<&IdMaps>, oom_score_adj: Option<i32>) -> Result<()> {
+    fn release(
+        &self,
+        maps: Option<&IdMaps>,
+        oom_score_adj: Option<i32>,
+        cgroup: Option<&Path>,
+    ) -> Result<()> {
         let pid = self.spawned.pid;
         let res = (|| {
+            if let Some(dir) = cgroup {
+                let procs = dir.join("cgroup.procs");
+                std::fs::write(&procs, pid.to_string()).map_err(Error::io("writing", procs))?;
+            }
             if let Some(maps) = maps {
                 write_proc(pid, "uid_map", &maps.uid_map)?;
                 write_proc(pid, "gid_map", &maps.gid_map)?;
@@ -246,7 +256,7 @@ pub fn spawn_container(
         Ok((pid, ()))
     })?;
     let mut launched = pipes.parent_ends(pid, exited);
-    launched.release(plan.user_ns.as_ref(), plan.process.oom_score_adj)?;
+    launched.release(plan.user_ns.as_ref(), plan.process.oom_score_adj, None)?;
     let names = ItemNames::of(plan);
     if !launched.take_console(plan.process.console_size)? {
         read_status(container_id, &launched.spawned.status, &names)?;
@@ -276,6 +286,7 @@ pub fn spawn_exec(
     container_id: &str,
     init_pid: libc::pid_t,
     user_ns: bool,
+    cgroup: Option<&Path>,
     process: &ProcessPlan,
 ) -> Result<Spawned> {
     let pid_ns = open_ns(init_pid, "ns/pid")?;
@@ -333,7 +344,8 @@ pub fn spawn_exec(
         Ok((pid, ()))
     })?;
     let mut launched = pipes.parent_ends(pid, exited);
-    launched.release(None, process.oom_score_adj)?;
+    // In its container's cgroup before it runs anything, as runc exec.
+    launched.release(None, process.oom_score_adj, cgroup)?;
     let names = ItemNames::default();
     if !launched.take_console(process.console_size)? {
         read_status(container_id, &launched.spawned.status, &names)?;

@@ -79,7 +79,7 @@ use tokio::io::unix::AsyncFd;
 pub use self::handle::ProcessHandle;
 pub use self::ledger::{LEDGER_FILE, ProcessLedger, STATUS_PREFIX, exit_status};
 pub use self::spawn::{ProcessSpec, spawn};
-pub use self::stat::{is_alive, start_time, with_descendants};
+pub use self::stat::{cpu_time, is_alive, start_time, with_descendants};
 use crate::hypervisor::ExitStatus;
 
 /// How long to wait for a process to be gone after `SIGKILL`.
@@ -122,6 +122,11 @@ impl ProcessRecord {
     /// Whether the process is alive (see [`is_alive`]).
     pub fn is_alive(&self) -> bool {
         is_alive(self.pid, self.start_time)
+    }
+
+    /// The CPU time it has used (see [`cpu_time`]); `None` once gone.
+    pub fn cpu_time(&self) -> Option<std::time::Duration> {
+        cpu_time(self.pid, self.start_time)
     }
 }
 

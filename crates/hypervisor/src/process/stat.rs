@@ -11,6 +11,9 @@ pub(crate) struct Stat {
     pub state: u8,
     /// Field 4: the parent's pid.
     pub ppid: u32,
+    /// Fields 14 and 15: clock ticks spent in user and kernel mode, all
+    /// threads together.
+    pub cpu_ticks: u64,
     /// Field 22: clock ticks after boot.
     pub start_time: u64,
 }
@@ -34,11 +37,15 @@ pub(crate) fn parse(stat: &[u8]) -> Option<Stat> {
     // Field 3 is the first after the command.
     let state = *fields.next()?.first()?;
     let ppid = parse_u64(fields.next()?)?;
-    // Field 22 is the 18th after field 4.
-    let start_time = parse_u64(fields.nth(17)?)?;
+    // Field 14 is the 10th after field 4.
+    let utime = parse_u64(fields.nth(9)?)?;
+    let stime = parse_u64(fields.next()?)?;
+    // Field 22 is the 7th after field 15.
+    let start_time = parse_u64(fields.nth(6)?)?;
     Some(Stat {
         state,
         ppid: u32::try_from(ppid).ok()?,
+        cpu_ticks: utime.checked_add(stime)?,
         start_time,
     })
 }
@@ -77,6 +84,20 @@ pub fn start_time(pid: u32) -> io::Result<u64> {
 /// reap it, it is dead for everyone else.
 pub fn is_alive(pid: u32, start_time: u64) -> bool {
     read(pid).is_ok_and(|s| s.start_time == start_time && !s.has_exited())
+}
+
+/// The CPU time the process `pid` started at `start_time` has used, all
+/// its threads together (for a VMM under TCG: how far its guest got).
+/// `None` when it is gone or the pid is another process's now.
+pub fn cpu_time(pid: u32, start_time: u64) -> Option<std::time::Duration> {
+    let stat = read(pid).ok().filter(|s| s.start_time == start_time)?;
+    // SAFETY: sysconf only reads a system constant.
+    let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
+    let ticks_per_second = u64::try_from(ticks_per_second).ok().filter(|&t| t > 0)?;
+    Some(std::time::Duration::from_nanos(
+        stat.cpu_ticks
+            .saturating_mul(1_000_000_000 / ticks_per_second),
+    ))
 }
 
 /// `pid` and every process descending from it, `pid` first (a daemon that
@@ -122,6 +143,7 @@ mod tests {
             Some(Stat {
                 state: b'S',
                 ppid: 1,
+                cpu_ticks: 8,
                 start_time: 987654
             })
         );
@@ -135,6 +157,23 @@ mod tests {
         assert!(own.start_time > 0);
         assert!(is_alive(std::process::id(), own.start_time));
         assert!(!is_alive(std::process::id(), own.start_time + 1));
+    }
+
+    #[test]
+    fn cpu_time_counts_what_the_process_used() {
+        let own = read(std::process::id()).unwrap();
+        let before = cpu_time(std::process::id(), own.start_time).unwrap();
+        let spin = Instant::now();
+        let mut x = 0u64;
+        while spin.elapsed() < Duration::from_millis(300) {
+            x = std::hint::black_box(x.wrapping_add(1));
+        }
+        let after = cpu_time(std::process::id(), own.start_time).unwrap();
+        assert!(
+            after >= before + Duration::from_millis(200),
+            "{before:?} -> {after:?}"
+        );
+        assert_eq!(cpu_time(std::process::id(), own.start_time + 1), None);
     }
 
     #[test]

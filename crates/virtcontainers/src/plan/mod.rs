@@ -25,6 +25,7 @@ use vc_types::SandboxId;
 pub use resources::{container_resources, resources_of};
 pub use vm_size::{VmBaseSize, VmSize, vm_size};
 
+use crate::boot::{BootAdmission, BootBudget};
 use crate::config::{CgroupHierarchy, CgroupsConfig, ContainerConfig, SandboxConfig};
 use crate::error::Error;
 use crate::fs_share::{self, ShareChoice};
@@ -55,8 +56,21 @@ pub struct SandboxPlan {
     pub containers: Vec<ContainerPlan>,
     /// What another process needs to drive the sandbox.
     pub settings: PersistedSettings,
-    /// How long the VM may take to start and its agent to answer.
-    pub start_timeout: std::time::Duration,
+    /// How the boot is admitted and waited for.
+    pub boot: BootPlan,
+}
+
+/// How the VM's boot is admitted and waited for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BootPlan {
+    /// How many boots at once.
+    pub admission: BootAdmission,
+    /// How long to wait for a slot.
+    pub admission_timeout: std::time::Duration,
+    /// Whose slots: the runtime root's.
+    pub slot_scope: String,
+    /// How long the guest is waited for.
+    pub budget: BootBudget,
 }
 
 /// The sandbox's host cgroups: the planner's input and its first plan.
@@ -122,7 +136,15 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
     Ok(SandboxPlan {
         state_dir: config.paths.state_root.join(id.as_str()),
         settings,
-        start_timeout: config.vm.start_timeout,
+        boot: BootPlan {
+            admission: config.vm.boot_admission,
+            admission_timeout: config.vm.admission_timeout,
+            slot_scope: config.paths.runtime_root.to_string_lossy().into_owned(),
+            budget: BootBudget {
+                cpu: config.vm.boot_cpu_budget,
+                wall: config.vm.start_timeout,
+            },
+        },
         id,
         runtime_dir,
         shared_dir,
@@ -163,6 +185,14 @@ pub(crate) fn plan_container(c: &ContainerConfig) -> Result<ContainerPlan, Error
         container: c.id.clone(),
         reason: e.to_string(),
     })?;
+    if let Some(path) = c
+        .spec
+        .linux()
+        .as_ref()
+        .and_then(|l| l.cgroups_path().as_ref())
+    {
+        crate::container_spec::guest_cgroups_path(&c.id, &path.to_string_lossy())?;
+    }
     Ok(ContainerPlan {
         config: c.clone(),
         resources: resources_of(&c.id, &c.spec, false),

@@ -2,15 +2,21 @@
 //! step records its host resources before making them and registers its
 //! undo; a failure unwinds the completed steps in reverse.
 
+use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
+use std::time::Instant;
 
 use slog::{Logger, info, o};
 use vc_agent_client::protocol::agent as pb;
 use vc_agent_client::{Agent, AgentConfig};
 use vc_hypervisor::Hypervisor;
+use vc_hypervisor::accel::ResolvedAccelerator;
 
 use super::cgroups::SandboxCgroups;
 use super::{Sandbox, remove_empty_dir, remove_runtime_dir};
+use crate::boot::admission::take_slot;
+use crate::boot::progress::wait_for_guest;
+use crate::boot::{BootSlot, BootVerdict};
 use crate::config::SandboxConfig;
 use crate::error::{CreateStep, Error};
 use crate::factory::VmFactory;
@@ -121,6 +127,10 @@ impl Creation<'_> {
         self.step = CreateStep::FsShare;
         self.share = Some(self.prepare_share(&mut rec, undo).await?);
 
+        self.step = CreateStep::BootSlot;
+        // Held until the agent answers: the boot is what loads the host.
+        let slot = self.take_boot_slot().await?;
+
         self.step = CreateStep::StartVm;
         let vm = self.start_vm(&mut rec, undo).await?;
 
@@ -139,6 +149,7 @@ impl Creation<'_> {
 
         self.step = CreateStep::ConnectAgent;
         let agent = self.connect_agent(vm.as_ref()).await?;
+        drop(slot);
 
         self.step = CreateStep::GuestDetails;
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
@@ -275,7 +286,7 @@ impl Creation<'_> {
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         let plan = self.plan;
         let vm = self.factory.new_vm(plan.vm.clone(), &self.logger)?;
-        let started = vm.start(plan.start_timeout).await;
+        let started = vm.start(plan.boot.budget.wall).await;
         {
             let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
             undo.push("vm", move || async move {
@@ -294,15 +305,56 @@ impl Creation<'_> {
         Ok(vm)
     }
 
+    /// A boot slot, when boots are limited; waits for one.
+    async fn take_boot_slot(&self) -> Result<Option<BootSlot>, Error> {
+        let boot = &self.plan.boot;
+        let accel = vc_hypervisor::accel::choose(
+            self.plan.vm.accelerator,
+            vc_hypervisor::accel::probe_kvm(),
+        )
+        .map_or(ResolvedAccelerator::Tcg, |c| c.accelerator);
+        let cpus = std::thread::available_parallelism()
+            .ok()
+            .and_then(|n| NonZeroU32::new(u32::try_from(n.get()).unwrap_or(u32::MAX)))
+            .unwrap_or(NonZeroU32::MIN);
+        let Some(slots) = boot.admission.slots(accel, cpus) else {
+            return Ok(None);
+        };
+        let waited = Instant::now();
+        let slot = take_slot(&boot.slot_scope, slots, boot.admission_timeout)
+            .await
+            .map_err(|source| Error::BootAdmission {
+                id: self.plan.id.clone(),
+                source,
+            })?;
+        info!(self.logger, "boot slot taken"; "slot" => slot.index(), "slots" => slots.get(),
+              "waited_ms" => waited.elapsed().as_millis() as u64);
+        Ok(Some(slot))
+    }
+
+    /// The agent, once it answers; waited for by the guest's progress
+    /// ([`crate::boot::progress`]), not a fixed time.
     async fn connect_agent(&self, vm: &dyn Hypervisor) -> Result<Arc<dyn Agent>, Error> {
+        let budget = self.plan.boot.budget;
         let config = AgentConfig {
-            connect_timeout: self.plan.start_timeout,
+            connect_timeout: budget.wall,
             call_timeout: self.plan.settings.agent.call_timeout,
             ..AgentConfig::default()
         };
-        self.factory
-            .connect_agent(&vm.agent_endpoint(), config, &self.logger)
-            .await
+        let endpoint = vm.agent_endpoint();
+        let connect = self.factory.connect_agent(&endpoint, config, &self.logger);
+        let vmm = vm.vmm_processes().into_iter().next();
+        match wait_for_guest(connect, vmm.as_ref(), budget).await {
+            Ok(agent) => agent,
+            Err(BootVerdict::VmmExited { pid }) => Err(Error::VmDied {
+                id: self.plan.id.clone(),
+                pid,
+            }),
+            Err(verdict) => Err(Error::GuestNotReady {
+                id: self.plan.id.clone(),
+                source: verdict,
+            }),
+        }
     }
 
     async fn read_guest_details(&self, agent: &dyn Agent, rec: &mut Record) -> Result<(), Error> {

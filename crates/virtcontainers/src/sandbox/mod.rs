@@ -174,9 +174,11 @@ pub(crate) fn remove_runtime_dir(dir: &Path) -> Result<(), Error> {
 /// Removes a directory the SDK created, only if empty: never recursively,
 /// since a stale bind mount under it would expose a container's files.
 pub(crate) fn remove_empty_dir(path: &Path) -> Result<(), Error> {
+    use std::io::ErrorKind;
     match std::fs::remove_dir(path) {
         Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        // A parent that is not a directory: the path was never made.
+        Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::NotADirectory) => Ok(()),
         Err(e) => Err(Error::host_io("remove directory", path)(e)),
     }
 }

@@ -86,6 +86,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
         CreateStep::State,
         CreateStep::Cgroups,
         CreateStep::FsShare,
+        CreateStep::BootSlot,
         CreateStep::StartVm,
         CreateStep::ConstrainVm,
         CreateStep::ConnectAgent,
@@ -94,6 +95,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
         CreateStep::Containers,
     ];
     for step in steps {
+        let mut _held_slot = None;
         let fx = Fixture::new("fail");
         let mut config = fx.config(vec![
             fx.bundle("c1", Some(fx.dir.path())),
@@ -121,6 +123,21 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
             }
             CreateStep::FsShare => {
                 std::fs::write(fx.dir.path().join("shared"), "not a directory").unwrap();
+            }
+            CreateStep::BootSlot => {
+                // The host's only boot slot stays taken.
+                config.vm.boot_admission = crate::BootAdmission::Limit(std::num::NonZeroU32::MIN);
+                config.vm.admission_timeout = Duration::from_millis(100);
+                let scope = config.paths.runtime_root.to_string_lossy().into_owned();
+                _held_slot = Some(
+                    crate::boot::admission::take_slot(
+                        &scope,
+                        std::num::NonZeroU32::MIN,
+                        Duration::ZERO,
+                    )
+                    .await
+                    .unwrap(),
+                );
             }
             CreateStep::StartVm => fx.factory.fail_vm(Method::Start),
             CreateStep::ConstrainVm => fx.factory.fail_vm(Method::VcpuThreads),
