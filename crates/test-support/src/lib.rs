@@ -16,6 +16,8 @@
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
 //!   the real agent in a VM (module `agent`).
+//! - **Fault injection**: [`QmpFaultProxy`] refuses chosen QMP commands
+//!   in front of a real QEMU.
 //! - **Host fixtures**: ids ([`unique`]), mounts and EROFS layers undone on
 //!   drop ([`HostMounts`], [`make_layer`]), child processes
 //!   ([`ChildGuard`]), and leak checks: what is left under a test's dir
@@ -53,6 +55,7 @@ mod ids;
 mod image;
 mod init;
 mod log_capture;
+mod qmp_proxy;
 mod require;
 mod shell;
 mod shell_vm;
@@ -73,6 +76,7 @@ pub use image::{
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
 pub use log_capture::{LogCapture, LogLine};
+pub use qmp_proxy::QmpFaultProxy;
 pub use require::{
     EROFS_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,

@@ -67,9 +67,12 @@ async fn quota(sandbox: &Sandbox) -> String {
 
 /// The VM's saved state, as the next process would attach to it.
 fn saved_vm(fx: &Fixture) -> MockState {
-    let file = fx.paths().state_root.join(fx.id.as_str()).join("state.json");
-    let state: crate::state::SandboxState =
-        crate::persist::read_versioned(&file).unwrap().unwrap();
+    let file = fx
+        .paths()
+        .state_root
+        .join(fx.id.as_str())
+        .join("state.json");
+    let state: crate::state::SandboxState = crate::persist::read_versioned(&file).unwrap().unwrap();
     state
         .resources
         .vm
