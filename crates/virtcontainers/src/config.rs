@@ -190,6 +190,21 @@ pub struct CgroupsConfig {
     pub cgroups_path: Option<String>,
     /// Put everything, this process included, in the sandbox cgroup.
     pub sandbox_cgroup_only: bool,
+    /// Charge the VM's memory (guest RAM) to the pod's cgroup while the
+    /// VMM's threads other than the vCPUs stay in the overhead cgroup.
+    ///
+    /// A process's memory is charged to its own memory cgroup (that of
+    /// its thread group leader), never to where the threads touching it
+    /// are: so by default, on cgroup v1, guest RAM is overhead and the
+    /// pod's memory limit does not bind its VM ([`crate::Sandbox::overhead`]
+    /// shows it). With this, on cgroup v1 (whose memory controller has a
+    /// hierarchy of its own) the VMM is started in the sandbox's memory
+    /// cgroup and stays there, and the pod's memory limit, when every
+    /// container has one, gets the guest's own `default_memory_mib` added.
+    /// On cgroup v2 and with `sandbox_cgroup_only` the VMM is in the
+    /// sandbox cgroup anyway.
+    #[serde(default)]
+    pub charge_guest_memory_to_pod: bool,
     /// Headroom added to the summed memory and pids limits.
     pub overhead: Overhead,
     /// Where the hierarchies are.
@@ -205,6 +220,7 @@ impl Default for CgroupsConfig {
             driver: CgroupDriver::Cgroupfs,
             cgroups_path: None,
             sandbox_cgroup_only: false,
+            charge_guest_memory_to_pod: false,
             overhead: Overhead::default(),
             hierarchy: CgroupHierarchy::Discover,
             dev_dir: PathBuf::from("/dev"),

@@ -89,8 +89,9 @@ pub use plan::{
     plan_sandbox, resources_of, vm_size,
 };
 pub use sandbox::{
-    CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
-    SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
+    CgroupUsage, CgroupsRecord, ChargedTo, CleanupOutcome, ContainerStatus, OverheadReport,
+    ProcessIo, ProcessUsage, ReclaimReport, Sandbox, SandboxStatus, Usage, cleanup_container,
+    create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
     ContainerPhase, ContainerRecord, GuestInfo, HostResources, PersistedSettings, ProcessRecord,

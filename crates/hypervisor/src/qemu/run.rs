@@ -74,10 +74,13 @@ impl Qemu {
         };
         let log = std::fs::File::create(&log_path).map_err(log_err)?;
         let log2 = log.try_clone().map_err(log_err)?;
-        let spec = ProcessSpec::new(&self.options.binary)
+        let mut spec = ProcessSpec::new(&self.options.binary)
             .args(&args)
             .stdout(log)
             .stderr(log2);
+        for procs in &self.config.spawn_cgroups {
+            spec = spec.join_cgroup(procs);
+        }
         slog::debug!(self.logger, "spawning QEMU"; "args" => args.join(" "), "lifetime" => ?self.config.lifetime);
         let process = process::spawn(spec, self.config.lifetime, &self.ledger).await?;
         let table = DeviceTable {

@@ -12,6 +12,7 @@ mod container;
 mod create;
 mod fetch;
 mod lifecycle;
+mod overhead;
 mod process;
 mod reclaim;
 mod resize;
@@ -33,6 +34,7 @@ pub use container::ContainerStatus;
 pub use create::create_sandbox;
 pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;
+pub use overhead::{CgroupUsage, ChargedTo, OverheadReport, ProcessUsage, Usage};
 pub use process::ProcessIo;
 pub use reclaim::{ReclaimReport, reclaim, reclaim_stale};
 
