@@ -95,6 +95,21 @@ pub struct CgroupUsage {
 }
 
 /// What the sandbox costs the host, and what the guest sees.
+///
+/// Where things are charged follows the kernel's rules, read from
+/// `/proc/<pid>/task/<tid>/cgroup`:
+/// - CPU time is charged to the cgroup of the thread that runs. A thread's
+///   time from before it was moved counts where it is now here, while its
+///   cgroup counted only what it ran since: compare the two over an
+///   interval, not since boot.
+/// - Memory is charged to the memory cgroup of the process (its thread
+///   group leader, the mm owner), never to the threads that touch it, and
+///   stays where it was first touched when the process moves. So on
+///   cgroup v1 without `sandbox_cgroup_only`, guest RAM is overhead: the
+///   vCPU threads carry the pod's CPU limits, the VMM process its memory,
+///   and the pod's memory limit does not bind its VM.
+///   [`CgroupsConfig::charge_guest_memory_to_pod`](crate::CgroupsConfig::charge_guest_memory_to_pod)
+///   starts the VMM in the sandbox's memory cgroup instead.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OverheadReport {
     /// The VMM and the helpers.
@@ -112,10 +127,10 @@ pub struct OverheadReport {
 }
 
 impl Sandbox {
-    /// What the sandbox costs the host: see the [module docs](self) for
-    /// what each figure is and where the kernel charges it. The guest's
-    /// view comes from the agent (Kata's `GetMetrics`); `None` when the
-    /// agent cannot say.
+    /// What the sandbox costs the host: see [`OverheadReport`] for what
+    /// each figure is and where the kernel charges it. The guest's view
+    /// comes from the agent (Kata's `GetMetrics`); `None` when the agent
+    /// cannot say.
     pub async fn overhead(&self) -> Result<OverheadReport, Error> {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         let record = SandboxCgroups::load(&self.state_dir(), &self.logger)?.map(|c| c.record());
