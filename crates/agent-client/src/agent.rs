@@ -46,6 +46,7 @@ pub enum AgentMethod {
     ListInterfaces,
     ListRoutes,
     AddARPNeighbors,
+    GetMetrics,
 }
 
 impl fmt::Display for AgentMethod {
@@ -109,7 +110,11 @@ pub trait Agent: Send + Sync {
     /// Resizes a process's terminal (`process.terminal`): `row` x `column`
     /// characters; the process gets `SIGWINCH`.
     async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
-    /// Brings hot-plugged CPUs and memory online.
+    /// Brings hot-plugged CPUs and memory online (Kata's semantics:
+    /// `nb_cpus` is how many CPUs must be online in the end; the agent
+    /// retries for a few seconds and fails if the guest does not get
+    /// there; with `cpu_only` false, every offline memory block is
+    /// onlined too).
     async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
     /// Mixes `data` into the guest's entropy pool, credits it and reseeds
     /// the kernel's random generator (Kata's `ReseedRandomDev`): a VM
@@ -145,6 +150,10 @@ pub trait Agent: Send + Sync {
     async fn list_routes(&self) -> Result<Vec<types::Route>>;
     /// Adds static ARP/NDP entries.
     async fn add_arp_neighbors(&self, neighbors: Vec<types::ARPNeighbor>) -> Result<()>;
+    /// The guest's metrics in the Prometheus text format (Kata's
+    /// `GetMetrics`: `kata_guest_meminfo{item="mem_total"}` and the like,
+    /// in bytes).
+    async fn get_metrics(&self) -> Result<String>;
 }
 
 /// The `SetGuestDateTime` request for `time`: whole seconds since the

@@ -18,8 +18,9 @@
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
 //! - [`network`]: interfaces, routes, neighbours and DNS as the host
 //!   describes them, applied through netlink;
-//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`],
-//!   [`clone_state`] (fresh entropy and clock for a VM cloned from a template).
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`resources`]
+//!   (CPU and memory onlining, memory metrics), [`channel`], [`clone_state`]
+//!   (fresh entropy and clock for a VM cloned from a template).
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -49,6 +50,7 @@ pub mod guest;
 pub mod network;
 pub mod oom;
 pub mod reaper;
+pub mod resources;
 pub mod service;
 pub mod storage;
 
