@@ -487,3 +487,51 @@ async fn a_served_pool_hands_a_vm_to_another_process() {
     let dir = env.dir.path().display().to_string();
     assert_unchanged_since_matching(&before, &[&dir, &id]);
 }
+
+/// A sandbox in a CNI pod namespace gets a clone all the same (the
+/// template has no NIC): the NIC for the pod's veth is hot-plugged once the
+/// clone runs, and the container sees the veth's MAC and address and the
+/// link's carrier. The namespace is left as CNI made it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_clone_in_a_pod_namespace_gets_its_nic_hot_plugged() {
+    vc_test_support::require(vc_test_support::NETWORK_HOST);
+    let _serial = vm_lock_async().await;
+    let env = Env::new("tmpl-net");
+    let bridge = vc_test_support::CniBridge::new().unwrap();
+    let pod = bridge.attach_new(&unique("tpod")).unwrap();
+    let pod_before = vc_test_support::netns_snapshot(&pod.netns);
+    let before = HostSnapshot::take();
+    let capture = Capture::new();
+    let factory = template_factory(&env);
+    factory
+        .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())
+        .await
+        .unwrap();
+
+    let id = unique("netclone");
+    // The carrier of a NIC plugged a moment ago may lag: up to 10 s.
+    let script = "ip -o addr show eth0; \
+         for i in $(seq 100); do ip -o link show eth0 | grep -q NO-CARRIER || break; sleep 0.1; done; \
+         ip -o link show eth0";
+    let mut config = config(&env, &id, vec![env.bundle("main", &["sh", "-c", script])]);
+    config.network.netns = virtcontainers::NetnsConfig::Path(pod.netns.clone());
+    let sandbox = create_sandbox(config, Arc::new(template_factory(&env)), capture.logger())
+        .await
+        .unwrap();
+    assert_eq!(
+        capture.count("VM started from its template"),
+        1,
+        "{}",
+        capture.text()
+    );
+    let out = run(&sandbox, "main").await.join("\n");
+    assert!(out.contains(&format!("link/ether {} ", pod.mac)), "{out}");
+    assert!(out.contains(&format!("inet {}/24", pod.ip)), "{out}");
+    let link = out.lines().last().unwrap_or_default();
+    assert!(!link.contains("NO-CARRIER"), "{out}");
+    stop(sandbox).await;
+    factory.destroy(&capture.logger()).await.unwrap();
+    assert_eq!(vc_test_support::netns_snapshot(&pod.netns), pod_before);
+    let dir = env.dir.path().display().to_string();
+    assert_unchanged_since_matching(&before, &[&dir, &id]);
+}
