@@ -12,10 +12,10 @@ use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use common::{Env, cid, read_all};
-use factory_support::{Capture, template_factory};
+use factory_support::{CaptureExt, template_factory};
 use vc_test_support::{
-    ContainerSpec, HostSnapshot, assert_unchanged_since_matching, shared_busybox_rootfs, unique,
-    vm_lock_async,
+    ContainerSpec, HostSnapshot, LogCapture, assert_unchanged_since_matching,
+    shared_busybox_rootfs, unique, vm_lock_async,
 };
 use virtcontainers::{
     FsShareKind, PoolConfig, PoolFactory, Sandbox, SandboxConfig, TemplateStatus, VmFactory,
@@ -81,7 +81,7 @@ async fn two_clones_at_once_are_independent_and_destroy_leaves_nothing() {
     let _serial = vm_lock_async().await;
     let env = Env::new("tmpl");
     let before = HostSnapshot::take();
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     let factory = template_factory(&env);
     let info = factory
         .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())
@@ -157,7 +157,7 @@ async fn two_clones_at_once_are_independent_and_destroy_leaves_nothing() {
 async fn a_mismatch_boots_cold_and_names_the_field() {
     let _serial = vm_lock_async().await;
     let env = Env::new("tmpl-mis");
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     let factory = template_factory(&env);
     factory
         .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())
@@ -171,10 +171,13 @@ async fn a_mismatch_boots_cold_and_names_the_field() {
     let sandbox = create_sandbox(bigger, factory.clone(), capture.logger())
         .await
         .unwrap();
-    let line = capture
-        .find("VM does not match the template: booting cold")
-        .unwrap_or_else(|| panic!("no mismatch logged:\n{}", capture.text()));
-    assert!(line.contains("field=memory_mib"), "{line}");
+    let mismatches = capture.with_message("VM does not match the template: booting cold");
+    assert_eq!(mismatches.len(), 1, "{}", capture.text());
+    assert_eq!(
+        mismatches[0].value("field"),
+        Some("memory_mib"),
+        "{mismatches:?}"
+    );
     assert_eq!(capture.count("VM started from its template"), 0);
     assert_eq!(run(&sandbox, "main").await, ["cold"]);
     stop(sandbox).await;
@@ -280,7 +283,7 @@ async fn init_killed_anywhere_is_rebuilt_and_never_used() {
         }
     }
     // Made again over what the last kill left: clones work.
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     factory
         .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())
         .await
@@ -334,7 +337,7 @@ async fn a_pool_of_two_serves_three_sandboxes_in_a_row() {
     let _serial = vm_lock_async().await;
     let env = Env::new("pool");
     let before = HostSnapshot::take();
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     let pool = VmPool::start(pool_config(&env, 2), capture.logger())
         .await
         .unwrap();
@@ -360,7 +363,11 @@ async fn a_pool_of_two_serves_three_sandboxes_in_a_row() {
         "{}",
         capture.text()
     );
-    assert_eq!(capture.count("booting cold"), 0, "{}", capture.text());
+    let cold = capture
+        .lines()
+        .into_iter()
+        .filter(|l| l.message.contains("booting cold"));
+    assert_eq!(cold.count(), 0, "{}", capture.text());
     assert_eq!(pool.counts().handed_over, 3);
     until_ready(&pool, 2).await;
     pool.shutdown().await.unwrap();
@@ -395,7 +402,7 @@ async fn pool_client_process() {
     let container = virtcontainers::ContainerConfig::from_bundle(cid("main"), &bundle).unwrap();
     let mut config = factory_support::sandbox_in(&dir, &id, vec![container]);
     config.lifetime = virtcontainers::SandboxLifetime::UntilDeleted;
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     let factory = PoolFactory::remote(
         socket,
         virtcontainers::vc_hypervisor::QemuOptions::default(),
@@ -501,7 +508,7 @@ async fn a_clone_in_a_pod_namespace_gets_its_nic_hot_plugged() {
     let pod = bridge.attach_new(&unique("tpod")).unwrap();
     let pod_before = vc_test_support::netns_snapshot(&pod.netns);
     let before = HostSnapshot::take();
-    let capture = Capture::new();
+    let capture = LogCapture::new();
     let factory = template_factory(&env);
     factory
         .init(&env.config(FsShareKind::NineP, vec![]), &capture.logger())

@@ -1,13 +1,12 @@
 //! What the factory tests share: a template factory in a test's directory
-//! and a logger whose lines the test can read.
+//! and what they read from the log.
 
 // Each test uses its own part of this module.
 #![allow(dead_code)]
 
-use std::fmt::Write as _;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use vc_test_support::LogCapture;
 use virtcontainers::{TemplateConfig, TemplateFactory};
 
 use crate::common::Env;
@@ -27,71 +26,25 @@ pub fn template_factory_in(dir: &std::path::Path) -> TemplateFactory {
     })
 }
 
-/// A slog drain keeping every record as one line: `LEVEL message k=v ...`.
-#[derive(Clone, Default)]
-pub struct Capture {
-    lines: Arc<Mutex<Vec<String>>>,
+/// What the factory tests read from a [`LogCapture`].
+pub trait CaptureExt {
+    /// How many records have `message`.
+    fn count(&self, message: &str) -> usize;
+    /// Every record, one a line, for a failure's message.
+    fn text(&self) -> String;
 }
 
-impl Capture {
-    pub fn new() -> Self {
-        Self::default()
+impl CaptureExt for LogCapture {
+    fn count(&self, message: &str) -> usize {
+        self.with_message(message).len()
     }
 
-    /// A logger into this capture.
-    pub fn logger(&self) -> slog::Logger {
-        slog::Logger::root(self.clone(), slog::o!())
-    }
-
-    /// Every line so far.
-    pub fn text(&self) -> String {
-        self.lines.lock().unwrap().join("\n")
-    }
-
-    /// The first line containing `needle`.
-    pub fn find(&self, needle: &str) -> Option<String> {
-        self.lines
-            .lock()
-            .unwrap()
+    fn text(&self) -> String {
+        self.lines()
             .iter()
-            .find(|l| l.contains(needle))
-            .cloned()
-    }
-
-    /// How many lines contain `needle`.
-    pub fn count(&self, needle: &str) -> usize {
-        self.lines
-            .lock()
-            .unwrap()
-            .iter()
-            .filter(|l| l.contains(needle))
-            .count()
-    }
-}
-
-struct Line(String);
-
-impl slog::Serializer for Line {
-    fn emit_arguments(&mut self, key: slog::Key, val: &std::fmt::Arguments) -> slog::Result {
-        let _ = write!(self.0, " {key}={val}");
-        Ok(())
-    }
-}
-
-impl slog::Drain for Capture {
-    type Ok = ();
-    type Err = slog::Never;
-
-    fn log(&self, record: &slog::Record, values: &slog::OwnedKVList) -> Result<(), slog::Never> {
-        let mut line = Line(format!(
-            "{} {}",
-            record.level().as_short_str(),
-            record.msg()
-        ));
-        let _ = slog::KV::serialize(&record.kv(), record, &mut line);
-        let _ = slog::KV::serialize(values, record, &mut line);
-        self.lines.lock().unwrap().push(line.0);
-        Ok(())
+            .map(|l| format!("{} {} {:?}", l.level, l.message, l.values))
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 }
 
