@@ -119,13 +119,19 @@ pub async fn serve(args: Args, logger: Logger) -> anyhow::Result<()> {
         _ = term.recv() => info!(logger, "SIGTERM: shutting down"),
         _ = int.recv() => info!(logger, "SIGINT: shutting down"),
     }
+    // First, so that a `delete` containerd runs once the connection drops
+    // sees this shim gone.
+    if !socket_path.as_os_str().is_empty() {
+        let _ = crate::socket::remove(&socket_path);
+        if let Some(dir) = socket_path.parent() {
+            // The last shim out removes the directory (only if empty).
+            let _ = std::fs::remove_dir(dir);
+        }
+    }
     service.teardown().await;
     // Let the Shutdown answer leave before the connections close.
     tokio::time::sleep(Duration::from_millis(50)).await;
     let _ = server.shutdown().await;
-    if !socket_path.as_os_str().is_empty() {
-        let _ = crate::socket::remove(&socket_path);
-    }
     publisher.flush(EVENT_FLUSH).await;
     Ok(())
 }

@@ -37,11 +37,21 @@ pub enum Bound {
 /// Listens on `path`, unless a live shim does already. A socket file left
 /// by a dead shim is replaced.
 pub fn bind(path: &Path) -> Result<Bound> {
-    if let Some(dir) = path.parent() {
-        std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
-        restrict(dir)?;
-    }
-    match UnixListener::bind(path) {
+    // An exiting shim removes the directory when it is empty: make it
+    // again if that happened between our mkdir and bind.
+    let mut attempts = 0;
+    let bound = loop {
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(Error::io("create directory", dir))?;
+            restrict(dir)?;
+        }
+        attempts += 1;
+        match UnixListener::bind(path) {
+            Err(e) if e.kind() == ErrorKind::NotFound && attempts < 3 => continue,
+            other => break other,
+        }
+    };
+    match bound {
         Ok(l) => Ok(Bound::New(l)),
         Err(e) if e.kind() == ErrorKind::AddrInUse => {
             if is_served(path) {
