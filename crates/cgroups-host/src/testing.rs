@@ -2,7 +2,8 @@
 //! crate (feature `testing`): [`FakeCgroups`] keeps the applied plan and
 //! the placed tasks in memory, follows the real managers' rules (an
 //! update must name the same cgroups, delete is idempotent, a journal is
-//! written before every change), and fails on request.
+//! written before every change), and fails on request. Also a fixture
+//! for the planner's input ([`container_resources`]).
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -164,6 +165,38 @@ impl CgroupManager for FakeCgroups {
     fn state(&self) -> &CgroupsState {
         &self.state
     }
+}
+
+/// A container's resources with the given CPU quota/period, cpuset and
+/// memory limit (bytes), each left unset when `None`.
+pub fn container_resources(
+    id: &str,
+    quota: Option<i64>,
+    period: Option<u64>,
+    cpus: Option<&str>,
+    memory: Option<i64>,
+) -> crate::plan::ContainerResources {
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
+    let mut cpu = LinuxCpuBuilder::default();
+    if let Some(q) = quota {
+        cpu = cpu.quota(q);
+    }
+    if let Some(p) = period {
+        cpu = cpu.period(p);
+    }
+    if let Some(c) = cpus {
+        cpu = cpu.cpus(c);
+    }
+    let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().expect("a cpu section"));
+    if let Some(m) = memory {
+        res = res.memory(
+            LinuxMemoryBuilder::default()
+                .limit(m)
+                .build()
+                .expect("a memory section"),
+        );
+    }
+    crate::plan::ContainerResources::new(id, res.build().expect("resources"))
 }
 
 #[cfg(test)]

@@ -353,35 +353,10 @@ fn sum_limits(limits: impl Iterator<Item = Option<u64>>, overhead: u64) -> Optio
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
-    use oci_spec::runtime::{
-        LinuxCpuBuilder, LinuxMemoryBuilder, LinuxPidsBuilder, LinuxResourcesBuilder,
-    };
+    use oci_spec::runtime::{LinuxCpuBuilder, LinuxPidsBuilder};
     use proptest::prelude::*;
 
-    /// A container with the given CPU quota/period, cpuset, memory and pids.
-    pub(crate) fn container(
-        id: &str,
-        quota: Option<i64>,
-        period: Option<u64>,
-        cpus: Option<&str>,
-        memory: Option<i64>,
-    ) -> ContainerResources {
-        let mut cpu = LinuxCpuBuilder::default();
-        if let Some(q) = quota {
-            cpu = cpu.quota(q);
-        }
-        if let Some(p) = period {
-            cpu = cpu.period(p);
-        }
-        if let Some(c) = cpus {
-            cpu = cpu.cpus(c);
-        }
-        let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().unwrap());
-        if let Some(m) = memory {
-            res = res.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
-        }
-        ContainerResources::new(id, res.build().unwrap())
-    }
+    pub(crate) use crate::testing::container_resources as container;
 
     fn with_shares(mut c: ContainerResources, shares: u64) -> ContainerResources {
         let cpu = LinuxCpuBuilder::default().shares(shares).build().unwrap();

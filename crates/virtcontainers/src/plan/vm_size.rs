@@ -79,32 +79,8 @@ pub fn vm_size(containers: &[ContainerResources], base: &VmBaseSize) -> Result<V
 #[cfg(test)]
 mod tests {
     use super::*;
-    use oci_spec::runtime::{LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder};
 
-    /// A container with the given CPU quota/period, cpuset and memory limit.
-    fn container(
-        id: &str,
-        quota: Option<i64>,
-        period: Option<u64>,
-        cpus: Option<&str>,
-        memory: Option<i64>,
-    ) -> ContainerResources {
-        let mut cpu = LinuxCpuBuilder::default();
-        if let Some(q) = quota {
-            cpu = cpu.quota(q);
-        }
-        if let Some(p) = period {
-            cpu = cpu.period(p);
-        }
-        if let Some(c) = cpus {
-            cpu = cpu.cpus(c);
-        }
-        let mut res = LinuxResourcesBuilder::default().cpu(cpu.build().unwrap());
-        if let Some(m) = memory {
-            res = res.memory(LinuxMemoryBuilder::default().limit(m).build().unwrap());
-        }
-        ContainerResources::new(id, res.build().unwrap())
-    }
+    use vc_cgroups_host::testing::container_resources as container;
 
     const BASE: VmBaseSize = VmBaseSize {
         default_vcpus: 1,
