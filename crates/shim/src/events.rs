@@ -5,9 +5,14 @@
 //! Forward`), each in an envelope with the namespace and topic, the event
 //! packed in an `Any` whose type URL is the event's full protobuf name
 //! (what containerd decodes it by). Without that address (an old
-//! containerd), each event goes through `<publish-binary> --address
-//! <address> publish --topic <topic> --namespace <ns>`, the `Any` on its
-//! stdin. One task sends them all, in order; a failed send is retried a
+//! containerd), each event goes through the publish binary containerd
+//! named:
+//!
+//! ```text
+//! PUBLISH_BINARY --address ADDRESS publish --topic TOPIC --namespace NS
+//! ```
+//!
+//! with the `Any` on its stdin. One task sends them all, in order; a failed send is retried a
 //! few times, then dropped with an error logged, never blocking the task
 //! API.
 
