@@ -4,8 +4,15 @@
 //! ```text
 //! sudo cargo run --release --example run -- [--cpus N] [--memory SIZE] \
 //!     [--sandbox-cgroup-only] [--fs-share 9p|virtio-fs] [--rootfs DIR] [--hold] \
-//!     -- CMD ARGS...
+//!     [--netns PATH | --net none|auto] [--dns LINE]... -- CMD ARGS...
 //! ```
+//!
+//! Network: `--netns PATH` carries the interfaces of that network
+//! namespace (e.g. one CNI set up, `/run/netns/NAME`) into the VM, with
+//! their addresses and routes; `--net auto` (the default) gives the
+//! sandbox a namespace of its own with only `lo`; `--net none` gives the
+//! VM no network at all. `--dns 'nameserver 10.0.0.10'` (repeatable)
+//! becomes the container's `/etc/resolv.conf`.
 //!
 //! The guest image comes from `make guest-image`
 //! (`target/vc-guest-agent-image/`); the default rootfs is a busybox tree
@@ -35,8 +42,9 @@ use virtcontainers::oci_spec::runtime::{
     RootBuilder, SpecBuilder,
 };
 use virtcontainers::{
-    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, Paths, ProcessIo,
-    QemuFactory, Sandbox, SandboxConfig, Signal, VmConfig, create_sandbox, reclaim_stale,
+    CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, NetnsConfig,
+    NetworkConfig, Paths, ProcessIo, QemuFactory, Sandbox, SandboxConfig, Signal, VmConfig,
+    create_sandbox, reclaim_stale,
 };
 
 /// Run a command in a container inside a VM.
@@ -68,6 +76,16 @@ struct Args {
     /// Keep the sandbox up after the command until Enter or Ctrl-C.
     #[arg(long)]
     hold: bool,
+    /// Use this network namespace (its interfaces, addresses and routes).
+    #[arg(long, conflicts_with = "net")]
+    netns: Option<PathBuf>,
+    /// `auto`: a namespace of the sandbox's own, only `lo`; `none`: no
+    /// network.
+    #[arg(long, value_parser = ["none", "auto"])]
+    net: Option<String>,
+    /// A line of the container's /etc/resolv.conf (repeatable).
+    #[arg(long)]
+    dns: Vec<String>,
     /// Debug logs, and the guest console kept in the runtime directory.
     #[arg(long)]
     debug: bool,
@@ -260,6 +278,14 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
             _ => FsShareKind::Auto,
         },
         virtiofsd: None,
+    };
+    config.network = NetworkConfig {
+        netns: match (&args.netns, args.net.as_deref()) {
+            (Some(path), _) => NetnsConfig::Path(path.clone()),
+            (None, Some("none")) => NetnsConfig::Disabled,
+            (None, _) => NetnsConfig::Create,
+        },
+        dns: args.dns.clone(),
     };
     config.containers.push(container);
     Ok(config)

@@ -9,6 +9,7 @@ fn main() {
         "protos/agent.proto",
         "protos/health.proto",
         "protos/oci.proto",
+        "protos/types.proto",
     ];
     for proto in protos {
         println!("cargo:rerun-if-changed={proto}");
@@ -30,7 +31,14 @@ fn main() {
     // The generated files carry inner attributes, which `include!` rejects:
     // declare them as file modules by absolute path instead.
     let mut modules = String::new();
-    for name in ["agent", "agent_ttrpc", "health", "health_ttrpc", "oci"] {
+    for name in [
+        "agent",
+        "agent_ttrpc",
+        "health",
+        "health_ttrpc",
+        "oci",
+        "types",
+    ] {
         let path = std::path::Path::new(&out_dir).join(format!("{name}.rs"));
         modules.push_str(&format!(
             "#[path = {:?}]\npub mod {name};\n",

@@ -4,6 +4,7 @@ use std::fmt;
 
 use async_trait::async_trait;
 use vc_agent_protocol::agent as pb;
+use vc_agent_protocol::types;
 
 use vc_types::Signal;
 
@@ -38,6 +39,11 @@ pub enum AgentMethod {
     GetGuestDetails,
     CopyFile,
     GetOOMEvent,
+    UpdateInterface,
+    UpdateRoutes,
+    ListInterfaces,
+    ListRoutes,
+    AddARPNeighbors,
 }
 
 impl fmt::Display for AgentMethod {
@@ -115,4 +121,17 @@ pub trait Agent: Send + Sync {
     /// long as it takes: call it in a loop from a task of its own (a shim
     /// turns each into a `TaskOOM` event).
     async fn get_oom_event(&self) -> Result<String>;
+    /// Configures the guest NIC whose MAC is `interface.hwAddr` (waiting
+    /// for a hot-plugged one to appear): its name, addresses and MTU, and
+    /// brings it up. Returns the interface as configured.
+    async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface>;
+    /// Replaces the guest's routes with `routes` (those without a gateway
+    /// first); returns them as set.
+    async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>>;
+    /// The guest's interfaces (loopback included).
+    async fn list_interfaces(&self) -> Result<Vec<types::Interface>>;
+    /// The guest's routes (main table).
+    async fn list_routes(&self) -> Result<Vec<types::Route>>;
+    /// Adds static ARP/NDP entries.
+    async fn add_arp_neighbors(&self, neighbors: Vec<types::ARPNeighbor>) -> Result<()>;
 }

@@ -9,6 +9,7 @@ use async_trait::async_trait;
 use tokio::sync::{Notify, watch};
 use vc_agent_protocol::agent as pb;
 use vc_agent_protocol::health;
+use vc_agent_protocol::types;
 
 use crate::{Agent, AgentError, AgentMethod, Result};
 
@@ -80,6 +81,9 @@ struct State {
     containers: HashMap<String, Container>,
     scripts: HashMap<(String, String), ProcessScript>,
     oom_events: VecDeque<String>,
+    interfaces: Vec<types::Interface>,
+    routes: Vec<types::Route>,
+    neighbors: Vec<types::ARPNeighbor>,
 }
 
 /// The fake agent. All state sits behind one mutex, never held across an
@@ -172,6 +176,22 @@ impl FakeAgent {
     /// Whether the container is paused.
     pub fn is_paused(&self, container_id: &str) -> Option<bool> {
         self.lock().containers.get(container_id).map(|c| c.paused)
+    }
+
+    /// The interfaces configured through `UpdateInterface`, last first
+    /// replaced by MAC.
+    pub fn interfaces(&self) -> Vec<types::Interface> {
+        self.lock().interfaces.clone()
+    }
+
+    /// The routes set by the last `UpdateRoutes`.
+    pub fn routes(&self) -> Vec<types::Route> {
+        self.lock().routes.clone()
+    }
+
+    /// Every ARP neighbour added.
+    pub fn neighbors(&self) -> Vec<types::ARPNeighbor> {
+        self.lock().neighbors.clone()
     }
 
     /// Records the call and decides whether it fails.
@@ -518,5 +538,35 @@ impl Agent for FakeAgent {
             }
             notified.await;
         }
+    }
+
+    async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface> {
+        drop(self.enter(AgentMethod::UpdateInterface, "", "")?);
+        let mut st = self.lock();
+        st.interfaces.retain(|i| i.hwAddr != interface.hwAddr);
+        st.interfaces.push(interface.clone());
+        Ok(interface)
+    }
+
+    async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>> {
+        drop(self.enter(AgentMethod::UpdateRoutes, "", "")?);
+        self.lock().routes = routes.clone();
+        Ok(routes)
+    }
+
+    async fn list_interfaces(&self) -> Result<Vec<types::Interface>> {
+        drop(self.enter(AgentMethod::ListInterfaces, "", "")?);
+        Ok(self.lock().interfaces.clone())
+    }
+
+    async fn list_routes(&self) -> Result<Vec<types::Route>> {
+        drop(self.enter(AgentMethod::ListRoutes, "", "")?);
+        Ok(self.lock().routes.clone())
+    }
+
+    async fn add_arp_neighbors(&self, neighbors: Vec<types::ARPNeighbor>) -> Result<()> {
+        drop(self.enter(AgentMethod::AddARPNeighbors, "", "")?);
+        self.lock().neighbors.extend(neighbors);
+        Ok(())
     }
 }

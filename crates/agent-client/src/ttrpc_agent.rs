@@ -14,6 +14,7 @@ use vc_agent_protocol::agent as pb;
 use vc_agent_protocol::agent_ttrpc::AgentServiceClient;
 use vc_agent_protocol::health::{self, health_check_response::ServingStatus};
 use vc_agent_protocol::health_ttrpc::HealthClient;
+use vc_agent_protocol::types;
 
 use vc_types::Signal;
 
@@ -543,5 +544,56 @@ impl Agent for TtrpcAgent {
         })
         .await
         .map(|e| e.container_id)
+    }
+
+    async fn update_interface(&self, interface: types::Interface) -> Result<types::Interface> {
+        let mut req = pb::UpdateInterfaceRequest::new();
+        req.interface = protobuf::MessageField::some(interface);
+        self.call(AgentMethod::UpdateInterface, true, |c, ctx| async move {
+            c.update_interface(ctx, &req).await
+        })
+        .await
+    }
+
+    async fn update_routes(&self, routes: Vec<types::Route>) -> Result<Vec<types::Route>> {
+        let mut list = pb::Routes::new();
+        list.Routes = routes;
+        let mut req = pb::UpdateRoutesRequest::new();
+        req.routes = protobuf::MessageField::some(list);
+        self.call(AgentMethod::UpdateRoutes, true, |c, ctx| async move {
+            c.update_routes(ctx, &req).await
+        })
+        .await
+        .map(|r| r.Routes)
+    }
+
+    async fn list_interfaces(&self) -> Result<Vec<types::Interface>> {
+        let req = pb::ListInterfacesRequest::new();
+        self.call(AgentMethod::ListInterfaces, true, |c, ctx| async move {
+            c.list_interfaces(ctx, &req).await
+        })
+        .await
+        .map(|r| r.Interfaces)
+    }
+
+    async fn list_routes(&self) -> Result<Vec<types::Route>> {
+        let req = pb::ListRoutesRequest::new();
+        self.call(AgentMethod::ListRoutes, true, |c, ctx| async move {
+            c.list_routes(ctx, &req).await
+        })
+        .await
+        .map(|r| r.Routes)
+    }
+
+    async fn add_arp_neighbors(&self, neighbors: Vec<types::ARPNeighbor>) -> Result<()> {
+        let mut list = pb::ARPNeighbors::new();
+        list.ARPNeighbors = neighbors;
+        let mut req = pb::AddARPNeighborsRequest::new();
+        req.neighbors = protobuf::MessageField::some(list);
+        self.call(AgentMethod::AddARPNeighbors, true, |c, ctx| async move {
+            c.add_arp_neighbors(ctx, &req).await
+        })
+        .await
+        .map(drop)
     }
 }

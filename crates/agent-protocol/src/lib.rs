@@ -8,7 +8,7 @@
 //! a Kata agent and a Kata runtime can drive our agent, for the methods
 //! declared here.
 //!
-//! - [`agent`], [`health`], [`oci`]: the messages;
+//! - [`agent`], [`health`], [`oci`], [`types`]: the messages;
 //! - [`agent_ttrpc`], [`health_ttrpc`]: async (tokio) ttrpc clients
 //!   (`AgentServiceClient`, `HealthClient`) and server traits
 //!   (`AgentService`, `Health`, registered with `create_agent_service` /
@@ -57,6 +57,9 @@ pub use generated::health;
 pub use generated::health_ttrpc;
 /// The OCI runtime spec as the protocol carries it (`oci.proto`, package `grpc`).
 pub use generated::oci;
+/// Network messages: interfaces, addresses, routes, ARP neighbours
+/// (`types.proto`, package `types`, as Kata's).
+pub use generated::types;
 
 /// Fully qualified name of the agent service, as ttrpc addresses it.
 pub const AGENT_SERVICE: &str = "grpc.AgentService";

@@ -151,6 +151,86 @@ fn seccomp_and_oom_use_katas_field_numbers() {
     round_trip(&GetOOMEventRequest::new());
 }
 
+/// Kata's numbers for the network messages (`types.proto`):
+/// IPAddress { family = 1, address = 2, mask = 3 }; Interface { device =
+/// 1, name = 2, IPAddresses = 3, mtu = 4, hwAddr = 5, devicePath = 6, type
+/// = 7, raw_flags = 8 }; Route { dest = 1, gateway = 2, device = 3, source
+/// = 4, scope = 5, family = 6, flags = 7 }; ARPNeighbor { toIPAddress = 1,
+/// device = 2, lladdr = 3, state = 4, flags = 5 }; and the requests that
+/// carry them (`agent.proto`).
+#[test]
+fn network_messages_use_katas_field_numbers() {
+    use crate::types::{ARPNeighbor, IPAddress, IPFamily, Interface, Route};
+    let mut addr = IPAddress::new();
+    addr.family = IPFamily::v6.into();
+    addr.address = "a".into();
+    addr.mask = "8".into();
+    assert_eq!(
+        addr.write_to_bytes().unwrap(),
+        [0x08, 1, 0x12, 1, b'a', 0x1a, 1, b'8']
+    );
+    let mut iface = Interface::new();
+    iface.device = "d".into();
+    iface.name = "n".into();
+    iface.mtu = 1500;
+    iface.hwAddr = "h".into();
+    iface.devicePath = "p".into();
+    iface.type_ = "t".into();
+    iface.raw_flags = 1;
+    assert_eq!(
+        iface.write_to_bytes().unwrap(),
+        [
+            0x0a, 1, b'd', 0x12, 1, b'n', 0x20, 0xdc, 0x0b, 0x2a, 1, b'h', 0x32, 1, b'p', 0x3a, 1,
+            b't', 0x40, 1
+        ]
+    );
+    iface.IPAddresses.push(addr.clone());
+    round_trip(&iface);
+    let mut route = Route::new();
+    route.dest = "d".into();
+    route.gateway = "g".into();
+    route.device = "e".into();
+    route.source = "s".into();
+    route.scope = 253;
+    route.family = IPFamily::v6.into();
+    route.flags = 4;
+    assert_eq!(
+        route.write_to_bytes().unwrap(),
+        [
+            0x0a, 1, b'd', 0x12, 1, b'g', 0x1a, 1, b'e', 0x22, 1, b's', 0x28, 0xfd, 0x01, 0x30, 1,
+            0x38, 4
+        ]
+    );
+    let mut neigh = ARPNeighbor::new();
+    neigh.device = "e".into();
+    neigh.lladdr = "l".into();
+    neigh.state = 128;
+    neigh.flags = 2;
+    assert_eq!(
+        neigh.write_to_bytes().unwrap(),
+        [0x12, 1, b'e', 0x1a, 1, b'l', 0x20, 0x80, 0x01, 0x28, 2]
+    );
+    neigh.toIPAddress = MessageField::some(addr);
+    round_trip(&neigh);
+    let mut update = UpdateInterfaceRequest::new();
+    update.interface = MessageField::some(Interface::new());
+    assert_eq!(update.write_to_bytes().unwrap(), [0x0a, 0]);
+    let mut routes = Routes::new();
+    routes.Routes.push(Route::new());
+    assert_eq!(routes.write_to_bytes().unwrap(), [0x0a, 0]);
+    let mut update = UpdateRoutesRequest::new();
+    update.routes = MessageField::some(routes);
+    assert_eq!(update.write_to_bytes().unwrap(), [0x0a, 2, 0x0a, 0]);
+    let mut neighbors = ARPNeighbors::new();
+    neighbors.ARPNeighbors.push(ARPNeighbor::new());
+    let mut add = AddARPNeighborsRequest::new();
+    add.neighbors = MessageField::some(neighbors);
+    assert_eq!(add.write_to_bytes().unwrap(), [0x0a, 2, 0x0a, 0]);
+    let mut list = Interfaces::new();
+    list.Interfaces.push(Interface::new());
+    assert_eq!(list.write_to_bytes().unwrap(), [0x0a, 0]);
+}
+
 fn sample_spec() -> spec::Spec {
     let process = spec::ProcessBuilder::default()
         .args(vec!["/bin/sh".to_string(), "-c".into(), "echo hi".into()])

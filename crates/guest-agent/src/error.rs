@@ -89,6 +89,30 @@ pub enum Error {
         /// The process.
         exec_id: String,
     },
+    /// A network request that cannot be applied as given (a bad MAC,
+    /// address, prefix, MTU or route).
+    #[error("invalid network request: {reason}")]
+    InvalidNetwork {
+        /// What is wrong.
+        reason: String,
+    },
+    /// No link with that name or MAC (a NIC that never appeared).
+    #[error("no network link {link}")]
+    LinkNotFound {
+        /// The name or MAC looked for.
+        link: String,
+    },
+    /// A netlink request failed.
+    #[error("netlink: cannot {operation} {target}")]
+    Netlink {
+        /// What was done.
+        operation: &'static str,
+        /// On what.
+        target: String,
+        /// The kernel's answer.
+        #[source]
+        source: rtnetlink::Error,
+    },
     /// Not supported by this agent or this guest.
     #[error(transparent)]
     Unsupported(#[from] vc_types::Unsupported),
@@ -114,12 +138,17 @@ impl Error {
     /// The ttrpc status code for this error.
     pub fn code(&self) -> ttrpc::Code {
         match self {
-            Error::InvalidRequest { .. } => ttrpc::Code::INVALID_ARGUMENT,
+            Error::InvalidRequest { .. } | Error::InvalidNetwork { .. } => {
+                ttrpc::Code::INVALID_ARGUMENT
+            }
+            Error::LinkNotFound { .. } => ttrpc::Code::NOT_FOUND,
             Error::ContainerExists(_) | Error::ProcessExists { .. } => ttrpc::Code::ALREADY_EXISTS,
             Error::ContainerNotFound(_) | Error::ProcessNotFound { .. } => ttrpc::Code::NOT_FOUND,
             Error::BadState { .. } | Error::StdinClosed { .. } => ttrpc::Code::FAILED_PRECONDITION,
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
-            Error::Setup { .. } | Error::Io { .. } | Error::Sys { .. } => ttrpc::Code::INTERNAL,
+            Error::Setup { .. } | Error::Io { .. } | Error::Sys { .. } | Error::Netlink { .. } => {
+                ttrpc::Code::INTERNAL
+            }
         }
     }
 }

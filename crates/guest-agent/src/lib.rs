@@ -16,6 +16,8 @@
 //!   after evaluating youki's `libcontainer`; the module doc says why) — a
 //!   pure [`container::plan`] and the clone/exec machinery;
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
+//! - [`network`]: interfaces, routes, neighbours and DNS as the host
+//!   describes them, applied through netlink;
 //! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
@@ -42,6 +44,7 @@ pub mod container;
 pub mod devices;
 pub mod error;
 pub mod guest;
+pub mod network;
 pub mod oom;
 pub mod reaper;
 pub mod service;

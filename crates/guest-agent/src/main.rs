@@ -45,6 +45,9 @@ async fn run_init(log: &Logger) -> anyhow::Result<()> {
     } else {
         None
     };
+    if let Err(e) = vc_guest_agent::network::loopback_up().await {
+        warn!(log, "lo not up: {e}");
+    }
     let agent = Agent::new(ReapMode::All, cgroup_root, log.clone())?;
     let port = vc_guest_agent::channel::wait_for_port(
         Path::new("/sys"),

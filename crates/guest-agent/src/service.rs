@@ -12,22 +12,28 @@ use slog::{Logger, info, warn};
 use ttrpc::r#async::TtrpcContext;
 use vc_agent_protocol::agent as pb;
 use vc_agent_protocol::health::{self, health_check_response::ServingStatus};
-use vc_agent_protocol::{agent_ttrpc, convert, health_ttrpc};
+use vc_agent_protocol::{agent_ttrpc, convert, health_ttrpc, types};
 
 use crate::container::Sandbox;
 use crate::error::Error;
 use crate::guest;
+use crate::network::{self, GuestNetwork};
 
 /// The agent's services.
 pub struct AgentService {
     sandbox: Arc<Sandbox>,
+    network: GuestNetwork,
     logger: Logger,
 }
 
 impl AgentService {
     /// Serves `sandbox`.
     pub fn new(sandbox: Arc<Sandbox>, logger: Logger) -> Arc<AgentService> {
-        Arc::new(AgentService { sandbox, logger })
+        Arc::new(AgentService {
+            sandbox,
+            network: GuestNetwork::new(),
+            logger,
+        })
     }
 
     /// The ttrpc service table, for `ttrpc::r#async::Server::register_service`.
@@ -110,6 +116,7 @@ impl agent_ttrpc::AgentService for AgentService {
             })
             .await
             .map_err(|e| Error::sys("device task")(std::io::Error::other(e)))??;
+            self.network.add_dns_mount(&mut spec);
             self.sandbox
                 .create_container(&cid, &req.storages, &spec)
                 .await
@@ -210,6 +217,10 @@ impl agent_ttrpc::AgentService for AgentService {
             .map_err(|e| self.fail("StatsContainer", e))?;
         let mut r = pb::StatsContainerResponse::new();
         r.cgroup_stats = protobuf::MessageField::some(stats);
+        // The containers share the sandbox's interfaces: their counters.
+        r.network_stats = network::stats()
+            .await
+            .map_err(|e| self.fail("StatsContainer", e))?;
         Ok(r)
     }
 
@@ -300,7 +311,8 @@ impl agent_ttrpc::AgentService for AgentService {
             for m in &req.kernel_modules {
                 guest::load_module_by_name(&m.name, &m.parameters.join(" "))?;
             }
-            Ok(())
+            self.network
+                .set_dns(&req.dns, std::path::Path::new(network::SANDBOX_DNS_FILE))
         })();
         let res = res.and_then(|()| {
             self.sandbox
@@ -343,5 +355,71 @@ impl agent_ttrpc::AgentService for AgentService {
         guest::copy_file(std::path::Path::new("/run"), &req)
             .map(|()| Empty::new())
             .map_err(|e| self.fail("CopyFile", e))
+    }
+
+    async fn update_interface(
+        &self,
+        _: &TtrpcContext,
+        req: pb::UpdateInterfaceRequest,
+    ) -> R<types::Interface> {
+        let Some(interface) = req.interface.as_ref() else {
+            let e = Error::InvalidNetwork {
+                reason: "UpdateInterface without an interface".into(),
+            };
+            return Err(self.fail("UpdateInterface", e));
+        };
+        info!(self.logger, "UpdateInterface"; "mac" => &interface.hwAddr, "name" => &interface.name);
+        network::update_interface(interface)
+            .await
+            .map_err(|e| self.fail("UpdateInterface", e))
+    }
+
+    async fn update_routes(&self, _: &TtrpcContext, req: pb::UpdateRoutesRequest) -> R<pb::Routes> {
+        let routes = req
+            .routes
+            .as_ref()
+            .map(|r| r.Routes.clone())
+            .unwrap_or_default();
+        let mut out = pb::Routes::new();
+        out.Routes = network::update_routes(&routes)
+            .await
+            .map_err(|e| self.fail("UpdateRoutes", e))?;
+        Ok(out)
+    }
+
+    async fn list_interfaces(
+        &self,
+        _: &TtrpcContext,
+        _: pb::ListInterfacesRequest,
+    ) -> R<pb::Interfaces> {
+        let mut out = pb::Interfaces::new();
+        out.Interfaces = network::list_interfaces()
+            .await
+            .map_err(|e| self.fail("ListInterfaces", e))?;
+        Ok(out)
+    }
+
+    async fn list_routes(&self, _: &TtrpcContext, _: pb::ListRoutesRequest) -> R<pb::Routes> {
+        let mut out = pb::Routes::new();
+        out.Routes = network::list_routes()
+            .await
+            .map_err(|e| self.fail("ListRoutes", e))?;
+        Ok(out)
+    }
+
+    async fn add_arp_neighbors(
+        &self,
+        _: &TtrpcContext,
+        req: pb::AddARPNeighborsRequest,
+    ) -> R<Empty> {
+        let neighbors = req
+            .neighbors
+            .as_ref()
+            .map(|n| n.ARPNeighbors.clone())
+            .unwrap_or_default();
+        network::add_neighbors(&neighbors)
+            .await
+            .map(|()| Empty::new())
+            .map_err(|e| self.fail("AddARPNeighbors", e))
     }
 }

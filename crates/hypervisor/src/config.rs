@@ -332,6 +332,11 @@ pub(crate) fn check_device(device: &Device) -> Result<(), ConfigError> {
                     reason: "1 to 15 characters of [A-Za-z0-9._-]",
                 });
             }
+            if let Some(netns) = &net.netns
+                && !netns.exists()
+            {
+                return Err(missing(netns));
+            }
         }
         Device::Vfio(vfio) => {
             let valid = vfio.host_bdf.len() == 12

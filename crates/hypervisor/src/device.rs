@@ -193,15 +193,25 @@ pub struct SerialPort {
     pub socket: PathBuf,
 }
 
-/// A network interface.
+/// A network interface: a virtio-net NIC backed by a host tap.
+///
+/// The hypervisor opens the tap itself, in `netns` ([`crate::tap::open`]),
+/// and hands the VMM the open file (QEMU's `-netdev tap,fd=N,vhost=off`,
+/// or `getfd` over QMP when hot-plugged), so the VMM never enters the
+/// namespace. A tap that does not exist is created, and goes with the VM
+/// (needs `CAP_NET_ADMIN`); a persistent one made beforehand stays.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct NetworkDevice {
     /// Device id.
     pub id: String,
-    /// Host tap interface name (QEMU creates it if missing; needs CAP_NET_ADMIN).
+    /// Host tap interface name.
     pub tap: String,
     /// Guest MAC address.
     pub mac: MacAddress,
+    /// The network namespace the tap is in (a bind-mounted nsfs file, as
+    /// CNI gives); `None`: the hypervisor's own.
+    #[serde(default)]
+    pub netns: Option<PathBuf>,
 }
 
 /// A PCI device passed through with VFIO.

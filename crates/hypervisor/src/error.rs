@@ -287,6 +287,18 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A NIC's tap could not be opened (in its network namespace, as the
+    /// device says).
+    #[error("device {id}: cannot open tap {tap}")]
+    TapOpen {
+        /// The device id.
+        id: String,
+        /// The tap's name.
+        tap: String,
+        /// Why it failed.
+        #[source]
+        source: io::Error,
+    },
     /// No device with this id is attached.
     #[error("no device {id} is attached")]
     DeviceNotFound {

@@ -84,6 +84,7 @@ mod hypervisor;
 mod kernel_params;
 pub mod process;
 pub mod qemu;
+pub mod tap;
 #[cfg(feature = "testing")]
 pub mod testing;
 

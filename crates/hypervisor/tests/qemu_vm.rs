@@ -202,12 +202,15 @@ fn vm_lifecycle_vcpus_pause_hotplug_and_clean_stop() {
         vm.unplug("port1", UNPLUG).await.unwrap();
         assert!(!port_socket.exists());
 
-        // A tap NIC: QEMU creates the host tap, the guest gets eth0.
+        // A tap NIC: the hypervisor opens (creates) the host tap and hands
+        // QEMU its file over QMP (getfd); the guest gets eth0; the tap goes
+        // with QEMU's file.
         let tap = format!("vctest{}", std::process::id() % 100_000);
         vm.hotplug(Device::Network(NetworkDevice {
             id: "nic1".into(),
             tap: tap.clone(),
             mac: "52:54:00:12:34:56".parse::<MacAddress>().unwrap(),
+            netns: None,
         }))
         .await
         .unwrap();

@@ -16,6 +16,10 @@
 //!   [`shared_busybox_rootfs`]) and OCI specs and bundles
 //!   ([`ContainerSpec`]); with feature `agent`, requests and a client for
 //!   the real agent in a VM (module `agent`).
+//! - **Pod networks** as containerd makes them: CNI's `bridge` and
+//!   `host-local` plugins run as binaries ([`CniBridge`]), and a
+//!   namespace's links, qdiscs and filters for leak checks
+//!   ([`netns_snapshot`]).
 //! - **Host fixtures**: ids ([`unique`]), mounts and EROFS layers undone on
 //!   drop ([`HostMounts`], [`make_layer`]), child processes
 //!   ([`ChildGuard`]), and leak checks: what is left under a test's dir
@@ -47,6 +51,7 @@
 #[cfg(feature = "agent")]
 pub mod agent;
 mod bench;
+mod cni;
 mod host;
 mod host_binary;
 mod ids;
@@ -61,6 +66,7 @@ mod spec;
 mod vm;
 
 pub use bench::{bench_args, spawn_bare_qemu, time_bare_boot, wait_ready_line};
+pub use cni::{CNI_PLUGIN_DIR, CniAttachment, CniBridge, in_netns, netns_snapshot};
 pub use host::{
     ChildGuard, HostMounts, leftovers_under, loop_devices, make_layer, mounts_under, run,
     unmount_under,
@@ -74,7 +80,7 @@ pub use image::{
 pub use init::{END, InitMode, READY, SERVING, init_script};
 pub use log_capture::{LogCapture, LogLine};
 pub use require::{
-    EROFS_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
+    EROFS_HOST, NETWORK_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,
     require_program, require_qemu, require_root, require_sandbox_host, require_vm_host,
 };

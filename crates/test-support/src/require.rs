@@ -42,7 +42,30 @@ pub enum Need {
     CgroupV1(&'static str),
     /// A read-write cgroup2 mount.
     Cgroup2,
+    /// Debian's CNI plugins (`bridge`, `host-local`) in
+    /// [`CNI_PLUGIN_DIR`](crate::CNI_PLUGIN_DIR).
+    CniPlugins,
 }
+
+/// What a network test needs: root, `/dev/net/tun`, the CNI plugins,
+/// `ip` and `tc` (iproute2), `nsenter` (util-linux).
+pub const NETWORK_HOST: &[Need] = &[
+    Need::Root,
+    Need::Tun,
+    Need::CniPlugins,
+    Need::Program {
+        name: "ip",
+        package: "iproute2",
+    },
+    Need::Program {
+        name: "tc",
+        package: "iproute2",
+    },
+    Need::Program {
+        name: "nsenter",
+        package: "util-linux",
+    },
+];
 
 /// What every VM test needs: root, QEMU, busybox (the test inits and
 /// container rootfs), the kernel package the images are built from, and
@@ -98,6 +121,15 @@ impl Need {
                 (!on_path(name)).then(|| format!("{name} on PATH (apt-get install {package})"))
             }
             Need::CgroupV1(controller) => cgroup_v1_missing(controller),
+            Need::CniPlugins => ["bridge", "host-local"]
+                .iter()
+                .any(|p| !Path::new(crate::CNI_PLUGIN_DIR).join(p).exists())
+                .then(|| {
+                    format!(
+                        "the CNI plugins bridge and host-local in {} (apt-get install containernetworking-plugins)",
+                        crate::CNI_PLUGIN_DIR
+                    )
+                }),
             Need::Cgroup2 => cgroup2_mount()
                 .is_none()
                 .then(|| "a read-write cgroup2 mount (e.g. /sys/fs/cgroup/unified)".to_owned()),

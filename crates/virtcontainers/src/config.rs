@@ -391,6 +391,9 @@ pub struct SandboxConfig {
     pub lock_timeout: Duration,
     /// How long the VM and helpers live.
     pub lifetime: SandboxLifetime,
+    /// The network: the pod's namespace (or one the SDK makes, or none)
+    /// and DNS.
+    pub network: crate::network::NetworkConfig,
 }
 
 impl SandboxConfig {
@@ -407,6 +410,7 @@ impl SandboxConfig {
             containers: Vec::new(),
             lock_timeout: Duration::from_secs(10),
             lifetime: SandboxLifetime::DiesWithOwner,
+            network: crate::network::NetworkConfig::default(),
         }
     }
 }

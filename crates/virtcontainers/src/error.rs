@@ -15,6 +15,9 @@ pub enum CreateStep {
     Plan,
     /// Creating the state directory and taking its lock.
     State,
+    /// Setting up the network: the namespace (when the SDK makes it), a
+    /// tap and tc redirects for each of its interfaces.
+    Network,
     /// Creating the host cgroups.
     Cgroups,
     /// Preparing the host side of the filesystem share.
@@ -29,6 +32,8 @@ pub enum CreateStep {
     ConnectAgent,
     /// Reading the guest's details.
     GuestDetails,
+    /// Configuring the guest's interfaces, routes and neighbours.
+    GuestNetwork,
     /// Setting up the sandbox in the guest (the share's mount, hostname).
     GuestSandbox,
     /// Creating the sandbox's containers.
@@ -66,6 +71,98 @@ pub enum Error {
     InvalidHostname {
         /// The hostname given.
         hostname: String,
+    },
+
+    /// A network namespace path that is not one (missing, not nsfs, not a
+    /// network namespace).
+    #[error("{path} is not a usable network namespace: {reason}")]
+    InvalidNetns {
+        /// The path given.
+        path: PathBuf,
+        /// What is wrong.
+        reason: String,
+    },
+
+    /// A DNS line that cannot go into `resolv.conf` (empty, or with a
+    /// line break).
+    #[error("DNS line {line:?} is not one resolv.conf line")]
+    InvalidDns {
+        /// The line given.
+        line: String,
+    },
+
+    /// An interface of the network namespace the SDK cannot carry into
+    /// the VM without touching what is not its own (a tap name taken, an
+    /// ingress qdisc there already), or what it made there could not be
+    /// removed.
+    #[error("network interface {link} (netns {netns:?}): {reason}")]
+    NetworkConflict {
+        /// The interface.
+        link: String,
+        /// Its namespace.
+        netns: Option<PathBuf>,
+        /// What is in the way.
+        reason: String,
+    },
+
+    /// A netlink request in the sandbox's network namespace failed.
+    #[error("netlink: cannot {operation} {target} (netns {netns:?})")]
+    Netlink {
+        /// What was attempted.
+        operation: &'static str,
+        /// On what.
+        target: String,
+        /// The namespace.
+        netns: Option<PathBuf>,
+        /// The kernel's answer.
+        #[source]
+        source: Box<rtnetlink::Error>,
+    },
+
+    /// A tap could not be made.
+    #[error("cannot create tap {tap} (netns {netns:?})")]
+    Tap {
+        /// The tap's name.
+        tap: String,
+        /// Its namespace.
+        netns: Option<PathBuf>,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+
+    /// An OCI hook exited with a failure.
+    #[error("{stage} hook {path} failed: {status}")]
+    HookFailed {
+        /// `prestart`, `createRuntime`, `poststart`, `poststop`.
+        stage: &'static str,
+        /// The hook's program.
+        path: PathBuf,
+        /// How it ended.
+        status: std::process::ExitStatus,
+    },
+
+    /// An OCI hook did not finish within its timeout (it was killed).
+    #[error("{stage} hook {path} timed out after {timeout:?}")]
+    HookTimeout {
+        /// The stage.
+        stage: &'static str,
+        /// The hook's program.
+        path: PathBuf,
+        /// Its timeout.
+        timeout: Duration,
+    },
+
+    /// An OCI hook could not be run.
+    #[error("{stage} hook {path} could not run")]
+    HookSpawn {
+        /// The stage.
+        stage: &'static str,
+        /// The hook's program.
+        path: PathBuf,
+        /// Why.
+        #[source]
+        source: std::io::Error,
     },
 
     /// virtio-fs was asked for and no `virtiofsd` was found.

@@ -19,6 +19,14 @@
 //! atomically) under a file lock: shared for reads, exclusive for changes.
 //! Every host resource is recorded before it is made.
 //!
+//! The pod's network reaches the VM as in Kata's `tcfilter` model
+//! ([`network`]): a tap beside each interface of the sandbox's network
+//! namespace (CNI's, one the SDK makes, or none: [`NetworkConfig`]), tc
+//! redirects between them, a guest NIC with the interface's MAC, and the
+//! interface's addresses, routes and neighbours set up by the guest agent;
+//! [`Sandbox::rescan_network`] hot-plugs what CNI adds later. OCI hooks run
+//! on the host, `prestart`/`createRuntime` inside that namespace.
+//!
 //! Container rootfs and bind-mount volumes reach the guest through one
 //! filesystem share per sandbox ([`FsShare`]): virtio-fs (`virtiofsd`) when
 //! installed, else virtio-9p. Kubernetes emptyDir volumes stay in the
@@ -38,6 +46,10 @@
 //! let mut config = SandboxConfig::new("sandbox-1".parse()?, vm);
 //! let app = "app".parse()?;
 //! config.containers.push(ContainerConfig::from_bundle(app, "/bundles/app")?);
+//!
+//! // The pod's network namespace, as CNI made it.
+//! config.network.netns = virtcontainers::NetnsConfig::Path("/run/netns/pod-1".into());
+//! config.network.dns = vec!["nameserver 10.96.0.10".into()];
 //!
 //! // Every configuration error comes back from planning, before the host
 //! // changes; create_sandbox plans first too.
@@ -61,8 +73,10 @@ mod devices;
 mod error;
 mod factory;
 pub mod fs_share;
+mod hooks;
 mod host_mounts;
 pub mod mounts;
+pub mod network;
 pub mod persist;
 mod plan;
 mod process;
@@ -82,6 +96,7 @@ pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};
 pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
+pub use network::{NetnsConfig, NetworkConfig, NetworkInterface};
 pub use plan::{
     BootPlan, CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources,
     plan_sandbox, resources_of, vm_size,

@@ -4,8 +4,10 @@
 //! connection, the containers, and after it finished), then a fresh
 //! process runs `reclaim_stale`: the host's cgroups, processes, mounts,
 //! loop devices, sockets and state files must be exactly as before, at
-//! every point, for both filesystem shares. Root, QEMU and the guest
-//! image needed.
+//! every point, for both filesystem shares (with a network namespace the
+//! SDK makes, the default), and for a sandbox in a pod namespace CNI set
+//! up, which must be left exactly as CNI made it (links, qdiscs,
+//! filters). Root, QEMU and the guest image needed (and the CNI plugins).
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -13,16 +15,17 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use vc_test_support::{
-    ContainerSpec, HostSnapshot, assert_unchanged_since_matching, require_sandbox_host,
-    shared_busybox_rootfs, unique, unmount_under, vm_lock_async,
+    CniBridge, ContainerSpec, HostSnapshot, NETWORK_HOST, assert_unchanged_since_matching,
+    netns_snapshot, require, require_sandbox_host, shared_busybox_rootfs, unique, unmount_under,
+    vm_lock_async,
 };
 use virtcontainers::{
-    ContainerConfig, FsShareConfig, FsShareKind, Paths, QemuFactory, SandboxConfig, SandboxId,
-    VmConfig, create_sandbox, reclaim_stale,
+    ContainerConfig, FsShareConfig, FsShareKind, NetnsConfig, Paths, QemuFactory, SandboxConfig,
+    SandboxId, VmConfig, create_sandbox, reclaim_stale,
 };
 
 /// Set in the re-executed test binary that creates a sandbox and is
-/// killed: `<root>\t<id>\t<share>`.
+/// killed: `<root>\t<id>\t<share>\t<netns path, or empty>`.
 const CREATOR_ENV: &str = "VC_CRASH_CREATOR";
 /// Set in the re-executed test binary that reclaims: `<root>`.
 const RECLAIMER_ENV: &str = "VC_CRASH_RECLAIMER";
@@ -50,10 +53,11 @@ fn share_name(share: FsShareKind) -> &'static str {
 async fn creator_process() {
     let spec = std::env::var(CREATOR_ENV).expect("run by the crash tests only");
     let mut parts = spec.split('\t');
-    let (root, id, share) = (
+    let (root, id, share, netns) = (
         PathBuf::from(parts.next().unwrap()),
         parts.next().unwrap().parse::<SandboxId>().unwrap(),
         parts.next().unwrap(),
+        parts.next().unwrap_or_default(),
     );
     let image = require_sandbox_host();
     let bundle = ContainerSpec::new(shared_busybox_rootfs(), &["sleep", "1000"])
@@ -72,6 +76,9 @@ async fn creator_process() {
         },
         virtiofsd: None,
     };
+    if !netns.is_empty() {
+        config.network.netns = NetnsConfig::Path(netns.into());
+    }
     config
         .containers
         .push(ContainerConfig::from_bundle("main".parse().unwrap(), &bundle).unwrap());
@@ -108,14 +115,27 @@ fn reexec(test: &str, env: (&str, &str)) -> Command {
 }
 
 /// Kills a creator after `after` and reclaims in a fresh process; the
-/// host must be as `before`.
-fn kill_and_reclaim(share: FsShareKind, after: Duration, before: &HostSnapshot) {
+/// host must be as `before`, and the pod namespace (if any) as CNI made
+/// it.
+fn kill_and_reclaim(
+    share: FsShareKind,
+    after: Duration,
+    before: &HostSnapshot,
+    pod: Option<(&Path, &str)>,
+) {
     let root = tempfile::Builder::new()
         .prefix("vccrash")
         .tempdir_in("/tmp")
         .unwrap();
     let id = unique("crash");
-    let spec = format!("{}\t{id}\t{}", root.path().display(), share_name(share));
+    let netns = pod
+        .map(|(p, _)| p.display().to_string())
+        .unwrap_or_default();
+    let spec = format!(
+        "{}\t{id}\t{}\t{netns}",
+        root.path().display(),
+        share_name(share)
+    );
     let mut creator = reexec("creator_process", (CREATOR_ENV, &spec))
         .stdout(Stdio::null())
         .stderr(Stdio::null())
@@ -148,13 +168,35 @@ fn kill_and_reclaim(share: FsShareKind, after: Duration, before: &HostSnapshot) 
         String::from_utf8_lossy(&out.stderr)
     );
     let state_root = Paths::under(root.path()).state_root;
+    let left: Vec<_> = std::fs::read_dir(&state_root)
+        .into_iter()
+        .flatten()
+        .flatten()
+        .map(|e| e.path())
+        .flat_map(|p| {
+            let inner: Vec<_> = std::fs::read_dir(&p)
+                .into_iter()
+                .flatten()
+                .flatten()
+                .map(|e| e.path())
+                .collect();
+            std::iter::once(p).chain(inner)
+        })
+        .collect();
     assert!(
-        std::fs::read_dir(&state_root).map_or(true, |mut d| d.next().is_none()),
-        "{context}: state left in {}",
+        left.is_empty(),
+        "{context}: state left in {}: {left:?}",
         state_root.display()
     );
     let dir = root.path().display().to_string();
     assert_unchanged_since_matching(before, &[&id, &dir]);
+    if let Some((netns, as_cni_made_it)) = pod {
+        assert_eq!(
+            netns_snapshot(netns),
+            as_cni_made_it,
+            "{context}: the pod's namespace changed"
+        );
+    }
     assert_no_file_left(root.path(), &context);
     unmount_under(root.path());
 }
@@ -178,7 +220,7 @@ async fn kill_at_every_point(share: FsShareKind) {
     let before = HostSnapshot::take();
     tokio::task::spawn_blocking(move || {
         for ms in KILL_AFTER_MS {
-            kill_and_reclaim(share, Duration::from_millis(ms), &before);
+            kill_and_reclaim(share, Duration::from_millis(ms), &before, None);
         }
     })
     .await
@@ -193,4 +235,31 @@ async fn kill_9_anywhere_in_create_then_reclaim_leaves_nothing_9p() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn kill_9_anywhere_in_create_then_reclaim_leaves_nothing_virtio_fs() {
     kill_at_every_point(FsShareKind::VirtioFs).await;
+}
+
+/// A sandbox in a pod namespace that CNI's `bridge` plugin set up: killed
+/// at every point, then reclaimed, the namespace holds exactly what CNI
+/// put there (no tap, qdisc or filter of ours).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_9_anywhere_in_create_with_a_cni_network_then_reclaim_leaves_it_as_cni_made_it() {
+    require_sandbox_host();
+    require(NETWORK_HOST);
+    let _serial = vm_lock_async().await;
+    let bridge = CniBridge::new().unwrap();
+    let pod = bridge.attach_new(&unique("crash-pod")).unwrap();
+    let as_cni_made_it = netns_snapshot(&pod.netns);
+    let before = HostSnapshot::take();
+    let netns = pod.netns.clone();
+    tokio::task::spawn_blocking(move || {
+        for ms in KILL_AFTER_MS {
+            kill_and_reclaim(
+                FsShareKind::NineP,
+                Duration::from_millis(ms),
+                &before,
+                Some((&netns, &as_cni_made_it)),
+            );
+        }
+    })
+    .await
+    .unwrap();
 }

@@ -40,8 +40,14 @@ pub(super) const FD_GATE: RawFd = 3;
 pub(super) const FD_REPORT: RawFd = 4;
 /// The ledger dir's fd in the keeper.
 pub(super) const FD_DIR: RawFd = 5;
-/// Most fds a child keeps: stdin, stdout, stderr, gate, report, dir.
-pub(super) const MAX_FDS: usize = 6;
+/// The first fd passed on to the program (`ProcessSpec::pass_fd`): the
+/// program keeps fds from here on across its exec.
+pub const FIRST_PASSED_FD: RawFd = 6;
+/// Most fds passed on to the program.
+pub const MAX_PASSED_FDS: usize = 16;
+/// Most fds a child keeps: stdin, stdout, stderr, gate, report, dir (a
+/// placeholder where there is no keeper), and the passed ones.
+pub(super) const MAX_FDS: usize = FIRST_PASSED_FD as usize + MAX_PASSED_FDS;
 /// The keeper's process name ([`KEEPER_NAME`](super::KEEPER_NAME)).
 pub(super) const KEEPER_COMM: &CStr = c"vc-keeper";
 /// Highest signal number on Linux (`NSIG - 1`).
@@ -207,8 +213,12 @@ unsafe fn install_fds(plan: &ChildPlan<'_>) {
             }
         }
         close_from(plan.nfds as c_uint, plan.fd_limit);
-        for fd in 3..plan.nfds as RawFd {
+        for fd in 3..(plan.nfds as RawFd).min(FIRST_PASSED_FD) {
             libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+        }
+        // The passed fds are the program's: they survive its exec.
+        for fd in FIRST_PASSED_FD..plan.nfds as RawFd {
+            libc::fcntl(fd, libc::F_SETFD, 0);
         }
     }
 }

@@ -16,6 +16,7 @@ use std::time::{Duration, Instant};
 use rustix::net::{AddressFamily, SendFlags, SocketFlags, SocketType};
 
 use super::child::{self, ChildPlan, MAX_FDS};
+pub use super::child::{FIRST_PASSED_FD, MAX_PASSED_FDS};
 use super::{ProcessHandle, ProcessLedger, ProcessLifetime, ProcessRecord, stat};
 use crate::error::{Error, Result};
 
@@ -34,6 +35,7 @@ pub struct ProcessSpec {
     envs: Vec<(OsString, OsString)>,
     stdout: Option<File>,
     stderr: Option<File>,
+    passed: Vec<OwnedFd>,
 }
 
 impl ProcessSpec {
@@ -45,7 +47,17 @@ impl ProcessSpec {
             envs: Vec::new(),
             stdout: None,
             stderr: None,
+            passed: Vec::new(),
         }
+    }
+
+    /// Passes `fd` on to the program, which finds it open at the number
+    /// returned: [`FIRST_PASSED_FD`] for the first, the next number for
+    /// each next one (a VMM's `-netdev tap,fd=N`). At most
+    /// [`MAX_PASSED_FDS`]; more is an [`Error::Spawn`] at spawn.
+    pub fn pass_fd(&mut self, fd: OwnedFd) -> std::os::fd::RawFd {
+        self.passed.push(fd);
+        FIRST_PASSED_FD + self.passed.len() as std::os::fd::RawFd - 1
     }
 
     /// Adds an argument.
@@ -353,9 +365,21 @@ impl Prepared {
         let stdout = spec.stdout.map_or_else(null, |f| Ok(f.into()))?;
         let stderr = spec.stderr.map_or_else(null, |f| Ok(f.into()))?;
         let mut child_fds = vec![null()?, stdout, stderr, gate_child, report_child];
-        if lifetime == ProcessLifetime::OutlivesOwner {
-            child_fds.push(File::open(ledger.dir())?.into());
+        child_fds.push(match lifetime {
+            ProcessLifetime::OutlivesOwner => File::open(ledger.dir())?.into(),
+            // A placeholder: the passed fds start at the same number.
+            ProcessLifetime::DiesWithOwner => null()?,
+        });
+        if spec.passed.len() > MAX_PASSED_FDS {
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidInput,
+                format!(
+                    "{} fds to pass; at most {MAX_PASSED_FDS}",
+                    spec.passed.len()
+                ),
+            ));
         }
+        child_fds.extend(spec.passed);
         let fd_limit = rustix::process::getrlimit(rustix::process::Resource::Nofile)
             .current
             .unwrap_or(MAX_FD_LIMIT)
@@ -607,6 +631,42 @@ mod tests {
                 "err\n"
             );
         }
+    }
+
+    /// Passed fds are open in the program at the numbers `pass_fd`
+    /// returned, and nothing else of the creator's is.
+    #[tokio::test]
+    async fn passed_fds_reach_the_program_at_their_numbers() {
+        for lifetime in [
+            ProcessLifetime::DiesWithOwner,
+            ProcessLifetime::OutlivesOwner,
+        ] {
+            let (dir, ledger) = ledger();
+            let (a, b) = (dir.path().join("a"), dir.path().join("b"));
+            let mut spec = ProcessSpec::new("/bin/sh")
+                .args([
+                    "-c",
+                    "echo one >&6; echo two >&7; ls /proc/self/fd | sort -n | tr '\\n' ' '",
+                ])
+                .stdout(File::create(dir.path().join("out")).unwrap());
+            assert_eq!(spec.pass_fd(File::create(&a).unwrap().into()), 6);
+            assert_eq!(spec.pass_fd(File::create(&b).unwrap().into()), 7);
+            let handle = spawn(spec, lifetime, &ledger).await.unwrap();
+            assert_eq!(wait(&handle).await, ExitStatus::Code(0), "{lifetime:?}");
+            assert_eq!(std::fs::read_to_string(&a).unwrap(), "one\n");
+            assert_eq!(std::fs::read_to_string(&b).unwrap(), "two\n");
+            // 0-2, the passed 6 and 7, and ls's own directory fd (3).
+            let fds = std::fs::read_to_string(dir.path().join("out")).unwrap();
+            assert_eq!(fds.trim(), "0 1 2 3 6 7", "{lifetime:?}");
+            ledger.remove(handle.record()).unwrap();
+        }
+        let (_dir, ledger) = ledger();
+        let mut spec = ProcessSpec::new("/bin/true");
+        for _ in 0..=MAX_PASSED_FDS {
+            spec.pass_fd(File::open("/dev/null").unwrap().into());
+        }
+        let too_many = spawn(spec, ProcessLifetime::DiesWithOwner, &ledger).await;
+        assert!(matches!(too_many, Err(Error::Spawn { .. })), "{too_many:?}");
     }
 
     #[tokio::test]

@@ -159,7 +159,25 @@ fn device_arg(args: &mut Vec<String>, json: Value) {
 
 /// Appends the arguments of one cold-plugged device at root-bus `slot`
 /// (ignored for serial ports).
-fn cold_device(args: &mut Vec<String>, device: &Device, slot: u8) -> Result<(), ConfigError> {
+/// The cold-plugged NICs, in the order their taps' files are passed to
+/// QEMU: the n-th has fd [`FIRST_PASSED_FD`](crate::process::FIRST_PASSED_FD)` + n`.
+pub fn cold_nics(config: &HypervisorConfig) -> Vec<&NetworkDevice> {
+    config
+        .devices
+        .iter()
+        .filter_map(|d| match d {
+            Device::Network(n) => Some(n),
+            _ => None,
+        })
+        .collect()
+}
+
+fn cold_device(
+    args: &mut Vec<String>,
+    device: &Device,
+    slot: u8,
+    tap_fd: std::os::fd::RawFd,
+) -> Result<(), ConfigError> {
     const ROOT_BUS: &str = "pcie.0";
     match device {
         Device::Block(block) => {
@@ -212,11 +230,13 @@ fn cold_device(args: &mut Vec<String>, device: &Device, slot: u8) -> Result<(), 
             device_arg(args, serial_port_json(port));
         }
         Device::Network(net) => {
+            // The tap's file is passed to QEMU (the hypervisor opened it in
+            // the tap's namespace): fd `tap_fd`. No vhost: a host without
+            // /dev/vhost-net makes QEMU 7.2 abort on vhost=on.
             args.push("-netdev".into());
             args.push(format!(
-                "tap,id={},ifname={},script=no,downscript=no",
+                "tap,id={},fd={tap_fd},vhost=off",
                 netdev_id(&net.id),
-                net.tap
             ));
             device_arg(args, net_device_json(net, ROOT_BUS, slot));
         }
@@ -272,8 +292,12 @@ pub fn build(
     machine_args(&mut args, config, options, accelerator, firmware)?;
     boot_args(&mut args, config)?;
     control_args(&mut args, config)?;
+    let mut tap_fd = crate::process::FIRST_PASSED_FD;
     for (device, slot) in cold_layout(config) {
-        cold_device(&mut args, &device, slot.unwrap_or(0))?;
+        cold_device(&mut args, &device, slot.unwrap_or(0), tap_fd)?;
+        if matches!(device, Device::Network(_)) {
+            tap_fd += 1;
+        }
     }
     hotplug_port_args(&mut args, options);
     Ok(args)
@@ -579,6 +603,7 @@ mod tests {
                 id: "eth0".into(),
                 tap: "tap0".into(),
                 mac: MacAddress([0x52, 0x54, 0, 1, 2, 3]),
+                netns: Some("/run/netns/pod".into()),
             }),
             Device::Vfio(VfioDevice {
                 id: "gpu0".into(),
@@ -606,7 +631,7 @@ mod tests {
         assert_eq!(blockdevs[0]["read-only"], true);
         assert_eq!(
             value_after(&args, "-netdev"),
-            ["tap,id=net-eth0,ifname=tap0,script=no,downscript=no"]
+            ["tap,id=net-eth0,fd=6,vhost=off"]
         );
         assert_eq!(
             value_after(&args, "-machine"),

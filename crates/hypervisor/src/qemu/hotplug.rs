@@ -6,6 +6,7 @@
 //! earlier ones added. Unplug asks the guest to release the device and
 //! waits for QEMU's `DEVICE_DELETED` event before removing the backend.
 
+use std::os::fd::{AsFd, OwnedFd};
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -16,10 +17,25 @@ use super::cmdline::{self, block_node, chardev_id, netdev_id};
 use super::commands::{BlockdevAdd, ChardevAdd, DeviceAdd, NetdevAdd};
 use super::{Qemu, no_vfio, no_vhost_vsock, slots};
 use crate::config::check_device;
-use crate::device::{AttachedDevice, Device, GuestAddress, ShareBackend};
+use crate::device::{AttachedDevice, Device, GuestAddress, NetworkDevice, ShareBackend};
 use crate::error::{Error, Result};
 use crate::hypervisor::DeviceHotplug;
 use vc_types::Unsupported;
+
+/// Opens a NIC's tap in its network namespace, off the async threads
+/// (the namespace is entered by a thread of its own).
+pub(super) async fn open_tap(net: &NetworkDevice) -> Result<OwnedFd> {
+    let (tap, netns) = (net.tap.clone(), net.netns.clone());
+    let opened = tokio::task::spawn_blocking(move || crate::tap::open(&tap, netns.as_deref()))
+        .await
+        .map_err(std::io::Error::other)
+        .and_then(|r| r);
+    opened.map_err(|source| Error::TapOpen {
+        id: net.id.clone(),
+        tap: net.tap.clone(),
+        source,
+    })
+}
 
 impl Qemu {
     /// Runs `undo` after a failed step, logging (not returning) its error:
@@ -52,11 +68,21 @@ impl Qemu {
             }
             Device::Network(net) => {
                 let netdev = netdev_id(&net.id);
-                self.qmp
+                let tap = open_tap(net).await?;
+                let fdname = format!("fd-{}", net.id);
+                self.qmp.pass_fd(&fdname, tap.as_fd()).await?;
+                drop(tap);
+                let backend = self
+                    .qmp
                     .execute(NetdevAdd(json!({
-                        "type": "tap", "id": netdev, "ifname": net.tap, "script": "no", "downscript": "no",
+                        "type": "tap", "id": netdev, "fd": fdname, "vhost": false,
                     })))
-                    .await?;
+                    .await;
+                if let Err(e) = backend {
+                    // Normally taken by netdev_add; not after every failure.
+                    let _ = self.qmp.execute(qapi::qmp::closefd { fdname }).await;
+                    return Err(e);
+                }
                 let added = self
                     .qmp
                     .execute(DeviceAdd(cmdline::net_device_json(net, &bus, 0)))

@@ -388,6 +388,14 @@ fn check_layout(config: &HypervisorConfig) -> Result<(), ConfigError> {
         .iter()
         .filter(|(_, slot)| slot.is_some())
         .count();
+    let nics = cmdline::cold_nics(config).len();
+    if nics > crate::process::MAX_PASSED_FDS {
+        return Err(ConfigError::TooManyPciDevices {
+            what: "cold-plugged NICs",
+            requested: nics,
+            limit: crate::process::MAX_PASSED_FDS,
+        });
+    }
     if cold_pci > slots::COLD_PLUG_SLOTS {
         return Err(ConfigError::TooManyPciDevices {
             what: "cold-plugged PCI devices",

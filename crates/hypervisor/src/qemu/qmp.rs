@@ -11,6 +11,7 @@
 //! soon as it is idle; another process (`attach`, `fetch_sandbox`) then
 //! gets its turn within a command's time.
 
+use std::os::fd::{AsFd, AsRawFd, BorrowedFd};
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -32,6 +33,9 @@ struct Session {
     service: Service,
     events: broadcast::Sender<Event>,
     reader: JoinHandle<()>,
+    /// The session's socket again, for passing fds (SCM_RIGHTS) beside
+    /// the commands that the service writes.
+    socket: std::os::unix::net::UnixStream,
 }
 
 impl Drop for Session {
@@ -46,6 +50,8 @@ pub struct Qmp {
     timeout: Duration,
     logger: slog::Logger,
     session: Mutex<Option<Arc<Session>>>,
+    /// One fd in flight at a time: `getfd` names the last one received.
+    passing: tokio::sync::Mutex<()>,
 }
 
 impl std::fmt::Debug for Qmp {
@@ -64,6 +70,7 @@ impl Qmp {
             timeout,
             logger,
             session: Mutex::new(None),
+            passing: tokio::sync::Mutex::new(()),
         }
     }
 
@@ -102,10 +109,12 @@ impl Qmp {
             source,
         };
         let negotiate = async {
-            let stream = QmpStreamTokio::open_uds(&self.path).await?;
-            stream.negotiate().await
+            let socket = UnixStream::connect(&self.path).await?;
+            let again = socket.as_fd().try_clone_to_owned()?;
+            let stream = QmpStreamTokio::open(socket).await?;
+            Ok::<_, std::io::Error>((stream.negotiate().await?, again))
         };
-        let stream = tokio::time::timeout(self.timeout, negotiate)
+        let (stream, socket) = tokio::time::timeout(self.timeout, negotiate)
             .await
             .map_err(|_| connect_err(std::io::ErrorKind::TimedOut.into()))?
             .map_err(connect_err)?;
@@ -133,7 +142,48 @@ impl Qmp {
             service,
             events: tx,
             reader,
+            socket: socket.into(),
         })
+    }
+
+    /// Hands QEMU a copy of `fd` under `name` (QMP `getfd`), for a later
+    /// command to use by name (`netdev_add ... fd=<name>`): the fd goes as
+    /// SCM_RIGHTS with one space (JSON whitespace, which the monitor
+    /// skips) on the session's socket, then `getfd` names it.
+    pub async fn pass_fd(&self, name: &str, fd: BorrowedFd<'_>) -> Result<()> {
+        use vmm_sys_util::sock_ctrl_msg::ScmSocket;
+        let _one_at_a_time = self.passing.lock().await;
+        let session = self.session().await?;
+        let deadline = tokio::time::Instant::now() + self.timeout;
+        let sent = loop {
+            match session.socket.send_with_fd(&b" "[..], fd.as_raw_fd()) {
+                Ok(_) => break Ok(()),
+                // The socket is non-blocking (tokio's): a full buffer.
+                Err(e) if e.errno() == libc::EAGAIN && tokio::time::Instant::now() < deadline => {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+                Err(e) => {
+                    break Err(Error::QmpIo {
+                        command: "getfd",
+                        source: std::io::Error::from_raw_os_error(e.errno()),
+                    });
+                }
+            }
+        };
+        // The same session: a hang-up in between would close the fd
+        // QEMU holds for the next getfd.
+        let named = match sent {
+            Ok(()) => {
+                let getfd = qapi::qmp::getfd {
+                    fdname: name.to_owned(),
+                };
+                self.execute_on(&session, getfd).await.map(drop)
+            }
+            Err(e) => Err(e),
+        };
+        drop(session);
+        self.release_if_idle();
+        named
     }
 
     /// Runs `command` within the timeout.
@@ -142,13 +192,22 @@ impl Qmp {
         C: qapi::qmp::QmpCommand + Send,
     {
         let session = self.session().await?;
-        let result = tokio::time::timeout(self.timeout, session.service.execute(command)).await;
+        let result = self.execute_on(&session, command).await;
         drop(session);
         self.release_if_idle();
-        let result = result.map_err(|_| Error::QmpTimeout {
-            command: C::NAME,
-            timeout: self.timeout,
-        })?;
+        result
+    }
+
+    async fn execute_on<C>(&self, session: &Session, command: C) -> Result<C::Ok>
+    where
+        C: qapi::qmp::QmpCommand + Send,
+    {
+        let result = tokio::time::timeout(self.timeout, session.service.execute(command))
+            .await
+            .map_err(|_| Error::QmpTimeout {
+                command: C::NAME,
+                timeout: self.timeout,
+            })?;
         result.map_err(|e| match e {
             qapi::ExecuteError::Qapi(e) => Error::QmpCommand {
                 command: C::NAME,

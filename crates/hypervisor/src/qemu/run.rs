@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use tokio::sync::watch;
 
-use super::{DeviceTable, Phase, Qemu, Vm, files};
+use super::{DeviceTable, Phase, Qemu, Vm, cmdline, files};
 use crate::error::{Error, Result};
 use crate::hypervisor::{ExitWatch, VmExit, VmStatus};
 use crate::process::{self, ProcessHandle, ProcessSpec};
@@ -74,10 +74,14 @@ impl Qemu {
         };
         let log = std::fs::File::create(&log_path).map_err(log_err)?;
         let log2 = log.try_clone().map_err(log_err)?;
-        let spec = ProcessSpec::new(&self.options.binary)
+        let mut spec = ProcessSpec::new(&self.options.binary)
             .args(&args)
             .stdout(log)
             .stderr(log2);
+        // In the order the command line numbers them (cmdline::cold_nics).
+        for nic in cmdline::cold_nics(&self.config) {
+            spec.pass_fd(super::hotplug::open_tap(nic).await?);
+        }
         slog::debug!(self.logger, "spawning QEMU"; "args" => args.join(" "), "lifetime" => ?self.config.lifetime);
         let process = process::spawn(spec, self.config.lifetime, &self.ledger).await?;
         let table = DeviceTable {

@@ -58,6 +58,8 @@ pub struct SandboxPlan {
     pub settings: PersistedSettings,
     /// How the boot is admitted and waited for.
     pub boot: BootPlan,
+    /// The network.
+    pub network: crate::network::NetworkPlan,
 }
 
 /// How the VM's boot is admitted and waited for.
@@ -100,6 +102,8 @@ pub struct ContainerPlan {
 /// the configuration says), which VMM device nodes `/dev` has.
 pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
     let id = config.id.clone();
+    let state_dir = config.paths.state_root.join(id.as_str());
+    let network = crate::network::plan_network(&config.network, &state_dir)?;
     let containers = plan_containers(config)?;
     let resources: Vec<ContainerResources> =
         containers.iter().map(|c| c.resources.clone()).collect();
@@ -132,7 +136,8 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         lifetime: config.lifetime,
     };
     Ok(SandboxPlan {
-        state_dir: config.paths.state_root.join(id.as_str()),
+        state_dir,
+        network,
         settings,
         boot: BootPlan {
             admission: config.vm.boot_admission,

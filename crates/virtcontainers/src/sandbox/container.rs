@@ -195,7 +195,18 @@ impl Sandbox {
             r.mounts = layout.binds.iter().map(|b| b.target.clone()).collect();
         }
         store.write(state)?;
-        self.create_in_guest(config, &layout).await
+        self.create_in_guest(config, &layout).await?;
+        let hooked = self
+            .run_create_hooks(&config.spec, id, &config.bundle)
+            .await;
+        if let Err(e) = hooked {
+            // The guest side is ours to undo; the caller undoes the rest.
+            if let Err(undo) = remove_in_guest(self.agent.as_ref(), id).await {
+                warn!(self.logger, "could not undo a container in the guest"; "error" => %undo);
+            }
+            return Err(e);
+        }
+        Ok(())
     }
 
     async fn create_in_guest(
@@ -336,7 +347,9 @@ impl Sandbox {
         // and disks, they stay, and so does the record, for a retry. (A
         // forced cleanup frees them from the record regardless.)
         remove_in_guest(self.agent.as_ref(), id).await?;
-        let mounts = self.container(state, id)?.mounts.clone();
+        let record = self.container(state, id)?;
+        let (spec, bundle) = (record.spec.clone(), record.bundle.clone());
+        let mounts = record.mounts.clone();
         let unbound = unbind_all(&mounts);
         let released = self
             .devices
@@ -354,6 +367,7 @@ impl Sandbox {
             state.containers.remove(id);
             store.write(state)?;
         }
+        self.run_poststop_hooks(&spec, id, &bundle).await;
         released?;
         unbound
     }

@@ -2,6 +2,8 @@
 //! step records its host resources before making them and registers its
 //! undo; a failure unwinds the completed steps in reverse.
 
+mod network;
+
 use std::num::NonZeroU32;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -74,6 +76,7 @@ pub async fn create_sandbox(
         factory,
         logger: logger.clone(),
         step: CreateStep::State,
+        network: None,
         share: None,
     };
     match creation.run(&mut undo).await {
@@ -97,6 +100,8 @@ struct Creation<'a> {
     logger: Logger,
     /// The step in progress, for the error.
     step: CreateStep,
+    /// The network, once set up (its NICs go into the VM's config).
+    network: Option<crate::network::owner::SandboxNetwork>,
     /// The filesystem share, once prepared. Kept here, not in a step's
     /// locals, so that on a failure it lives through the unwinding: the
     /// guest lets go of the share (DestroySandbox) before its daemon stops.
@@ -120,6 +125,9 @@ impl Creation<'_> {
     async fn run(&mut self, undo: &mut UndoStack) -> Result<Sandbox, Error> {
         self.step = CreateStep::State;
         let mut rec = self.claim_state(undo)?;
+
+        self.step = CreateStep::Network;
+        self.create_network(undo).await?;
 
         self.step = CreateStep::Cgroups;
         let cgroups = self.create_cgroups(&rec, undo)?;
@@ -153,6 +161,9 @@ impl Creation<'_> {
 
         self.step = CreateStep::GuestDetails;
         self.read_guest_details(agent.as_ref(), &mut rec).await?;
+
+        self.step = CreateStep::GuestNetwork;
+        self.configure_guest_network(agent.as_ref()).await?;
 
         self.step = CreateStep::GuestSandbox;
         let share = self.share.as_deref().expect("prepared above");
@@ -285,7 +296,11 @@ impl Creation<'_> {
         undo: &mut UndoStack,
     ) -> Result<Arc<dyn Hypervisor>, Error> {
         let plan = self.plan;
-        let vm = self.factory.new_vm(plan.vm.clone(), &self.logger)?;
+        let mut config = plan.vm.clone();
+        if let Some(network) = &self.network {
+            config.devices.extend(network.cold_nics());
+        }
+        let vm = self.factory.new_vm(config, &self.logger)?;
         let started = vm.start(plan.boot.budget.wall).await;
         {
             let (vm, timeout) = (vm.clone(), plan.settings.stop_timeout);
@@ -386,6 +401,7 @@ impl Creation<'_> {
         let request = pb::CreateSandboxRequest {
             hostname: self.plan.hostname.clone(),
             storages: vec![share.guest_storage()],
+            dns: self.plan.network.dns.clone(),
             sandbox_id: self.plan.id.to_string(),
             ..Default::default()
         };

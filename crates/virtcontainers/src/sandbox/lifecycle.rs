@@ -275,6 +275,11 @@ pub(crate) fn free_host_resources(
         None => Ok(()),
     });
     step(&mut errors, cgroups)?;
+    // The VM is gone: its taps, their filters, an SDK-made namespace.
+    step(
+        &mut errors,
+        crate::network::owner::remove_recorded(store.dir(), logger),
+    )?;
     if let Some(dir) = state.resources.shared_dir.clone() {
         let r = remove_empty_dir(&dir);
         if r.is_ok() {

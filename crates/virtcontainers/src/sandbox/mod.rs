@@ -11,7 +11,9 @@ mod cleanup;
 mod container;
 mod create;
 mod fetch;
+mod hooks;
 mod lifecycle;
+mod network;
 mod process;
 mod reclaim;
 #[cfg(test)]

@@ -63,6 +63,9 @@ impl Sandbox {
             state.phase = SandboxPhase::Running;
         }
         store.write(&state)?;
+        let record = self.container(&state, id)?;
+        self.run_poststart_hooks(&record.spec, id, &record.bundle)
+            .await;
         Ok(self.process_io(id, None))
     }
 

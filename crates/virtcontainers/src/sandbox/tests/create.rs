@@ -84,6 +84,7 @@ async fn create_run_and_cleanup_the_last_container_removes_everything() {
 async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
     let steps = [
         CreateStep::State,
+        CreateStep::Network,
         CreateStep::Cgroups,
         CreateStep::FsShare,
         CreateStep::BootSlot,
@@ -91,10 +92,13 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
         CreateStep::ConstrainVm,
         CreateStep::ConnectAgent,
         CreateStep::GuestDetails,
+        CreateStep::GuestNetwork,
         CreateStep::GuestSandbox,
         CreateStep::Containers,
     ];
     for step in steps {
+        // A namespace with interfaces to carry.
+        let netns = DummyNetns::new(&step);
         let mut _held_slot = None;
         let fx = Fixture::new("fail");
         let mut config = fx.config(vec![
@@ -104,6 +108,17 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
         match step {
             CreateStep::State => {
                 std::fs::write(fx.dir.path().join("sbs"), "not a directory").unwrap();
+            }
+            CreateStep::Network => {
+                // A link with the tap's name: the SDK never takes it over.
+                netns.add_veth("tap0_vc", "tpeer0");
+                config.network.netns = crate::NetnsConfig::Path(netns.path.clone());
+            }
+            CreateStep::GuestNetwork => {
+                config.network.netns = crate::NetnsConfig::Path(netns.path.clone());
+                fx.factory
+                    .agent()
+                    .fail(AgentMethod::UpdateInterface, Some(1))
             }
             CreateStep::Cgroups => {
                 // Mounts that are not a cgroupfs: the plan is sound, the
@@ -178,6 +193,7 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
                 | CreateStep::ConstrainVm
                 | CreateStep::ConnectAgent
                 | CreateStep::GuestDetails
+                | CreateStep::GuestNetwork
                 | CreateStep::GuestSandbox
                 | CreateStep::Containers
         );
@@ -201,8 +217,56 @@ async fn a_failure_at_every_step_unwinds_each_completed_step_once() {
             "{step:?}: container undone"
         );
         fx.assert_clean(&format!("after a failure at {step:?}"));
+        assert_eq!(
+            vc_test_support::netns_snapshot(&netns.path),
+            netns.before(),
+            "{step:?}: the namespace changed"
+        );
         let _ = std::fs::remove_file(fx.dir.path().join("sbs"));
         let _ = std::fs::remove_file(fx.dir.path().join("shared"));
+    }
+}
+
+/// A named namespace (`ip netns add`) with a veth pair `eth0`/`peer0`
+/// (interfaces to carry; this host has no dummy links), deleted on drop.
+struct DummyNetns {
+    name: String,
+    path: std::path::PathBuf,
+    before: std::sync::Mutex<Option<String>>,
+}
+
+impl DummyNetns {
+    fn new(step: &CreateStep) -> Self {
+        let name = vc_test_support::unique(&format!("{step:?}").to_lowercase());
+        vc_test_support::run("ip", &["netns", "add", &name]).unwrap();
+        let netns = DummyNetns {
+            path: std::path::Path::new("/run/netns").join(&name),
+            name,
+            before: std::sync::Mutex::new(None),
+        };
+        netns.add_veth("eth0", "peer0");
+        netns
+    }
+
+    fn add_veth(&self, link: &str, peer: &str) {
+        vc_test_support::run(
+            "ip",
+            &[
+                "-n", &self.name, "link", "add", link, "type", "veth", "peer", "name", peer,
+            ],
+        )
+        .unwrap();
+        *self.before.lock().unwrap() = Some(vc_test_support::netns_snapshot(&self.path));
+    }
+
+    fn before(&self) -> String {
+        self.before.lock().unwrap().clone().unwrap()
+    }
+}
+
+impl Drop for DummyNetns {
+    fn drop(&mut self) {
+        let _ = vc_test_support::run("ip", &["netns", "del", &self.name]);
     }
 }
 

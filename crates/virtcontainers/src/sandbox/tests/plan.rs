@@ -94,6 +94,26 @@ async fn config_errors_of_every_kind_change_nothing_on_the_host() {
             },
         ),
         (
+            "missing network namespace",
+            Box::new(|fx, c| {
+                c.network.netns = crate::NetnsConfig::Path(fx.dir.path().join("no-such-netns"))
+            }),
+            |e| matches!(e, Error::InvalidNetns { reason, .. } if reason == "does not exist"),
+        ),
+        (
+            "a file that is no network namespace",
+            Box::new(|fx, c| {
+                let file = fx.dir.path().join("images").join("vmlinux");
+                c.network.netns = crate::NetnsConfig::Path(file)
+            }),
+            |e| matches!(e, Error::InvalidNetns { .. }),
+        ),
+        (
+            "a two-line DNS entry",
+            Box::new(|_, c| c.network.dns = vec!["nameserver 1.1.1.1\nsearch x".into()]),
+            |e| matches!(e, Error::InvalidDns { .. }),
+        ),
+        (
             "bad cgroups path",
             Box::new(|_, c| c.cgroups.as_mut().unwrap().cgroups_path = Some("/pod/../../x".into())),
             |e| {
