@@ -16,6 +16,10 @@ pub enum Action {
     Start,
     /// Free what a dead shim left for this task; print a `DeleteResponse`.
     Delete,
+    /// Internal: the process the daemon parks in the pod's network
+    /// namespace (see `netns::Holder`); waits for stdin to close.
+    #[value(hide = true)]
+    NetnsHolder,
 }
 
 /// The shim's arguments.
@@ -174,6 +178,12 @@ mod tests {
         assert_eq!(daemon.socket_fd, Some(3));
         assert_eq!((daemon.namespace, daemon.id), ("n".into(), "i".into()));
         assert!(daemon.debug);
+    }
+
+    #[test]
+    fn the_holders_command_line_parses() {
+        let args = Args::parse_from_go(["vc-netns-holder", "-id", "p", "netns-holder"]).unwrap();
+        assert_eq!(args.action, Some(Action::NetnsHolder));
     }
 
     #[test]

@@ -24,8 +24,9 @@ use serde::Deserialize;
 use virtcontainers::vc_hypervisor::{Accelerator, QemuOptions};
 use virtcontainers::vc_types;
 use virtcontainers::{
-    AgentSettings, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths, QemuFactory,
-    SandboxConfig, SandboxId, SandboxLifetime, VmConfig, VmFactory,
+    AgentSettings, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, NetnsConfig,
+    NetworkConfig, Paths, QemuFactory, SandboxConfig, SandboxId, SandboxLifetime, VmConfig,
+    VmFactory,
 };
 
 use crate::error::{Error, Result};
@@ -310,12 +311,14 @@ impl ShimConfig {
 
     /// A sandbox `id` with `containers`, its host cgroups under
     /// `cgroups_path` (the OCI `linux.cgroupsPath` of its first
-    /// container), dying with this shim.
+    /// container), in network namespace `netns` (none when
+    /// `internetworking_model = "none"`), dying with this shim.
     pub fn sandbox(
         &self,
         id: SandboxId,
         containers: Vec<ContainerConfig>,
         cgroups_path: Option<String>,
+        netns: NetnsConfig,
     ) -> Result<SandboxConfig> {
         if self.factory.enable_template {
             return Err(vc_types::Unsupported::new(
@@ -342,6 +345,13 @@ impl ShimConfig {
         };
         config.agent = AgentSettings {
             call_timeout: Duration::from_secs(self.agent.call_timeout.max(1)),
+        };
+        config.network = NetworkConfig {
+            netns: match self.runtime.internetworking_model {
+                Internetworking::Tcfilter => netns,
+                Internetworking::None => NetnsConfig::Disabled,
+            },
+            dns: Vec::new(),
         };
         config.containers = containers;
         Ok(config)
@@ -408,8 +418,18 @@ stop_timeout = 2
     fn every_key_of_the_example_lands_in_the_sdk_config() {
         let config = parse(EXAMPLE).unwrap();
         let sandbox = config
-            .sandbox("pod".parse().unwrap(), Vec::new(), Some("/k8s/pod".into()))
+            .sandbox(
+                "pod".parse().unwrap(),
+                Vec::new(),
+                Some("/k8s/pod".into()),
+                NetnsConfig::Create,
+            )
             .unwrap();
+        assert_eq!(
+            sandbox.network.netns,
+            NetnsConfig::Disabled,
+            "internetworking_model = none"
+        );
         assert_eq!(sandbox.vm.kernel, PathBuf::from("/srv/vc/vmlinux"));
         assert_eq!(sandbox.vm.initrd, PathBuf::from("/srv/vc/initramfs.cpio"));
         assert_eq!(sandbox.vm.accelerator, Accelerator::Tcg);
@@ -463,7 +483,12 @@ stop_timeout = 2
     fn a_template_factory_is_refused_until_it_is_available() {
         let config = parse("[factory]\nenable_template = true\n").unwrap();
         let err = config
-            .sandbox("pod".parse().unwrap(), Vec::new(), None)
+            .sandbox(
+                "pod".parse().unwrap(),
+                Vec::new(),
+                None,
+                NetnsConfig::Create,
+            )
             .unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
     }

@@ -71,6 +71,13 @@ fn listener(args: &Args) -> anyhow::Result<UnixListener> {
             // and let this process inherit it; nothing else in this process
             // knows of it, so it is owned here alone.
             let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+            // Inherited without close-on-exec; the processes this shim
+            // starts (QEMU, virtiofsd, the netns holder) must not keep it.
+            nix::fcntl::fcntl(
+                &owned,
+                nix::fcntl::FcntlArg::F_SETFD(nix::fcntl::FdFlag::FD_CLOEXEC),
+            )
+            .context("mark the shim socket close-on-exec")?;
             Ok(UnixListener::from(owned))
         }
         (None, Some(path)) => {

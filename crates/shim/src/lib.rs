@@ -17,6 +17,11 @@
 //! - `delete` ([`cleanup`]) frees what a dead shim left (its sandbox is
 //!   reclaimed from the SDK's persisted state).
 //!
+//! The pod's network namespace ([`netns`]) is CRI's, or one the SDK makes
+//! for `ctr run`; a process of the shim's parked in it gives containerd a
+//! pid to run CNI on (`ctr run --cni`), and Start brings what CNI made
+//! into the VM.
+//!
 //! A pod ([`pod`]: the CRI annotations) is one VM served by one shim; its
 //! sandbox ("pause") container runs nothing in the guest. Stdio goes
 //! through containerd's FIFOs ([`stdio`]), terminals included; stats are
@@ -50,8 +55,10 @@
 //!     default_memory = 512
 //!     shared_fs = "virtio-9p"
 //! "#)?;
-//! let sandbox = config.sandbox("pod-1".parse()?, Vec::new(), None)?;
+//! let netns = virtcontainers::NetnsConfig::Path("/var/run/netns/cni-1".into());
+//! let sandbox = config.sandbox("pod-1".parse()?, Vec::new(), None, netns.clone())?;
 //! assert_eq!(sandbox.vm.default_memory_mib, 512);
+//! assert_eq!(sandbox.network.netns, netns);
 //! # Ok::<(), Box<dyn std::error::Error>>(())
 //! ```
 
@@ -64,6 +71,7 @@ pub mod error;
 pub mod events;
 pub mod launch;
 pub mod metrics;
+pub mod netns;
 pub mod pod;
 pub mod protocol;
 pub mod rootfs;

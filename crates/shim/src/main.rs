@@ -5,7 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use containerd_shim_vc_v2::args::{Action, Args};
-use containerd_shim_vc_v2::{cleanup, daemon, launch, socket};
+use containerd_shim_vc_v2::{cleanup, daemon, launch, netns, socket};
 use protobuf::Message;
 
 fn main() -> ExitCode {
@@ -16,6 +16,7 @@ fn main() -> ExitCode {
     match args.action {
         Some(Action::Start) => start(&args),
         Some(Action::Delete) => delete(&args),
+        Some(Action::NetnsHolder) => netns::hold(),
         None => serve(args),
     }
 }
@@ -65,7 +66,8 @@ fn delete(args: &Args) -> ExitCode {
 
 fn serve(args: Args) -> ExitCode {
     daemon::log_to_containerd();
-    let logger = daemon::logger(args.debug);
+    // Every line names its shim: containerd's log mixes all of them.
+    let logger = daemon::logger(args.debug).new(slog::o!("id" => args.id.clone()));
     let runtime = match runtime() {
         Ok(r) => r,
         Err(e) => return fail("serve", &e),

@@ -21,6 +21,8 @@ use common::image::{IMAGE, USER_IMAGE};
 use common::{Env, Outcome, RUNC, VC, on_terminal, pids_with};
 use vc_test_support::unique;
 
+#[path = "ctr/network.rs"]
+mod network;
 #[path = "ctr/pods.rs"]
 mod pods;
 
@@ -50,6 +52,10 @@ fn main() -> ExitCode {
             Scenario {
                 name: "a_terminal_is_the_processes",
                 run: terminal,
+            },
+            Scenario {
+                name: "ctr_run_cni_reaches_a_peer",
+                run: network::cni_run,
             },
             Scenario {
                 name: "the_runtime_config_path_is_honoured",

@@ -6,13 +6,16 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use slog::{info, warn};
-use virtcontainers::{ContainerConfig, ContainerId, Sandbox, create_sandbox};
+use virtcontainers::{
+    ContainerConfig, ContainerId, NetnsConfig, Sandbox, SandboxId, create_sandbox,
+};
 
 use super::{Pod, Proc, Service, Task, container_id};
 use crate::bundle::BundleRecord;
 use crate::config::{self, Loaded};
 use crate::error::{Error, Result};
 use crate::events::{Publisher, topic};
+use crate::netns::{self, Holder};
 use crate::pod::ContainerKind;
 use crate::protocol::events::{TaskCreate, TaskIO, TaskOOM};
 use crate::protocol::mount::Mount;
@@ -174,22 +177,36 @@ impl Service {
             .as_ref()
             .and_then(|l| l.cgroups_path().as_ref())
             .map(|p| p.display().to_string());
+        let netns = netns::requested(&container.spec);
         let containers = match kind.runs_in_guest() {
             true => vec![container],
             false => Vec::new(),
         };
-        let sandbox_config = config
-            .config
-            .sandbox(id.clone(), containers, cgroups_path)?;
+        let sandbox_config =
+            config
+                .config
+                .sandbox(id.clone(), containers, cgroups_path, netns.clone())?;
+        let rescan = sandbox_config.network.netns == NetnsConfig::Create;
         info!(self.logger, "creating the sandbox"; "sandbox" => %id,
-            "config" => config.path.as_ref().map(|p| p.display().to_string()));
+            "config" => config.path.as_ref().map(|p| p.display().to_string()),
+            "netns" => ?sandbox_config.network.netns);
         let sandbox = create_sandbox(sandbox_config, config.config.factory(), self.logger.clone())
             .await
             .map_err(Error::sandbox(format!("create sandbox {id}")))?;
+        let holder = match self.hold_netns(&sandbox, &id) {
+            Ok(h) => h,
+            Err(e) => {
+                self.unwind_sandbox(sandbox, &config).await;
+                return Err(e);
+            }
+        };
         let sandbox = Arc::new(sandbox);
-        let pid = match sandbox.status().await {
-            Ok(s) => s.vmm_pid.unwrap_or_else(std::process::id),
-            Err(_) => std::process::id(),
+        let pid = match &holder {
+            Some(h) => h.pid(),
+            None => match sandbox.status().await {
+                Ok(s) => s.vmm_pid.unwrap_or_else(std::process::id),
+                Err(_) => std::process::id(),
+            },
         };
         let oom = tokio::spawn(forward_oom(
             sandbox.clone(),
@@ -201,9 +218,30 @@ impl Service {
             sandbox,
             config,
             pid,
+            holder,
+            rescan,
             oom,
         });
         Ok(())
+    }
+
+    /// A holder in the sandbox's network namespace, when it has one.
+    fn hold_netns(&self, sandbox: &Sandbox, id: &SandboxId) -> Result<Option<Holder>> {
+        let path = sandbox
+            .netns()
+            .map_err(Error::sandbox(format!("find the netns of sandbox {id}")))?;
+        path.map(|p| Holder::spawn(&p, id.as_str())).transpose()
+    }
+
+    /// Stops and deletes a sandbox whose creation failed after the SDK
+    /// made it.
+    async fn unwind_sandbox(&self, sandbox: Sandbox, config: &Loaded) {
+        if let Err(e) = sandbox.stop(config.config.stop_timeout()).await {
+            warn!(self.logger, "unwinding: sandbox did not stop cleanly"; "error" => crate::error::chain(&e));
+        }
+        if let Err(e) = sandbox.delete().await {
+            warn!(self.logger, "unwinding: sandbox not deleted"; "error" => crate::error::chain(&e));
+        }
     }
 
     /// Stops the sandbox's VM and deletes the sandbox; what cannot be
@@ -213,6 +251,7 @@ impl Service {
             id,
             sandbox,
             config,
+            holder,
             oom,
             ..
         } = pod;
@@ -252,6 +291,10 @@ impl Service {
                 virtcontainers::reclaim(&config.config.paths(), &id, self.logger.clone()).await
         {
             warn!(self.logger, "sandbox not reclaimed"; "error" => crate::error::chain(&e));
+        }
+        // Last: while it lives, the namespace (CNI's veth in it) does.
+        if let Some(holder) = holder {
+            let _ = tokio::task::spawn_blocking(move || holder.stop()).await;
         }
         info!(self.logger, "sandbox removed"; "sandbox" => %id);
     }

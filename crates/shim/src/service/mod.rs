@@ -114,8 +114,14 @@ pub struct Pod {
     pub sandbox: Arc<Sandbox>,
     /// The configuration it was made with.
     pub config: Loaded,
-    /// The pid containerd is given for every task of the pod.
+    /// The pid containerd is given for every task of the pod: the
+    /// holder's when the pod has a network namespace, else the VMM's.
     pub pid: u32,
+    /// The process parked in the pod's network namespace.
+    pub holder: Option<crate::netns::Holder>,
+    /// Whether the shim asked for a new namespace, so that CNI may still
+    /// add interfaces to it before Start (`ctr run --cni`).
+    pub rescan: bool,
     /// The task turning the guest's OOM kills into `TaskOOM` events.
     oom: JoinHandle<()>,
 }

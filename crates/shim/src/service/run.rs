@@ -53,6 +53,9 @@ impl Service {
                 tables.pid(),
             )
         };
+        if exec.is_none() && !matches!(kind, ContainerKind::PodContainer { .. }) {
+            self.bring_in_network().await?;
+        }
         if kind == ContainerKind::PodSandbox {
             self.set_running(&id, None, None)?;
             self.publish_start(&id, None, pid);
@@ -93,6 +96,29 @@ impl Service {
             service.exited(&id, exec.as_ref(), status);
         });
         self.started(pid)
+    }
+
+    /// Brings what CNI added to the namespace the shim asked for, between
+    /// Create and Start (`ctr run --cni`), into the VM before the
+    /// sandbox's first process runs. Once: later interfaces are CNI's
+    /// business with the CRI, which hands over a finished namespace.
+    async fn bring_in_network(&self) -> Result<()> {
+        let sandbox = {
+            let mut tables = self.tables();
+            let Some(pod) = tables.pod.as_mut().filter(|p| p.rescan) else {
+                return Ok(());
+            };
+            pod.rescan = false;
+            pod.sandbox.clone()
+        };
+        let added = sandbox
+            .rescan_network()
+            .await
+            .map_err(Error::sandbox("bring the pod's network into the VM"))?;
+        for nic in &added {
+            slog::info!(self.logger, "interface brought into the VM"; "name" => &nic.name, "mac" => %nic.mac);
+        }
+        Ok(())
     }
 
     fn started(&self, pid: u32) -> Result<api::StartResponse> {

@@ -24,6 +24,9 @@ pub const RUNC: &str = "io.containerd.runc.v2";
 /// Ours.
 pub const VC: &str = "io.containerd.vc.v2";
 
+/// The `argv[0]` of the shim's process in a pod's network namespace.
+pub const NETNS_HOLDER: &str = "vc-netns-holder";
+
 /// The directory of the shims' sockets.
 const SOCKET_DIR: &str = "/run/vc/shim";
 
@@ -65,6 +68,19 @@ impl Env {
             Need::Program {
                 name: "script",
                 package: "bsdutils",
+            },
+            Need::CniPlugins,
+            Need::Program {
+                name: "unshare",
+                package: "util-linux",
+            },
+            Need::Program {
+                name: "nsenter",
+                package: "util-linux",
+            },
+            Need::Program {
+                name: "ip",
+                package: "iproute2",
             },
         ]);
         let shim = Path::new(env!("CARGO_BIN_EXE_containerd-shim-vc-v2"));
@@ -147,6 +163,11 @@ impl Env {
                 .filter(|cmd| ids.iter().any(|id| cmd.contains(id)))
                 .collect();
             ensure!(shims.is_empty(), "shims left running: {shims:?}");
+            let holders: Vec<u32> = ids
+                .iter()
+                .flat_map(|id| pids_with(&[NETNS_HOLDER, &format!("-id {id} ")]))
+                .collect();
+            ensure!(holders.is_empty(), "netns holders left: {holders:?}");
             Ok(())
         })?;
         let left: Vec<_> = socket_files().difference(&sockets).cloned().collect();
