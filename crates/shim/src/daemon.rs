@@ -117,7 +117,7 @@ pub async fn serve(args: Args, logger: Logger) -> anyhow::Result<()> {
         .add_listener(listener)
         .register_service(service.services());
     server.start().await.context("starting the task API")?;
-    info!(logger, "serving"; "id" => &args.id, "namespace" => &args.namespace, "socket" => %socket_path.display());
+    info!(logger, "serving"; "namespace" => &args.namespace, "socket" => %socket_path.display());
 
     let mut term = signal(SignalKind::terminate()).context("SIGTERM handler")?;
     let mut int = signal(SignalKind::interrupt()).context("SIGINT handler")?;

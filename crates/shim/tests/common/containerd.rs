@@ -19,11 +19,18 @@ pub const NAMESPACE: &str = "vc-shim-test";
 pub struct Containerd {
     dir: tempfile::TempDir,
     child: Option<Child>,
+    /// Whether [`RUN_CONTAINERD`] was there before: runc's shim makes
+    /// directories there whatever containerd's state directory is.
+    run_dir_existed: bool,
 }
+
+/// containerd 1.6's fixed runtime directory (shim sockets, runc's root).
+const RUN_CONTAINERD: &str = "/run/containerd";
 
 impl Containerd {
     /// Starts containerd and waits until it answers.
     pub fn start(shim: &Path) -> Result<Containerd> {
+        let run_dir_existed = Path::new(RUN_CONTAINERD).exists();
         let dir = tempfile::Builder::new().prefix("vc-ctrd-").tempdir()?;
         let bin = dir.path().join("bin");
         std::fs::create_dir_all(&bin)?;
@@ -57,6 +64,7 @@ impl Containerd {
         let containerd = Containerd {
             dir,
             child: Some(child),
+            run_dir_existed,
         };
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
@@ -96,14 +104,37 @@ impl Containerd {
         all[all.len().saturating_sub(lines)..].join("\n")
     }
 
+    /// The arguments of a `ctr` call against this containerd, in the
+    /// tests' namespace: `args` after the global options, with
+    /// `--fifo-dir` in the private directory after `run` and `task exec`
+    /// (ctr leaves a detached task's FIFOs behind, and makes
+    /// `/run/containerd/fifo` by default).
+    pub fn ctr_args(&self, args: &[&str]) -> Vec<String> {
+        let mut all = vec![
+            "--address".to_owned(),
+            self.address().display().to_string(),
+            "--namespace".to_owned(),
+            NAMESPACE.to_owned(),
+        ];
+        // The commands that make FIFOs: `run` and `task exec`.
+        let command = match args {
+            ["run", ..] => 1,
+            ["task", "exec", ..] => 2,
+            _ => 0,
+        };
+        all.extend(args[..command].iter().map(|a| a.to_string()));
+        if command > 0 {
+            all.push("--fifo-dir".to_owned());
+            all.push(self.dir.path().join("fifo").display().to_string());
+        }
+        all.extend(args[command..].iter().map(|a| a.to_string()));
+        all
+    }
+
     /// `ctr` against this containerd, in the tests' namespace.
     pub fn ctr_command(&self, args: &[&str]) -> Command {
         let mut cmd = Command::new("ctr");
-        cmd.arg("--address")
-            .arg(self.address())
-            .args(["--namespace", NAMESPACE])
-            .args(args)
-            .stdin(Stdio::null());
+        cmd.args(self.ctr_args(args)).stdin(Stdio::null());
         cmd
     }
 
@@ -148,6 +179,19 @@ impl Drop for Containerd {
                 let _ = child.kill();
                 let _ = child.wait();
             }
+        }
+        if !self.run_dir_existed {
+            // Only empty directories go: anything in them is not ours.
+            let run = Path::new(RUN_CONTAINERD);
+            for d in [
+                format!("runc/{NAMESPACE}"),
+                "runc".into(),
+                "s".into(),
+                "fifo".into(),
+            ] {
+                let _ = std::fs::remove_dir(run.join(d));
+            }
+            let _ = std::fs::remove_dir(run);
         }
     }
 }

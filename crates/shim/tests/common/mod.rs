@@ -261,12 +261,8 @@ pub fn outcome(out: &std::process::Output, args: &[&str]) -> Result<Outcome> {
 /// Runs `cmd` under `script` (a pseudo-terminal: `ctr run -t` refuses
 /// anything else); the output with carriage returns and NULs dropped.
 pub fn on_terminal(containerd: &Containerd, ctr_args: &[&str]) -> Result<Outcome> {
-    let mut line = format!(
-        "ctr --address {} --namespace {}",
-        containerd.address().display(),
-        containerd::NAMESPACE
-    );
-    for a in ctr_args {
+    let mut line = "ctr".to_owned();
+    for a in &containerd.ctr_args(ctr_args) {
         line.push_str(&format!(" '{}'", a.replace('\'', r"'\''")));
     }
     let mut cmd = Command::new("script");

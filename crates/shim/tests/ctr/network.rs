@@ -11,7 +11,7 @@ use std::process::{Child, Command, Stdio};
 use anyhow::{Context, Result, ensure};
 use vc_test_support::{CniBridge, unique};
 
-use crate::common::containerd::{CTR_TIMEOUT, NAMESPACE, run};
+use crate::common::containerd::{CTR_TIMEOUT, run};
 use crate::common::image::IMAGE;
 use crate::common::{Env, Outcome, RUNC, VC, outcome};
 
@@ -58,20 +58,7 @@ impl Drop for MadeDirs {
 /// own where `conf` is bound on [`CNI_CONF_DIR`], so the host's CNI
 /// configuration is neither read nor touched.
 fn run_with_cni(env: &Env, conf: &Path, runtime: &str, id: &str, cmd: &[&str]) -> Result<Outcome> {
-    let address = env.containerd.address().display().to_string();
-    let mut args = vec![
-        "--address",
-        &address,
-        "--namespace",
-        NAMESPACE,
-        "run",
-        "--rm",
-        "--cni",
-        "--runtime",
-        runtime,
-        IMAGE,
-        id,
-    ];
+    let mut args = vec!["run", "--rm", "--cni", "--runtime", runtime, IMAGE, id];
     args.extend_from_slice(cmd);
     let mut command = Command::new("unshare");
     command
@@ -81,7 +68,7 @@ fn run_with_cni(env: &Env, conf: &Path, runtime: &str, id: &str, cmd: &[&str]) -
             conf.display()
         ))
         .arg("sh")
-        .args(&args)
+        .args(env.containerd.ctr_args(&args))
         .stdin(Stdio::null());
     let out = run(command, CTR_TIMEOUT)?;
     outcome(&out, &args)
