@@ -58,6 +58,10 @@ fn main() -> ExitCode {
                 run: network::cni_run,
             },
             Scenario {
+                name: "a_netns_given_in_the_spec_is_used_and_left_as_cni_made_it",
+                run: network::given_netns,
+            },
+            Scenario {
                 name: "the_runtime_config_path_is_honoured",
                 run: pods::config_path,
             },

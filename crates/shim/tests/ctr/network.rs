@@ -1,15 +1,19 @@
-//! `ctr run --cni`: ctr runs CNI (Debian's `bridge` + `host-local`) on
-//! `/proc/<pid>/ns/net` of the pid Create returned, between Create and
-//! Start; the container then fetches a page from a peer on the same
-//! bridge. Under runc's shim and ours alike; with ours the interface CNI
-//! made reaches the VM, and after the run the pod's namespace is gone
-//! (CNI's veth with it: the taps were in it) and nothing else is left.
+//! The pod's network, under runc's shim and ours alike: a container
+//! fetches a page from a peer on a CNI bridge (Debian's `bridge` +
+//! `host-local`).
+//!
+//! - `ctr run --cni`: ctr runs CNI on `/proc/<pid>/ns/net` of the pid
+//!   Create returned, between Create and Start; with ours the interface
+//!   CNI made reaches the VM, and after the run the pod's namespace is
+//!   gone (CNI's veth with it: the taps were in it).
+//! - `ctr run --with-ns network:PATH`: a namespace CNI set up beforehand,
+//!   as the CRI hands one over; after ours it is exactly as CNI made it.
 
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 use anyhow::{Context, Result, ensure};
-use vc_test_support::{CniBridge, unique};
+use vc_test_support::{CniAttachment, CniBridge, netns_snapshot, unique};
 
 use crate::common::containerd::{CTR_TIMEOUT, run};
 use crate::common::image::IMAGE;
@@ -83,51 +87,78 @@ fn ports(bridge: &str) -> Result<Vec<String>> {
         .collect())
 }
 
+/// A CNI bridge with a peer serving a page on it, and the command that
+/// fetches the page.
+struct Lan {
+    bridge: CniBridge,
+    peer: CniAttachment,
+    _httpd: Background,
+    /// The page.
+    page: String,
+    /// `sh -c` script: fetch it (retried: a server may still start; each
+    /// try bounded by `timeout`, as busybox's static wget crashes on -T).
+    script: String,
+}
+
+impl Lan {
+    fn new(env: &Env) -> Result<Lan> {
+        let bridge = CniBridge::new()?;
+        let peer = bridge.attach_new(&unique("vcpeer"))?;
+        let www = env.containerd.scratch(&unique("www"));
+        let page = format!("served by the peer {}\n", peer.ip);
+        std::fs::write(www.join("index.html"), &page)?;
+        let httpd = Background(
+            Command::new("nsenter")
+                .arg(format!("--net={}", peer.netns.display()))
+                .args(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h"])
+                .arg(&www)
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .context("busybox httpd in the peer's namespace")?,
+        );
+        let script = format!(
+            "for i in 1 2 3 4 5 6 7 8 9 10; do \
+               timeout 10 wget -qO- http://{}:8080/index.html && exit 0; sleep 1; done; exit 1",
+            peer.ip
+        );
+        Ok(Lan {
+            bridge,
+            peer,
+            _httpd: httpd,
+            page,
+            script,
+        })
+    }
+
+    fn cmd(&self) -> [&str; 3] {
+        ["sh", "-c", self.script.as_str()]
+    }
+}
+
 /// `ctr run --cni` under both runtimes: the same page fetched from the
 /// peer, the same exit code; ours logs the interface brought into the
 /// VM (to containerd's log, through the bundle's log FIFO); after each
 /// run the bridge has only the peer's port again.
 pub fn cni_run(env: &Env) -> Result<()> {
     let _dirs = MadeDirs::ensure(Path::new(CNI_CONF_DIR))?;
-    let bridge = CniBridge::new()?;
-    let peer = bridge.attach_new(&unique("vcpeer"))?;
-    let www = env.containerd.scratch("www");
-    let page = format!("served by the peer {}\n", peer.ip);
-    std::fs::write(www.join("index.html"), &page)?;
-    let _httpd = Background(
-        Command::new("nsenter")
-            .arg(format!("--net={}", peer.netns.display()))
-            .args(["/bin/busybox", "httpd", "-f", "-p", "8080", "-h"])
-            .arg(&www)
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .spawn()
-            .context("busybox httpd in the peer's namespace")?,
-    );
+    let lan = Lan::new(env)?;
     let conf = env.containerd.scratch("cni-net.d");
-    std::fs::write(conf.join("10-vc-test.conf"), bridge.config())?;
-    let alone = ports(&bridge.bridge)?;
+    std::fs::write(conf.join("10-vc-test.conf"), lan.bridge.config())?;
+    let alone = ports(&lan.bridge.bridge)?;
     ensure!(alone.len() == 1, "the peer's port alone: {alone:?}");
 
-    // The first try may meet a server still starting; each try is bounded
-    // by `timeout` (busybox's static wget crashes on -T).
-    let script = format!(
-        "for i in 1 2 3 4 5 6 7 8 9 10; do \
-           timeout 10 wget -qO- http://{}:8080/index.html && exit 0; sleep 1; done; exit 1",
-        peer.ip
-    );
-    let cmd = ["sh", "-c", script.as_str()];
-    let runc = run_with_cni(env, &conf, RUNC, &unique("r-cni"), &cmd)?;
+    let runc = run_with_cni(env, &conf, RUNC, &unique("r-cni"), &lan.cmd())?;
     ensure!(
-        ports(&bridge.bridge)? == alone,
+        ports(&lan.bridge.bridge)? == alone,
         "runc: CNI's veth left on the bridge"
     );
     let id = unique("v-cni");
-    let vc = env.leak_checked(&[&id], || run_with_cni(env, &conf, VC, &id, &cmd))?;
+    let vc = env.leak_checked(&[&id], || run_with_cni(env, &conf, VC, &id, &lan.cmd()))?;
     ensure!(runc == vc, "runc: {runc:?}\nvc:   {vc:?}");
-    ensure!(vc.stdout == page && vc.code == 0, "{vc:?}");
+    ensure!(vc.stdout == lan.page && vc.code == 0, "{vc:?}");
     ensure!(
-        ports(&bridge.bridge)? == alone,
+        ports(&lan.bridge.bridge)? == alone,
         "vc: CNI's veth left on the bridge (the pod's namespace lives on)"
     );
     let log = env.containerd.log_tail(usize::MAX);
@@ -139,4 +170,61 @@ pub fn cni_run(env: &Env) -> Result<()> {
         "no line of our shim in containerd's log saying eth0 reached the VM"
     );
     Ok(())
+}
+
+/// A namespace CNI already set up, named in the spec (`ctr run --with-ns
+/// network:PATH`, what the CRI does for a pod): both runtimes reach the
+/// peer through it; after ours the namespace is exactly as CNI made it
+/// (no tap, qdisc or filter of ours left in it). A namespace that does not
+/// exist fails the task's creation, naming it, and leaves nothing.
+pub fn given_netns(env: &Env) -> Result<()> {
+    let lan = Lan::new(env)?;
+    let pod = lan.bridge.attach_new(&unique("vcpod"))?;
+    let with_ns = format!("network:{}", pod.netns.display());
+    let before = netns_snapshot(&pod.netns);
+    let run = |runtime: &str, id: &str| {
+        env.run_rm(runtime, id, &["--with-ns", &with_ns], IMAGE, &lan.cmd())
+    };
+    let runc = run(RUNC, &unique("r-netns"))?;
+    let id = unique("v-netns");
+    let vc = env.leak_checked(&[&id], || run(VC, &id))?;
+    ensure!(runc == vc, "runc: {runc:?}\nvc:   {vc:?}");
+    ensure!(vc.stdout == lan.page && vc.code == 0, "{vc:?}");
+    ensure!(
+        netns_snapshot(&pod.netns) == before,
+        "the pod's namespace is not as CNI made it:\nbefore:\n{before}\nafter:\n{}",
+        netns_snapshot(&pod.netns)
+    );
+    drop(pod);
+    let left = ports(&lan.bridge.bridge)?;
+    ensure!(
+        left.len() == 1,
+        "ports besides the peer's ({}) after CNI DEL: {left:?}",
+        lan.peer.name
+    );
+
+    let id = unique("v-nonetns");
+    let missing = env.containerd.scratch("netns").join("missing");
+    let with_missing = format!("network:{}", missing.display());
+    env.leak_checked(&[&id], || {
+        let args = [
+            "run",
+            "--rm",
+            "--runtime",
+            VC,
+            "--with-ns",
+            &with_missing,
+            IMAGE,
+            &id,
+            "true",
+        ];
+        let out = env.containerd.ctr(&args)?;
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        ensure!(!out.status.success(), "a missing namespace was accepted");
+        ensure!(
+            stderr.contains(&missing.display().to_string()),
+            "the error does not name the namespace: {stderr}"
+        );
+        Ok(())
+    })
 }
