@@ -3,6 +3,9 @@
 //! (the tests' harness and images): what a container costs to run in a
 //! fresh VM (cold boot under TCG here) against a namespace container.
 //!
+//! The template factory (`[factory] enable_template`) is not available
+//! to the shim yet: only cold boots are measured here.
+//!
 //! Needs root, containerd, runc and `make guest-image`.
 //! `cargo bench -p containerd-shim-vc-v2 --bench ctr_run [-- ROUNDS]`
 //! (default 5).
