@@ -182,10 +182,9 @@ impl Service {
             true => vec![container],
             false => Vec::new(),
         };
-        let sandbox_config =
-            config
-                .config
-                .sandbox(id.clone(), containers, cgroups_path, netns.clone())?;
+        let sandbox_config = config
+            .config
+            .sandbox(id.clone(), containers, cgroups_path, netns)?;
         let rescan = sandbox_config.network.netns == NetnsConfig::Create;
         info!(self.logger, "creating the sandbox"; "sandbox" => %id,
             "config" => config.path.as_ref().map(|p| p.display().to_string()),

@@ -172,24 +172,77 @@ pub fn cni_run(env: &Env) -> Result<()> {
     Ok(())
 }
 
+/// What a run in a given namespace saw.
+#[derive(Debug, PartialEq, Eq)]
+struct InNetns {
+    /// The fetch, run by `ctr task exec`.
+    fetched: Outcome,
+    /// Whether a tap of ours was in the namespace while the task ran.
+    tap_seen: bool,
+}
+
+/// `ctr run -d --with-ns network:PATH` of a sleeping task; the page
+/// fetched by an exec; then `ctr task kill`, `task rm`, `container rm`.
+fn in_given_netns(env: &Env, runtime: &str, id: &str, netns: &Path, lan: &Lan) -> Result<InNetns> {
+    let c = &env.containerd;
+    let with_ns = format!("network:{}", netns.display());
+    c.ctr_ok(&[
+        "run",
+        "-d",
+        "--runtime",
+        runtime,
+        "--with-ns",
+        &with_ns,
+        IMAGE,
+        id,
+        "sleep",
+        "600",
+    ])?;
+    let seen = (|| -> Result<InNetns> {
+        env.wait_status(id, "RUNNING")?;
+        let mut args = vec!["task", "exec", "--exec-id", "fetch", id];
+        args.extend_from_slice(&lan.cmd());
+        let fetched = outcome(&c.ctr(&args)?, &args)?;
+        // `ip -o link` lines: "5: tap0_vc: <...".
+        let tap_seen = netns_snapshot(netns)
+            .lines()
+            .any(|l| l.contains(": tap") && l.contains("_vc:"));
+        Ok(InNetns { fetched, tap_seen })
+    })();
+    let removed = (|| -> Result<()> {
+        c.ctr_ok(&["task", "kill", "--signal", "SIGKILL", id])?;
+        env.wait_status(id, "STOPPED")?;
+        c.ctr_ok(&["task", "rm", id])?;
+        c.ctr_ok(&["container", "rm", id])?;
+        Ok(())
+    })();
+    let seen = seen?;
+    removed?;
+    Ok(seen)
+}
+
 /// A namespace CNI already set up, named in the spec (`ctr run --with-ns
 /// network:PATH`, what the CRI does for a pod): both runtimes reach the
-/// peer through it; after ours the namespace is exactly as CNI made it
-/// (no tap, qdisc or filter of ours left in it). A namespace that does not
-/// exist fails the task's creation, naming it, and leaves nothing.
+/// peer through it; ours had its tap there while the task ran, and after
+/// `ctr task rm` and `ctr container rm` the namespace is exactly as CNI
+/// made it (no tap, qdisc or filter of ours left). A namespace that does
+/// not exist fails the task's creation, naming it, and leaves nothing.
 pub fn given_netns(env: &Env) -> Result<()> {
     let lan = Lan::new(env)?;
     let pod = lan.bridge.attach_new(&unique("vcpod"))?;
-    let with_ns = format!("network:{}", pod.netns.display());
     let before = netns_snapshot(&pod.netns);
-    let run = |runtime: &str, id: &str| {
-        env.run_rm(runtime, id, &["--with-ns", &with_ns], IMAGE, &lan.cmd())
-    };
-    let runc = run(RUNC, &unique("r-netns"))?;
+    let runc = in_given_netns(env, RUNC, &unique("r-netns"), &pod.netns, &lan)?;
     let id = unique("v-netns");
-    let vc = env.leak_checked(&[&id], || run(VC, &id))?;
-    ensure!(runc == vc, "runc: {runc:?}\nvc:   {vc:?}");
-    ensure!(vc.stdout == lan.page && vc.code == 0, "{vc:?}");
+    let vc = env.leak_checked(&[&id], || in_given_netns(env, VC, &id, &pod.netns, &lan))?;
+    ensure!(runc.fetched == vc.fetched, "runc: {runc:?}\nvc:   {vc:?}");
+    ensure!(
+        vc.fetched.stdout == lan.page && vc.fetched.code == 0,
+        "{vc:?}"
+    );
+    ensure!(
+        !runc.tap_seen && vc.tap_seen,
+        "our tap not seen in the pod's namespace while the task ran"
+    );
     ensure!(
         netns_snapshot(&pod.netns) == before,
         "the pod's namespace is not as CNI made it:\nbefore:\n{before}\nafter:\n{}",
