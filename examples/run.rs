@@ -3,7 +3,8 @@
 //!
 //! ```text
 //! sudo cargo run --release --example run -- [--cpus N] [--memory SIZE] \
-//!     [--sandbox-cgroup-only] [--fs-share 9p|virtio-fs] [--rootfs DIR] [--hold] \
+//!     [--sandbox-cgroup-only] [--charge-guest-memory-to-pod] \
+//!     [--fs-share 9p|virtio-fs] [--rootfs DIR] [--hold] \
 //!     [--netns PATH | --net none|auto] [--dns LINE]... -- CMD ARGS...
 //! ```
 //!
@@ -18,7 +19,10 @@
 //! (`target/vc-guest-agent-image/`); the default rootfs is a busybox tree
 //! built from the host's `busybox-static`. `--hold` keeps the sandbox up
 //! after the command, prints where to look (sandbox id, QEMU pid, cgroup
-//! paths) and waits for Enter or Ctrl-C before cleaning up.
+//! paths) and what the pod costs (`Sandbox::overhead`: the VMM's and
+//! helpers' CPU and memory, charged to the pod or not, the cgroups' own
+//! counters, the guest's view), and waits for Enter or Ctrl-C before
+//! cleaning up.
 //!
 //! Like `runc run`: SIGINT, SIGTERM and SIGHUP are forwarded to the
 //! container's process, whose exit code (128 + the signal when it was
@@ -61,6 +65,10 @@ struct Args {
     /// Put every sandbox thread, this process included, in the sandbox cgroup.
     #[arg(long)]
     sandbox_cgroup_only: bool,
+    /// Charge guest RAM to the sandbox cgroup (the VMM starts in its
+    /// memory cgroup; cgroup v1), not to the overhead.
+    #[arg(long)]
+    charge_guest_memory_to_pod: bool,
     /// The filesystem share (default: virtio-fs when virtiofsd is installed).
     #[arg(long, value_parser = ["9p", "virtio-fs"])]
     fs_share: Option<String>,
@@ -265,10 +273,16 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
     let id = format!("run-{}", std::process::id());
     let mut vm = VmConfig::new(kernel, initrd);
     vm.debug = args.debug;
+    // The container's CPUs come on top of the guest's own vCPU: let the VM
+    // have them even on a host with fewer CPUs (above the maximum is an
+    // error, not a silent cap).
+    let wanted = vm.default_vcpus + args.cpus.map_or(0, |c| c.ceil() as u32);
+    vm.max_vcpus = vm.max_vcpus.max(wanted);
     let mut config = SandboxConfig::new(id.parse()?, vm);
     config.paths = paths;
     config.cgroups = Some(CgroupsConfig {
         sandbox_cgroup_only: args.sandbox_cgroup_only,
+        charge_guest_memory_to_pod: args.charge_guest_memory_to_pod,
         ..CgroupsConfig::default()
     });
     config.fs_share = FsShareConfig {
@@ -410,6 +424,10 @@ async fn hold(
         status.overhead_cgroup.unwrap_or_else(|| "none".into())
     );
     eprintln!("state:           {}", sandbox.state_dir().display());
+    match sandbox.overhead().await {
+        Ok(report) => eprintln!("\nwhat the pod costs:\n{report}"),
+        Err(e) => eprintln!("no overhead report: {}", common::chain(&e)),
+    }
     eprintln!("holding; press Enter or Ctrl-C to clean up");
     let mut line = String::new();
     let mut stdin = tokio::io::BufReader::new(tokio::io::stdin());

@@ -44,6 +44,7 @@ pub enum AgentMethod {
     ListInterfaces,
     ListRoutes,
     AddARPNeighbors,
+    GetMetrics,
 }
 
 impl fmt::Display for AgentMethod {
@@ -107,7 +108,11 @@ pub trait Agent: Send + Sync {
     /// Resizes a process's terminal (`process.terminal`): `row` x `column`
     /// characters; the process gets `SIGWINCH`.
     async fn tty_win_resize(&self, req: pb::TtyWinResizeRequest) -> Result<()>;
-    /// Brings hot-plugged CPUs and memory online.
+    /// Brings hot-plugged CPUs and memory online (Kata's semantics:
+    /// `nb_cpus` is how many CPUs must be online in the end; the agent
+    /// retries for a few seconds and fails if the guest does not get
+    /// there; with `cpu_only` false, every offline memory block is
+    /// onlined too).
     async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()>;
     /// What the guest and agent support.
     async fn get_guest_details(
@@ -134,4 +139,8 @@ pub trait Agent: Send + Sync {
     async fn list_routes(&self) -> Result<Vec<types::Route>>;
     /// Adds static ARP/NDP entries.
     async fn add_arp_neighbors(&self, neighbors: Vec<types::ARPNeighbor>) -> Result<()>;
+    /// The guest's metrics in the Prometheus text format (Kata's
+    /// `GetMetrics`: `kata_guest_meminfo{item="mem_total"}` and the like,
+    /// in bytes).
+    async fn get_metrics(&self) -> Result<String>;
 }

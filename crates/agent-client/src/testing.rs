@@ -84,7 +84,16 @@ struct State {
     interfaces: Vec<types::Interface>,
     routes: Vec<types::Route>,
     neighbors: Vec<types::ARPNeighbor>,
+    online_requests: Vec<pb::OnlineCPUMemRequest>,
+    metrics: Option<String>,
 }
+
+/// What [`FakeAgent`] answers to `GetMetrics` until told otherwise: a
+/// 256 MiB guest with 200 MiB available.
+pub const FAKE_METRICS: &str = "# TYPE kata_guest_meminfo gauge\n\
+kata_guest_meminfo{item=\"mem_total\"} 268435456\n\
+kata_guest_meminfo{item=\"mem_free\"} 188743680\n\
+kata_guest_meminfo{item=\"mem_available\"} 209715200\n";
 
 /// The fake agent. All state sits behind one mutex, never held across an
 /// `.await`.
@@ -143,6 +152,16 @@ impl FakeAgent {
     pub fn inject_oom(&self, container_id: &str) {
         self.lock().oom_events.push_back(container_id.to_owned());
         self.oom.notify_one();
+    }
+
+    /// The `OnlineCPUMem` requests served, in order.
+    pub fn online_requests(&self) -> Vec<pb::OnlineCPUMemRequest> {
+        self.lock().online_requests.clone()
+    }
+
+    /// What `GetMetrics` answers from now on (default [`FAKE_METRICS`]).
+    pub fn set_metrics(&self, text: &str) {
+        self.lock().metrics = Some(text.to_owned());
     }
 
     /// Every call so far, in order (failed ones included).
@@ -489,8 +508,19 @@ impl Agent for FakeAgent {
             .map(drop)
     }
 
-    async fn online_cpu_mem(&self, _req: pb::OnlineCPUMemRequest) -> Result<()> {
-        self.enter(AgentMethod::OnlineCPUMem, "", "").map(drop)
+    async fn online_cpu_mem(&self, req: pb::OnlineCPUMemRequest) -> Result<()> {
+        self.enter(AgentMethod::OnlineCPUMem, "", "")?
+            .online_requests
+            .push(req);
+        Ok(())
+    }
+
+    async fn get_metrics(&self) -> Result<String> {
+        let st = self.enter(AgentMethod::GetMetrics, "", "")?;
+        Ok(st
+            .metrics
+            .clone()
+            .unwrap_or_else(|| FAKE_METRICS.to_owned()))
     }
 
     async fn get_guest_details(

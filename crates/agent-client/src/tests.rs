@@ -70,6 +70,16 @@ impl agent_ttrpc::AgentService for StandIn {
         Ok(e)
     }
 
+    async fn get_metrics(
+        &self,
+        _: &ttrpc::r#async::TtrpcContext,
+        _: pb::GetMetricsRequest,
+    ) -> ttrpc::Result<pb::Metrics> {
+        let mut m = pb::Metrics::new();
+        m.metrics = "kata_guest_meminfo{item=\"mem_total\"} 42\n".into();
+        Ok(m)
+    }
+
     async fn signal_process(
         &self,
         _: &ttrpc::r#async::TtrpcContext,
@@ -234,8 +244,9 @@ async fn a_slow_call_times_out() {
     server.shutdown().await.unwrap();
 }
 
-/// `GetOOMEvent` waits as long as the agent takes (no call timeout), and
-/// signals go out as their numbers.
+/// `GetOOMEvent` waits as long as the agent takes (no call timeout),
+/// `GetMetrics` brings the guest's text, and signals go out as their
+/// numbers.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn oom_events_wait_and_signals_are_typed() {
     let dir = tempfile::tempdir().unwrap();
@@ -245,6 +256,10 @@ async fn oom_events_wait_and_signals_are_typed() {
         .await
         .unwrap();
     assert_eq!(agent.get_oom_event().await.unwrap(), "ctr-1");
+    assert_eq!(
+        agent.get_metrics().await.unwrap(),
+        "kata_guest_meminfo{item=\"mem_total\"} 42\n"
+    );
     agent
         .signal_process("c1", "e1", vc_types::Signal::TERM)
         .await

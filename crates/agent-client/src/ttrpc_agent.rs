@@ -537,6 +537,15 @@ impl Agent for TtrpcAgent {
         .map(drop)
     }
 
+    async fn get_metrics(&self) -> Result<String> {
+        let req = pb::GetMetricsRequest::new();
+        self.call(AgentMethod::GetMetrics, true, |c, ctx| async move {
+            c.get_metrics(ctx, &req).await
+        })
+        .await
+        .map(|m| m.metrics)
+    }
+
     async fn get_oom_event(&self) -> Result<String> {
         let req = pb::GetOOMEventRequest::new();
         self.call(AgentMethod::GetOOMEvent, false, |c, ctx| async move {

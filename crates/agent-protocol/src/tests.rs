@@ -149,6 +149,10 @@ fn seccomp_and_oom_use_katas_field_numbers() {
     oom.container_id = "c".into();
     assert_eq!(oom.write_to_bytes().unwrap(), [0x0a, 1, b'c']);
     round_trip(&GetOOMEventRequest::new());
+    let mut metrics = Metrics::new();
+    metrics.metrics = "m".into();
+    assert_eq!(metrics.write_to_bytes().unwrap(), [0x0a, 1, b'm']);
+    round_trip(&GetMetricsRequest::new());
 }
 
 /// Kata's numbers for the network messages (`types.proto`):

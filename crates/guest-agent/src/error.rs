@@ -113,6 +113,16 @@ pub enum Error {
         #[source]
         source: rtnetlink::Error,
     },
+    /// Hot-plugged CPUs did not come online in time.
+    #[error("{online} CPUs online after {waited:?}, {wanted} wanted")]
+    OnlineTimeout {
+        /// How many should have been online.
+        wanted: u32,
+        /// How many were.
+        online: u32,
+        /// How long the agent looked.
+        waited: std::time::Duration,
+    },
     /// Not supported by this agent or this guest.
     #[error(transparent)]
     Unsupported(#[from] vc_types::Unsupported),
@@ -146,6 +156,7 @@ impl Error {
             Error::ContainerNotFound(_) | Error::ProcessNotFound { .. } => ttrpc::Code::NOT_FOUND,
             Error::BadState { .. } | Error::StdinClosed { .. } => ttrpc::Code::FAILED_PRECONDITION,
             Error::Unsupported(_) => ttrpc::Code::UNIMPLEMENTED,
+            Error::OnlineTimeout { .. } => ttrpc::Code::DEADLINE_EXCEEDED,
             Error::Setup { .. } | Error::Io { .. } | Error::Sys { .. } | Error::Netlink { .. } => {
                 ttrpc::Code::INTERNAL
             }

@@ -1,5 +1,5 @@
 //! What the agent does for the guest as a whole: PID-1 mounts, kernel
-//! modules, kernel parameters, CPU/memory onlining, guest details, file
+//! modules, kernel parameters, guest details, file
 //! copies. Paths are parameters so the logic is tested on temp dirs.
 
 use std::ffi::CString;
@@ -255,36 +255,6 @@ pub fn load_module_by_name(name: &str, params: &str) -> Result<()> {
     finit_module(&Path::new(MODULES_DIR).join(file), params)
 }
 
-/// Brings offline CPUs (and, with `memory`, memory blocks) online.
-pub fn online_cpu_mem(sys: &Path, memory: bool) -> Result<()> {
-    let mut dirs = vec![(sys.join("devices/system/cpu"), "cpu", "online", "0", "1")];
-    if memory {
-        dirs.push((
-            sys.join("devices/system/memory"),
-            "memory",
-            "state",
-            "offline",
-            "online",
-        ));
-    }
-    for (dir, prefix, file, off, on) in dirs {
-        let Ok(entries) = fs::read_dir(&dir) else {
-            continue;
-        };
-        for e in entries.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            let numbered = name
-                .strip_prefix(prefix)
-                .is_some_and(|n| !n.is_empty() && n.bytes().all(|b| b.is_ascii_digit()));
-            let path = e.path().join(file);
-            if numbered && fs::read_to_string(&path).is_ok_and(|s| s.trim() == off) {
-                fs::write(&path, on).map_err(Error::io("onlining", &path))?;
-            }
-        }
-    }
-    Ok(())
-}
-
 /// The guest details the host asks for.
 pub fn details(sys: &Path, req: &pb::GuestDetailsRequest) -> pb::GuestDetailsResponse {
     let mut r = pb::GuestDetailsResponse::new();
@@ -426,26 +396,14 @@ mod tests {
     }
 
     #[test]
-    fn onlines_offline_cpus_and_memory() {
+    fn details_report_the_memory_block_size() {
         let sys = tempfile::tempdir().unwrap();
-        let cpu = sys.path().join("devices/system/cpu");
-        for (n, state) in [("cpu0", None), ("cpu1", Some("0")), ("cpu2", Some("1"))] {
-            fs::create_dir_all(cpu.join(n)).unwrap();
-            if let Some(s) = state {
-                fs::write(cpu.join(n).join("online"), s).unwrap();
-            }
-        }
-        let mem = sys.path().join("devices/system/memory/memory3");
-        fs::create_dir_all(&mem).unwrap();
-        fs::write(mem.join("state"), "offline\n").unwrap();
+        fs::create_dir_all(sys.path().join("devices/system/memory")).unwrap();
         fs::write(
             sys.path().join("devices/system/memory/block_size_bytes"),
             "8000000\n",
         )
         .unwrap();
-        online_cpu_mem(sys.path(), true).unwrap();
-        assert_eq!(fs::read_to_string(cpu.join("cpu1/online")).unwrap(), "1");
-        assert_eq!(fs::read_to_string(mem.join("state")).unwrap(), "online");
         let mut req = pb::GuestDetailsRequest::new();
         req.mem_block_size = true;
         assert_eq!(details(sys.path(), &req).mem_block_size_bytes, 128 << 20);

@@ -18,7 +18,8 @@
 //! - [`service`]: the ttrpc services over a [`container::Sandbox`];
 //! - [`network`]: interfaces, routes, neighbours and DNS as the host
 //!   describes them, applied through netlink;
-//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`channel`].
+//! - [`reaper`], [`cgroup`], [`oom`], [`storage`], [`guest`], [`resources`]
+//!   (CPU and memory onlining, memory metrics), [`channel`].
 //!
 //! Kernel parameters it reads: `agent.log=<error|warn|info|debug>`,
 //! `agent.channel=<port name>`, `agent.cgroups=0`.
@@ -47,6 +48,7 @@ pub mod guest;
 pub mod network;
 pub mod oom;
 pub mod reaper;
+pub mod resources;
 pub mod service;
 pub mod storage;
 

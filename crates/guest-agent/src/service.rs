@@ -16,8 +16,8 @@ use vc_agent_protocol::{agent_ttrpc, convert, health_ttrpc, types};
 
 use crate::container::Sandbox;
 use crate::error::Error;
-use crate::guest;
 use crate::network::{self, GuestNetwork};
+use crate::{guest, resources};
 
 /// The agent's services.
 pub struct AgentService {
@@ -331,9 +331,28 @@ impl agent_ttrpc::AgentService for AgentService {
     }
 
     async fn online_cpu_mem(&self, _: &TtrpcContext, req: pb::OnlineCPUMemRequest) -> R<Empty> {
-        guest::online_cpu_mem(std::path::Path::new("/sys"), !req.cpu_only)
-            .map(|()| Empty::new())
+        info!(self.logger, "OnlineCPUMem"; "nb_cpus" => req.nb_cpus, "cpu_only" => req.cpu_only);
+        // It sleeps between looks for CPUs still on their way.
+        let done = tokio::task::spawn_blocking(move || {
+            resources::online_cpu_mem(std::path::Path::new("/sys"), req.nb_cpus, req.cpu_only)
+        })
+        .await
+        .unwrap_or_else(|e| {
+            Err(Error::Sys {
+                operation: "onlining CPUs and memory",
+                source: std::io::Error::other(e.to_string()),
+            })
+        });
+        done.map(|()| Empty::new())
             .map_err(|e| self.fail("OnlineCPUMem", e))
+    }
+
+    async fn get_metrics(&self, _: &TtrpcContext, _: pb::GetMetricsRequest) -> R<pb::Metrics> {
+        let meminfo = std::fs::read_to_string("/proc/meminfo")
+            .map_err(|e| self.fail("GetMetrics", Error::io("reading", "/proc/meminfo")(e)))?;
+        let mut m = pb::Metrics::new();
+        m.metrics = resources::meminfo_metrics(&meminfo);
+        Ok(m)
     }
 
     async fn get_guest_details(

@@ -135,6 +135,13 @@ pub struct HypervisorConfig {
     pub keep_logs: bool,
     /// Limit for each command on the VMM's control channel (QMP for QEMU).
     pub control_timeout: Duration,
+    /// `cgroup.procs` files the VMM joins before it runs, so that what it
+    /// uses from its first instruction is charged there (a process's
+    /// memory stays charged where it was touched when the process moves
+    /// later): e.g. the sandbox's memory cgroup, for guest RAM charged to
+    /// the pod.
+    #[serde(default)]
+    pub spawn_cgroups: Vec<PathBuf>,
 }
 
 impl HypervisorConfig {
@@ -166,6 +173,7 @@ impl HypervisorConfig {
             lifetime: ProcessLifetime::DiesWithOwner,
             keep_logs: false,
             control_timeout: Duration::from_secs(10),
+            spawn_cgroups: Vec::new(),
         }
     }
 

@@ -329,6 +329,39 @@ pub enum Error {
         timeout: Duration,
     },
 
+    /// A vCPU count above what the VM can hold (its `maxcpus`).
+    #[error("{requested} vCPUs asked for: the VM holds at most {max}")]
+    VcpusAboveMax {
+        /// The count asked for.
+        requested: u32,
+        /// The VM's maximum.
+        max: u32,
+    },
+
+    /// A memory size above what the VM can hold (its `maxmem`), after
+    /// rounding up to whole guest memory blocks.
+    #[error("{requested_mib} MiB of memory asked for: the VM holds at most {max_mib} MiB")]
+    MemoryAboveMax {
+        /// The size it would reach, MiB.
+        requested_mib: u64,
+        /// The VM's maximum, MiB.
+        max_mib: u64,
+    },
+
+    /// Every memory hot-plug slot is taken.
+    #[error("no free memory slot ({slots} configured)")]
+    NoFreeMemorySlot {
+        /// How many the VM has.
+        slots: u32,
+    },
+
+    /// A guest memory block size that is zero or not a power of two.
+    #[error("invalid guest memory block size {block_mib} MiB (a power of two is needed)")]
+    InvalidMemoryBlock {
+        /// The size given.
+        block_mib: u64,
+    },
+
     /// The VMM process of a saved state is gone.
     #[error("VMM process {pid} is not running")]
     VmmNotRunning {

@@ -76,8 +76,89 @@ pub trait Hypervisor: DeviceHotplug + Send + Sync + fmt::Debug {
 
     /// The state another process needs to attach to this running VM
     /// (through the backend's own attach entry point). Persist it after
-    /// every change (start, hot-plug).
+    /// every change (start, hot-plug, resize).
     fn save_state(&self) -> Result<HypervisorState>;
+
+    /// The vCPUs and memory the VM has now (boot plus hot-plugged) and the
+    /// most it can grow to, as this handle knows them: its own resizes
+    /// keep it current, and a resize first reads the VMM afresh (another
+    /// process may have resized the VM meanwhile). A backend that cannot
+    /// resize reports its boot size.
+    fn resources(&self) -> VmResources {
+        let config = self.config();
+        VmResources {
+            vcpus: config.vcpus.boot,
+            max_vcpus: config.vcpus.boot,
+            memory_mib: config.memory.boot_mib,
+            max_memory_mib: config.memory.boot_mib,
+        }
+    }
+
+    /// Hot-plugs or unplugs vCPUs until the VM has `vcpus`, and returns
+    /// what it has then. The guest must still bring new vCPUs online (the
+    /// agent's `OnlineCPUMem`).
+    ///
+    /// - More than [`VmResources::max_vcpus`] is
+    ///   [`Error::VcpusAboveMax`](crate::Error::VcpusAboveMax), before
+    ///   anything changes.
+    /// - Growing plugs one vCPU after the other; when one fails, those
+    ///   this call plugged are unplugged again (where the backend cannot
+    ///   unplug, they stay, offline in the guest, and
+    ///   [`resources`](Self::resources) says so) and the error is returned.
+    /// - Shrinking unplugs hot-plugged vCPUs, newest first, each released
+    ///   by the guest within `timeout`; vCPUs present at boot stay, so the
+    ///   result may be above `vcpus`. A backend or host that cannot unplug
+    ///   vCPUs safely says [`Unsupported`](crate::Unsupported), before
+    ///   anything changes.
+    ///
+    /// The default (a backend that cannot resize) accepts only the size
+    /// the VM has.
+    async fn resize_vcpus(&self, vcpus: u32, timeout: Duration) -> Result<VmResources> {
+        let _ = timeout;
+        let now = self.resources();
+        if vcpus == now.vcpus {
+            return Ok(now);
+        }
+        Err(
+            crate::Unsupported::new("vCPU hot-plug", "this backend cannot resize a running VM")
+                .into(),
+        )
+    }
+
+    /// Hot-plugs memory until the VM has at least `memory_mib`, in whole
+    /// guest memory blocks of `block_mib` (the guest reports its block
+    /// size: Kata's `GetGuestDetails.mem_block_size_bytes`), and returns
+    /// what it has then. The guest must still bring the new memory online.
+    ///
+    /// - Growing past [`VmResources::max_memory_mib`] (after rounding up
+    ///   to whole blocks) is
+    ///   [`Error::MemoryAboveMax`](crate::Error::MemoryAboveMax), before
+    ///   anything changes.
+    /// - Asking for less than the VM has removes hot-plugged memory,
+    ///   newest first, as long as what remains is at least `memory_mib`;
+    ///   the guest must release each piece within `timeout` (it can only
+    ///   when the memory is offline or unused). The SDK does this only to
+    ///   undo a grow that failed: memory given to a sandbox stays, as in
+    ///   Kata.
+    ///
+    /// The default (a backend that cannot resize) accepts only the size
+    /// the VM has.
+    async fn resize_memory(
+        &self,
+        memory_mib: u64,
+        block_mib: u64,
+        timeout: Duration,
+    ) -> Result<VmResources> {
+        let _ = (block_mib, timeout);
+        let now = self.resources();
+        if memory_mib == now.memory_mib {
+            return Ok(now);
+        }
+        Err(
+            crate::Unsupported::new("memory hot-plug", "this backend cannot resize a running VM")
+                .into(),
+        )
+    }
 }
 
 /// Adding and removing devices of a running VM. The device manager needs
@@ -129,6 +210,19 @@ pub enum VmStatus {
     Paused,
     /// Created but not started, or in another VMM-specific state.
     Other(String),
+}
+
+/// The vCPUs and memory of a VM.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VmResources {
+    /// vCPUs present (boot plus hot-plugged).
+    pub vcpus: u32,
+    /// The most vCPUs hot-plug can reach.
+    pub max_vcpus: u32,
+    /// Memory present (boot plus hot-plugged), MiB.
+    pub memory_mib: u64,
+    /// The most memory hot-plug can reach, MiB.
+    pub max_memory_mib: u64,
 }
 
 /// A vCPU and its host thread.

@@ -100,15 +100,15 @@ pub use device::{
 pub use error::{ConfigError, Error, KvmUnusable, Result};
 pub use hypervisor::{
     AgentEndpoint, Capabilities, DeviceHotplug, ExitStatus, ExitWatch, Hypervisor, HypervisorState,
-    VcpuThread, VmExit, VmStatus,
+    VcpuThread, VmExit, VmResources, VmStatus,
 };
 pub use kernel_params::{
     AGENT_PREFIX, KernelParam, KernelParams, KernelParamsBuilder, SYSTEMD_MASKED_UNITS,
 };
 pub use process::{ProcessLifetime, ProcessRecord};
 pub use qemu::{
-    DEFAULT_QEMU_BINARY, Firmware, MachineType, QBOOT_FIRMWARE, Qemu, QemuOptions,
-    QemuOptionsError, QemuState,
+    DEFAULT_QEMU_BINARY, Firmware, HotpluggedDimm, HotpluggedVcpu, MEMORY_SLOTS, MachineType,
+    QBOOT_FIRMWARE, Qemu, QemuOptions, QemuOptionsError, QemuState,
 };
 /// "This host or backend cannot do that" (shared by every crate of the SDK).
 pub use vc_types::Unsupported;

@@ -15,7 +15,7 @@ use crate::device::{AttachedDevice, Device, DeviceKind, GuestAddress, PciPath};
 use crate::error::{Error, Result};
 use crate::hypervisor::{
     AgentEndpoint, Capabilities, DeviceHotplug, ExitStatus, ExitWatch, Hypervisor, HypervisorState,
-    VcpuThread, VmExit, VmStatus,
+    VcpuThread, VmExit, VmResources, VmStatus,
 };
 use crate::process::ProcessRecord;
 
@@ -40,6 +40,10 @@ pub enum Method {
     Hotplug,
     /// [`DeviceHotplug::unplug`].
     Unplug,
+    /// [`Hypervisor::resize_vcpus`].
+    ResizeVcpus,
+    /// [`Hypervisor::resize_memory`].
+    ResizeMemory,
 }
 
 impl Method {
@@ -54,6 +58,8 @@ impl Method {
             Self::SaveState => "save_state",
             Self::Hotplug => "hotplug",
             Self::Unplug => "unplug",
+            Self::ResizeVcpus => "resize_vcpus",
+            Self::ResizeMemory => "resize_memory",
         }
     }
 }
@@ -79,6 +85,10 @@ pub enum Call {
     Hotplug(Device),
     /// `unplug(id, timeout)`.
     Unplug(String, Duration),
+    /// `resize_vcpus(vcpus, _)`.
+    ResizeVcpus(u32),
+    /// `resize_memory(memory_mib, block_mib, _)`.
+    ResizeMemory(u64, u64),
 }
 
 impl Call {
@@ -94,6 +104,8 @@ impl Call {
             Self::SaveState => Method::SaveState,
             Self::Hotplug(_) => Method::Hotplug,
             Self::Unplug(..) => Method::Unplug,
+            Self::ResizeVcpus(_) => Method::ResizeVcpus,
+            Self::ResizeMemory(..) => Method::ResizeMemory,
         }
     }
 }
@@ -117,6 +129,19 @@ pub struct MockState {
     pub hotplugged: BTreeMap<String, AttachedDevice>,
     /// Next hot-plug slot.
     pub next_slot: u8,
+    /// vCPUs hot-plugged (the config's `vcpus.boot` are there from start).
+    #[serde(default)]
+    pub hotplugged_vcpus: u32,
+    /// Memory hot-plugged, MiB.
+    #[serde(default)]
+    pub hotplugged_memory_mib: u64,
+    /// Whether vCPUs can be unplugged (QEMU under TCG before 8.0 cannot).
+    #[serde(default = "yes")]
+    pub vcpu_unplug: bool,
+}
+
+fn yes() -> bool {
+    true
 }
 
 #[derive(Debug)]
@@ -156,7 +181,17 @@ impl MockHypervisor {
             vcpu_tids: vec![pid],
             hotplugged: BTreeMap::new(),
             next_slot: 0x10,
+            hotplugged_vcpus: 0,
+            hotplugged_memory_mib: 0,
+            vcpu_unplug: true,
         })
+    }
+
+    /// Makes vCPU unplug [`Unsupported`](crate::Unsupported), as on QEMU
+    /// before 8.0 under TCG.
+    pub fn without_vcpu_unplug(self) -> Self {
+        self.lock().state.vcpu_unplug = false;
+        self
     }
 
     /// The fake VM a mock saved (what attaching to it from another
@@ -430,6 +465,81 @@ impl Hypervisor for MockHypervisor {
         let inner = self.enter(Call::SaveState)?;
         HypervisorState::encode(Self::BACKEND, Self::STATE_VERSION, &inner.state)
     }
+
+    fn resources(&self) -> VmResources {
+        let inner = self.lock();
+        Self::sized(&self.config, &inner.state)
+    }
+
+    /// Grows or shrinks the count it reports (no vCPU below the config's
+    /// boot count goes); above the config's `vcpus.max` is
+    /// [`Error::VcpusAboveMax`], a shrink [`without_vcpu_unplug`](Self::without_vcpu_unplug)
+    /// is [`Unsupported`](crate::Unsupported).
+    async fn resize_vcpus(&self, vcpus: u32, _timeout: Duration) -> Result<VmResources> {
+        let exited = self.exited();
+        let mut inner = self.enter(Call::ResizeVcpus(vcpus))?;
+        Self::require_running(&inner, "resize the vCPUs of", exited)?;
+        let now = Self::sized(&self.config, &inner.state);
+        if vcpus > now.max_vcpus {
+            return Err(Error::VcpusAboveMax {
+                requested: vcpus,
+                max: now.max_vcpus,
+            });
+        }
+        if vcpus < now.vcpus && inner.state.hotplugged_vcpus > 0 && !inner.state.vcpu_unplug {
+            return Err(
+                crate::Unsupported::new("vCPU hot-unplug", "the mock was told it cannot").into(),
+            );
+        }
+        inner.state.hotplugged_vcpus = vcpus.saturating_sub(self.config.vcpus.boot);
+        Ok(Self::sized(&self.config, &inner.state))
+    }
+
+    /// Grows the memory it reports in whole blocks, or drops hot-plugged
+    /// memory down to no less than `memory_mib`; above the config's
+    /// `memory.max_mib` is [`Error::MemoryAboveMax`].
+    async fn resize_memory(
+        &self,
+        memory_mib: u64,
+        block_mib: u64,
+        _timeout: Duration,
+    ) -> Result<VmResources> {
+        let exited = self.exited();
+        let mut inner = self.enter(Call::ResizeMemory(memory_mib, block_mib))?;
+        Self::require_running(&inner, "resize the memory of", exited)?;
+        if block_mib == 0 || !block_mib.is_power_of_two() {
+            return Err(Error::InvalidMemoryBlock { block_mib });
+        }
+        let now = Self::sized(&self.config, &inner.state);
+        let boot = self.config.memory.boot_mib;
+        if memory_mib > now.memory_mib {
+            let after =
+                now.memory_mib + (memory_mib - now.memory_mib).div_ceil(block_mib) * block_mib;
+            if after > now.max_memory_mib {
+                return Err(Error::MemoryAboveMax {
+                    requested_mib: after,
+                    max_mib: now.max_memory_mib,
+                });
+            }
+            inner.state.hotplugged_memory_mib = after - boot;
+        } else {
+            inner.state.hotplugged_memory_mib = memory_mib
+                .saturating_sub(boot)
+                .min(inner.state.hotplugged_memory_mib);
+        }
+        Ok(Self::sized(&self.config, &inner.state))
+    }
+}
+
+impl MockHypervisor {
+    fn sized(config: &HypervisorConfig, state: &MockState) -> VmResources {
+        VmResources {
+            vcpus: config.vcpus.boot + state.hotplugged_vcpus,
+            max_vcpus: config.vcpus.max,
+            memory_mib: config.memory.boot_mib + state.hotplugged_memory_mib,
+            max_memory_mib: config.memory.max_mib,
+        }
+    }
 }
 
 #[async_trait]
@@ -548,6 +658,42 @@ mod tests {
         assert_eq!(watch.wait().await.unwrap().status, ExitStatus::Signal(9));
         assert!(matches!(hv.check().await, Err(Error::VmmExited { .. })));
         hv.stop(T).await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn resizes_within_the_maxima_and_refuses_what_it_is_told_to() {
+        let mut config = HypervisorConfig::new("vm", "/k", "/run/vm");
+        config.vcpus.max = 4;
+        config.memory.max_mib = 1024;
+        let hv = MockHypervisor::new(config).without_vcpu_unplug();
+        hv.start(T).await.unwrap();
+        assert_eq!(hv.resize_vcpus(3, T).await.unwrap().vcpus, 3);
+        assert!(matches!(
+            hv.resize_vcpus(5, T).await,
+            Err(Error::VcpusAboveMax {
+                requested: 5,
+                max: 4
+            })
+        ));
+        assert!(matches!(
+            hv.resize_vcpus(1, T).await,
+            Err(Error::Unsupported(_))
+        ));
+        assert_eq!(
+            hv.resize_memory(600, 128, T).await.unwrap().memory_mib,
+            512 + 128
+        );
+        assert!(matches!(
+            hv.resize_memory(1025, 128, T).await,
+            Err(Error::MemoryAboveMax {
+                requested_mib: 1152,
+                max_mib: 1024
+            })
+        ));
+        assert_eq!(hv.resize_memory(512, 128, T).await.unwrap().memory_mib, 512);
+        hv.fail_next(Method::ResizeVcpus);
+        assert!(hv.resize_vcpus(4, T).await.is_err());
+        assert_eq!(hv.resources().vcpus, 3, "a failed resize changes nothing");
     }
 
     #[tokio::test]

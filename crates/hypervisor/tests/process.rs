@@ -368,3 +368,58 @@ async fn a_program_is_in_the_ledger_before_it_runs() {
         ledger.remove(handle.record()).unwrap();
     }
 }
+
+/// A program that joins a cgroup is in it before its first instruction:
+/// here it reads its own `/proc/self/cgroup` at once, for both lifetimes
+/// (the outliving one is forked by its keeper).
+#[tokio::test]
+async fn a_program_joins_its_cgroup_before_it_runs() {
+    vc_test_support::require_cgroup_v1(&["memory"]);
+    let memory = Path::new("/sys/fs/cgroup/memory");
+    for lifetime in [
+        ProcessLifetime::DiesWithOwner,
+        ProcessLifetime::OutlivesOwner,
+    ] {
+        let tmp = tempfile::tempdir().unwrap();
+        let name = vc_test_support::unique("join");
+        let cgroup = memory.join(&name);
+        std::fs::create_dir(&cgroup).unwrap();
+        let out = tmp.path().join("cgroup.txt");
+        let spec = ProcessSpec::new("/bin/sh")
+            .args(["-c", &format!("cat /proc/self/cgroup > {}", out.display())])
+            .join_cgroup(cgroup.join("cgroup.procs"));
+        let ledger = ProcessLedger::open(tmp.path());
+        let handle = process::spawn(spec, lifetime, &ledger).await.unwrap();
+        eventually(Duration::from_secs(10), || {
+            match std::fs::read_to_string(&out) {
+                Ok(s) if s.contains(&name) => Ok(()),
+                other => Err(format!("{lifetime:?}: {other:?}")),
+            }
+        });
+        let seen = std::fs::read_to_string(&out).unwrap();
+        assert!(
+            seen.lines()
+                .any(|l| l.ends_with(&format!(":memory:/{name}"))),
+            "{lifetime:?}: {seen}"
+        );
+        drop(handle);
+        eventually(Duration::from_secs(10), || {
+            match std::fs::read_to_string(cgroup.join("cgroup.procs")) {
+                Ok(s) if s.trim().is_empty() => Ok(()),
+                other => Err(format!("still in the cgroup: {other:?}")),
+            }
+        });
+        std::fs::remove_dir(&cgroup).unwrap();
+    }
+    // A cgroup that cannot be joined fails the spawn, and nothing runs.
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = ProcessSpec::new("sleep")
+        .arg("1000")
+        .join_cgroup(memory.join("vc-no-such-cgroup/cgroup.procs"));
+    let ledger = ProcessLedger::open(tmp.path());
+    let err = process::spawn(spec, ProcessLifetime::DiesWithOwner, &ledger)
+        .await
+        .unwrap_err();
+    assert!(matches!(err, vc_hypervisor::Error::Spawn { .. }), "{err}");
+    assert!(ledger.records().unwrap().is_empty(), "no record left");
+}

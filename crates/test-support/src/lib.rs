@@ -20,6 +20,8 @@
 //!   `host-local` plugins run as binaries ([`CniBridge`]), and a
 //!   namespace's links, qdiscs and filters for leak checks
 //!   ([`netns_snapshot`]).
+//! - **Fault injection**: [`QmpFaultProxy`] refuses chosen QMP commands
+//!   in front of a real QEMU.
 //! - **Host fixtures**: ids ([`unique`]), mounts and EROFS layers undone on
 //!   drop ([`HostMounts`], [`make_layer`]), child processes
 //!   ([`ChildGuard`]), and leak checks: what is left under a test's dir
@@ -58,6 +60,7 @@ mod ids;
 mod image;
 mod init;
 mod log_capture;
+mod qmp_proxy;
 mod require;
 mod shell;
 mod shell_vm;
@@ -79,6 +82,7 @@ pub use image::{
 };
 pub use init::{END, InitMode, READY, SERVING, init_script};
 pub use log_capture::{LogCapture, LogLine};
+pub use qmp_proxy::QmpFaultProxy;
 pub use require::{
     EROFS_HOST, NETWORK_HOST, Need, VM_HOST, on_path, require, require_busybox, require_cgroup_v1,
     require_cgroup2, require_erofs, require_guest_image, require_guest_kernel, require_loop,

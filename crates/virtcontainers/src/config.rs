@@ -62,8 +62,19 @@ pub struct VmConfig {
     pub default_vcpus: u32,
     /// Memory (MiB) for the guest itself, added to the containers' limits.
     pub default_memory_mib: u64,
-    /// Upper bound on vCPUs.
+    /// Upper bound on vCPUs: the VM can grow to this many with vCPU
+    /// hot-plug as containers come (QEMU's `-smp maxcpus`; the guest
+    /// kernel gets `nr_cpus=` this).
     pub max_vcpus: u32,
+    /// Upper bound on memory (MiB): the VM can grow to this with memory
+    /// hot-plug (QEMU's `-m maxmem`). Leave room in whole guest memory
+    /// blocks (128 MiB on x86-64) above the default.
+    #[serde(default = "default_max_memory_mib")]
+    pub max_memory_mib: u64,
+    /// How long growing the VM may take (hot-plug, and the guest bringing
+    /// the new vCPUs and memory online) before it is undone.
+    #[serde(default = "default_resize_timeout")]
+    pub resize_timeout: Duration,
     /// Extra kernel parameters (`key=value` or `flag`), overriding defaults
     /// by key.
     pub kernel_params: Vec<String>,
@@ -93,19 +104,23 @@ pub struct VmConfig {
 
 impl VmConfig {
     /// A VM booting `kernel` and `initrd` with the defaults: 1 vCPU and
-    /// 256 MiB for the guest, KVM when usable. The VMM binary and its
-    /// options are the VM factory's (`QemuFactory::new`).
+    /// 256 MiB for the guest, growing up to the host's CPUs and memory (as
+    /// Kata's `default_maxvcpus` and `default_maxmemory` do), KVM when
+    /// usable. The VMM binary and its options are the VM factory's
+    /// (`QemuFactory::new`).
     pub fn new(kernel: impl Into<PathBuf>, initrd: impl Into<PathBuf>) -> Self {
         VmConfig {
             kernel: kernel.into(),
             initrd: initrd.into(),
             accelerator: Accelerator::Auto,
             default_vcpus: 1,
-            default_memory_mib: 256,
+            default_memory_mib: DEFAULT_MEMORY_MIB,
             max_vcpus: std::thread::available_parallelism()
                 .map(|n| n.get() as u32)
                 .unwrap_or(1)
                 .max(1),
+            max_memory_mib: default_max_memory_mib(),
+            resize_timeout: default_resize_timeout(),
             kernel_params: Vec::new(),
             debug: false,
             start_timeout: Duration::from_secs(600),
@@ -115,6 +130,28 @@ impl VmConfig {
             stop_timeout: Duration::from_secs(5),
         }
     }
+}
+
+/// Guest memory of a VM before any container counts, MiB.
+const DEFAULT_MEMORY_MIB: u64 = 256;
+
+/// The host's memory, as Kata's `default_maxmemory` is.
+fn default_max_memory_mib() -> u64 {
+    host_memory_mib()
+        .unwrap_or(DEFAULT_MEMORY_MIB)
+        .max(DEFAULT_MEMORY_MIB)
+}
+
+fn default_resize_timeout() -> Duration {
+    Duration::from_secs(10)
+}
+
+/// The host's memory (`MemTotal`), MiB.
+fn host_memory_mib() -> Option<u64> {
+    let meminfo = std::fs::read_to_string("/proc/meminfo").ok()?;
+    let line = meminfo.lines().find(|l| l.starts_with("MemTotal:"))?;
+    let kib: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024)
 }
 
 fn default_boot_cpu_budget() -> Duration {
@@ -153,6 +190,21 @@ pub struct CgroupsConfig {
     pub cgroups_path: Option<String>,
     /// Put everything, this process included, in the sandbox cgroup.
     pub sandbox_cgroup_only: bool,
+    /// Charge the VM's memory (guest RAM) to the pod's cgroup while the
+    /// VMM's threads other than the vCPUs stay in the overhead cgroup.
+    ///
+    /// A process's memory is charged to its own memory cgroup (that of
+    /// its thread group leader), never to where the threads touching it
+    /// are: so by default, on cgroup v1, guest RAM is overhead and the
+    /// pod's memory limit does not bind its VM ([`crate::Sandbox::overhead`]
+    /// shows it). With this, on cgroup v1 (whose memory controller has a
+    /// hierarchy of its own) the VMM is started in the sandbox's memory
+    /// cgroup and stays there, and the pod's memory limit, when every
+    /// container has one, gets the guest's own `default_memory_mib` added.
+    /// On cgroup v2 and with `sandbox_cgroup_only` the VMM is in the
+    /// sandbox cgroup anyway.
+    #[serde(default)]
+    pub charge_guest_memory_to_pod: bool,
     /// Headroom added to the summed memory and pids limits.
     pub overhead: Overhead,
     /// Where the hierarchies are.
@@ -168,6 +220,7 @@ impl Default for CgroupsConfig {
             driver: CgroupDriver::Cgroupfs,
             cgroups_path: None,
             sandbox_cgroup_only: false,
+            charge_guest_memory_to_pod: false,
             overhead: Overhead::default(),
             hierarchy: CgroupHierarchy::Discover,
             dev_dir: PathBuf::from("/dev"),

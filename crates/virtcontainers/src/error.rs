@@ -66,6 +66,19 @@ pub enum Error {
         source: vc_cgroups_host::Error,
     },
 
+    /// The containers need more vCPUs or memory than the VM can grow to
+    /// (`VmConfig::max_vcpus`, `VmConfig::max_memory_mib`); nothing was
+    /// changed.
+    #[error("the containers need {requested} {resource}: the VM can have at most {max}")]
+    ResourcesAboveMax {
+        /// `vCPUs` or `MiB of memory`.
+        resource: &'static str,
+        /// What the containers with the default need.
+        requested: u64,
+        /// The most the VM can have.
+        max: u64,
+    },
+
     /// A guest hostname the kernel would refuse.
     #[error("hostname {hostname:?} is not a valid host name (1 to 64 bytes, no '/', NUL or space)")]
     InvalidHostname {

@@ -73,6 +73,7 @@ mod devices;
 mod error;
 mod factory;
 pub mod fs_share;
+mod guest_metrics;
 mod hooks;
 mod host_mounts;
 pub mod mounts;
@@ -96,14 +97,16 @@ pub use devices::{GUEST_LAYERS_DIR, GUEST_ROOTFS_DIR, GUEST_VOLUMES_DIR};
 pub use error::{CreateStep, Error, Result};
 pub use factory::{QemuFactory, VmFactory, transport_for};
 pub use fs_share::{FsShare, GUEST_SHARED_DIR, SHARE_MOUNT_TAG, ShareChoice, ShareKind};
+pub use guest_metrics::{GuestMemory, parse_guest_memory};
 pub use network::{NetnsConfig, NetworkConfig, NetworkInterface};
 pub use plan::{
     BootPlan, CgroupsPlan, ContainerPlan, SandboxPlan, VmBaseSize, VmSize, container_resources,
     plan_sandbox, resources_of, vm_size,
 };
 pub use sandbox::{
-    CgroupsRecord, CleanupOutcome, ContainerStatus, ProcessIo, ReclaimReport, Sandbox,
-    SandboxStatus, cleanup_container, create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
+    CgroupUsage, CgroupsRecord, ChargedTo, CleanupOutcome, ContainerStatus, OverheadReport,
+    ProcessIo, ProcessUsage, ReclaimReport, Sandbox, SandboxStatus, Usage, cleanup_container,
+    create_sandbox, fetch_sandbox, reclaim, reclaim_stale,
 };
 pub use state::{
     ContainerPhase, ContainerRecord, GuestInfo, HostResources, PersistedSettings, ProcessRecord,

@@ -88,11 +88,18 @@ pub struct PersistedSettings {
     pub vm_base: VmBaseSize,
     /// Graceful VM stop limit.
     pub stop_timeout: std::time::Duration,
+    /// How long growing the VM may take (hot-plug and guest onlining).
+    #[serde(default = "default_resize_timeout")]
+    pub resize_timeout: std::time::Duration,
     /// Lock wait limit.
     pub lock_timeout: std::time::Duration,
     /// How long the VM and helpers live.
     #[serde(default)]
     pub lifetime: crate::config::SandboxLifetime,
+}
+
+fn default_resize_timeout() -> std::time::Duration {
+    std::time::Duration::from_secs(10)
 }
 
 /// What the guest agent reported at start.

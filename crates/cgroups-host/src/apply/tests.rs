@@ -156,6 +156,45 @@ fn v1_split_puts_vcpu_threads_in_the_sandbox_and_the_rest_in_overhead() {
     }
 }
 
+/// With `vmm_memory_in_sandbox`, the VMM's memory controller placement
+/// is the sandbox cgroup, its CPU (vCPU threads aside) the overhead's, and
+/// an update keeps it so.
+#[test]
+fn v1_the_vmms_memory_can_be_charged_to_the_sandbox() {
+    let roots = require_root_v1();
+    let id = unique("vmmmem");
+    let vmm = Process::fake_vmm(2);
+    let vcpus = vec![vmm.worker_threads()[0]];
+    let mut config = v1_config(&id, false);
+    config.vmm_memory_in_sandbox = true;
+    let plan = plan(&config, &[container("a", 100_000, "0", 256 << 20, 20)]).unwrap();
+    let tasks = SandboxTasks {
+        runtime: None,
+        vmm: Some(vmm.pid()),
+        vcpu_threads: vcpus.clone(),
+        helpers: Vec::new(),
+    };
+    let mut m = v1(&roots);
+    m.apply(&plan, &tasks).unwrap();
+    let sandbox = plan.sandbox.path.as_str();
+    let overhead = plan.overhead.as_ref().unwrap().path.as_str();
+    for _ in 0..2 {
+        for tid in vmm.threads() {
+            assert_eq!(cgroup_of(vmm.pid(), tid, "memory"), sandbox, "thread {tid}");
+            let cpu = if vcpus.contains(&tid) {
+                sandbox
+            } else {
+                overhead
+            };
+            assert_eq!(cgroup_of(vmm.pid(), tid, "cpu"), cpu, "thread {tid}");
+            assert_eq!(cgroup_of(vmm.pid(), tid, "pids"), cpu, "thread {tid}");
+        }
+        m.update(&plan, &tasks).unwrap();
+    }
+    m.delete().unwrap();
+    assert_eq!(leftovers(&roots.v1, &id), Vec::<PathBuf>::new());
+}
+
 fn sorted(mut v: Vec<String>) -> Vec<String> {
     v.sort();
     v

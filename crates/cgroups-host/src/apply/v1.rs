@@ -91,6 +91,43 @@ impl CgroupfsV1 {
             .map_err(|e| move_error("process", pid, &cgroup, e))
     }
 
+    /// Moves a process to `role` in every controller but memory, and to
+    /// `memory_role` in the memory controller (whose charges do not move
+    /// with a process: it should have been there from its start).
+    fn move_process_split_memory(
+        &self,
+        plan: &CgroupPlan,
+        role: CgroupRole,
+        memory_role: CgroupRole,
+        pid: u32,
+    ) -> Result<(), Error> {
+        for (controller, _) in self.mounts.iter() {
+            let target = if controller == "memory" {
+                memory_role
+            } else {
+                role
+            };
+            let Some(cgroup) = plan.cgroup(target) else {
+                continue;
+            };
+            let procs = self
+                .dir(controller, cgroup.path.as_str())
+                .join("cgroup.procs");
+            if let Err(e) = std::fs::write(&procs, pid.to_string()) {
+                if e.raw_os_error() == Some(libc::ESRCH) {
+                    return Err(Error::NoSuchTask { pid });
+                }
+                return Err(Error::MoveTask {
+                    kind: "process",
+                    pid,
+                    path: procs,
+                    source: Box::new(e),
+                });
+            }
+        }
+        Ok(())
+    }
+
     fn move_thread(&self, plan: &CgroupPlan, role: CgroupRole, tid: u32) -> Result<(), Error> {
         let Some(cgroup) = self.cgroup(role, plan) else {
             return Ok(());
@@ -245,7 +282,11 @@ impl Backend for CgroupfsV1 {
             // Moving the process moves all its threads: every placement
             // starts from scratch, so threads that stopped being vCPUs leave
             // the sandbox cgroup.
-            self.move_process(plan, p.vmm, pid)?;
+            if p.vmm_memory() == p.vmm {
+                self.move_process(plan, p.vmm, pid)?;
+            } else {
+                self.move_process_split_memory(plan, p.vmm, p.vmm_memory(), pid)?;
+            }
         }
         self.step(Step::PlaceVcpus)?;
         if p.vcpu_threads != p.vmm {

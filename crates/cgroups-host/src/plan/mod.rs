@@ -93,6 +93,18 @@ pub struct Placement {
     pub vcpu_threads: CgroupRole,
     /// Helper processes (virtiofsd, ...).
     pub helpers: CgroupRole,
+    /// Where the VMM's memory is charged, when not where the VMM is: a
+    /// cgroup v1 memory controller placement of its own (see
+    /// [`SandboxCgroupConfig::vmm_memory_in_sandbox`]).
+    #[serde(default)]
+    pub vmm_memory: Option<CgroupRole>,
+}
+
+impl Placement {
+    /// The cgroup the VMM's memory is charged to.
+    pub fn vmm_memory(&self) -> CgroupRole {
+        self.vmm_memory.unwrap_or(self.vmm)
+    }
 }
 
 /// One cgroup of the plan.
@@ -175,6 +187,18 @@ pub struct SandboxCgroupConfig {
     /// The VMM's device nodes present on this host
     /// ([`crate::host_devices::discover_vmm_devices`]).
     pub vmm_devices: Vec<HostDevice>,
+    /// Charge the VMM's memory (guest RAM, mostly) to the sandbox cgroup
+    /// while its threads other than the vCPUs stay in the overhead
+    /// cgroup. A process's memory is charged to the memory cgroup of the
+    /// process (its thread group leader, the mm owner), never to where
+    /// the threads touching it are: so without this, on cgroup v1, guest
+    /// RAM is overhead and a pod's memory limit does not bind its VM.
+    /// cgroup v1 gives the memory controller a hierarchy of its own, so
+    /// the VMM is placed there separately; on cgroup v2 (one hierarchy)
+    /// and with `sandbox_cgroup_only` the VMM is in the sandbox cgroup
+    /// anyway, and this changes nothing.
+    #[serde(default)]
+    pub vmm_memory_in_sandbox: bool,
 }
 
 impl SandboxCgroupConfig {
@@ -194,6 +218,7 @@ impl SandboxCgroupConfig {
             sandbox_cgroup_only: false,
             overhead: Overhead::default(),
             vmm_devices: Vec::new(),
+            vmm_memory_in_sandbox: false,
         }
     }
 }
@@ -254,6 +279,7 @@ pub fn plan(
             vmm: CgroupRole::Sandbox,
             vcpu_threads: CgroupRole::Sandbox,
             helpers: CgroupRole::Sandbox,
+            vmm_memory: None,
         }
     } else if split_threads_v2 {
         Placement {
@@ -261,6 +287,7 @@ pub fn plan(
             vmm: CgroupRole::Sandbox,
             vcpu_threads: CgroupRole::Vcpus,
             helpers: CgroupRole::Overhead,
+            vmm_memory: None,
         }
     } else {
         Placement {
@@ -268,6 +295,7 @@ pub fn plan(
             vmm: CgroupRole::Overhead,
             vcpu_threads: CgroupRole::Sandbox,
             helpers: CgroupRole::Overhead,
+            vmm_memory: config.vmm_memory_in_sandbox.then_some(CgroupRole::Sandbox),
         }
     };
 
@@ -395,6 +423,7 @@ mod tests {
                 vmm: CgroupRole::Sandbox,
                 vcpu_threads: CgroupRole::Sandbox,
                 helpers: CgroupRole::Sandbox,
+                vmm_memory: None,
             }
         );
         let split = plan(&config(CgroupVersion::V1, false), &[]).unwrap();
@@ -405,8 +434,33 @@ mod tests {
                 vmm: CgroupRole::Overhead,
                 vcpu_threads: CgroupRole::Sandbox,
                 helpers: CgroupRole::Overhead,
+                vmm_memory: None,
             }
         );
+        assert_eq!(split.placement.vmm_memory(), CgroupRole::Overhead);
+    }
+
+    #[test]
+    fn the_vmms_memory_can_be_charged_to_the_pod() {
+        let mut c = config(CgroupVersion::V1, false);
+        c.vmm_memory_in_sandbox = true;
+        let p = plan(&c, &[]).unwrap().placement;
+        assert_eq!(
+            (p.vmm, p.vmm_memory()),
+            (CgroupRole::Overhead, CgroupRole::Sandbox)
+        );
+        // v2 and sandbox_cgroup_only have the VMM in the sandbox cgroup.
+        for (version, only) in [(CgroupVersion::V2, false), (CgroupVersion::V1, true)] {
+            let mut c = config(version, only);
+            c.vmm_memory_in_sandbox = true;
+            let p = plan(&c, &[]).unwrap().placement;
+            assert_eq!((p.vmm, p.vmm_memory), (CgroupRole::Sandbox, None));
+        }
+        // Plans saved before the field existed read as "with the VMM".
+        let mut json = serde_json::to_value(p).unwrap();
+        json.as_object_mut().unwrap().remove("vmm_memory");
+        let old: Placement = serde_json::from_value(json).unwrap();
+        assert_eq!(old.vmm_memory(), old.vmm);
     }
 
     #[test]

@@ -79,7 +79,7 @@ use tokio::io::unix::AsyncFd;
 pub use self::handle::ProcessHandle;
 pub use self::ledger::{LEDGER_FILE, ProcessLedger, STATUS_PREFIX, exit_status};
 pub use self::spawn::{FIRST_PASSED_FD, MAX_PASSED_FDS, ProcessSpec, spawn};
-pub use self::stat::{cpu_time, is_alive, start_time, with_descendants};
+pub use self::stat::{cpu_time, is_alive, start_time, thread_cpu_time, with_descendants};
 use crate::hypervisor::ExitStatus;
 
 /// How long to wait for a process to be gone after `SIGKILL`.

@@ -36,6 +36,7 @@ pub struct ProcessSpec {
     stdout: Option<File>,
     stderr: Option<File>,
     passed: Vec<OwnedFd>,
+    cgroups: Vec<PathBuf>,
 }
 
 impl ProcessSpec {
@@ -48,6 +49,7 @@ impl ProcessSpec {
             stdout: None,
             stderr: None,
             passed: Vec::new(),
+            cgroups: Vec::new(),
         }
     }
 
@@ -58,6 +60,15 @@ impl ProcessSpec {
     pub fn pass_fd(&mut self, fd: OwnedFd) -> std::os::fd::RawFd {
         self.passed.push(fd);
         FIRST_PASSED_FD + self.passed.len() as std::os::fd::RawFd - 1
+    }
+
+    /// Puts the process in the cgroup whose `cgroup.procs` file is
+    /// `procs` before it runs its first instruction (e.g. a memory
+    /// cgroup, so that every page it touches is charged there: charges
+    /// stay where they were made when a process moves later).
+    pub fn join_cgroup(mut self, procs: impl Into<PathBuf>) -> Self {
+        self.cgroups.push(procs.into());
+        self
     }
 
     /// Adds an argument.
@@ -169,6 +180,7 @@ fn spawn_now(
         binary: program.clone(),
         source,
     };
+    let cgroups = spec.cgroups.clone();
     let prepared = Prepared::new(spec, lifetime, ledger).map_err(spawn_err)?;
     let plan = prepared.plan();
     // SAFETY: the child runs only the async-signal-safe code of `child` on
@@ -208,6 +220,7 @@ fn spawn_now(
         gate,
         report,
         deadline,
+        cgroups,
     };
     started.record_and_release(program.clone(), ledger)
 }
@@ -252,6 +265,8 @@ struct Started {
     gate: OwnedFd,
     report: OwnedFd,
     deadline: Instant,
+    /// `cgroup.procs` files it joins while waiting at its gate.
+    cgroups: Vec<PathBuf>,
 }
 
 impl Started {
@@ -294,6 +309,16 @@ impl Started {
         if let Err(e) = ledger.add(&record) {
             give_up(self.gate);
             return Err(e);
+        }
+        for procs in &self.cgroups {
+            if let Err(e) = std::fs::write(procs, self.pid.to_string()) {
+                give_up(self.gate);
+                let _ = ledger.remove(&record);
+                return Err(spawn_err(io::Error::new(
+                    e.kind(),
+                    format!("joining the cgroup of {}: {e}", procs.display()),
+                )));
+            }
         }
         let opened = send_all(&self.gate, child::GATE_OPEN);
         drop(self.gate);

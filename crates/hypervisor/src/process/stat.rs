@@ -91,12 +91,22 @@ pub fn is_alive(pid: u32, start_time: u64) -> bool {
 /// `None` when it is gone or the pid is another process's now.
 pub fn cpu_time(pid: u32, start_time: u64) -> Option<std::time::Duration> {
     let stat = read(pid).ok().filter(|s| s.start_time == start_time)?;
+    ticks_to_duration(stat.cpu_ticks)
+}
+
+/// The CPU time thread `tid` of process `pid` has used (fields 14 and 15
+/// of `/proc/<pid>/task/<tid>/stat`); `None` when it is gone.
+pub fn thread_cpu_time(pid: u32, tid: u32) -> Option<std::time::Duration> {
+    let stat = std::fs::read(format!("/proc/{pid}/task/{tid}/stat")).ok()?;
+    ticks_to_duration(parse(&stat)?.cpu_ticks)
+}
+
+fn ticks_to_duration(ticks: u64) -> Option<std::time::Duration> {
     // SAFETY: sysconf only reads a system constant.
     let ticks_per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) };
     let ticks_per_second = u64::try_from(ticks_per_second).ok().filter(|&t| t > 0)?;
     Some(std::time::Duration::from_nanos(
-        stat.cpu_ticks
-            .saturating_mul(1_000_000_000 / ticks_per_second),
+        ticks.saturating_mul(1_000_000_000 / ticks_per_second),
     ))
 }
 
@@ -182,6 +192,10 @@ mod tests {
             spin.elapsed()
         );
         assert_eq!(cpu_time(std::process::id(), own.start_time + 1), None);
+        let me = std::process::id();
+        let main_thread = thread_cpu_time(me, me).unwrap();
+        assert!(main_thread <= after, "{main_thread:?} of {after:?}");
+        assert_eq!(thread_cpu_time(me, u32::MAX), None);
     }
 
     #[test]

@@ -342,7 +342,11 @@ fn machine_args(
     );
     let mut memory = format!("{}M", config.memory.boot_mib);
     if config.memory.max_mib > config.memory.boot_mib {
-        memory.push_str(&format!(",slots=8,maxmem={}M", config.memory.max_mib));
+        memory.push_str(&format!(
+            ",slots={},maxmem={}M",
+            super::MEMORY_SLOTS,
+            config.memory.max_mib
+        ));
     }
     push(args, &["-m", &memory]);
     if config.memory.shared {

@@ -12,6 +12,7 @@ mod files;
 mod hotplug;
 mod options;
 mod qmp;
+mod resize;
 mod run;
 pub mod slots;
 mod state;
@@ -30,6 +31,7 @@ pub use self::options::{
     DEFAULT_QEMU_BINARY, Firmware, MachineType, QBOOT_FIRMWARE, QemuOptions, QemuOptionsError,
 };
 use self::qmp::Qmp;
+pub use self::resize::{HotpluggedDimm, HotpluggedVcpu, MEMORY_SLOTS};
 use self::slots::HotplugPorts;
 pub use self::state::{BACKEND, QemuState, STATE_VERSION};
 use crate::accel::{self, AcceleratorChoice};
@@ -80,6 +82,10 @@ struct DeviceTable {
     hotplugged: BTreeMap<String, AttachedDevice>,
     /// Ids being hot-plugged right now.
     pending: BTreeSet<String>,
+    /// Hot-plugged vCPUs, oldest first.
+    vcpus: Vec<HotpluggedVcpu>,
+    /// Hot-plugged DIMMs, oldest first.
+    dimms: Vec<HotpluggedDimm>,
 }
 
 enum Phase {
@@ -136,6 +142,10 @@ pub struct Qemu {
     phase: Mutex<Phase>,
     exit_tx: Arc<watch::Sender<Option<VmExit>>>,
     created_runtime_dir: AtomicBool,
+    /// One vCPU or memory resize at a time (each picks free slots).
+    resize_lock: tokio::sync::Mutex<()>,
+    /// QEMU's version (major, minor), asked once.
+    version: std::sync::OnceLock<(u64, u64)>,
 }
 
 impl std::fmt::Debug for Qemu {
@@ -198,6 +208,8 @@ impl Qemu {
             phase: Mutex::new(Phase::Prepared),
             exit_tx: Arc::new(exit_tx),
             created_runtime_dir: AtomicBool::new(false),
+            resize_lock: tokio::sync::Mutex::new(()),
+            version: std::sync::OnceLock::new(),
         }
     }
 
@@ -237,6 +249,8 @@ impl Qemu {
             ports: state.ports,
             hotplugged: state.hotplugged,
             pending: Default::default(),
+            vcpus: state.vcpus,
+            dimms: state.dimms,
         };
         let pid = process.pid();
         let vm = qemu.supervise(process, false, table);
@@ -280,6 +294,8 @@ impl Qemu {
             start_time: vm.process.record().start_time,
             ports: table.ports,
             hotplugged: table.hotplugged,
+            vcpus: table.vcpus,
+            dimms: table.dimms,
             created_runtime_dir: self.created_runtime_dir.load(Ordering::Relaxed),
         })
     }

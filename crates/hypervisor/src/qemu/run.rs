@@ -82,6 +82,9 @@ impl Qemu {
         for nic in cmdline::cold_nics(&self.config) {
             spec.pass_fd(super::hotplug::open_tap(nic).await?);
         }
+        for procs in &self.config.spawn_cgroups {
+            spec = spec.join_cgroup(procs);
+        }
         slog::debug!(self.logger, "spawning QEMU"; "args" => args.join(" "), "lifetime" => ?self.config.lifetime);
         let process = process::spawn(spec, self.config.lifetime, &self.ledger).await?;
         let table = DeviceTable {

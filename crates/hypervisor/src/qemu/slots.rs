@@ -107,6 +107,8 @@ mod tests {
             start_time: 2,
             ports: ports.clone(),
             hotplugged: Default::default(),
+            vcpus: Vec::new(),
+            dimms: Vec::new(),
             created_runtime_dir: true,
         };
         let state = qemu.to_hypervisor_state().unwrap();

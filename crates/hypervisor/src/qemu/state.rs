@@ -12,6 +12,7 @@ use crate::error::Result;
 use crate::hypervisor::HypervisorState;
 use crate::process::ProcessRecord;
 use crate::qemu::QemuOptions;
+use crate::qemu::resize::{HotpluggedDimm, HotpluggedVcpu};
 use crate::qemu::slots::HotplugPorts;
 
 /// The backend name in a [`HypervisorState`] saved by QEMU.
@@ -21,7 +22,7 @@ pub const STATE_VERSION: u32 = 2;
 
 /// The runtime state of a QEMU VM: its config and options, the process
 /// (pid and start time, which together identify it even after pid
-/// reuse), and the hot-plugged devices. Sockets live at the config's fixed
+/// reuse), and the hot-plugged devices, vCPUs and memory. Sockets live at the config's fixed
 /// paths, the process ledger in its runtime dir.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct QemuState {
@@ -41,6 +42,12 @@ pub struct QemuState {
     pub ports: HotplugPorts,
     /// Hot-plugged devices by id.
     pub hotplugged: BTreeMap<String, AttachedDevice>,
+    /// Hot-plugged vCPUs, oldest first.
+    #[serde(default)]
+    pub vcpus: Vec<HotpluggedVcpu>,
+    /// Hot-plugged memory, oldest first.
+    #[serde(default)]
+    pub dimms: Vec<HotpluggedDimm>,
     /// Whether the runtime dir was created by the backend (and is removed
     /// with the VM).
     pub created_runtime_dir: bool,

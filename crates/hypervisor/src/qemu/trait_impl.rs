@@ -9,7 +9,8 @@ use crate::config::{AGENT_CHANNEL_NAME, AgentChannel, HypervisorConfig};
 use crate::device::{AttachedDevice, DeviceKind};
 use crate::error::{Error, Result};
 use crate::hypervisor::{
-    AgentEndpoint, Capabilities, ExitWatch, Hypervisor, HypervisorState, VcpuThread, VmStatus,
+    AgentEndpoint, Capabilities, ExitWatch, Hypervisor, HypervisorState, VcpuThread, VmResources,
+    VmStatus,
 };
 use crate::process::ProcessRecord;
 
@@ -181,5 +182,23 @@ impl Hypervisor for Qemu {
 
     fn save_state(&self) -> Result<HypervisorState> {
         self.qemu_state()?.to_hypervisor_state()
+    }
+
+    fn resources(&self) -> VmResources {
+        let vm = self.running_vm("read the size of").ok();
+        self.vm_resources(vm.as_deref())
+    }
+
+    async fn resize_vcpus(&self, vcpus: u32, timeout: Duration) -> Result<VmResources> {
+        self.resize_vcpus_now(vcpus, timeout).await
+    }
+
+    async fn resize_memory(
+        &self,
+        memory_mib: u64,
+        block_mib: u64,
+        timeout: Duration,
+    ) -> Result<VmResources> {
+        self.resize_memory_now(memory_mib, block_mib, timeout).await
     }
 }

@@ -10,13 +10,21 @@
 //! unlinks the lock file while holding it; a process that was waiting for
 //! the lock notices (the file it locked is no longer the one at the path)
 //! and reports the sandbox gone instead of acting on a deleted one.
+//!
+//! A sandbox directory never exists without its lock file, not even for
+//! the instant a `kill -9` could freeze: it is made under a claim name no
+//! reader lists (`.claim-<pid>-<n>`), its lock file made and locked there,
+//! then renamed in place (`renameat2(RENAME_NOREPLACE)`). A claim its
+//! maker died with is removed by [`Store::remove_stale_claims`].
 
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use nix::fcntl::{Flock, FlockArg};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use nix::fcntl::{AT_FDCWD, Flock, FlockArg, RenameFlags, renameat2};
 use serde::Serialize;
 use serde::de::DeserializeOwned;
 
@@ -28,6 +36,10 @@ use crate::error::Error;
 const STATE_FILE: &str = "state.json";
 const LOCK_FILE: &str = "lock";
 const LOCK_POLL: Duration = Duration::from_millis(10);
+/// The name prefix of a directory being claimed (not a valid sandbox id).
+const CLAIM_PREFIX: &str = ".claim-";
+/// Tells apart the claims of one process.
+static CLAIMS: AtomicU64 = AtomicU64::new(0);
 
 /// Shared (read) or exclusive (change) access to one sandbox's state.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -78,31 +90,40 @@ impl Store {
             source,
         })?;
         let dir = self.sandbox_dir(id);
-        match std::fs::create_dir(&dir) {
-            Ok(()) => {}
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                return Err(Error::AlreadyExists { id: id.clone() });
-            }
-            Err(source) => return Err(Error::StateIo { path: dir, source }),
+        if dir.exists() {
+            return Err(Error::AlreadyExists { id: id.clone() });
         }
-        let lock_path = dir.join(LOCK_FILE);
-        let file = OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(&lock_path)
-            .map_err(|source| Error::StateIo {
-                path: lock_path.clone(),
-                source,
-            })?;
-        let lock = Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| {
-            // Someone locked a directory we created a moment ago: they found
-            // it by listing; treat it as taken.
-            Error::StateIo {
-                path: lock_path,
-                source: errno.into(),
+        let claim = self.root.join(format!(
+            "{CLAIM_PREFIX}{}-{}",
+            std::process::id(),
+            CLAIMS.fetch_add(1, Ordering::Relaxed)
+        ));
+        // The claim's name is this process's: whatever is there is ours
+        // to remove when claiming fails (best effort: the error that
+        // matters is the claim's).
+        let lock = match lock_new_dir(&claim) {
+            Ok(lock) => lock,
+            Err(e) => {
+                let _ = std::fs::remove_dir_all(&claim);
+                return Err(e);
             }
-        })?;
+        };
+        if let Err(errno) = renameat2(
+            AT_FDCWD,
+            &claim,
+            AT_FDCWD,
+            &dir,
+            RenameFlags::RENAME_NOREPLACE,
+        ) {
+            let _ = std::fs::remove_dir_all(&claim);
+            return Err(match errno {
+                nix::errno::Errno::EEXIST => Error::AlreadyExists { id: id.clone() },
+                errno => Error::StateIo {
+                    path: dir,
+                    source: errno.into(),
+                },
+            });
+        }
         Ok(SandboxStore {
             id: id.clone(),
             dir,
@@ -171,6 +192,49 @@ impl Store {
                 }
             }
         }
+    }
+
+    /// Removes the claims (directories being made, see the module doc)
+    /// of processes that died before finishing them: those whose lock is
+    /// free, or that have no lock file and whose process is gone. Returns
+    /// how many it removed.
+    pub fn remove_stale_claims(&self) -> Result<usize, Error> {
+        let entries = match std::fs::read_dir(&self.root) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
+            Err(source) => {
+                return Err(Error::StateIo {
+                    path: self.root.clone(),
+                    source,
+                });
+            }
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(CLAIM_PREFIX) else {
+                continue;
+            };
+            let path = entry.path();
+            let stale = match OpenOptions::new().write(true).open(path.join(LOCK_FILE)) {
+                // Held while its maker lives (and until the rename).
+                Ok(file) => Flock::lock(file, FlockArg::LockExclusiveNonblock).is_ok(),
+                Err(_) => {
+                    let pid = rest.split('-').next().and_then(|p| p.parse::<i32>().ok());
+                    pid.is_none_or(|pid| {
+                        nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), None).is_err()
+                    })
+                }
+            };
+            if stale {
+                match std::fs::remove_dir_all(&path) {
+                    Ok(()) => removed += 1,
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+                    Err(source) => return Err(Error::StateIo { path, source }),
+                }
+            }
+        }
+        Ok(removed)
     }
 
     /// Ids of the sandboxes with a state directory.
@@ -268,6 +332,29 @@ impl SandboxStore {
     }
 }
 
+/// Makes directory `dir` with a lock file inside, locked exclusively.
+fn lock_new_dir(dir: &Path) -> Result<Flock<File>, Error> {
+    std::fs::create_dir(dir).map_err(|source| Error::StateIo {
+        path: dir.to_owned(),
+        source,
+    })?;
+    let lock_path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&lock_path)
+        .map_err(|source| Error::StateIo {
+            path: lock_path.clone(),
+            source,
+        })?;
+    // Nobody else knows the claim's name yet: this cannot block.
+    Flock::lock(file, FlockArg::LockExclusiveNonblock).map_err(|(_, errno)| Error::StateIo {
+        path: lock_path,
+        source: errno.into(),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -281,6 +368,43 @@ mod tests {
     struct S {
         n: u32,
         name: String,
+    }
+
+    #[test]
+    fn a_claim_leaves_no_claim_directory_behind() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        let first = store.create(&sb1()).unwrap();
+        assert!(matches!(
+            store.create(&sb1()),
+            Err(Error::AlreadyExists { .. })
+        ));
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().into_string().unwrap())
+            .collect();
+        assert_eq!(names, ["sb1"]);
+        assert!(first.dir().join(LOCK_FILE).exists());
+    }
+
+    #[test]
+    fn stale_claims_are_removed_and_live_ones_kept() {
+        let root = tempfile::tempdir().unwrap();
+        let store = Store::new(root.path());
+        // A maker that died after locking (the lock is free now), one that
+        // died before making the lock file (no such pid), one that lives.
+        let unlocked = root.path().join(".claim-1-0");
+        drop(lock_new_dir(&unlocked).unwrap());
+        let bare = root.path().join(format!(".claim-{}-0", i32::MAX));
+        std::fs::create_dir(&bare).unwrap();
+        let live = root
+            .path()
+            .join(format!(".claim-{}-999", std::process::id()));
+        let _held = lock_new_dir(&live).unwrap();
+        assert_eq!(store.remove_stale_claims().unwrap(), 2);
+        assert!(!unlocked.exists() && !bare.exists());
+        assert!(live.exists());
+        assert!(store.list().unwrap().is_empty(), "claims are not sandboxes");
     }
 
     #[tokio::test]

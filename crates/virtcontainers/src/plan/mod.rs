@@ -113,6 +113,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
     let shared_dir = config.paths.shared_root.join(id.as_str());
     let vm_base = vm::base_size(&config.vm)?;
     let size = vm_size(&resources, &vm_base).map_err(cgroups_config)?;
+    vm_base.check(size)?;
     let share_device = fs_share::new_share(
         &share.kind,
         shared_dir.clone(),
@@ -120,11 +121,19 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         config.lifetime.into(),
         slog::Logger::root(slog::Discard, slog::o!()),
     );
-    let vm = vm::hypervisor_config(config, &runtime_dir, size, share_device.as_ref())?;
+    let mut vm = vm::hypervisor_config(config, &runtime_dir, size, share_device.as_ref())?;
     let cgroups = match &config.cgroups {
-        Some(cg) => Some(plan_cgroups(&id, cg, &resources)?),
+        Some(cg) => Some(plan_cgroups(
+            &id,
+            cg,
+            &resources,
+            config.vm.default_memory_mib,
+        )?),
         None => None,
     };
+    if let Some(procs) = cgroups.as_ref().and_then(vmm_memory_cgroup) {
+        vm.spawn_cgroups.push(procs);
+    }
     let settings = PersistedSettings {
         paths: config.paths.clone(),
         agent: config.agent,
@@ -132,6 +141,7 @@ pub fn plan_sandbox(config: &SandboxConfig) -> Result<SandboxPlan, Error> {
         cgroups: config.cgroups.clone(),
         vm_base,
         stop_timeout: config.vm.stop_timeout,
+        resize_timeout: config.vm.resize_timeout,
         lock_timeout: config.lock_timeout,
         lifetime: config.lifetime,
     };
@@ -202,6 +212,24 @@ pub(crate) fn plan_container(c: &ContainerConfig) -> Result<ContainerPlan, Error
     })
 }
 
+/// The `cgroup.procs` of the sandbox's memory cgroup, when the plan puts
+/// the VMM's memory there apart from the VMM itself (cgroup v1 with
+/// `charge_guest_memory_to_pod`): the VMM is spawned in it, since memory
+/// stays charged where it was touched when a process moves later.
+fn vmm_memory_cgroup(cgroups: &CgroupsPlan) -> Option<PathBuf> {
+    use vc_cgroups_host::plan::CgroupRole;
+    let placement = cgroups.plan.placement;
+    if placement.vmm_memory() != CgroupRole::Sandbox || placement.vmm == CgroupRole::Sandbox {
+        return None;
+    }
+    let mount = cgroups.roots.v1.get("memory")?;
+    Some(
+        mount
+            .join(cgroups.plan.sandbox.path.relative())
+            .join("cgroup.procs"),
+    )
+}
+
 fn plan_hostname(config: &SandboxConfig) -> Result<String, Error> {
     match &config.hostname {
         None => Ok(config.id.to_string()),
@@ -220,6 +248,7 @@ fn plan_cgroups(
     id: &SandboxId,
     config: &CgroupsConfig,
     containers: &[ContainerResources],
+    default_memory_mib: u64,
 ) -> Result<CgroupsPlan, Error> {
     if config.driver == CgroupDriver::Systemd {
         return Err(vc_cgroups_host::systemd_unsupported().into());
@@ -238,6 +267,15 @@ fn plan_cgroups(
     }
     planner.sandbox_cgroup_only = config.sandbox_cgroup_only;
     planner.overhead = config.overhead;
+    if config.charge_guest_memory_to_pod {
+        planner.vmm_memory_in_sandbox = true;
+        // The guest's own memory is charged too: the pod's limit (when
+        // every container has one) must leave it room.
+        planner.overhead.memory_bytes = planner
+            .overhead
+            .memory_bytes
+            .saturating_add(default_memory_mib << 20);
+    }
     planner.vmm_devices = vc_cgroups_host::host_devices::discover_vmm_devices(&config.dev_dir);
     let plan = vc_cgroups_host::plan(&planner, containers).map_err(cgroups_config)?;
     if version == CgroupVersion::V2 && roots.v2.is_none()

@@ -35,15 +35,23 @@ pub(super) fn base_size(vm: &VmConfig) -> Result<VmBaseSize, Error> {
             min: vc_hypervisor::MIN_MEMORY_MIB,
         }));
     }
+    if vm.max_memory_mib < vm.default_memory_mib {
+        return Err(invalid(ConfigError::MaxMemoryBelowBoot {
+            boot: vm.default_memory_mib,
+            max: vm.max_memory_mib,
+        }));
+    }
     Ok(VmBaseSize {
         default_vcpus: vm.default_vcpus,
         default_memory_mib: vm.default_memory_mib,
         max_vcpus: Some(vm.max_vcpus),
+        max_memory_mib: Some(vm.max_memory_mib),
     })
 }
 
-/// The hypervisor config of the sandbox's VM, `size`d, booting with the
-/// share's device, validated.
+/// The hypervisor config of the sandbox's VM, `size`d (already checked
+/// against the maxima, which it can grow to), booting with the share's
+/// device, validated.
 pub(super) fn hypervisor_config(
     config: &SandboxConfig,
     runtime_dir: &Path,
@@ -56,17 +64,21 @@ pub(super) fn hypervisor_config(
     hc.accelerator = vm.accelerator;
     hc.vcpus = VcpuConfig {
         boot: size.vcpus,
-        max: vm.max_vcpus.max(size.vcpus),
+        max: vm.max_vcpus,
     };
     hc.memory = MemoryConfig {
         boot_mib: size.memory_mib,
-        max_mib: size.memory_mib,
+        max_mib: vm.max_memory_mib,
         shared: share.needs_shared_memory(),
     };
     hc.agent_channel = AgentChannel::VirtioSerial;
     hc.keep_logs = vm.debug;
     hc.lifetime = config.lifetime.into();
     hc.kernel_params = kernel_params(vm)?;
+    // As Kata does: the guest sizes its per-CPU data for every vCPU that
+    // can be hot-plugged (a user's own nr_cpus= wins).
+    hc.kernel_params
+        .set_default("nr_cpus", Some(vm.max_vcpus.to_string()));
     // Checked without the share's device: its directory is made by a later
     // step (the hypervisor checks the whole config again when it starts).
     hc.validate().map_err(invalid)?;

@@ -1,6 +1,7 @@
 //! The VM size that follows from the containers' resources: the same
 //! checked per-container limits the host cgroups are planned from
-//! ([`ContainerResources::limits`]), summed the way Kata sizes its VMs.
+//! ([`ContainerResources::limits`]), summed the way Kata sizes its VMs,
+//! and checked against the most the VM can grow to.
 
 use serde::{Deserialize, Serialize};
 use vc_cgroups_host::Error;
@@ -18,6 +19,35 @@ pub struct VmBaseSize {
     /// Upper bound on vCPUs (e.g. the hypervisor's maximum or the host's
     /// CPU count); `None` for no bound.
     pub max_vcpus: Option<u32>,
+    /// Upper bound on memory, MiB; `None` for no bound.
+    #[serde(default)]
+    pub max_memory_mib: Option<u64>,
+}
+
+impl VmBaseSize {
+    /// Checks that the VM can grow to `size`: more vCPUs or memory than
+    /// the maxima is [`crate::Error::ResourcesAboveMax`].
+    pub fn check(&self, size: VmSize) -> Result<(), crate::Error> {
+        if let Some(max) = self.max_vcpus
+            && size.vcpus > max
+        {
+            return Err(crate::Error::ResourcesAboveMax {
+                resource: "vCPUs",
+                requested: u64::from(size.vcpus),
+                max: u64::from(max),
+            });
+        }
+        if let Some(max) = self.max_memory_mib
+            && size.memory_mib > max
+        {
+            return Err(crate::Error::ResourcesAboveMax {
+                resource: "MiB of memory",
+                requested: size.memory_mib,
+                max,
+            });
+        }
+        Ok(())
+    }
 }
 
 /// vCPUs and memory for the sandbox's VM.
@@ -32,7 +62,8 @@ pub struct VmSize {
 /// Sizes the VM for the active containers, as Kata does:
 /// - vCPUs: `ceil(Σ quota/period)` over the containers with a CPU quota, or,
 ///   when none has one, the number of CPUs in the union of their cpusets;
-///   plus `default_vcpus`, capped at `max_vcpus`.
+///   plus `default_vcpus` (not capped: [`VmBaseSize::check`] says whether
+///   the VM can have it).
 /// - memory: the sum of the containers' memory limits (rounded up to MiB),
 ///   plus `default_memory_mib`.
 ///
@@ -64,12 +95,8 @@ pub fn vm_size(containers: &[ContainerResources], base: &VmBaseSize) -> Result<V
     } else {
         u32::try_from(cpuset.len()).unwrap_or(u32::MAX)
     };
-    let mut vcpus = base.default_vcpus.saturating_add(container_vcpus);
-    if let Some(max) = base.max_vcpus {
-        vcpus = vcpus.min(max);
-    }
     Ok(VmSize {
-        vcpus,
+        vcpus: base.default_vcpus.saturating_add(container_vcpus),
         memory_mib: base
             .default_memory_mib
             .saturating_add(memory_bytes.div_ceil(MIB)),
@@ -86,6 +113,7 @@ mod tests {
         default_vcpus: 1,
         default_memory_mib: 256,
         max_vcpus: None,
+        max_memory_mib: None,
     };
 
     #[test]
@@ -139,7 +167,7 @@ mod tests {
     }
 
     #[test]
-    fn stopped_containers_do_not_count_and_max_caps() {
+    fn stopped_containers_do_not_count_and_the_maxima_are_checked() {
         let mut stopped = container("s", Some(400_000), None, None, Some(1 << 30));
         stopped.state = ContainerState::Stopped;
         let s = vm_size(&[stopped], &BASE).unwrap();
@@ -150,12 +178,39 @@ mod tests {
                 memory_mib: 256
             }
         );
-        let capped = VmBaseSize {
+        let bounded = VmBaseSize {
             max_vcpus: Some(2),
+            max_memory_mib: Some(512),
             ..BASE
         };
-        let big = container("a", Some(800_000), None, None, None);
-        assert_eq!(vm_size(&[big], &capped).unwrap().vcpus, 2);
+        let big = container("a", Some(800_000), None, None, Some(1 << 30));
+        let size = vm_size(&[big], &bounded).unwrap();
+        assert_eq!(size.vcpus, 1 + 8, "not capped: checked");
+        assert!(matches!(
+            bounded.check(size),
+            Err(crate::Error::ResourcesAboveMax {
+                resource: "vCPUs",
+                requested: 9,
+                max: 2
+            })
+        ));
+        assert!(matches!(
+            bounded.check(VmSize {
+                vcpus: 2,
+                memory_mib: 513
+            }),
+            Err(crate::Error::ResourcesAboveMax {
+                requested: 513,
+                max: 512,
+                ..
+            })
+        ));
+        bounded
+            .check(VmSize {
+                vcpus: 2,
+                memory_mib: 512,
+            })
+            .unwrap();
     }
 
     #[test]

@@ -49,6 +49,7 @@ pub struct CgroupsRecord {
 pub(crate) struct SandboxCgroups {
     file: PathBuf,
     config: SandboxCgroupConfig,
+    roots: CgroupRoots,
     manager: HostCgroups,
 }
 
@@ -123,6 +124,7 @@ impl SandboxCgroups {
         Ok(SandboxCgroups {
             file,
             config,
+            roots,
             manager,
         })
     }
@@ -167,6 +169,16 @@ impl SandboxCgroups {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(Error::host_io("remove", &self.file)(e)),
+        }
+    }
+
+    /// What the owner records: the planner's configuration, the mounts,
+    /// the plan applied (for reading the cgroups' own counters).
+    pub(crate) fn record(&self) -> CgroupsRecord {
+        CgroupsRecord {
+            config: self.config.clone(),
+            roots: self.roots.clone(),
+            state: self.manager.state().clone(),
         }
     }
 

@@ -102,10 +102,11 @@ pub async fn cleanup_container(
         cleanup
             .remove_sandbox(sandbox.as_ref(), sstore, &mut state)
             .await?;
-    } else if let Some(s) = &sandbox
-        && let Err(e) = s.update_cgroups(&state).await
-    {
-        warn!(cleanup.logger, "host cgroups not updated"; "error" => crate::error::chain(&e));
+    } else if let Some(s) = &sandbox {
+        s.shrink_to_containers(&sstore, &mut state).await;
+        if let Err(e) = s.update_cgroups(&state).await {
+            warn!(cleanup.logger, "host cgroups not updated"; "error" => crate::error::chain(&e));
+        }
     }
     cleanup.outcome(sandbox_id, last)
 }

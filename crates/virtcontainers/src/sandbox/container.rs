@@ -16,6 +16,7 @@ use crate::container_spec::layout;
 use crate::error::Error;
 use crate::host_mounts;
 use crate::persist::{LockMode, SandboxStore};
+use crate::plan::container_resources;
 use crate::state::{ContainerPhase, ContainerRecord, SandboxPhase, SandboxState};
 
 /// What a container is doing.
@@ -90,9 +91,14 @@ pub(crate) fn wrong_state(
 }
 
 impl Sandbox {
-    /// Creates a container from its bundle: shares its rootfs and bind
-    /// mounts into the guest, creates it in the guest (not started), and
-    /// re-aggregates the host cgroups. On failure nothing of it remains.
+    /// Creates a container from its bundle: grows the VM when the
+    /// containers now need more vCPUs or memory than it has (hot-plug,
+    /// online in the guest; more than the maxima is
+    /// [`Error::ResourcesAboveMax`]), shares its rootfs and bind mounts
+    /// into the guest, creates it in the guest (not started), and
+    /// re-aggregates the host cgroups over the VM's vCPU threads as they
+    /// are now. On failure nothing of it remains, the VM's growth included
+    /// (see [`Sandbox::vm_resources`] for what a hypervisor cannot undo).
     pub async fn create_container(&self, config: ContainerConfig) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
         if !matches!(state.phase, SandboxPhase::Ready | SandboxPhase::Running) {
@@ -102,8 +108,25 @@ impl Sandbox {
                 state: format!("{:?}", state.phase).to_lowercase(),
             });
         }
-        self.create_container_locked(&store, &mut state, &config)
-            .await?;
+        let planned = crate::plan::plan_container(&config)?;
+        if state.containers.contains_key(&config.id) {
+            return Err(Error::ContainerExists {
+                sandbox: self.id.clone(),
+                container: config.id.clone(),
+            });
+        }
+        let mut needed = container_resources(&state);
+        needed.push(planned.resources);
+        let growth = self.grow_for(&store, &mut state, &needed).await?;
+        if let Err(e) = self
+            .create_container_locked(&store, &mut state, &config)
+            .await
+        {
+            if let Some(growth) = growth {
+                self.undo_growth(&store, &mut state, growth).await;
+            }
+            return Err(e);
+        }
         if let Err(e) = self.update_cgroups(&state).await {
             warn!(self.logger, "host cgroups not updated for the new container"; "container" => %config.id, "error" => crate::error::chain(&e));
         }
@@ -272,29 +295,39 @@ impl Sandbox {
         store.write(&state)
     }
 
-    /// Changes a container's resources, in the guest and in the host
-    /// cgroups (re-aggregated over the sandbox's containers).
+    /// Changes a container's resources: grows the VM first when the
+    /// containers then need more than it has (undone if the guest refuses
+    /// the update), unplugs vCPUs they no longer need, and re-aggregates
+    /// the host cgroups over the VM's vCPU threads as they are now.
     pub async fn update_container(
         &self,
         id: &ContainerId,
         resources: &LinuxResources,
     ) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
-        self.container(&state, id)?;
+        let mut spec = self.container(&state, id)?.spec.clone();
+        let mut linux = spec.linux().clone().unwrap_or_default();
+        linux.set_resources(Some(resources.clone()));
+        spec.set_linux(Some(linux));
+        let mut updated = state.clone();
+        self.container_mut(&mut updated, id)?.spec = spec.clone();
+        let growth = self
+            .grow_for(&store, &mut state, &container_resources(&updated))
+            .await?;
         let request = pb::UpdateContainerRequest {
             container_id: id.to_string(),
             resources: Some(convert::resources_to_proto(resources)).into(),
             ..Default::default()
         };
-        self.agent
-            .update_container(request)
-            .await
-            .map_err(Error::agent("UpdateContainer"))?;
-        let record = self.container_mut(&mut state, id)?;
-        let mut linux = record.spec.linux().clone().unwrap_or_default();
-        linux.set_resources(Some(resources.clone()));
-        record.spec.set_linux(Some(linux));
+        if let Err(e) = self.agent.update_container(request).await {
+            if let Some(growth) = growth {
+                self.undo_growth(&store, &mut state, growth).await;
+            }
+            return Err(Error::agent("UpdateContainer")(e));
+        }
+        self.container_mut(&mut state, id)?.spec = spec;
         store.write(&state)?;
+        self.shrink_to_containers(&store, &mut state).await;
         self.update_cgroups(&state).await
     }
 
@@ -313,7 +346,9 @@ impl Sandbox {
 
     /// Deletes a container that is created or stopped (a running one
     /// whose process has exited counts as stopped): removes it from the
-    /// guest, unmounts its share mounts, re-aggregates the host cgroups.
+    /// guest, unmounts its share mounts, unplugs the vCPUs the others do
+    /// not need (where the hypervisor can; memory stays), re-aggregates
+    /// the host cgroups.
     pub async fn delete_container(&self, id: &ContainerId) -> Result<(), Error> {
         let (store, mut state) = self.lock(LockMode::Exclusive).await?;
         let phase = self.container(&state, id)?.phase;
@@ -331,6 +366,7 @@ impl Sandbox {
             return Err(wrong_state("delete", id, phase));
         }
         self.delete_container_locked(&store, &mut state, id).await?;
+        self.shrink_to_containers(&store, &mut state).await;
         if let Err(e) = self.update_cgroups(&state).await {
             warn!(self.logger, "host cgroups not updated after delete"; "container" => %id, "error" => crate::error::chain(&e));
         }

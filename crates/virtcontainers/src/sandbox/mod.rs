@@ -14,8 +14,10 @@ mod fetch;
 mod hooks;
 mod lifecycle;
 mod network;
+mod overhead;
 mod process;
 mod reclaim;
+mod resize;
 #[cfg(test)]
 mod tests;
 
@@ -34,6 +36,7 @@ pub use container::ContainerStatus;
 pub use create::create_sandbox;
 pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;
+pub use overhead::{CgroupUsage, ChargedTo, OverheadReport, ProcessUsage, Usage};
 pub use process::ProcessIo;
 pub use reclaim::{ReclaimReport, reclaim, reclaim_stale};
 

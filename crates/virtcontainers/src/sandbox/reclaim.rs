@@ -89,6 +89,11 @@ pub async fn reclaim(paths: &Paths, sandbox_id: &SandboxId, logger: Logger) -> R
 pub async fn reclaim_stale(paths: &Paths, logger: Logger) -> Result<ReclaimReport, Error> {
     let store = Store::new(&paths.state_root);
     let mut report = ReclaimReport::default();
+    match store.remove_stale_claims() {
+        Ok(n) if n > 0 => info!(logger, "half-claimed state directories removed"; "count" => n),
+        Ok(_) => {}
+        Err(e) => warn!(logger, "stale claims not removed"; "error" => %e),
+    }
     for id in store.list()? {
         let logger = logger.new(o!("sandbox" => id.to_string()));
         let sstore = match store.open(&id, LockMode::Exclusive, STALE_LOCK_WAIT).await {

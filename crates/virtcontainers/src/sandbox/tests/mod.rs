@@ -21,6 +21,7 @@ mod cleanup;
 mod create;
 mod plan;
 mod reclaim;
+mod resize;
 use crate::config::{
     CgroupHierarchy, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, Paths,
     SandboxConfig, VmConfig,
