@@ -114,6 +114,9 @@ pub struct QemuSection {
     pub default_vcpus: u32,
     /// Upper bound on vCPUs; 0 is the host's CPUs.
     pub default_maxvcpus: u32,
+    /// Upper bound on memory (MiB) the VM may grow to by hot-plug as
+    /// containers come; 0 is the host's memory.
+    pub default_maxmemory: u64,
     /// Memory (MiB) for the guest itself, beside the containers' limits.
     pub default_memory: u64,
     /// Extra kernel parameters, space separated.
@@ -138,6 +141,7 @@ impl Default for QemuSection {
             accelerator: Accelerator::Auto,
             default_vcpus: vm.default_vcpus,
             default_maxvcpus: 0,
+            default_maxmemory: 0,
             default_memory: vm.default_memory_mib,
             kernel_params: String::new(),
             shared_fs: SharedFs::Auto,
@@ -304,6 +308,9 @@ impl ShimConfig {
         if q.default_maxvcpus > 0 {
             vm.max_vcpus = q.default_maxvcpus;
         }
+        if q.default_maxmemory > 0 {
+            vm.max_memory_mib = q.default_maxmemory;
+        }
         vm.kernel_params = q.kernel_params.split_whitespace().map(Into::into).collect();
         vm.debug = q.enable_debug;
         Ok(vm)
@@ -398,6 +405,7 @@ initrd = "/srv/vc/initramfs.cpio"
 accelerator = "tcg"
 default_vcpus = 2
 default_maxvcpus = 4
+default_maxmemory = 2048
 default_memory = 512
 kernel_params = "quiet  debug_foo=1"
 shared_fs = "virtio-9p"
@@ -439,6 +447,7 @@ stop_timeout = 2
             "vCPUs"
         );
         assert_eq!(sandbox.vm.default_memory_mib, 512);
+        assert_eq!(sandbox.vm.max_memory_mib, 2048);
         assert_eq!(sandbox.vm.kernel_params, ["quiet", "debug_foo=1"]);
         assert!(sandbox.vm.debug);
         assert_eq!(sandbox.fs_share.kind, FsShareKind::NineP);
