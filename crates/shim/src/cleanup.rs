@@ -41,7 +41,7 @@ pub async fn delete(bundle: &Path, logger: &Logger) -> Result<DeleteResponse> {
                 Err(virtcontainers::Error::NotFound { .. }) => {}
                 Err(e) => errors.push(Error::sandbox("reclaim the sandbox")(e)),
             }
-            if let Err(e) = socket::remove(&record.socket) {
+            if let Err(e) = socket::retire(&record.socket) {
                 errors.push(e);
             }
         }

@@ -129,11 +129,7 @@ pub async fn serve(args: Args, logger: Logger) -> anyhow::Result<()> {
     // First, so that a `delete` containerd runs once the connection drops
     // sees this shim gone.
     if !socket_path.as_os_str().is_empty() {
-        let _ = crate::socket::remove(&socket_path);
-        if let Some(dir) = socket_path.parent() {
-            // The last shim out removes the directory (only if empty).
-            let _ = std::fs::remove_dir(dir);
-        }
+        let _ = crate::socket::retire(&socket_path);
     }
     service.teardown().await;
     // Let the Shutdown answer leave before the connections close.

@@ -86,6 +86,17 @@ pub fn remove(path: &Path) -> Result<()> {
     }
 }
 
+/// Removes a socket file for good (its shim is gone), and its directory
+/// when it was the last socket there ([`bind`] makes it again if a shim
+/// starting meanwhile loses it).
+pub fn retire(path: &Path) -> Result<()> {
+    remove(path)?;
+    if let Some(dir) = path.parent() {
+        let _ = std::fs::remove_dir(dir);
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -121,8 +132,12 @@ mod tests {
         // The file stays after its listener is gone: a dead shim's.
         assert!(path.exists());
         assert!(matches!(bind(&path).unwrap(), Bound::New(_)));
-        remove(&path).unwrap();
-        remove(&path).unwrap();
+        retire(&path).unwrap();
+        retire(&path).unwrap();
         assert!(!path.exists());
+        assert!(
+            !path.parent().unwrap().exists(),
+            "the last socket's directory"
+        );
     }
 }

@@ -150,6 +150,7 @@ impl Env {
     pub fn leak_checked<T>(&self, ids: &[&str], body: impl FnOnce() -> Result<T>) -> Result<T> {
         let before = HostSnapshot::take();
         let sockets = socket_files();
+        let socket_dir_existed = Path::new(SOCKET_DIR).exists();
         let result = body();
         if result.is_err() {
             // Leave the host clean for the next scenario before failing.
@@ -172,6 +173,10 @@ impl Env {
         })?;
         let left: Vec<_> = socket_files().difference(&sockets).cloned().collect();
         ensure!(left.is_empty(), "shim sockets left: {left:?}");
+        ensure!(
+            socket_dir_existed || !Path::new(SOCKET_DIR).exists(),
+            "{SOCKET_DIR} left behind"
+        );
         let containers = self.containerd.ctr_ok(&["containers", "ls", "--quiet"])?;
         for id in ids {
             ensure!(
