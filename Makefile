@@ -4,7 +4,7 @@
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
 
-.PHONY: demo test prereqs fmt-check clippy doc unit bench guest-image
+.PHONY: demo test prereqs fmt-check clippy doc unit bench guest-image install-shim
 
 ## Installs what is missing, builds, and runs the main example: a command
 ## in a container in a fresh VM (its kernel is not the host's).
@@ -53,4 +53,16 @@ guest-image:
 
 ## Benchmarks (not part of `make test`: figures, not pass/fail).
 bench: prereqs
-	$(CARGO) bench -p vc-benches
+	$(CARGO) bench -p vc-benches -p containerd-shim-vc-v2
+
+## Installs the containerd shim (runtime io.containerd.vc.v2): the binary
+## on containerd's PATH, and the guest image and example configuration
+## where the shim looks by default (see crates/shim/configuration.toml).
+PREFIX ?= /usr/local
+SHIM_SHARE ?= /usr/share/virtcontainers
+install-shim: prereqs guest-image
+	$(CARGO) build --release -p containerd-shim-vc-v2 --bin containerd-shim-vc-v2
+	install -D -m 0755 $(TARGET_DIR)/release/containerd-shim-vc-v2 $(PREFIX)/bin/containerd-shim-vc-v2
+	install -D -m 0644 $(GUEST_IMAGE_DIR)/vmlinux $(SHIM_SHARE)/vmlinux
+	install -D -m 0644 $(GUEST_IMAGE_DIR)/initramfs.cpio $(SHIM_SHARE)/initramfs.cpio
+	install -D -m 0644 crates/shim/configuration.toml $(SHIM_SHARE)/configuration.toml

@@ -15,9 +15,10 @@ packages=(
   libseccomp-dev      # libseccomp.a for the static guest agent (seccomp profiles), and virtiofsd (below)
   runc                # the reference runtime of the guest agent's side-by-side tests
   libcap-ng-dev       # building virtiofsd (below)
-  containernetworking-plugins  # CNI bridge + host-local: the network tests' pod namespaces
+  containernetworking-plugins  # CNI bridge + host-local in /usr/lib/cni: the network tests' pod namespaces, `ctr run --cni` in the shim's tests
   iproute2            # ip and tc, to look into the network tests' namespaces
   binutils            # objcopy: the cgroups crate's test binary, stripped, runs in a guest VM (cgroup v2)
+  containerd          # containerd 1.6 and ctr: the shim's tests drive containerd-shim-vc-v2 through them
 )
 
 # virtiofsd (virtio-fs) is not packaged for Debian 12: built from crates.io.

@@ -85,7 +85,10 @@ impl CniBridge {
         Ipv4Addr::new(o[0], o[1], o[2], 1)
     }
 
-    fn config(&self) -> String {
+    /// The network's CNI configuration (JSON), as the plugins get it on
+    /// stdin and as a `.conf` file in a CNI configuration directory
+    /// (`/etc/cni/net.d`) says it.
+    pub fn config(&self) -> String {
         serde_json::json!({
             "cniVersion": "1.0.0",
             "name": self.bridge,

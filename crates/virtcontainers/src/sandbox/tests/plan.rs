@@ -195,3 +195,25 @@ async fn config_errors_of_every_kind_change_nothing_on_the_host() {
         assert_eq!(pod, Vec::<PathBuf>::new(), "{what}: cgroups were made");
     }
 }
+
+#[test]
+fn hot_plug_headroom_keeps_the_guest_from_reserving_a_bounce_buffer() {
+    let fx = Fixture::new("swiotlb");
+    let mut config = fx.config(Vec::new());
+    let swiotlb = |config: &SandboxConfig| {
+        let plan = crate::plan_sandbox(config).unwrap();
+        plan.vm
+            .kernel_params
+            .get("swiotlb")
+            .map(|v| v.map(str::to_owned))
+    };
+    config.vm.max_memory_mib = config.vm.default_memory_mib + 1024;
+    assert_eq!(swiotlb(&config), Some(Some("noforce".into())));
+    // No headroom: no DIMM above 4 GiB, the kernel's default stays.
+    config.vm.max_memory_mib = config.vm.default_memory_mib;
+    assert_eq!(swiotlb(&config), None);
+    // The user's own value wins.
+    config.vm.max_memory_mib = config.vm.default_memory_mib + 1024;
+    config.vm.kernel_params = vec!["swiotlb=65536".into()];
+    assert_eq!(swiotlb(&config), Some(Some("65536".into())));
+}
