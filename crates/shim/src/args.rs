@@ -16,6 +16,13 @@ pub enum Action {
     Start,
     /// Free what a dead shim left for this task; print a `DeleteResponse`.
     Delete,
+    /// Make the VM template of the configuration's `[factory]` (replacing
+    /// any previous one); sandboxes clone it when `enable_template`.
+    FactoryInit,
+    /// Say whether the template exists and what it was made from.
+    FactoryStatus,
+    /// Remove the template and its memory.
+    FactoryDestroy,
     /// Internal: the process the daemon parks in the pod's network
     /// namespace (see `netns::Holder`); waits for stdin to close.
     #[value(hide = true)]

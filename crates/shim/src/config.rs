@@ -25,8 +25,8 @@ use virtcontainers::vc_hypervisor::{Accelerator, QemuOptions};
 use virtcontainers::vc_types;
 use virtcontainers::{
     AgentSettings, CgroupsConfig, ContainerConfig, FsShareConfig, FsShareKind, NetnsConfig,
-    NetworkConfig, Paths, QemuFactory, SandboxConfig, SandboxId, SandboxLifetime, VmConfig,
-    VmFactory,
+    NetworkConfig, Paths, QemuFactory, SandboxConfig, SandboxId, SandboxLifetime, TemplateConfig,
+    TemplateFactory, VmConfig, VmFactory,
 };
 
 use crate::error::{Error, Result};
@@ -62,16 +62,20 @@ pub struct ShimConfig {
     pub factory: FactorySection,
 }
 
-/// `[factory]`: how VMs are made (Kata's names). Only cold boots are
-/// available in this build: the SDK's template factory has not landed
-/// yet, so `enable_template = true` is refused with a clear error when a
-/// sandbox is made, rather than silently booting cold.
+/// `[factory]`: how VMs are made (Kata's names). With `enable_template`,
+/// each sandbox's VM is cloned from the template made by
+/// `containerd-shim-vc-v2 factory-init` (the SDK's [`TemplateFactory`]:
+/// guest memory shared copy-on-write between sandboxes, opt-in for that
+/// reason; the guest RNG is reseeded in every clone); a sandbox that does
+/// not match the template, or when there is none, boots cold and the log
+/// says why. Template sandboxes share files over 9p: clones map guest
+/// memory privately, which virtio-fs cannot use.
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
 #[serde(default, deny_unknown_fields)]
 pub struct FactorySection {
-    /// Start VMs from a template VM (not yet available).
+    /// Clone VMs from the template instead of booting them cold.
     pub enable_template: bool,
-    /// Where the template lives (not yet used).
+    /// Where the template lives (default: `<state_dir>/template`).
     pub template_path: Option<PathBuf>,
 }
 
@@ -283,9 +287,35 @@ impl ShimConfig {
         options
     }
 
-    /// The VM factory: QEMU with [`ShimConfig::factory_options`].
+    /// The VM factory: QEMU with [`ShimConfig::factory_options`], through
+    /// the template when `[factory] enable_template`.
     pub fn factory(&self) -> Arc<dyn VmFactory> {
-        Arc::new(QemuFactory::new(self.factory_options()))
+        if self.factory.enable_template {
+            Arc::new(self.template())
+        } else {
+            Arc::new(QemuFactory::new(self.factory_options()))
+        }
+    }
+
+    /// The template factory of `[factory]` (whether enabled or not: what
+    /// `factory-init`, `factory-status` and `factory-destroy` act on).
+    pub fn template(&self) -> TemplateFactory {
+        TemplateFactory::new(TemplateConfig {
+            dir: self
+                .factory
+                .template_path
+                .clone()
+                .unwrap_or_else(|| self.runtime.state_dir.join("template")),
+            qemu: self.factory_options(),
+            ..TemplateConfig::default()
+        })
+    }
+
+    /// The sandbox the template is made from: this configuration's VM with
+    /// no container, so that the shim's sandboxes match it.
+    pub fn template_prototype(&self) -> Result<SandboxConfig> {
+        let id = "vc-template-prototype".parse().expect("a valid sandbox id");
+        self.sandbox(id, Vec::new(), None, NetnsConfig::Disabled)
     }
 
     /// The VM of a sandbox; the guest image found as the module doc says.
@@ -327,10 +357,12 @@ impl ShimConfig {
         cgroups_path: Option<String>,
         netns: NetnsConfig,
     ) -> Result<SandboxConfig> {
-        if self.factory.enable_template {
+        let template = self.factory.enable_template;
+        if template && self.hypervisor.qemu.shared_fs == SharedFs::VirtioFs {
             return Err(vc_types::Unsupported::new(
-                "factory.enable_template",
-                "VM templating is not yet available to the shim: set enable_template = false",
+                "factory.enable_template with shared_fs = \"virtio-fs\"",
+                "template clones map guest memory privately and virtio-fs needs it shared: \
+                 use shared_fs = \"virtio-9p\" (the default with a template)",
             )
             .into());
         }
@@ -344,6 +376,7 @@ impl ShimConfig {
         });
         config.fs_share = FsShareConfig {
             kind: match self.hypervisor.qemu.shared_fs {
+                SharedFs::Auto if template => FsShareKind::NineP,
                 SharedFs::Auto => FsShareKind::Auto,
                 SharedFs::VirtioFs => FsShareKind::VirtioFs,
                 SharedFs::NineP => FsShareKind::NineP,
@@ -489,17 +522,26 @@ stop_timeout = 2
     }
 
     #[test]
-    fn a_template_factory_is_refused_until_it_is_available() {
-        let config = parse("[factory]\nenable_template = true\n").unwrap();
-        let err = config
-            .sandbox(
+    fn a_template_factory_shares_over_9p_and_refuses_virtio_fs() {
+        // A guest image named, so that none is looked for.
+        let image = "[hypervisor.qemu]\nkernel = \"/k\"\ninitrd = \"/i\"\n";
+        let sandbox = |text: &str| {
+            parse(&format!("{image}{text}")).unwrap().sandbox(
                 "pod".parse().unwrap(),
                 Vec::new(),
                 None,
                 NetnsConfig::Create,
             )
-            .unwrap_err();
+        };
+        let config = sandbox("[factory]\nenable_template = true\n").unwrap();
+        assert_eq!(config.fs_share.kind, FsShareKind::NineP);
+        let err =
+            sandbox("shared_fs = \"virtio-fs\"\n[factory]\nenable_template = true\n").unwrap_err();
         assert!(matches!(err, Error::Unsupported(_)), "{err:?}");
+        let config = parse("[runtime]\nstate_dir = \"/x\"\n").unwrap();
+        assert_eq!(config.template().config().dir, Path::new("/x/template"));
+        let config = parse("[factory]\ntemplate_path = \"/t\"\n").unwrap();
+        assert_eq!(config.template().config().dir, Path::new("/t"));
     }
 
     #[test]

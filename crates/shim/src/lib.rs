@@ -26,7 +26,10 @@
 //! sandbox ("pause") container runs nothing in the guest. Stdio goes
 //! through containerd's FIFOs ([`stdio`]), terminals included; stats are
 //! cgroup v1 metrics in containerd's format ([`metrics`]). The TOML
-//! configuration ([`config`]) follows Kata's `configuration.toml`.
+//! configuration ([`config`]) follows Kata's `configuration.toml`;
+//! `factory-init`, `factory-status` and `factory-destroy` ([`template`])
+//! manage the VM template sandboxes are cloned from when `[factory]
+//! enable_template` (as `kata-runtime factory` does).
 //!
 //! # Why the protocol is generated here
 //!
@@ -78,3 +81,4 @@ pub mod rootfs;
 pub mod service;
 pub mod socket;
 pub mod stdio;
+pub mod template;

@@ -5,6 +5,7 @@ use std::io::Write;
 use std::process::ExitCode;
 
 use containerd_shim_vc_v2::args::{Action, Args};
+use containerd_shim_vc_v2::template::TemplateAction;
 use containerd_shim_vc_v2::{cleanup, daemon, launch, netns, socket};
 use protobuf::Message;
 
@@ -17,6 +18,9 @@ fn main() -> ExitCode {
         Some(Action::Start) => start(&args),
         Some(Action::Delete) => delete(&args),
         Some(Action::NetnsHolder) => netns::hold(),
+        Some(Action::FactoryInit) => template(&args, TemplateAction::Init),
+        Some(Action::FactoryStatus) => template(&args, TemplateAction::Status),
+        Some(Action::FactoryDestroy) => template(&args, TemplateAction::Destroy),
         None => serve(args),
     }
 }
@@ -61,6 +65,24 @@ fn delete(args: &Args) -> ExitCode {
         }
         Ok(Err(e)) => fail("delete", &e),
         Err(e) => fail("delete", &e),
+    }
+}
+
+/// An administrator's command: what it did on stdout, errors on stderr.
+fn template(args: &Args, action: TemplateAction) -> ExitCode {
+    let logger = daemon::logger(args.debug);
+    let runtime = match runtime() {
+        Ok(r) => r,
+        Err(e) => return fail("factory", &e),
+    };
+    let result = runtime.block_on(containerd_shim_vc_v2::template::run(action, &logger));
+    drop(logger);
+    match result {
+        Ok(done) => {
+            println!("{done}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail("factory", &e),
     }
 }
 

@@ -21,6 +21,8 @@ use common::image::{IMAGE, USER_IMAGE};
 use common::{Env, Outcome, RUNC, VC, on_terminal, pids_with};
 use vc_test_support::unique;
 
+#[path = "ctr/factory.rs"]
+mod factory;
 #[path = "ctr/network.rs"]
 mod network;
 #[path = "ctr/pods.rs"]
@@ -68,6 +70,10 @@ fn main() -> ExitCode {
             Scenario {
                 name: "a_pods_containers_share_one_vm_and_one_shim",
                 run: pods::pod,
+            },
+            Scenario {
+                name: "a_template_made_by_factory_init_is_cloned_then_destroyed",
+                run: factory::template,
             },
             Scenario {
                 name: "a_killed_shims_sandbox_is_freed_by_containerds_delete",

@@ -10,7 +10,7 @@ pub mod harness;
 pub mod image;
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -284,3 +284,34 @@ pub fn on_terminal(containerd: &Containerd, ctr_args: &[&str]) -> Result<Outcome
 }
 
 use std::os::unix::process::CommandExt;
+
+/// `containerd-shim-vc-v2 ACTION` with the configuration at `config`;
+/// its stdout, or an error with its stderr.
+pub fn shim(config: &Path, action: &str) -> Result<String> {
+    let out = Command::new(env!("CARGO_BIN_EXE_containerd-shim-vc-v2"))
+        .arg(action)
+        .env("VC_SHIM_CONFIG", config)
+        .output()
+        .with_context(|| format!("running the shim's {action}"))?;
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    ensure!(
+        out.status.success(),
+        "{action} failed: {}{stdout}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    Ok(stdout)
+}
+
+/// A shim configuration in `dir` that clones VMs from the template at
+/// `template` (`[factory] enable_template`); its path.
+pub fn template_config(dir: &Path, template: &Path) -> Result<PathBuf> {
+    let config = dir.join("configuration.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[factory]\nenable_template = true\ntemplate_path = \"{}\"\n",
+            template.display()
+        ),
+    )?;
+    Ok(config)
+}
