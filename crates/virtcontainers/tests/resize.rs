@@ -400,7 +400,7 @@ async fn a_guest_that_does_not_online_in_time_fails_the_create_and_changes_nothi
                 ..
             }
         ),
-        "{err}"
+        "{err:?}"
     );
     assert_eq!(probe.seen().await, before);
     let r = sandbox.vm_resources();
