@@ -194,20 +194,25 @@ impl Store {
         }
     }
 
+    /// The root's entries; `None` before the root exists.
+    fn entries(&self) -> Result<Option<std::fs::ReadDir>, Error> {
+        match std::fs::read_dir(&self.root) {
+            Ok(entries) => Ok(Some(entries)),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(source) => Err(Error::StateIo {
+                path: self.root.clone(),
+                source,
+            }),
+        }
+    }
+
     /// Removes the claims (directories being made, see the module doc)
     /// of processes that died before finishing them: those whose lock is
     /// free, or that have no lock file and whose process is gone. Returns
     /// how many it removed.
     pub fn remove_stale_claims(&self) -> Result<usize, Error> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(0),
-            Err(source) => {
-                return Err(Error::StateIo {
-                    path: self.root.clone(),
-                    source,
-                });
-            }
+        let Some(entries) = self.entries()? else {
+            return Ok(0);
         };
         let mut removed = 0;
         for entry in entries.flatten() {
@@ -241,15 +246,8 @@ impl Store {
     /// (Directories whose name is not a valid sandbox id are not ours and
     /// are skipped.)
     pub fn list(&self) -> Result<Vec<SandboxId>, Error> {
-        let entries = match std::fs::read_dir(&self.root) {
-            Ok(e) => e,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
-            Err(source) => {
-                return Err(Error::StateIo {
-                    path: self.root.clone(),
-                    source,
-                });
-            }
+        let Some(entries) = self.entries()? else {
+            return Ok(Vec::new());
         };
         let mut ids: Vec<SandboxId> = entries
             .flatten()
