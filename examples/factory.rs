@@ -59,7 +59,7 @@ struct Shape {
     /// Memory of the guest itself, MiB (as `run` without `--memory`: 256).
     #[arg(long, default_value_t = 256)]
     memory_mib: u64,
-    /// The guest agent logs at debug level (must match `run --debug`).
+    /// The guest agent logs at debug level (must match `run --guest-debug`).
     #[arg(long)]
     guest_debug: bool,
 }

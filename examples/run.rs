@@ -6,7 +6,7 @@
 //!     [--sandbox-cgroup-only] [--charge-guest-memory-to-pod] \
 //!     [--fs-share 9p|virtio-fs] [--rootfs DIR] [--hold] \
 //!     [--netns PATH | --net none|auto] [--dns LINE]... \
-//!     [--factory cold|template|pool] -- CMD ARGS...
+//!     [--factory cold|template|pool] [--debug] [--guest-debug] -- CMD ARGS...
 //! ```
 //!
 //! Network: `--netns PATH` carries the interfaces of that network
@@ -102,9 +102,14 @@ struct Args {
     /// A line of the container's /etc/resolv.conf (repeatable).
     #[arg(long)]
     dns: Vec<String>,
-    /// Debug logs, and the guest console kept in the runtime directory.
+    /// Debug logs (each create step and its time).
     #[arg(long)]
     debug: bool,
+    /// The guest kernel and agent log at debug level, and the guest console
+    /// is kept in the runtime directory (a template or pool VM must be made
+    /// with the same flag to match).
+    #[arg(long)]
+    guest_debug: bool,
     /// Run this OCI bundle (`config.json` and its rootfs) instead of a
     /// command in a busybox container, as `runc run --bundle` does; its
     /// `process.terminal` is honoured when stdin is a terminal.
@@ -304,7 +309,7 @@ fn sandbox_config(args: &Args, work: &Path, paths: Paths) -> Result<SandboxConfi
     };
     let id = format!("run-{}", std::process::id());
     let mut vm = VmConfig::new(kernel, initrd);
-    vm.debug = args.debug;
+    vm.debug = args.guest_debug;
     // The container's CPUs come on top of the guest's own vCPU: let the VM
     // have them even on a host with fewer CPUs (above the maximum is an
     // error, not a silent cap).
