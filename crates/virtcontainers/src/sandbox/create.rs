@@ -145,21 +145,43 @@ impl Creation<'_> {
         self.enter(CreateStep::StartVm);
         let vm = self.start_vm(&mut rec, undo).await?;
 
+        // The VMM's threads are moved into the cgroups while the agent is
+        // waited for: neither needs the other, and a clone's or a pool
+        // VM's agent answers at once, so done in turn the moves would add
+        // their time to every start. The first failure cancels the other.
         self.enter(CreateStep::ConstrainVm);
-        if let Some(mut cgroups) = cgroups {
-            let planned: Vec<_> = self
-                .plan
-                .containers
-                .iter()
-                .map(|c| c.resources.clone())
-                .collect();
-            cgroups
-                .update(&planned, vm.as_ref(), &rec.state.resources.helpers)
-                .await?;
-        }
-
-        self.enter(CreateStep::ConnectAgent);
-        let agent = self.connect_agent(vm.as_ref()).await?;
+        let constrain = async {
+            let started = Instant::now();
+            if let Some(mut cgroups) = cgroups {
+                let planned: Vec<_> = self
+                    .plan
+                    .containers
+                    .iter()
+                    .map(|c| c.resources.clone())
+                    .collect();
+                cgroups
+                    .update(&planned, vm.as_ref(), &rec.state.resources.helpers)
+                    .await
+                    .map_err(|e| (CreateStep::ConstrainVm, e))?;
+            }
+            debug!(self.logger, "create step done"; "step" => ?CreateStep::ConstrainVm,
+                   "ms" => started.elapsed().as_millis() as u64, "alongside" => "ConnectAgent");
+            Ok(())
+        };
+        let connect = async {
+            self.connect_agent(vm.as_ref())
+                .await
+                .map_err(|e| (CreateStep::ConnectAgent, e))
+        };
+        let agent = match tokio::try_join!(constrain, connect) {
+            Ok(((), agent)) => agent,
+            Err((step, e)) => {
+                self.step = step;
+                return Err(e);
+            }
+        };
+        // The next step's log line times both, from the start of the pair.
+        self.step = CreateStep::ConnectAgent;
         drop(slot);
 
         self.enter(CreateStep::GuestDetails);
