@@ -112,6 +112,25 @@ impl TemplateKey {
         Self::from_parts(config, options, qemu, version, FileIdentity::of)
     }
 
+    /// [`of`](Self::of), to compare with `known` (a template's or a
+    /// pool's key): when the QEMU binary is the very file `known` was made
+    /// with (path, size, modification time and inode), its version is
+    /// `known`'s, and QEMU is not run. Each `qemu --version` is a process
+    /// start (about 20 ms here), paid by every process that clones (a
+    /// shim per pod, a CLI per command).
+    pub async fn of_compared_to(
+        config: &HypervisorConfig,
+        options: &QemuOptions,
+        known: &TemplateKey,
+    ) -> Result<Self, Error> {
+        let qemu = FileIdentity::of(&options.binary)?;
+        let version = match qemu == known.qemu {
+            true => known.qemu_version.clone(),
+            false => qemu_version(&qemu).await?,
+        };
+        Self::from_parts(config, options, qemu, version, FileIdentity::of)
+    }
+
     /// The key from already known pieces (`identify` reads a file's
     /// identity): the pure part of [`of`](Self::of).
     pub fn from_parts(
@@ -446,5 +465,50 @@ mod tests {
         // Cached: the binary is not asked again.
         std::fs::remove_file(&fake).unwrap();
         assert!(qemu_version(&id).await.is_ok());
+    }
+
+    #[tokio::test]
+    async fn the_qemu_a_key_was_made_with_is_not_asked_its_version_again() {
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tempfile::tempdir().unwrap();
+        let (fake, asked) = (dir.path().join("qemu"), dir.path().join("asked"));
+        std::fs::write(
+            &fake,
+            format!(
+                "#!/bin/sh\necho asked >> {}\necho \"QEMU emulator version 7.2.0\"\n",
+                asked.display()
+            ),
+        )
+        .unwrap();
+        std::fs::set_permissions(&fake, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let kernel = dir.path().join("vmlinux");
+        std::fs::write(&kernel, b"kernel").unwrap();
+        let config = HypervisorConfig::new("t", &kernel, dir.path().join("run"));
+        let options = QemuOptions {
+            binary: fake.clone(),
+            firmware: vc_hypervisor::Firmware::QemuDefault,
+            ..QemuOptions::default()
+        };
+        let known = TemplateKey::from_parts(
+            &config,
+            &options,
+            FileIdentity::of(&fake).unwrap(),
+            "QEMU emulator version 7.2.0 (the template's)".into(),
+            FileIdentity::of,
+        )
+        .unwrap();
+        let key = TemplateKey::of_compared_to(&config, &options, &known)
+            .await
+            .unwrap();
+        assert_eq!(key, known);
+        assert!(!asked.exists(), "QEMU was run");
+        // Another binary (here: rewritten in place) is asked.
+        std::fs::write(&fake, std::fs::read(&fake).unwrap()).unwrap();
+        let key = TemplateKey::of_compared_to(&config, &options, &known)
+            .await
+            .unwrap();
+        assert_eq!(key.qemu_version, "QEMU emulator version 7.2.0");
+        assert!(asked.exists(), "QEMU was not run");
+        assert_eq!(known.first_difference(&key).unwrap().field, "qemu");
     }
 }

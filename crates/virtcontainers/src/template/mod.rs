@@ -207,7 +207,7 @@ impl TemplateFactory {
                 return Ok(None);
             }
         };
-        let wanted = TemplateKey::of(config, &self.config.qemu).await?;
+        let wanted = TemplateKey::of_compared_to(config, &self.config.qemu, &info.key).await?;
         if let Some(m) = info.key.first_difference(&wanted) {
             warn!(logger, "VM does not match the template: booting cold";
                 "field" => &m.field, "template" => &m.template, "sandbox" => &m.wanted);
