@@ -56,3 +56,102 @@ pub(crate) async fn terminate_all(
     }
     left
 }
+
+/// Whether this process may move a thread out of `SCHED_IDLE` again
+/// (`CAP_SYS_NICE`; without it the kernel refuses, whatever the nice
+/// value: `can_nice` against an `RLIMIT_NICE` of 0).
+pub(crate) fn can_leave_idle_class() -> bool {
+    const CAP_SYS_NICE: u32 = 23;
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|status| {
+            let hex = status.lines().find_map(|l| l.strip_prefix("CapEff:"))?;
+            u64::from_str_radix(hex.trim(), 16).ok()
+        })
+        .is_some_and(|caps| caps & (1 << CAP_SYS_NICE) != 0)
+}
+
+/// Puts every thread of `pid` in the `SCHED_IDLE` class (`background`:
+/// it runs only on a CPU that has nothing else to do) or back in the
+/// normal one. Threads made meanwhile inherit their creator's class, so
+/// passes repeat until one finds no thread it had not set.
+pub(crate) fn set_background(pid: u32, background: bool) -> std::io::Result<()> {
+    let policy = if background {
+        libc::SCHED_IDLE
+    } else {
+        libc::SCHED_OTHER
+    };
+    let param = libc::sched_param { sched_priority: 0 };
+    let mut done = std::collections::BTreeSet::new();
+    for _ in 0..8 {
+        let mut found_new = false;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
+            let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+                continue;
+            };
+            if !done.insert(tid) {
+                continue;
+            }
+            found_new = true;
+            // SAFETY: sched_setscheduler only reads `param`, which lives
+            // through the call; a tid that is gone is an error, not UB.
+            if unsafe { libc::sched_setscheduler(tid, policy, &param) } != 0 {
+                let e = std::io::Error::last_os_error();
+                // A thread that ended meanwhile needs nothing.
+                if e.raw_os_error() != Some(libc::ESRCH) {
+                    return Err(e);
+                }
+            }
+        }
+        if !found_new {
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn policy(tid: i32) -> i32 {
+        // SAFETY: sched_getscheduler takes a plain tid.
+        unsafe { libc::sched_getscheduler(tid) }
+    }
+
+    fn threads(pid: u32) -> Vec<i32> {
+        std::fs::read_dir(format!("/proc/{pid}/task"))
+            .unwrap()
+            .map(|t| t.unwrap().file_name().to_str().unwrap().parse().unwrap())
+            .collect()
+    }
+
+    #[test]
+    fn a_process_goes_to_the_background_and_back_with_all_its_threads() {
+        assert!(
+            can_leave_idle_class(),
+            "this test needs CAP_SYS_NICE (run it as root)"
+        );
+        // Four threads, as a VMM has several.
+        let script = "import threading, time\n\
+            [threading.Thread(target=time.sleep, args=(30,)).start() for _ in range(3)]\n\
+            time.sleep(30)";
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", script])
+            .spawn()
+            .expect("python3");
+        let pid = child.id();
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while threads(pid).len() < 4 {
+            assert!(std::time::Instant::now() < deadline, "python3 made no threads");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        set_background(pid, true).unwrap();
+        assert!(threads(pid).iter().all(|&t| policy(t) == libc::SCHED_IDLE));
+        set_background(pid, false).unwrap();
+        assert!(threads(pid).iter().all(|&t| policy(t) == libc::SCHED_OTHER));
+        child.kill().unwrap();
+        child.wait().unwrap();
+        assert!(set_background(pid, true).is_err(), "a process that is gone");
+    }
+}

@@ -2,7 +2,9 @@
 //! ready, hand one out per take, start the next in the background, stop
 //! everything at shutdown. One refill task, owned by the pool, starts VMs
 //! one at a time (a host that runs VMs under TCG has no cores to spare for
-//! boots in parallel) and backs off after a failure.
+//! boots in parallel) and backs off after a failure. After a take it lets
+//! the sandbox that took the VM start before it boots the next (the
+//! pool's refill delay), unless a take is waiting for that VM.
 
 use std::collections::VecDeque;
 use std::sync::{Arc, Mutex};
@@ -55,12 +57,17 @@ struct State<V> {
     closed: bool,
     handed_over: u64,
     failed_starts: u64,
+    /// When the last VM was handed out.
+    last_take: Option<tokio::time::Instant>,
+    /// Takes waiting for a VM now.
+    waiting: usize,
 }
 
 /// The pool of `S`'s VMs.
 pub(crate) struct Core<S: Spawner> {
     spawner: Arc<S>,
     size: usize,
+    refill_delay: Duration,
     state: Mutex<State<S::Vm>>,
     /// Woken when a VM becomes ready, one is taken, or the pool closes
     /// (shared with the refill task, which holds the pool only weakly).
@@ -70,11 +77,19 @@ pub(crate) struct Core<S: Spawner> {
 }
 
 impl<S: Spawner> Core<S> {
-    /// A pool of `size` VMs of `spawner`; starts filling it at once.
-    pub(crate) fn start(spawner: S, size: usize, logger: Logger) -> Arc<Self> {
+    /// A pool of `size` VMs of `spawner`; starts filling it at once, and
+    /// after a take waits `refill_delay` before the next start (unless a
+    /// take is waiting).
+    pub(crate) fn start(
+        spawner: S,
+        size: usize,
+        refill_delay: Duration,
+        logger: Logger,
+    ) -> Arc<Self> {
         let core = Arc::new(Core {
             spawner: Arc::new(spawner),
             size,
+            refill_delay,
             state: Mutex::new(State {
                 ready: VecDeque::new(),
                 starting: 0,
@@ -82,6 +97,8 @@ impl<S: Spawner> Core<S> {
                 closed: false,
                 handed_over: 0,
                 failed_starts: 0,
+                last_take: None,
+                waiting: 0,
             }),
             changed: Arc::new(Notify::new()),
             refill: Mutex::new(None),
@@ -116,19 +133,28 @@ impl<S: Spawner> Core<S> {
     /// way; `None` if there is none in time (or the pool is closed).
     pub(crate) async fn take(&self, wait: Duration) -> Option<S::Vm> {
         let deadline = tokio::time::Instant::now() + wait;
+        let mut waiting = None;
         loop {
             let notified = self.changed.notified();
             {
                 let mut st = self.lock();
                 if let Some(vm) = st.ready.pop_front() {
                     st.handed_over += 1;
+                    st.last_take = Some(tokio::time::Instant::now());
                     drop(st);
+                    drop(waiting);
                     self.changed.notify_waiters();
                     return Some(vm);
                 }
                 if st.closed || st.starting == 0 && self.size == 0 {
                     return None;
                 }
+            }
+            if waiting.is_none() {
+                // Counted so the refill does not hold back the VM this
+                // take waits for.
+                waiting = Some(Waiting::new(self));
+                self.changed.notify_waiters();
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
                 return None;
@@ -189,7 +215,33 @@ impl<S: Spawner> Drop for Core<S> {
     }
 }
 
-/// The refill task: while the pool is open and short of VMs, start one;
+/// A take counted as waiting while it lives.
+struct Waiting<'a, S: Spawner>(&'a Core<S>);
+
+impl<'a, S: Spawner> Waiting<'a, S> {
+    fn new(core: &'a Core<S>) -> Self {
+        core.lock().waiting += 1;
+        Waiting(core)
+    }
+}
+
+impl<S: Spawner> Drop for Waiting<'_, S> {
+    fn drop(&mut self) {
+        self.0.lock().waiting -= 1;
+    }
+}
+
+/// What the refill task does next.
+enum Next {
+    Start(u64),
+    /// Nothing until something changes.
+    Wait,
+    /// Nothing until then (the refill delay after a take), or a change.
+    WaitUntil(tokio::time::Instant),
+}
+
+/// The refill task: while the pool is open and short of VMs, start one
+/// (after the refill delay that follows a take, unless a take waits);
 /// then wait for a change. Holds the pool only while it works.
 async fn refill<S: Spawner>(core: std::sync::Weak<Core<S>>) {
     let mut backoff = FIRST_BACKOFF;
@@ -197,23 +249,37 @@ async fn refill<S: Spawner>(core: std::sync::Weak<Core<S>>) {
         let Some(pool) = core.upgrade() else { return };
         let changed = pool.changed.clone();
         let notified = changed.notified();
-        let n = {
+        let next = {
             let mut st = pool.lock();
             if st.closed {
                 return;
             }
+            let due = st.last_take.map(|t| t + pool.refill_delay);
             if st.ready.len() + st.starting >= pool.size {
-                None
+                Next::Wait
+            } else if let Some(due) = due
+                && st.waiting == 0
+                && tokio::time::Instant::now() < due
+            {
+                Next::WaitUntil(due)
             } else {
                 st.starting += 1;
                 st.next += 1;
-                Some(st.next)
+                Next::Start(st.next)
             }
         };
-        let Some(n) = n else {
-            drop(pool);
-            notified.await;
-            continue;
+        let n = match next {
+            Next::Start(n) => n,
+            Next::Wait => {
+                drop(pool);
+                notified.await;
+                continue;
+            }
+            Next::WaitUntil(due) => {
+                drop(pool);
+                let _ = tokio::time::timeout_at(due, notified).await;
+                continue;
+            }
         };
         let started = pool.spawner.start(n).await;
         let outcome = {
@@ -319,7 +385,7 @@ mod tests {
             delay: Duration::from_millis(20),
             ..Fake::default()
         };
-        let core = Core::start(fake, 2, logger());
+        let core = Core::start(fake, 2, Duration::ZERO, logger());
         until(&core, |c| c.ready == 2).await;
         assert_eq!(core.counts().starting, 0, "no more than N");
         assert_eq!(core.take(Duration::ZERO).await, Some(1));
@@ -343,7 +409,7 @@ mod tests {
             delay: Duration::from_secs(3600),
             ..Fake::default()
         };
-        let core = Core::start(fake, 1, logger());
+        let core = Core::start(fake, 1, Duration::ZERO, logger());
         let started = tokio::time::Instant::now();
         assert_eq!(core.take(Duration::from_millis(50)).await, None);
         assert!(started.elapsed() >= Duration::from_millis(50));
@@ -351,7 +417,7 @@ mod tests {
         core.shutdown(Duration::from_millis(50)).await;
         assert_eq!(core.counts().ready, 0);
 
-        let core = Core::start(Fake::default(), 1, logger());
+        let core = Core::start(Fake::default(), 1, Duration::ZERO, logger());
         until(&core, |c| c.ready == 1).await;
         let vm = core.take(Duration::ZERO).await.unwrap();
         core.put_back(vm).await;
@@ -380,7 +446,7 @@ mod tests {
             fail: Mutex::new(vec![1, 2]),
             ..Fake::default()
         };
-        let core = Core::start(fake, 1, logger());
+        let core = Core::start(fake, 1, Duration::ZERO, logger());
         until(&core, |c| c.ready == 1).await;
         let counts = core.counts();
         assert_eq!(counts.failed_starts, 2);
@@ -394,10 +460,32 @@ mod tests {
             delay: Duration::from_millis(100),
             ..Fake::default()
         };
-        let core = Core::start(fake, 1, logger());
+        let core = Core::start(fake, 1, Duration::ZERO, logger());
         until(&core, |c| c.starting == 1).await;
         core.shutdown(Duration::from_secs(5)).await;
         assert_eq!(*core.spawner().stopped.lock().unwrap(), [1]);
         assert_eq!(core.spawner().running.load(Ordering::SeqCst), 0);
+    }
+
+    #[tokio::test]
+    async fn a_take_delays_the_next_start_unless_a_take_waits_for_it() {
+        let core = Core::start(Fake::default(), 1, Duration::from_millis(400), logger());
+        until(&core, |c| c.ready == 1).await;
+        let taken = tokio::time::Instant::now();
+        assert_eq!(core.take(Duration::ZERO).await, Some(1));
+        until(&core, |c| c.ready == 1).await;
+        assert!(
+            taken.elapsed() >= Duration::from_millis(400),
+            "the refill began {:?} after the take",
+            taken.elapsed()
+        );
+        core.shutdown(Duration::from_secs(5)).await;
+
+        // A take that finds the pool empty gets the next VM at once.
+        let core = Core::start(Fake::default(), 1, Duration::from_secs(3600), logger());
+        until(&core, |c| c.ready == 1).await;
+        assert_eq!(core.take(Duration::ZERO).await, Some(1));
+        assert_eq!(core.take(Duration::from_secs(5)).await, Some(2));
+        core.shutdown(Duration::from_secs(5)).await;
     }
 }

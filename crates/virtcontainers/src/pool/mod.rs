@@ -24,6 +24,13 @@
 //! would), then boots cold. Template sandboxes' rules hold for pools of
 //! clones: 9p share or block rootfs, not virtio-fs.
 //!
+//! The pool's VMs boot in the background: every thread of their VMM is
+//! in the `SCHED_IDLE` CPU class until it is handed over, so a refill
+//! that starts as a sandbox takes its VM only uses CPU time no sandbox
+//! wants (on a busy host the refill takes longer instead). That needs
+//! `CAP_SYS_NICE`, which moving a thread back to the normal class
+//! requires; without it the pool's VMs boot at normal priority.
+//!
 //! [`VmPool::shutdown`] stops every VM the pool holds (not those it handed
 //! over). A pool whose process is killed leaves VMs that die with it, or,
 //! for a pool serving other processes (its VMs outlive it), VMs the next
@@ -69,6 +76,10 @@ pub const DEFAULT_POOL_SOCKET: &str = "/run/vc/pool.sock";
 /// share roots, on the same filesystem).
 pub const DEFAULT_POOL_DIR: &str = "/run/vc/pool";
 
+/// [`PoolConfig::refill_delay`] by default: a sandbox start from a pool VM
+/// takes well under a second, even under TCG.
+pub const DEFAULT_REFILL_DELAY: Duration = Duration::from_secs(1);
+
 /// How a pool is made.
 #[derive(Debug, Clone)]
 pub struct PoolConfig {
@@ -93,6 +104,12 @@ pub struct PoolConfig {
     pub outlive_owner: bool,
     /// How long a take waits for a VM when the pool is empty.
     pub take_wait: Duration,
+    /// How long after a take the pool waits before it starts the next VM
+    /// (unless a take is waiting for one): the sandbox that took a VM
+    /// starts first. Even at idle CPU priority a boot slows the host's
+    /// other work (shared caches, and the host's own CPUs may be
+    /// shared), and a sandbox start is the moment that latency counts.
+    pub refill_delay: Duration,
 }
 
 impl PoolConfig {
@@ -107,6 +124,7 @@ impl PoolConfig {
             template: None,
             outlive_owner: false,
             take_wait: Duration::from_secs(60),
+            refill_delay: DEFAULT_REFILL_DELAY,
         }
     }
 }
@@ -161,12 +179,13 @@ impl VmPool {
             options: config.qemu.clone(),
             template: config.template.clone().map(TemplateFactory::new),
             start_timeout: config.prototype.vm.start_timeout,
+            background: crate::process::can_leave_idle_class(),
             logger: logger.clone(),
         };
         info!(logger, "VM pool starting"; "size" => config.size, "lifetime" => ?lifetime,
             "template" => config.template.as_ref().map(|t| t.dir.display().to_string()));
         Ok(Arc::new(VmPool {
-            core: Core::start(spawner, config.size, logger.clone()),
+            core: Core::start(spawner, config.size, config.refill_delay, logger.clone()),
             key,
             lifetime,
             take_wait: config.take_wait,
@@ -195,7 +214,7 @@ impl VmPool {
         wanted: &HypervisorConfig,
         logger: &Logger,
     ) -> Result<HypervisorState, NotTaken> {
-        let key = TemplateKey::of(wanted, &self.core.spawner().options)
+        let key = TemplateKey::of_compared_to(wanted, &self.core.spawner().options, &self.key)
             .await
             .map_err(NotTaken::Error)?;
         if let Some(m) = self.key.first_difference(&key) {

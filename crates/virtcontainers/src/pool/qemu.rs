@@ -35,6 +35,8 @@ const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 pub(crate) struct PooledVm {
     qemu: Qemu,
     slot: PathBuf,
+    /// Its VMM's threads are in the `SCHED_IDLE` class.
+    background: bool,
 }
 
 /// Starts the pool's VMs.
@@ -45,6 +47,9 @@ pub(crate) struct QemuSpawner {
     pub(crate) options: QemuOptions,
     pub(crate) template: Option<TemplateFactory>,
     pub(crate) start_timeout: Duration,
+    /// Boot VMs in the `SCHED_IDLE` class (this process can move them
+    /// back to the normal one at hand-over).
+    pub(crate) background: bool,
     pub(crate) logger: Logger,
 }
 
@@ -76,7 +81,8 @@ impl QemuSpawner {
         config
     }
 
-    async fn boot(&self, n: u64) -> Result<Qemu, Error> {
+    /// Boots VM `n`; with whether it is in the background class.
+    async fn boot(&self, n: u64) -> Result<(Qemu, bool), Error> {
         let deadline = Instant::now() + self.start_timeout;
         let config = self.slot_config(n);
         let plan = match &self.template {
@@ -105,6 +111,7 @@ impl QemuSpawner {
                 qemu
             }
         };
+        let background = self.background && self.to_background(&qemu);
         let left = deadline.saturating_duration_since(Instant::now());
         let ready = match plan {
             Some(_) => crate::template::refresh(&qemu.agent_endpoint(), left, &self.logger).await,
@@ -114,7 +121,24 @@ impl QemuSpawner {
             let _ = qemu.stop(STOP_TIMEOUT).await;
             return Err(e);
         }
-        Ok(qemu)
+        Ok((qemu, background))
+    }
+
+    /// Moves a booting VM's threads to the `SCHED_IDLE` class; whether
+    /// they are there (a failure is logged: the VM boots at normal
+    /// priority).
+    fn to_background(&self, qemu: &Qemu) -> bool {
+        let Some(vmm) = qemu.vmm_processes().into_iter().next() else {
+            return false;
+        };
+        match crate::process::set_background(vmm.pid, true) {
+            Ok(()) => true,
+            Err(e) => {
+                warn!(self.logger, "a pool VM boots at normal priority"; "pid" => vmm.pid,
+                    "error" => %e);
+                false
+            }
+        }
     }
 }
 
@@ -143,7 +167,11 @@ impl Spawner for QemuSpawner {
         let share = slot.join("share");
         std::fs::create_dir_all(&share).map_err(Error::host_io("create directory", &share))?;
         match self.boot(n).await {
-            Ok(qemu) => Ok(PooledVm { qemu, slot }),
+            Ok((qemu, background)) => Ok(PooledVm {
+                qemu,
+                slot,
+                background,
+            }),
             Err(e) => {
                 remove_slot(&slot, &self.logger);
                 Err(e)
@@ -199,6 +227,21 @@ pub(crate) fn hand_over(
             )),
         );
     };
+    // Back to normal priority first: a sandbox's VM must never run only
+    // on idle CPU time.
+    if vm.background
+        && let Some(vmm) = vm.qemu.vmm_processes().into_iter().next()
+        && let Err(e) = crate::process::set_background(vmm.pid, false)
+    {
+        return fail(
+            Some(vm),
+            Error::HostIo {
+                operation: "move to the normal CPU class the threads of pool VM",
+                path: PathBuf::from(format!("/proc/{}", vmm.pid)),
+                source: e,
+            },
+        );
+    }
     let (ours_share, ours_run) = (ours.to_owned(), vm.qemu.config().runtime_dir.clone());
     if let Err(e) = move_dir(&ours_run, &wanted.runtime_dir) {
         return fail(Some(vm), e);
