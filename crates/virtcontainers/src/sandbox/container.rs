@@ -69,10 +69,22 @@ pub(crate) fn unbind_all(mounts: &[PathBuf]) -> Result<(), Error> {
             first.get_or_insert(e);
         }
     }
-    // <shared>/<cid>/mounts and <shared>/<cid>, when now empty.
+    // <shared>/<cid>/mounts and <shared>/<cid>, when now empty; never
+    // <shared> itself, which the VM's share still exports (a directory
+    // made again in its place would not be the one the guest sees).
     for target in mounts {
-        for parent in target.ancestors().skip(1).take(2) {
-            let _ = std::fs::remove_dir(parent);
+        let Some(parent) = target.parent() else {
+            continue;
+        };
+        let container_dir = match parent.file_name() {
+            Some(name) if name == "mounts" => {
+                let _ = std::fs::remove_dir(parent);
+                parent.parent()
+            }
+            _ => Some(parent),
+        };
+        if let Some(dir) = container_dir {
+            let _ = std::fs::remove_dir(dir);
         }
     }
     first.map_or(Ok(()), Err)
@@ -412,5 +424,34 @@ impl Sandbox {
     pub async fn container_status(&self, id: &ContainerId) -> Result<ContainerStatus, Error> {
         let (_store, state) = self.lock(LockMode::Shared).await?;
         Ok(self.container(&state, id)?.into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vc_test_support::require_root;
+
+    /// A container's binds go with their directories, down to its own
+    /// directory; the share's directory stays, whatever the container had.
+    #[test]
+    fn unbinding_a_container_keeps_the_share_directory() {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("rootfs");
+        std::fs::create_dir(&source).unwrap();
+        let shared = dir.path().join("shared");
+        // Only a rootfs; then a rootfs and a volume.
+        for (cid, volumes) in [("c1", 0), ("c2", 1)] {
+            let mut targets = vec![shared.join(cid).join("rootfs")];
+            targets.extend((0..volumes).map(|i| shared.join(cid).join(format!("mounts/{i}"))));
+            for t in &targets {
+                host_mounts::bind(&source, t, false).unwrap();
+            }
+            unbind_all(&targets).unwrap();
+            assert!(!shared.join(cid).exists(), "{cid}'s directory stays");
+            assert!(shared.is_dir(), "the share's directory went with {cid}");
+        }
+        assert!(source.is_dir());
     }
 }
