@@ -263,12 +263,15 @@ pub(crate) fn apply_plan<B: Backend>(
 
 /// The delete flow shared by the cgroupfs backends: the runtime back to
 /// its own cgroups, the planned cgroups (children first) emptied and
-/// removed, then the parents this manager created, when empty.
+/// removed, then the parents this manager created, when empty, and the
+/// default parents when empty, whoever created them.
 pub(crate) fn delete_all<B: Backend>(b: &mut B) -> Result<(), Error> {
     if let Some(origin) = b.state_mut().runtime_origin.take() {
         b.restore(std::slice::from_ref(&origin));
     }
+    let mut defaults = Vec::new();
     if let Some(plan) = b.state_mut().plan.clone() {
+        defaults = default_parent_dirs(&b.planned_dirs(&plan));
         let mut cgroups = plan.cgroups();
         cgroups.reverse();
         for (_, c) in cgroups {
@@ -277,6 +280,14 @@ pub(crate) fn delete_all<B: Backend>(b: &mut B) -> Result<(), Error> {
     }
     let state = b.state_mut();
     remove_created_parents(&mut state.created);
+    // The defaults are every sandbox's: the one that made a default parent
+    // is not always the last to leave it, and only the maker's rule
+    // (above) left them behind, empty, in every controller. A parent a
+    // sandbox being created meanwhile needs is made again (creation
+    // retries a parent removed under it). Busy or gone: nothing to do.
+    for dir in defaults {
+        let _ = std::fs::remove_dir(dir);
+    }
     state.plan = None;
     state.created.clear();
     b.recorded().save()
@@ -582,6 +593,29 @@ pub(crate) fn remove_cgroup_dir(dir: &Path) -> Result<(), Error> {
         path: dir.to_owned(),
         source: last.unwrap_or_else(|| std::io::Error::other("rmdir failed")),
     })
+}
+
+/// The directories of the default parents ([`crate::plan::DEFAULT_PARENT`],
+/// [`crate::plan::DEFAULT_OVERHEAD_PARENT`]) that hold some of
+/// `planned` (cgroup directories with their mounts).
+fn default_parent_dirs(planned: &[(PathBuf, PathBuf)]) -> Vec<PathBuf> {
+    let defaults = [
+        crate::plan::DEFAULT_PARENT,
+        crate::plan::DEFAULT_OVERHEAD_PARENT,
+    ];
+    let mut dirs: Vec<PathBuf> = planned
+        .iter()
+        .filter_map(|(dir, mount)| {
+            let parent = dir.parent()?;
+            defaults
+                .iter()
+                .any(|d| parent == mount.join(d.trim_start_matches('/')))
+                .then(|| parent.to_owned())
+        })
+        .collect();
+    dirs.sort();
+    dirs.dedup();
+    dirs
 }
 
 /// Removes the created directories that are not planned cgroups, deepest

@@ -443,6 +443,60 @@ fn v1_default_parents_are_removed_only_when_empty() {
     assert_eq!(leftovers(&roots.v1, &shared), Vec::<PathBuf>::new());
 }
 
+/// The default parents are every sandbox's: the last to leave removes
+/// them, even when another made them (that left them, empty, in every
+/// controller after concurrent sandboxes).
+#[test]
+fn v1_the_last_sandbox_out_removes_the_default_parents() {
+    let roots = require_root_v1();
+    let (a, b) = (unique("default-a"), unique("default-b"));
+    let config = |id: &str| SandboxCgroupConfig {
+        location: CgroupLocation::Parent(crate::plan::DEFAULT_PARENT.into()),
+        overhead_parent: crate::plan::DEFAULT_OVERHEAD_PARENT.into(),
+        ..v1_config(id, false)
+    };
+    let (pa, pb) = (
+        plan(&config(&a), &[]).unwrap(),
+        plan(&config(&b), &[]).unwrap(),
+    );
+    let parents = || {
+        roots.v1.iter().flat_map(|(_, point)| {
+            [
+                crate::plan::DEFAULT_PARENT,
+                crate::plan::DEFAULT_OVERHEAD_PARENT,
+            ]
+            .map(|p| point.join(p.trim_start_matches('/')))
+        })
+    };
+    let (mut ma, mut mb) = (v1(&roots), v1(&roots));
+    ma.apply(&pa, &SandboxTasks::default()).unwrap();
+    mb.apply(&pb, &SandboxTasks::default()).unwrap();
+    // b made no parent; a leaves first, b still inside.
+    assert!(
+        mb.state()
+            .created
+            .iter()
+            .all(|c| !c.ends_with("virtcontainers"))
+    );
+    ma.delete().unwrap();
+    assert!(dir(&roots, "cpu", &pb.sandbox.path).exists());
+    assert!(parents().any(|p| p.exists()), "b's parents went under it");
+    mb.delete().unwrap();
+    // Another sandbox of this host (not this test's) may still be in one.
+    let left: Vec<PathBuf> = parents()
+        .filter(|p| {
+            std::fs::read_dir(p).is_ok_and(|entries| {
+                !entries
+                    .flatten()
+                    .any(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+            })
+        })
+        .collect();
+    assert_eq!(left, Vec::<PathBuf>::new(), "empty default parents left");
+    assert_eq!(leftovers(&roots.v1, &a), Vec::<PathBuf>::new());
+    assert_eq!(leftovers(&roots.v1, &b), Vec::<PathBuf>::new());
+}
+
 #[test]
 fn v1_a_failure_at_any_step_unwinds_everything() {
     let roots = require_root_v1();

@@ -19,10 +19,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 use slog::Logger;
-use vc_cgroups_host::plan::{
-    CgroupLocation, ContainerResources, DEFAULT_OVERHEAD_PARENT, DEFAULT_PARENT,
-    SandboxCgroupConfig,
-};
+use vc_cgroups_host::plan::{ContainerResources, SandboxCgroupConfig};
 use vc_cgroups_host::{
     CgroupManager, CgroupRoots, CgroupsState, HostCgroups, JournalError, SandboxTasks,
 };
@@ -168,7 +165,6 @@ impl SandboxCgroups {
     /// parents made for them when empty, and the record.
     pub(crate) fn delete(mut self) -> Result<(), Error> {
         self.manager.delete().map_err(Error::cgroups("delete"))?;
-        remove_idle_default_parents(&self.roots, &self.config);
         match std::fs::remove_file(&self.file) {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
@@ -196,81 +192,5 @@ impl SandboxCgroups {
     pub(crate) fn overhead_path(&self) -> Option<String> {
         let plan = self.manager.state().plan.as_ref()?;
         Some(plan.overhead.as_ref()?.path.to_string())
-    }
-}
-
-/// Removes the SDK's own default parents (`/virtcontainers`,
-/// `/virtcontainers_overhead`) when no sandbox is left in them,
-/// whichever sandbox made them: sandboxes share them, and the one that
-/// made a parent is not always the last to leave it. A parent of the
-/// user's choosing stays unless this sandbox made it (the applier's
-/// rule). A sandbox being created meanwhile makes the parent again
-/// (the applier retries a parent removed under it).
-fn remove_idle_default_parents(roots: &CgroupRoots, config: &SandboxCgroupConfig) {
-    let mut parents = Vec::new();
-    if config.location == CgroupLocation::Parent(DEFAULT_PARENT.into()) {
-        parents.push(DEFAULT_PARENT);
-    }
-    if config.overhead_parent == DEFAULT_OVERHEAD_PARENT {
-        parents.push(DEFAULT_OVERHEAD_PARENT);
-    }
-    let mounts = roots.v1.iter().map(|(_, mount)| mount.to_owned());
-    for mount in mounts.chain(roots.v2.clone()) {
-        for parent in &parents {
-            // Busy (another sandbox inside) or already gone: both mean
-            // there is nothing to do.
-            let _ = std::fs::remove_dir(mount.join(parent.trim_start_matches('/')));
-        }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use vc_cgroups_host::plan::{CgroupDriver, CgroupVersion};
-
-    #[test]
-    fn idle_default_parents_go_busy_and_chosen_ones_stay() {
-        let dir = tempfile::tempdir().unwrap();
-        let (cpu, memory) = (dir.path().join("cpu"), dir.path().join("memory"));
-        let mountinfo = dir.path().join("mountinfo");
-        std::fs::write(
-            &mountinfo,
-            format!(
-                "32 31 0:29 / {} rw - cgroup cgroup rw,cpu\n35 31 0:32 / {} rw - cgroup cgroup rw,memory\n",
-                cpu.display(),
-                memory.display()
-            ),
-        )
-        .unwrap();
-        let roots = CgroupRoots::discover_from(&mountinfo).unwrap();
-        // Idle in cpu; in memory another sandbox still lives in the
-        // overhead parent; a parent the user chose, empty.
-        for d in [
-            cpu.join("virtcontainers"),
-            cpu.join("virtcontainers_overhead"),
-            memory.join("virtcontainers"),
-            memory.join("virtcontainers_overhead/other"),
-            cpu.join("mine"),
-        ] {
-            std::fs::create_dir_all(d).unwrap();
-        }
-        let mut config = SandboxCgroupConfig::new(
-            "sb".parse().unwrap(),
-            CgroupDriver::Cgroupfs,
-            CgroupVersion::V1,
-        );
-        assert_eq!(
-            config.location,
-            CgroupLocation::Parent(DEFAULT_PARENT.into())
-        );
-        remove_idle_default_parents(&roots, &config);
-        assert!(!cpu.join("virtcontainers").exists());
-        assert!(!memory.join("virtcontainers").exists());
-        assert!(memory.join("virtcontainers_overhead/other").exists());
-        assert!(!cpu.join("virtcontainers_overhead").exists());
-        config.location = CgroupLocation::Parent("/mine".into());
-        remove_idle_default_parents(&roots, &config);
-        assert!(cpu.join("mine").exists(), "a parent of the user's stays");
     }
 }
