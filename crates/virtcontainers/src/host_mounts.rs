@@ -99,7 +99,6 @@ pub(crate) fn unbind(target: &Path) -> Result<(), Error> {
 }
 
 /// Whether `path` is a mount point in this process's mount namespace.
-#[cfg(test)]
 pub(crate) fn is_mounted(path: &Path) -> bool {
     vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
         .map(|table| table.iter().any(|m| m.mount_point == path))

@@ -328,20 +328,49 @@ async fn until_ready(pool: &VmPool, ready: usize) {
     }
 }
 
-/// A pool of 2: three sandboxes in a row each get a booted VM (the third
-/// waits for the refill that began when the first was taken) and run
-/// their container; the pool refills, and its shutdown stops what it
-/// holds and leaves nothing.
+/// A pool of 2 whose VMs are warmed up: each VM ran the warm-up
+/// container (it wrote a file into a host volume) before it joined the
+/// pool; three sandboxes in a row each get a booted VM (the third waits
+/// for a refill, which a waiting take starts at once) and run their
+/// container; the pool refills, and its shutdown stops what it holds and
+/// leaves nothing: no warm-up mount, file or process.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_pool_of_two_serves_three_sandboxes_in_a_row() {
     let _serial = vm_lock_async().await;
     let env = Env::new("pool");
     let before = HostSnapshot::take();
     let capture = LogCapture::new();
-    let pool = VmPool::start(pool_config(&env, 2), capture.logger())
-        .await
-        .unwrap();
+    let warmed = env.dir.path().join("warmed");
+    std::fs::create_dir(&warmed).unwrap();
+    let mut pool_config = pool_config(&env, 2);
+    pool_config.warm_up = Some(env.bundle_of(
+        "warm-up",
+        ContainerSpec::new(
+            shared_busybox_rootfs(),
+            &["sh", "-c", "echo ran > /out/$(hostname)-$$-$(head -c 4 /dev/urandom | od -An -tx1 | tr -d ' ')"],
+        )
+        .bind(&warmed, "/out", &["rbind", "rw"])
+        .tmpfs("/dev", &[]),
+    ));
+    let pool = VmPool::start(pool_config, capture.logger()).await.unwrap();
     until_ready(&pool, 2).await;
+    let warm_ups = || std::fs::read_dir(&warmed).unwrap().count();
+    assert_eq!(warm_ups(), 2, "one warm-up per VM: {}", capture.text());
+    let slots: Vec<_> = std::fs::read_dir(pool.dir())
+        .unwrap()
+        .flatten()
+        .filter(|e| e.path().join("share").is_dir())
+        .map(|e| e.path().join("share"))
+        .collect();
+    assert_eq!(slots.len(), 2);
+    for share in &slots {
+        assert_eq!(
+            std::fs::read_dir(share).unwrap().count(),
+            0,
+            "{} not empty after the warm-up",
+            share.display()
+        );
+    }
     let factory: Arc<dyn VmFactory> = Arc::new(PoolFactory::local(pool.clone()));
     let mut ids = Vec::new();
     for n in 0..3 {
@@ -370,6 +399,7 @@ async fn a_pool_of_two_serves_three_sandboxes_in_a_row() {
     assert_eq!(cold.count(), 0, "{}", capture.text());
     assert_eq!(pool.counts().handed_over, 3);
     until_ready(&pool, 2).await;
+    assert_eq!(warm_ups(), 5, "the refills were warmed up too");
     pool.shutdown().await.unwrap();
     assert!(!pool.dir().exists(), "{} left", pool.dir().display());
     let dir = env.dir.path().display().to_string();

@@ -40,6 +40,7 @@ mod client;
 mod core;
 mod qemu;
 mod server;
+mod warm_up;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -110,6 +111,17 @@ pub struct PoolConfig {
     /// other work (shared caches, and the host's own CPUs may be
     /// shared), and a sandbox start is the moment that latency counts.
     pub refill_delay: Duration,
+    /// A container run to its end in each VM before it joins the pool
+    /// (for instance `true` in the image your sandboxes use), through the
+    /// calls a sandbox makes; then removed, nothing of it left in the VM
+    /// or the pool's directory. Under TCG a VM's first container costs
+    /// about twice its next ones (guest code is translated on first use);
+    /// the warm-up pays that while the VM waits in the pool instead of
+    /// during a sandbox start. Its rootfs and mounts are shared into the
+    /// VM as a sandbox container's are (writable, as they would be); its
+    /// output is read and dropped; a non-zero exit is logged, not an
+    /// error. Default: none.
+    pub warm_up: Option<crate::config::ContainerConfig>,
 }
 
 impl PoolConfig {
@@ -125,6 +137,7 @@ impl PoolConfig {
             outlive_owner: false,
             take_wait: Duration::from_secs(60),
             refill_delay: DEFAULT_REFILL_DELAY,
+            warm_up: None,
         }
     }
 }
@@ -151,11 +164,16 @@ impl std::fmt::Debug for VmPool {
 }
 
 impl VmPool {
-    /// Checks the prototype, takes the pool's directory (one pool per
+    /// Checks the prototype (and the warm-up container), takes the pool's directory (one pool per
     /// directory), ends what a pool killed there left, and starts filling
     /// the pool in the background.
     pub async fn start(config: PoolConfig, logger: Logger) -> Result<Arc<Self>, Error> {
         let plan = plan_sandbox(&config.prototype)?;
+        if let Some(container) = &config.warm_up {
+            // A warm-up that cannot run is an error now, not a pool that
+            // never fills.
+            crate::plan::plan_container(container)?;
+        }
         let lifetime = match config.outlive_owner {
             true => ProcessLifetime::OutlivesOwner,
             false => config.prototype.lifetime.into(),
@@ -180,6 +198,7 @@ impl VmPool {
             template: config.template.clone().map(TemplateFactory::new),
             start_timeout: config.prototype.vm.start_timeout,
             background: crate::process::can_leave_idle_class(),
+            warm_up: config.warm_up.clone(),
             logger: logger.clone(),
         };
         info!(logger, "VM pool starting"; "size" => config.size, "lifetime" => ?lifetime,

@@ -50,6 +50,8 @@ pub(crate) struct QemuSpawner {
     /// Boot VMs in the `SCHED_IDLE` class (this process can move them
     /// back to the normal one at hand-over).
     pub(crate) background: bool,
+    /// Run in each VM before it is ready ([`super::PoolConfig::warm_up`]).
+    pub(crate) warm_up: Option<crate::config::ContainerConfig>,
     pub(crate) logger: Logger,
 }
 
@@ -117,7 +119,22 @@ impl QemuSpawner {
             Some(_) => crate::template::refresh(&qemu.agent_endpoint(), left, &self.logger).await,
             None => agent_ready(&qemu.agent_endpoint(), left, &self.logger).await,
         };
-        if let Err(e) = ready {
+        let warmed = match (ready, &self.warm_up) {
+            (Ok(()), Some(container)) => {
+                let left = deadline.saturating_duration_since(Instant::now());
+                let share = self.dir.join(n.to_string()).join("share");
+                super::warm_up::warm_up(
+                    &qemu.agent_endpoint(),
+                    &share,
+                    container,
+                    left,
+                    &self.logger,
+                )
+                .await
+            }
+            (ready, _) => ready,
+        };
+        if let Err(e) = warmed {
             let _ = qemu.stop(STOP_TIMEOUT).await;
             return Err(e);
         }
@@ -188,14 +205,39 @@ impl Spawner for QemuSpawner {
 }
 
 /// Removes a slot's directories (its runtime dir holds only sockets and
-/// logs; its share is empty).
+/// logs; its share is empty, but for a warm-up's bind mounts if the pool
+/// was killed during one: undone first).
 pub(crate) fn remove_slot(slot: &Path, logger: &Logger) {
+    if let Err(e) = unbind_warm_up_leftovers(&slot.join("share")) {
+        warn!(logger, "undoing a pool warm-up's mounts"; "error" => crate::error::chain(&e));
+    }
     let removed = crate::sandbox::remove_runtime_dir(&slot.join("vm"))
         .and_then(|()| crate::sandbox::remove_empty_dir(&slot.join("share")))
         .and_then(|()| crate::sandbox::remove_empty_dir(slot));
     if let Err(e) = removed {
         warn!(logger, "removing a pool VM's directory"; "error" => crate::error::chain(&e));
     }
+}
+
+/// Undoes the bind mounts a warm-up makes in a slot's share (a container
+/// dir's `rootfs` and `mounts/<n>`: nothing else is ever mounted there)
+/// and removes the directories that held them.
+fn unbind_warm_up_leftovers(share: &Path) -> Result<(), Error> {
+    let Ok(containers) = std::fs::read_dir(share) else {
+        return Ok(());
+    };
+    let mut targets = Vec::new();
+    for dir in containers.flatten().map(|e| e.path()) {
+        targets.push(dir.join("rootfs"));
+        if let Ok(mounts) = std::fs::read_dir(dir.join("mounts")) {
+            targets.extend(mounts.flatten().map(|e| e.path()));
+        }
+    }
+    let mounted: Vec<PathBuf> = targets
+        .into_iter()
+        .filter(|t| crate::host_mounts::is_mounted(t))
+        .collect();
+    crate::sandbox::unbind_all(&mounted)
 }
 
 /// A hand-over that did not happen, and the VM when it can go back to
@@ -280,4 +322,39 @@ fn move_dir(from: &Path, to: &Path) -> Result<(), Error> {
 /// that dies with the pool's process cannot outlive it.
 pub(crate) fn lifetime_fits(pool: ProcessLifetime, wanted: ProcessLifetime) -> bool {
     pool == ProcessLifetime::OutlivesOwner || pool == wanted
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use vc_test_support::require_root;
+
+    /// A pool killed during a warm-up leaves its binds in the slot's
+    /// share: removing the slot undoes them, leaving nothing.
+    #[test]
+    fn a_slot_left_during_a_warm_up_is_removed_with_its_mounts() {
+        require_root();
+        let dir = tempfile::tempdir().unwrap();
+        let (rootfs, file) = (dir.path().join("rootfs"), dir.path().join("hosts"));
+        std::fs::create_dir(&rootfs).unwrap();
+        std::fs::write(rootfs.join("bin"), "busybox").unwrap();
+        std::fs::write(&file, "127.0.0.1 localhost\n").unwrap();
+        let slot = dir.path().join("pool/3");
+        std::fs::create_dir_all(slot.join("vm")).unwrap();
+        let container = slot.join("share/warm-up");
+        let targets = [container.join("rootfs"), container.join("mounts/0")];
+        crate::host_mounts::bind(&rootfs, &targets[0], false).unwrap();
+        crate::host_mounts::bind(&file, &targets[1], true).unwrap();
+        assert!(targets.iter().all(|t| crate::host_mounts::is_mounted(t)));
+        let logger = slog::Logger::root(slog::Discard, slog::o!());
+        remove_slot(&slot, &logger);
+        assert!(targets.iter().all(|t| !crate::host_mounts::is_mounted(t)));
+        assert!(!slot.exists(), "the slot stays");
+        // The sources are untouched.
+        assert_eq!(
+            std::fs::read_to_string(rootfs.join("bin")).unwrap(),
+            "busybox"
+        );
+        assert!(file.is_file());
+    }
 }
