@@ -6,7 +6,7 @@
 //! sudo cargo run --release --example factory -- init    [--vcpus N] [--memory-mib M] [--debug]
 //! sudo cargo run --release --example factory -- status
 //! sudo cargo run --release --example factory -- destroy
-//! sudo cargo run --release --example factory -- serve --pool N [--template]
+//! sudo cargo run --release --example factory -- serve --pool N [--template] [--warm-up]
 //! ```
 //!
 //! The template (in `/run/vc/template`) is made for the sandboxes of the
@@ -15,7 +15,9 @@
 //! clones it; a sandbox that differs boots cold and the log says which
 //! field differed. `serve` keeps N VMs booted (cloned from the template
 //! with `--template`) and hands them to `run --factory pool` over
-//! `/run/vc/pool.sock` until Ctrl-C, then stops the VMs it still holds.
+//! `/run/vc/pool.sock` until Ctrl-C, then stops the VMs it still holds;
+//! with `--warm-up` each VM first runs `true` in a busybox container (a
+//! VM's first container costs about twice its next ones under TCG).
 //!
 //! Templates are opt-in: clones share their template's memory pages, a
 //! side channel between them (see `virtcontainers::template`).
@@ -30,11 +32,12 @@ mod common;
 use anyhow::{Result, bail, ensure};
 use clap::{Parser, Subcommand};
 use tokio::signal::unix::{SignalKind, signal};
+use virtcontainers::oci_spec::runtime::{ProcessBuilder, RootBuilder, SpecBuilder};
 use virtcontainers::pool::{DEFAULT_POOL_DIR, DEFAULT_POOL_SOCKET};
 use virtcontainers::template::DEFAULT_TEMPLATE_DIR;
 use virtcontainers::{
-    FsShareKind, PoolConfig, SandboxConfig, TemplateConfig, TemplateFactory, TemplateStatus,
-    VmConfig, VmPool,
+    ContainerConfig, FsShareKind, PoolConfig, SandboxConfig, TemplateConfig, TemplateFactory,
+    TemplateStatus, VmConfig, VmPool,
 };
 
 /// Make, inspect or remove the VM template; serve a pool of VMs.
@@ -81,6 +84,10 @@ enum Command {
         /// Clone the VMs from the template instead of booting them.
         #[arg(long)]
         template: bool,
+        /// Run `true` in a busybox container in each VM before it joins
+        /// the pool (from the host's busybox-static).
+        #[arg(long)]
+        warm_up: bool,
         /// The socket to serve on.
         #[arg(long, default_value = DEFAULT_POOL_SOCKET)]
         socket: PathBuf,
@@ -188,25 +195,67 @@ async fn run(args: Args) -> Result<ExitCode> {
         Command::Serve {
             pool,
             template,
+            warm_up,
             socket,
             shape,
         } => {
-            serve(&args, *pool, *template, socket, shape, logger).await?;
+            let pool = Pool {
+                size: *pool,
+                template: *template,
+                warm_up: *warm_up,
+            };
+            serve(&args, &pool, socket, shape, logger).await?;
         }
     }
     Ok(ExitCode::SUCCESS)
 }
 
-async fn serve(
-    args: &Args,
+/// The pool `serve` keeps.
+struct Pool {
     size: usize,
     template: bool,
+    warm_up: bool,
+}
+
+/// A busybox container running `true`, in `dir` (rootfs and bundle).
+fn warm_up_container(dir: &std::path::Path) -> Result<ContainerConfig> {
+    let rootfs = dir.join("rootfs");
+    vc_guest_image::rootfs::busybox_rootfs(
+        &rootfs,
+        std::path::Path::new(vc_guest_image::rootfs::DEFAULT_BUSYBOX),
+    )?;
+    let spec = SpecBuilder::default()
+        .root(RootBuilder::default().path(&rootfs).build()?)
+        .process(
+            ProcessBuilder::default()
+                .args(vec!["true".to_owned()])
+                .cwd("/")
+                .build()?,
+        )
+        .build()?;
+    let bundle = dir.join("bundle");
+    std::fs::create_dir_all(&bundle)?;
+    spec.save(bundle.join("config.json"))?;
+    Ok(ContainerConfig::from_bundle("warm-up".parse()?, bundle)?)
+}
+
+async fn serve(
+    args: &Args,
+    pool: &Pool,
     socket: &std::path::Path,
     shape: &Shape,
     logger: slog::Logger,
 ) -> Result<()> {
+    let (size, template, warm_up) = (pool.size, pool.template, pool.warm_up);
     let mut config = PoolConfig::new(prototype(shape)?, size);
     config.dir = DEFAULT_POOL_DIR.into();
+    // Kept until the pool stops: its VMs' warm-ups share the rootfs.
+    let work = tempfile::Builder::new()
+        .prefix("vc-pool-warm-up")
+        .tempdir()?;
+    if warm_up {
+        config.warm_up = Some(warm_up_container(work.path())?);
+    }
     // Handed to other processes: the VMs must not die with this one.
     config.outlive_owner = true;
     if template {
@@ -217,12 +266,13 @@ async fn serve(
     }
     let pool: Arc<VmPool> = VmPool::start(config, logger).await?;
     println!(
-        "serving a pool of {size} VM(s) ({}) on {}; Ctrl-C stops it",
+        "serving a pool of {size} VM(s) ({}{}) on {}; Ctrl-C stops it",
         if template {
             "cloned from the template"
         } else {
             "booted"
         },
+        if warm_up { ", warmed up" } else { "" },
         socket.display()
     );
     let mut interrupt = signal(SignalKind::interrupt())?;

@@ -39,7 +39,6 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 use std::time::Duration;
 
 mod common;
@@ -52,11 +51,10 @@ use virtcontainers::oci_spec::runtime::{
     LinuxBuilder, LinuxCpuBuilder, LinuxMemoryBuilder, LinuxResourcesBuilder, ProcessBuilder,
     RootBuilder, SpecBuilder,
 };
-use virtcontainers::vc_hypervisor::QemuOptions;
 use virtcontainers::{
     CgroupsConfig, ContainerConfig, ContainerId, FsShareConfig, FsShareKind, NetnsConfig,
-    NetworkConfig, Paths, PoolFactory, ProcessIo, QemuFactory, Sandbox, SandboxConfig, Signal,
-    TemplateConfig, TemplateFactory, VmConfig, VmFactory, create_sandbox, reclaim_stale,
+    NetworkConfig, Paths, ProcessIo, Sandbox, SandboxConfig, Signal, VmConfig, create_sandbox,
+    reclaim_stale,
 };
 
 /// Run a command in a container inside a VM.
@@ -117,7 +115,7 @@ struct Args {
     bundle: Option<PathBuf>,
     /// Where the VM comes from: a cold boot, the VM template (`factory
     /// init`), or the pool `factory serve` keeps.
-    #[arg(long, value_parser = ["cold", "template", "pool"], default_value = "cold")]
+    #[arg(long, value_parser = common::FACTORIES, default_value = "cold")]
     factory: String,
     /// The command and its arguments.
     #[arg(
@@ -237,7 +235,7 @@ async fn run(args: Args) -> Result<ExitCode> {
     let config = sandbox_config(&args, work.path(), paths)?;
     let terminal = config.containers.first().is_some_and(has_terminal);
     let created = std::time::Instant::now();
-    let sandbox = create_sandbox(config, vm_factory(&args.factory), logger.clone())
+    let sandbox = create_sandbox(config, common::vm_factory(&args.factory), logger.clone())
         .await
         .context("creating the sandbox")?;
     if args.debug {
@@ -257,18 +255,6 @@ async fn run(args: Args) -> Result<ExitCode> {
     let code = result?;
     deleted.context("cleaning up the sandbox")?;
     Ok(common::exit_code(code))
-}
-
-/// The VM factory `--factory` names.
-fn vm_factory(name: &str) -> Arc<dyn VmFactory> {
-    match name {
-        "template" => Arc::new(TemplateFactory::new(TemplateConfig::default())),
-        "pool" => Arc::new(PoolFactory::remote(
-            virtcontainers::pool::DEFAULT_POOL_SOCKET,
-            QemuOptions::default(),
-        )),
-        _ => Arc::new(QemuFactory::default()),
-    }
 }
 
 /// The sandbox for the command: its VM, cgroups, share and one container.

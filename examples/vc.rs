@@ -3,6 +3,8 @@
 //!
 //! ```text
 //! sudo vc create --bundle DIR ID      # VM up, container created, returns
+//!        [--factory cold|template|pool] # the VM: booted, cloned from `factory init`'s
+//!                                       # template, or taken from `factory serve`'s pool
 //! sudo vc start ID                    # starts it; streams its output until it exits
 //! sudo vc exec ID -- CMD ARGS...      # an extra process; exits with its code
 //! sudo vc kill ID [SIGNAL] [--all]    # SIGTERM by default; names or numbers
@@ -27,8 +29,8 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 use virtcontainers::oci_spec::runtime::ProcessBuilder;
 use virtcontainers::{
-    ContainerConfig, ContainerId, ExecId, Paths, QemuFactory, SandboxConfig, SandboxId,
-    SandboxLifetime, Signal, VmConfig, cleanup_container, create_sandbox, fetch_sandbox,
+    ContainerConfig, ContainerId, ExecId, FsShareKind, Paths, QemuFactory, SandboxConfig,
+    SandboxId, SandboxLifetime, Signal, VmConfig, cleanup_container, create_sandbox, fetch_sandbox,
     reclaim_stale,
 };
 
@@ -59,6 +61,11 @@ enum Command {
         /// Guest initramfs (default: target/vc-guest-agent-image/initramfs.cpio).
         #[arg(long)]
         initrd: Option<PathBuf>,
+        /// Where the VM comes from: a cold boot, the VM template (`factory
+        /// init`), or the pool `factory serve` keeps; a template or pool
+        /// VM that does not match boots cold (logged with `--debug`).
+        #[arg(long, value_parser = common::FACTORIES, default_value = "cold")]
+        factory: String,
         /// The container (and sandbox) id.
         id: ContainerId,
     },
@@ -137,6 +144,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             bundle,
             kernel,
             initrd,
+            factory: from,
             id,
         } => {
             let image = common::image_dir();
@@ -147,13 +155,18 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             let mut config = SandboxConfig::new(sandbox_of(&id)?, vm);
             config.paths = paths;
             config.lifetime = SandboxLifetime::UntilDeleted;
+            if from != "cold" {
+                // A clone's guest memory is private to it: virtio-fs, which
+                // needs it shared, cannot serve it.
+                config.fs_share.kind = FsShareKind::NineP;
+            }
             let bundle = bundle
                 .canonicalize()
                 .with_context(|| format!("bundle {}", bundle.display()))?;
             config
                 .containers
                 .push(ContainerConfig::from_bundle(id, bundle)?);
-            create_sandbox(config, factory, logger).await?;
+            create_sandbox(config, common::vm_factory(&from), logger).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Start { id } => {

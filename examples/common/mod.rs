@@ -1,9 +1,11 @@
 //! What the examples share: their logger, the guest image's place, the
-//! async runtime around `main`, stream copying and error chains.
+//! async runtime around `main`, the VM factory `--factory` names, stream
+//! copying and error chains.
 
 use std::future::Future;
 use std::path::PathBuf;
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use slog::{Drain, o};
 
@@ -51,6 +53,26 @@ pub fn logger(debug: bool) -> slog::Logger {
         .build()
         .fuse();
     slog::Logger::root(drain, o!())
+}
+
+/// The names `--factory` takes: where a sandbox's VM comes from.
+#[allow(dead_code)] // Only the examples that create sandboxes use it.
+pub const FACTORIES: [&str; 3] = ["cold", "template", "pool"];
+
+/// The VM factory `--factory` names: a cold boot, a clone of the template
+/// `factory init` made, or a VM of the pool `factory serve` keeps (both
+/// at their default places).
+#[allow(dead_code)] // Only the examples that create sandboxes use it.
+pub fn vm_factory(name: &str) -> Arc<dyn virtcontainers::VmFactory> {
+    use virtcontainers::{PoolFactory, QemuFactory, TemplateConfig, TemplateFactory};
+    match name {
+        "template" => Arc::new(TemplateFactory::new(TemplateConfig::default())),
+        "pool" => Arc::new(PoolFactory::remote(
+            virtcontainers::pool::DEFAULT_POOL_SOCKET,
+            virtcontainers::vc_hypervisor::QemuOptions::default(),
+        )),
+        _ => Arc::new(QemuFactory::default()),
+    }
 }
 
 /// Where `make guest-image` puts the image.
