@@ -86,7 +86,11 @@ pub(crate) fn set_background(pid: u32, background: bool) -> std::io::Result<()> 
     for _ in 0..8 {
         let mut found_new = false;
         for task in std::fs::read_dir(format!("/proc/{pid}/task"))? {
-            let Some(tid) = task?.file_name().to_str().and_then(|t| t.parse::<i32>().ok()) else {
+            let Some(tid) = task?
+                .file_name()
+                .to_str()
+                .and_then(|t| t.parse::<i32>().ok())
+            else {
                 continue;
             };
             if !done.insert(tid) {
@@ -143,7 +147,10 @@ mod tests {
         let pid = child.id();
         let deadline = std::time::Instant::now() + Duration::from_secs(10);
         while threads(pid).len() < 4 {
-            assert!(std::time::Instant::now() < deadline, "python3 made no threads");
+            assert!(
+                std::time::Instant::now() < deadline,
+                "python3 made no threads"
+            );
             std::thread::sleep(Duration::from_millis(10));
         }
         set_background(pid, true).unwrap();
