@@ -16,6 +16,53 @@ use vc_hypervisor::{
 
 use crate::error::Error;
 
+/// `impl VmFactory for $ty { ... }` for a factory that starts VMs its own
+/// way (a clone, a VM from a pool) and leaves the rest to the cold
+/// factory it falls back to, its field `cold`: checking and preparing a
+/// VM, taking one over from its state, connecting to its agent. The
+/// block holds the factory's own methods (`start_vm`).
+macro_rules! impl_vm_factory_with_cold_fallback {
+    ($ty:ty { $($own:tt)* }) => {
+        #[async_trait::async_trait]
+        impl crate::factory::VmFactory for $ty {
+            fn check_vm(
+                &self,
+                config: &vc_hypervisor::HypervisorConfig,
+            ) -> Result<(), crate::error::Error> {
+                self.cold.check_vm(config)
+            }
+
+            fn new_vm(
+                &self,
+                config: vc_hypervisor::HypervisorConfig,
+                logger: &slog::Logger,
+            ) -> Result<std::sync::Arc<dyn vc_hypervisor::Hypervisor>, crate::error::Error> {
+                self.cold.new_vm(config, logger)
+            }
+
+            async fn attach_vm(
+                &self,
+                state: vc_hypervisor::HypervisorState,
+                logger: &slog::Logger,
+            ) -> Result<std::sync::Arc<dyn vc_hypervisor::Hypervisor>, crate::error::Error> {
+                self.cold.attach_vm(state, logger).await
+            }
+
+            async fn connect_agent(
+                &self,
+                endpoint: &vc_hypervisor::AgentEndpoint,
+                config: vc_agent_client::AgentConfig,
+                logger: &slog::Logger,
+            ) -> Result<std::sync::Arc<dyn vc_agent_client::Agent>, crate::error::Error> {
+                self.cold.connect_agent(endpoint, config, logger).await
+            }
+
+            $($own)*
+        }
+    };
+}
+pub(crate) use impl_vm_factory_with_cold_fallback;
+
 /// Provides a sandbox's VM and agent.
 #[async_trait]
 pub trait VmFactory: Send + Sync {

@@ -46,13 +46,10 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use async_trait::async_trait;
 use slog::{Logger, info, warn};
-use vc_agent_client::{Agent, AgentConfig};
 use vc_hypervisor::process::ProcessLedger;
 use vc_hypervisor::{
-    AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, ProcessLifetime, Qemu,
-    QemuOptions,
+    Hypervisor, HypervisorConfig, HypervisorState, ProcessLifetime, Qemu, QemuOptions,
 };
 
 pub use self::client::status as remote_status;
@@ -64,7 +61,7 @@ use self::qemu::{HandOverError, QemuSpawner, hand_over, lifetime_fits, remove_sl
 use crate::config::SandboxConfig;
 use crate::dir_lock::DirLock;
 use crate::error::Error;
-use crate::factory::{QemuFactory, VmFactory, plug_nics, split_nics};
+use crate::factory::{QemuFactory, plug_nics, split_nics};
 use crate::persist::LockMode;
 use crate::plan::plan_sandbox;
 use crate::template::{KeyMismatch, TemplateConfig, TemplateFactory, TemplateKey};
@@ -396,59 +393,32 @@ impl PoolFactory {
     }
 }
 
-#[async_trait]
-impl VmFactory for PoolFactory {
-    fn check_vm(&self, config: &HypervisorConfig) -> Result<(), Error> {
-        self.cold.check_vm(config)
-    }
-
-    fn new_vm(
-        &self,
-        config: HypervisorConfig,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        self.cold.new_vm(config, logger)
-    }
-
-    /// A VM from the pool, owned by the caller from now on; a cold boot
-    /// when the pool cannot serve `config`.
-    async fn start_vm(
-        &self,
-        config: HypervisorConfig,
-        timeout: Duration,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let mut bare = config.clone();
-        let nics = split_nics(&mut bare);
-        let Some(state) = self.take(&bare, logger).await else {
-            return self.cold.start_vm(config, timeout, logger).await;
-        };
-        match Qemu::adopt(state, logger.clone()).await {
-            Ok(vm) => plug_nics(Arc::new(vm), nics, logger).await,
-            Err(e) => {
-                // Moved into the sandbox's runtime dir, owned by nobody:
-                // end it from its ledger there.
-                end_orphan(&config.runtime_dir, logger).await;
-                Err(Error::hypervisor("take over a VM from the pool")(e))
+crate::factory::impl_vm_factory_with_cold_fallback! {
+    PoolFactory {
+        /// A VM from the pool, owned by the caller from now on; a cold boot
+        /// when the pool cannot serve `config`.
+        async fn start_vm(
+            &self,
+            config: HypervisorConfig,
+            timeout: Duration,
+            logger: &Logger,
+        ) -> Result<Arc<dyn Hypervisor>, Error> {
+            let mut bare = config.clone();
+            let nics = split_nics(&mut bare);
+            let Some(state) = self.take(&bare, logger).await else {
+                return self.cold.start_vm(config, timeout, logger).await;
+            };
+            match Qemu::adopt(state, logger.clone()).await {
+                Ok(vm) => plug_nics(Arc::new(vm), nics, logger).await,
+                Err(e) => {
+                    // Moved into the sandbox's runtime dir, owned by nobody:
+                    // end it from its ledger there.
+                    end_orphan(&config.runtime_dir, logger).await;
+                    Err(Error::hypervisor("take over a VM from the pool")(e))
+                }
             }
         }
-    }
 
-    async fn attach_vm(
-        &self,
-        state: HypervisorState,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        self.cold.attach_vm(state, logger).await
-    }
-
-    async fn connect_agent(
-        &self,
-        endpoint: &AgentEndpoint,
-        config: AgentConfig,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Agent>, Error> {
-        self.cold.connect_agent(endpoint, config, logger).await
     }
 }
 

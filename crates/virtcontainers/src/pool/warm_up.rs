@@ -18,7 +18,6 @@ use std::time::Duration;
 
 use slog::{Logger, debug, warn};
 use vc_agent_client::protocol::agent as pb;
-use vc_agent_client::protocol::convert;
 use vc_agent_client::{Agent, AgentConfig, TtrpcAgent};
 use vc_hypervisor::AgentEndpoint;
 
@@ -109,25 +108,8 @@ async fn run(
     container: &ContainerConfig,
     layout: &crate::container_spec::ContainerLayout,
 ) -> Result<i32, Error> {
-    for b in &layout.binds {
-        crate::host_mounts::bind(&b.source, &b.target, b.read_only)?;
-    }
+    crate::sandbox::create_from_layout(agent, &container.id, layout).await?;
     let id = container.id.as_str();
-    let spec = convert::spec_to_proto(&layout.spec).map_err(|e| Error::InvalidSpec {
-        container: container.id.clone(),
-        reason: e.to_string(),
-    })?;
-    let request = pb::CreateContainerRequest {
-        container_id: id.to_owned(),
-        exec_id: id.to_owned(),
-        storages: layout.storages.clone(),
-        OCI: Some(spec).into(),
-        ..Default::default()
-    };
-    agent
-        .create_container(request)
-        .await
-        .map_err(Error::agent("CreateContainer (pool warm-up)"))?;
     agent
         .start_container(id)
         .await

@@ -60,6 +60,34 @@ pub(crate) async fn remove_in_guest(agent: &dyn Agent, id: &ContainerId) -> Resu
         .map_err(Error::agent("RemoveContainer"))
 }
 
+/// Container `id` laid out as `layout`: its host binds made (the caller
+/// undoes them on error), then created in the guest.
+pub(crate) async fn create_from_layout(
+    agent: &dyn Agent,
+    id: &ContainerId,
+    layout: &crate::container_spec::ContainerLayout,
+) -> Result<(), Error> {
+    for b in &layout.binds {
+        host_mounts::bind(&b.source, &b.target, b.read_only)?;
+    }
+    let spec = convert::spec_to_proto(&layout.spec).map_err(|e| Error::InvalidSpec {
+        container: id.clone(),
+        reason: e.to_string(),
+    })?;
+    let request = pb::CreateContainerRequest {
+        container_id: id.to_string(),
+        exec_id: id.to_string(),
+        storages: layout.storages.clone(),
+        devices: layout.devices.clone(),
+        OCI: Some(spec).into(),
+        ..Default::default()
+    };
+    agent
+        .create_container(request)
+        .await
+        .map_err(Error::agent("CreateContainer"))
+}
+
 /// Unmounts the host bind mounts of a container (last first) and removes
 /// the directories that held them. Carries on past errors; returns the first.
 pub(crate) fn unbind_all(mounts: &[PathBuf]) -> Result<(), Error> {
@@ -249,25 +277,7 @@ impl Sandbox {
         config: &ContainerConfig,
         layout: &crate::container_spec::ContainerLayout,
     ) -> Result<(), Error> {
-        for b in &layout.binds {
-            host_mounts::bind(&b.source, &b.target, b.read_only)?;
-        }
-        let spec = convert::spec_to_proto(&layout.spec).map_err(|e| Error::InvalidSpec {
-            container: config.id.clone(),
-            reason: e.to_string(),
-        })?;
-        let request = pb::CreateContainerRequest {
-            container_id: config.id.to_string(),
-            exec_id: config.id.to_string(),
-            storages: layout.storages.clone(),
-            devices: layout.devices.clone(),
-            OCI: Some(spec).into(),
-            ..Default::default()
-        };
-        self.agent
-            .create_container(request)
-            .await
-            .map_err(Error::agent("CreateContainer"))
+        create_from_layout(self.agent.as_ref(), &config.id, layout).await
     }
 
     /// Freezes a running container.

@@ -33,7 +33,7 @@ use vc_types::{ContainerId, SandboxId};
 pub use cgroups::CgroupsRecord;
 pub use cleanup::{CleanupOutcome, cleanup_container};
 pub use container::ContainerStatus;
-pub(crate) use container::unbind_all;
+pub(crate) use container::{create_from_layout, unbind_all};
 pub use create::create_sandbox;
 pub use fetch::fetch_sandbox;
 pub use lifecycle::SandboxStatus;

@@ -49,12 +49,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
-use async_trait::async_trait;
 use slog::{Logger, info, warn};
 use vc_agent_client::{Agent, AgentConfig, TtrpcAgent};
-use vc_hypervisor::{
-    AgentEndpoint, Hypervisor, HypervisorConfig, HypervisorState, MemoryFile, QemuOptions,
-};
+use vc_hypervisor::{AgentEndpoint, Hypervisor, HypervisorConfig, MemoryFile, QemuOptions};
 
 pub use key::{FileIdentity, KeyMismatch, TemplateKey};
 pub use store::{DestroyReport, TemplateInfo, TemplateStatus};
@@ -296,61 +293,34 @@ pub(crate) async fn refresh_agent(agent: &dyn Agent) -> Result<(), Error> {
         .map_err(Error::agent("SetGuestDateTime"))
 }
 
-#[async_trait]
-impl VmFactory for TemplateFactory {
-    fn check_vm(&self, config: &HypervisorConfig) -> Result<(), Error> {
-        self.cold.check_vm(config)
-    }
-
-    fn new_vm(
-        &self,
-        config: HypervisorConfig,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        self.cold.new_vm(config, logger)
-    }
-
-    /// A clone when the template is usable and matches, else a cold boot;
-    /// a clone that fails to come up is logged and replaced by a cold boot.
-    /// A clone's NICs are hot-plugged once it runs (the template has
-    /// none).
-    async fn start_vm(
-        &self,
-        config: HypervisorConfig,
-        timeout: Duration,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        let started = Instant::now();
-        let mut bare = config.clone();
-        let nics = split_nics(&mut bare);
-        match self.clone_vm(&bare, timeout, logger).await {
-            Ok(Some(vm)) => {
-                info!(logger, "VM started from its template"; "took" => ?started.elapsed());
-                return plug_nics(vm, nics, logger).await;
+crate::factory::impl_vm_factory_with_cold_fallback! {
+    TemplateFactory {
+        /// A clone when the template is usable and matches, else a cold boot;
+        /// a clone that fails to come up is logged and replaced by a cold boot.
+        /// A clone's NICs are hot-plugged once it runs (the template has
+        /// none).
+        async fn start_vm(
+            &self,
+            config: HypervisorConfig,
+            timeout: Duration,
+            logger: &Logger,
+        ) -> Result<Arc<dyn Hypervisor>, Error> {
+            let started = Instant::now();
+            let mut bare = config.clone();
+            let nics = split_nics(&mut bare);
+            match self.clone_vm(&bare, timeout, logger).await {
+                Ok(Some(vm)) => {
+                    info!(logger, "VM started from its template"; "took" => ?started.elapsed());
+                    return plug_nics(vm, nics, logger).await;
+                }
+                Ok(None) => {}
+                Err(e) => {
+                    warn!(logger, "cloning the VM template failed: booting cold"; "error" => crate::error::chain(&e));
+                }
             }
-            Ok(None) => {}
-            Err(e) => {
-                warn!(logger, "cloning the VM template failed: booting cold"; "error" => crate::error::chain(&e));
-            }
+            let left = timeout.saturating_sub(started.elapsed());
+            self.cold.start_vm(config, left, logger).await
         }
-        let left = timeout.saturating_sub(started.elapsed());
-        self.cold.start_vm(config, left, logger).await
-    }
 
-    async fn attach_vm(
-        &self,
-        state: HypervisorState,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Hypervisor>, Error> {
-        self.cold.attach_vm(state, logger).await
-    }
-
-    async fn connect_agent(
-        &self,
-        endpoint: &AgentEndpoint,
-        config: AgentConfig,
-        logger: &Logger,
-    ) -> Result<Arc<dyn Agent>, Error> {
-        self.cold.connect_agent(endpoint, config, logger).await
     }
 }
