@@ -1,7 +1,7 @@
 //! A pool of booted VMs (Kata's VMCache): [`VmPool`] keeps `size` VMs
 //! shaped like a prototype sandbox's booted (or cloned from a template)
 //! and ready, hands one over per sandbox, and starts the next in the
-//! background. [`PoolFactory`] is the [`VmFactory`] that takes from a pool
+//! background. [`PoolFactory`] is the [`VmFactory`](crate::VmFactory) that takes from a pool
 //! in this process ([`PoolFactory::local`]) or from one another process
 //! serves over a unix socket ([`VmPool::serve`], [`PoolFactory::remote`]).
 //!
@@ -352,7 +352,7 @@ enum Source {
     Remote(PathBuf),
 }
 
-/// A [`VmFactory`] that takes each sandbox's VM from a pool (in this
+/// A [`VmFactory`](crate::VmFactory) that takes each sandbox's VM from a pool (in this
 /// process, or served by another), booting cold when the pool cannot
 /// serve it.
 #[derive(Debug, Clone)]
