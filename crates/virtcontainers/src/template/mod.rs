@@ -5,7 +5,7 @@
 //! [`TemplateFactory::init`] boots a VM shaped like the sandboxes to come
 //! (a prototype [`SandboxConfig`]) with its RAM in a file on a tmpfs the
 //! factory mounts, waits for its agent, saves its device state and stops
-//! it. [`TemplateFactory`] as a [`VmFactory`](crate::VmFactory) then starts each sandbox's VM
+//! it. [`TemplateFactory`] as a [`VmFactory`] then starts each sandbox's VM
 //! from that state, mapping the RAM file private: pages a clone only reads
 //! stay shared between all clones (in the page cache, counted once), pages
 //! it writes become its own. Each clone gets fresh entropy
@@ -94,7 +94,7 @@ impl Default for TemplateConfig {
     }
 }
 
-/// A [`VmFactory`](crate::VmFactory) that starts VMs from a template when they match it and
+/// A [`VmFactory`] that starts VMs from a template when they match it and
 /// boots them otherwise (see the [module](self) docs).
 #[derive(Debug)]
 pub struct TemplateFactory {
