@@ -98,9 +98,21 @@ pub(crate) fn unbind(target: &Path) -> Result<(), Error> {
     removed.map_err(Error::host_io("remove mount point", target))
 }
 
+/// This process's mount table, in mount order.
+pub(crate) fn mount_table() -> Result<Vec<vc_mountinfo::MountInfo>, Error> {
+    vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO)).map_err(|e| {
+        Error::HostIo {
+            operation: "read the mount table",
+            path: vc_mountinfo::PROC_SELF_MOUNTINFO.into(),
+            source: std::io::Error::other(e),
+        }
+    })
+}
+
 /// Whether `path` is a mount point in this process's mount namespace.
+#[cfg(test)]
 pub(crate) fn is_mounted(path: &Path) -> bool {
-    vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
+    mount_table()
         .map(|table| table.iter().any(|m| m.mount_point == path))
         .unwrap_or(false)
 }

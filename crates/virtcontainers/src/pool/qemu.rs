@@ -219,23 +219,18 @@ pub(crate) fn remove_slot(slot: &Path, logger: &Logger) {
     }
 }
 
-/// Undoes the bind mounts a warm-up makes in a slot's share (a container
-/// dir's `rootfs` and `mounts/<n>`: nothing else is ever mounted there)
-/// and removes the directories that held them.
+/// Undoes the bind mounts a warm-up makes in a slot's share (nothing else
+/// is ever mounted there), latest first, and removes the directories that
+/// held them.
 fn unbind_warm_up_leftovers(share: &Path) -> Result<(), Error> {
-    let Ok(containers) = std::fs::read_dir(share) else {
+    // The mount table names resolved paths.
+    let Ok(share) = share.canonicalize() else {
         return Ok(());
     };
-    let mut targets = Vec::new();
-    for dir in containers.flatten().map(|e| e.path()) {
-        targets.push(dir.join("rootfs"));
-        if let Ok(mounts) = std::fs::read_dir(dir.join("mounts")) {
-            targets.extend(mounts.flatten().map(|e| e.path()));
-        }
-    }
-    let mounted: Vec<PathBuf> = targets
+    let mounted: Vec<PathBuf> = crate::host_mounts::mount_table()?
         .into_iter()
-        .filter(|t| crate::host_mounts::is_mounted(t))
+        .map(|m| m.mount_point)
+        .filter(|p| p.starts_with(&share) && p != &share)
         .collect();
     crate::sandbox::unbind_all(&mounted)
 }

@@ -40,12 +40,7 @@ pub(crate) async fn warm_up(
     timeout: Duration,
     logger: &Logger,
 ) -> Result<(), Error> {
-    let host_mounts = vc_mountinfo::read_mountinfo(Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
-        .map_err(|e| Error::HostIo {
-            operation: "read the mount table",
-            path: vc_mountinfo::PROC_SELF_MOUNTINFO.into(),
-            source: std::io::Error::other(e),
-        })?;
+    let host_mounts = crate::host_mounts::mount_table()?;
     let layout = layout(container, share, &host_mounts, &ContainerDevices::default())?;
     let targets: Vec<PathBuf> = layout.binds.iter().map(|b| b.target.clone()).collect();
     let ran = tokio::time::timeout(timeout, async {

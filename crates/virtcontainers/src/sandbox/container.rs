@@ -188,13 +188,7 @@ impl Sandbox {
             });
         }
         let shared_dir = state.resources.shared_dir.clone().unwrap_or_default();
-        let host_mounts_table =
-            vc_mountinfo::read_mountinfo(std::path::Path::new(vc_mountinfo::PROC_SELF_MOUNTINFO))
-                .map_err(|e| Error::HostIo {
-                operation: "read the mount table",
-                path: vc_mountinfo::PROC_SELF_MOUNTINFO.into(),
-                source: std::io::Error::other(e),
-            })?;
+        let host_mounts_table = host_mounts::mount_table()?;
         // Write-ahead: the container is on disk before its first device or
         // mount.
         state.containers.insert(

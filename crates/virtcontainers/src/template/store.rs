@@ -146,9 +146,7 @@ pub fn mount_type(path: &Path) -> Result<Option<String>, Error> {
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
         Err(e) => return Err(Error::host_io("resolve", path)(e)),
     };
-    let mounts = vc_mountinfo::read_mountinfo(Path::new("/proc/self/mountinfo")).map_err(|e| {
-        Error::host_io("read", "/proc/self/mountinfo")(std::io::Error::other(e.to_string()))
-    })?;
+    let mounts = crate::host_mounts::mount_table()?;
     Ok(mounts
         .into_iter()
         .rev()
