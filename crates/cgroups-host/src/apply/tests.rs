@@ -358,6 +358,26 @@ fn v1_update_reaggregates_and_follows_new_vcpu_threads() {
     );
     assert_thread_in(vmm.pid(), workers[2], &overhead);
 
+    // The same update again moves nothing (it is not written: see
+    // `already_placed`); one after someone moved a vCPU thread away puts
+    // it back.
+    let same = SandboxTasks {
+        vmm: Some(vmm.pid()),
+        vcpu_threads: vec![workers[1]],
+        ..Default::default()
+    };
+    m.update(&one, &same).unwrap();
+    assert_thread_in(vmm.pid(), workers[1], &sandbox);
+    assert_thread_in(vmm.pid(), workers[2], &overhead);
+    std::fs::write(
+        roots.v1.get("cpu").unwrap().join("tasks"),
+        workers[1].to_string(),
+    )
+    .unwrap();
+    assert_eq!(cgroup_of(vmm.pid(), workers[1], "cpu"), "/");
+    m.update(&one, &same).unwrap();
+    assert_thread_in(vmm.pid(), workers[1], &sandbox);
+
     // A plan naming other cgroups is refused.
     let other = plan(&v1_config(&unique("other"), false), &[]).unwrap();
     assert!(matches!(

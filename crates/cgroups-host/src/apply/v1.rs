@@ -261,8 +261,15 @@ impl Backend for CgroupfsV1 {
 
     fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
         let p = plan.placement;
+        // An update that moves nothing writes nothing (see `already_placed`).
+        let mounts = &self.mounts;
+        let placed = super::tasks::already_placed(plan, tasks, Path::new("/proc"), |list| {
+            list.split(',')
+                .any(|c| mounts.get(c).is_some())
+                .then(|| list.split(',').any(|c| c == "memory"))
+        });
         self.step(Step::PlaceRuntime)?;
-        if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
+        if let (false, Some(role), Some(pid)) = (placed, p.runtime, tasks.runtime) {
             if self
                 .rec
                 .state
@@ -278,7 +285,7 @@ impl Backend for CgroupfsV1 {
             self.move_process(plan, role, pid)?;
         }
         self.step(Step::PlaceVmm)?;
-        if let Some(pid) = tasks.vmm {
+        if let (false, Some(pid)) = (placed, tasks.vmm) {
             // Moving the process moves all its threads: every placement
             // starts from scratch, so threads that stopped being vCPUs leave
             // the sandbox cgroup.
@@ -289,13 +296,13 @@ impl Backend for CgroupfsV1 {
             }
         }
         self.step(Step::PlaceVcpus)?;
-        if p.vcpu_threads != p.vmm {
+        if !placed && p.vcpu_threads != p.vmm {
             for &tid in &tasks.vcpu_threads {
                 self.move_thread(plan, p.vcpu_threads, tid)?;
             }
         }
         self.step(Step::PlaceHelpers)?;
-        for &pid in &tasks.helpers {
+        for &pid in tasks.helpers.iter().filter(|_| !placed) {
             self.move_process(plan, p.helpers, pid)?;
         }
         Ok(())

@@ -275,8 +275,12 @@ impl Backend for CgroupfsV2 {
 
     fn place(&mut self, plan: &CgroupPlan, tasks: &SandboxTasks) -> Result<(), Error> {
         let p = plan.placement;
+        // An update that moves nothing writes nothing (see `already_placed`).
+        let placed = super::tasks::already_placed(plan, tasks, Path::new("/proc"), |list| {
+            list.is_empty().then_some(false)
+        });
         self.step(Step::PlaceRuntime)?;
-        if let (Some(role), Some(pid)) = (p.runtime, tasks.runtime) {
+        if let (false, Some(role), Some(pid)) = (placed, p.runtime, tasks.runtime) {
             if self
                 .rec
                 .state
@@ -292,11 +296,11 @@ impl Backend for CgroupfsV2 {
             self.move_process(plan, role, pid)?;
         }
         self.step(Step::PlaceVmm)?;
-        if let Some(pid) = tasks.vmm {
+        if let (false, Some(pid)) = (placed, tasks.vmm) {
             self.move_process(plan, p.vmm, pid)?;
         }
         self.step(Step::PlaceVcpus)?;
-        if p.vcpu_threads != p.vmm {
+        if !placed && p.vcpu_threads != p.vmm {
             for &tid in &tasks.vcpu_threads {
                 let Some(cgroup) = self.cgroup(p.vcpu_threads, plan) else {
                     continue;
@@ -307,7 +311,7 @@ impl Backend for CgroupfsV2 {
             }
         }
         self.step(Step::PlaceHelpers)?;
-        for &pid in &tasks.helpers {
+        for &pid in tasks.helpers.iter().filter(|_| !placed) {
             self.move_process(plan, p.helpers, pid)?;
         }
         Ok(())
