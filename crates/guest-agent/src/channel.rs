@@ -6,6 +6,13 @@
 //! return end of file). Each host connection becomes one ttrpc connection:
 //! a [`Session`] that ends at the hang-up, after which the listener waits
 //! for the host to come back and hands the same port out as a new session.
+//!
+//! Each session registers its own duplicate of the port's descriptor with
+//! the reactor. tokio keeps a registration's "closed" readiness forever once
+//! seen, and a hang-up is seen as closed: a registration that outlived one
+//! made every later read look ready, and a session after a reconnect spun
+//! on `EAGAIN`, one guest CPU at 100 % for as long as the host stayed
+//! connected (every template clone and pool VM, whose first host is gone).
 
 use std::fs;
 use std::io;
@@ -19,6 +26,7 @@ use std::time::Duration;
 
 use tokio::io::unix::AsyncFd;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::sync::Notify;
 
 use crate::error::{Error, Result};
 
@@ -93,9 +101,44 @@ fn poll_now(fd: &OwnedFd) -> libc::c_short {
     pfd.revents
 }
 
+/// How often a hung-up port is looked at for a host again. A hung-up port
+/// is always "ready" (`POLLHUP`), so readiness cannot say when the host is
+/// back. It also bounds the wait for a session's end, which is woken by
+/// the end itself.
+const RECHECK: Duration = Duration::from_millis(20);
+
+/// The end of a [`Session`]: a flag, and a wake-up for whoever waits for
+/// it (the listener, which hands out the next session only then).
+#[derive(Debug, Default)]
+pub struct SessionEnd {
+    ended: AtomicBool,
+    wake: Notify,
+}
+
+impl SessionEnd {
+    fn set(&self) {
+        self.ended.store(true, Ordering::Release);
+        // `notify_one` keeps the wake-up for a waiter that comes later.
+        self.wake.notify_one();
+    }
+
+    /// Whether the session has ended.
+    pub fn is_set(&self) -> bool {
+        self.ended.load(Ordering::Acquire)
+    }
+
+    /// Returns once the session has ended.
+    pub async fn wait(&self) {
+        while !self.is_set() {
+            let _ = tokio::time::timeout(RECHECK, self.wake.notified()).await;
+        }
+    }
+}
+
 /// The open port.
 pub struct SerialPort {
-    fd: Arc<AsyncFd<OwnedFd>>,
+    fd: OwnedFd,
+    path: PathBuf,
 }
 
 impl SerialPort {
@@ -107,28 +150,31 @@ impl SerialPort {
             .custom_flags_nonblock()
             .open(path)
             .map_err(Error::io("opening", path))?;
-        // SAFETY: the AsyncFd owns the fd; it is deregistered before it closes.
-        let fd = unsafe { AsyncFd::register(OwnedFd::from(file)) }
-            .map_err(|e| Error::io("registering", path)(e.into()))?;
-        Ok(SerialPort { fd: Arc::new(fd) })
+        Ok(SerialPort {
+            fd: OwnedFd::from(file),
+            path: path.to_owned(),
+        })
     }
 
-    /// Waits for a host to be connected, drops what an earlier host left
-    /// unread, and returns the session for this connection.
-    pub async fn next_session(&self) -> Session {
-        loop {
-            let revents = poll_now(self.fd.get_ref());
-            if revents & libc::POLLHUP == 0 {
-                break;
-            }
-            // Hung up: no host. The port stays "ready" while hung up, so
-            // wait by polling rather than by readiness.
-            tokio::time::sleep(Duration::from_millis(20)).await;
+    /// Waits for a host to be connected and returns the session for this
+    /// connection, on a fresh registration of the port (see the module
+    /// docs for why).
+    pub async fn next_session(&self) -> Result<Session> {
+        while poll_now(&self.fd) & libc::POLLHUP != 0 {
+            tokio::time::sleep(RECHECK).await;
         }
-        Session {
-            fd: self.fd.clone(),
-            ended: Arc::new(AtomicBool::new(false)),
-        }
+        let dup = self
+            .fd
+            .try_clone()
+            .map_err(Error::io("duplicating", &self.path))?;
+        // SAFETY: the AsyncFd owns `dup`, a descriptor of its own that
+        // stays open and is deregistered before it closes (on drop).
+        let fd = unsafe { AsyncFd::register(dup) }
+            .map_err(|e| Error::io("registering", &self.path)(e.into()))?;
+        Ok(Session {
+            fd,
+            end: Arc::new(SessionEnd::default()),
+        })
     }
 }
 
@@ -146,8 +192,8 @@ impl NonBlock for fs::OpenOptions {
 /// One host connection over the port: ends (end of file, then errors) at
 /// the first hang-up, so that the ttrpc connection on it closes.
 pub struct Session {
-    fd: Arc<AsyncFd<OwnedFd>>,
-    ended: Arc<AtomicBool>,
+    fd: AsyncFd<OwnedFd>,
+    end: Arc<SessionEnd>,
 }
 
 impl Session {
@@ -161,7 +207,7 @@ impl Session {
         T: TryFrom<isize>,
     {
         loop {
-            if self.ended.load(Ordering::Acquire) {
+            if self.end.is_set() {
                 return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
             }
             let mut guard = ready!(if interest == tokio::io::Interest::READABLE {
@@ -189,7 +235,7 @@ impl AsyncRead for Session {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
-        if self.ended.load(Ordering::Acquire) {
+        if self.end.is_set() {
             return Poll::Ready(Ok(()));
         }
         let unfilled = buf.initialize_unfilled();
@@ -203,7 +249,7 @@ impl AsyncRead for Session {
         match res {
             Ok(0) => {
                 // The host hung up: this session is over.
-                self.ended.store(true, Ordering::Release);
+                self.end.set();
                 Poll::Ready(Ok(()))
             }
             Ok(n) => {
@@ -211,7 +257,7 @@ impl AsyncRead for Session {
                 Poll::Ready(Ok(()))
             }
             Err(e) => {
-                self.ended.store(true, Ordering::Release);
+                self.end.set();
                 Poll::Ready(Err(e))
             }
         }
@@ -235,7 +281,7 @@ impl AsyncWrite for Session {
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-        self.ended.store(true, Ordering::Release);
+        self.end.set();
         Poll::Ready(Ok(()))
     }
 }
@@ -243,12 +289,12 @@ impl AsyncWrite for Session {
 impl Session {
     /// Whether the host hung up on this session.
     pub fn has_ended(&self) -> bool {
-        self.ended.load(Ordering::Acquire)
+        self.end.is_set()
     }
 
-    /// A flag that turns true when this session ends.
-    pub fn ended_flag(&self) -> Arc<AtomicBool> {
-        self.ended.clone()
+    /// This session's end, to wait for.
+    pub fn end(&self) -> Arc<SessionEnd> {
+        self.end.clone()
     }
 }
 

@@ -56,8 +56,6 @@ pub mod storage;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
-use std::time::Duration;
 
 use slog::{Logger, info};
 use tokio::task::JoinHandle;
@@ -145,25 +143,29 @@ impl Agent {
     pub async fn serve_serial(&self, path: &Path) -> anyhow::Result<ttrpc::r#async::Server> {
         let port = Arc::new(channel::SerialPort::open(path)?);
         let logger = self.logger.clone();
-        let sessions = futures::stream::unfold(
-            None::<Arc<std::sync::atomic::AtomicBool>>,
-            move |previous| {
-                let port = port.clone();
-                let logger = logger.clone();
-                async move {
-                    if let Some(ended) = previous {
-                        while !ended.load(Ordering::Acquire) {
-                            tokio::time::sleep(Duration::from_millis(20)).await;
-                        }
-                        info!(logger, "host disconnected; waiting for the next connection");
-                    }
-                    let session = port.next_session().await;
-                    info!(logger, "host connected");
-                    let ended = session.ended_flag();
-                    Some((Ok::<_, std::io::Error>(session), Some(ended)))
+        let sessions = futures::stream::unfold(None::<Arc<channel::SessionEnd>>, move |previous| {
+            let port = port.clone();
+            let logger = logger.clone();
+            async move {
+                if let Some(end) = previous {
+                    end.wait().await;
+                    info!(logger, "host disconnected; waiting for the next connection");
                 }
-            },
-        );
+                match port.next_session().await {
+                    Ok(session) => {
+                        info!(logger, "host connected");
+                        let end = session.end();
+                        Some((Ok(session), Some(end)))
+                    }
+                    // The listener logs it and asks again, after a
+                    // pause (nothing was handed out: no end to wait for).
+                    Err(e) => {
+                        tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+                        Some((Err(std::io::Error::other(e)), None))
+                    }
+                }
+            }
+        });
         let listener = ttrpc::r#async::transport::Listener::new(sessions);
         let mut server = ttrpc::r#async::Server::new()
             .add_listener(listener)

@@ -67,6 +67,35 @@ fn cpu_cgroup(pid: u32, tid: u32) -> String {
     virtcontainers::vc_cgroups_host::thread_cgroup(pid, tid, "cpu").unwrap()
 }
 
+/// The share of `over` the sandbox's vCPU threads spent running (1.0: one
+/// vCPU busy throughout), from their `/proc` CPU times.
+async fn vcpu_busy_share(sandbox: &Sandbox, over: Duration) -> f64 {
+    let pid = sandbox.status().await.unwrap().vmm_pid.unwrap();
+    let tids: Vec<u32> = sandbox
+        .hypervisor()
+        .vcpu_threads()
+        .await
+        .unwrap()
+        .iter()
+        .map(|v| v.tid)
+        .collect();
+    let ticks = || -> u64 {
+        tids.iter()
+            .map(|tid| {
+                let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
+                let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+                // utime and stime, fields 14 and 15 of stat(5).
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = ticks();
+    tokio::time::sleep(over).await;
+    (ticks() - before) as f64 / hz / over.as_secs_f64()
+}
+
 async fn stop(sandbox: Sandbox) {
     sandbox.stop(STOP).await.unwrap();
     sandbox.delete().await.unwrap();
@@ -140,6 +169,16 @@ async fn two_clones_at_once_are_independent_and_destroy_leaves_nothing() {
             assert_eq!(cpu_cgroup(qemu, v.tid), cgroup, "vCPU thread {}", v.tid);
         }
     }
+    // Idle clones rest: a clone's agent once spun on its reconnected
+    // channel, one vCPU at 100 % for as long as the sandbox lived.
+    let idle = Duration::from_millis(1500);
+    let (busy_a, busy_b) = tokio::join!(vcpu_busy_share(&sa, idle), vcpu_busy_share(&sb, idle));
+    assert!(
+        busy_a < 0.5 && busy_b < 0.5,
+        "idle clones kept their vCPUs busy: {:.0} % and {:.0} %",
+        busy_a * 100.0,
+        busy_b * 100.0
+    );
     tokio::join!(stop(sa), stop(sb));
 
     let factory = template_factory(&env);
