@@ -3,6 +3,7 @@
 
 CARGO ?= cargo
 export CARGO_TERM_COLOR ?= never
+TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 
 .PHONY: demo test prereqs fmt-check clippy doc unit bench guest-image install-shim
 
@@ -41,7 +42,6 @@ unit: guest-image
 ## The VM tests and the agent bench build the agent with the same command
 ## and flags (vc_test_support::agent_binary), a no-op after this.
 GUEST_AGENT_TARGET := x86_64-unknown-linux-gnu
-TARGET_DIR := $(or $(CARGO_TARGET_DIR),target)
 GUEST_AGENT_BIN := $(TARGET_DIR)/$(GUEST_AGENT_TARGET)/release/vc-guest-agent
 GUEST_IMAGE_DIR := $(TARGET_DIR)/vc-guest-agent-image
 guest-image:

@@ -13,6 +13,9 @@
 //! made every later read look ready, and a session after a reconnect spun
 //! on `EAGAIN`, one guest CPU at 100 % for as long as the host stayed
 //! connected (every template clone and pool VM, whose first host is gone).
+//! A session also ends when its registration sees the hang-up, whatever a
+//! read would return then: a host that reconnects at once must not be
+//! served by the session of the one that left.
 
 use std::fs;
 use std::io;
@@ -215,6 +218,13 @@ impl Session {
             } else {
                 self.fd.poll_write_ready(cx)
             })?;
+            if guard.ready().is_read_closed() || guard.ready().is_write_closed() {
+                // This registration saw a hang-up: the host of this session
+                // is gone, even when another one has connected since (its
+                // bytes are for the next session, not this one).
+                self.end.set();
+                return Poll::Ready(Err(io::Error::from(io::ErrorKind::BrokenPipe)));
+            }
             let n = op(self.fd.get_ref().as_fd().as_raw_fd());
             if n >= 0 {
                 return Poll::Ready(T::try_from(n).map_err(|_| io::Error::other("size")));

@@ -245,6 +245,25 @@ async fn containers_run_in_the_vm() {
     let agent = vm.connect().await;
     agent.check().await.unwrap();
     assert_eq!(run(&agent, "again", &["echo", "back"]).await.0, "back\n");
+    // Hosts that leave and come back at once, then an idle one: each is
+    // served by a session of its own, and the guest's CPU rests (a
+    // session that outlived its host's hang-up once spun on the port, a
+    // vCPU at 100 %).
+    drop(agent);
+    for _ in 0..5 {
+        vm.connect().await.check().await.unwrap();
+    }
+    let agent = vm.connect().await;
+    agent.check().await.unwrap();
+    let pid = vm.qemu.vmm_processes()[0].pid;
+    let vcpus = vm.qemu.vcpu_threads().await.unwrap();
+    let tids: Vec<u32> = vcpus.iter().map(|v| v.tid).collect();
+    let busy = vc_test_support::busy_share(pid, &tids, Duration::from_millis(1500)).await;
+    assert!(
+        busy < 0.5,
+        "the idle guest kept its vCPU {:.0} % busy after reconnects",
+        busy * 100.0
+    );
 
     // The VM dies under a waiting call: the call fails at once with
     // Disconnected instead of hanging.

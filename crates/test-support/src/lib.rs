@@ -29,7 +29,7 @@
 //!   on the host ([`HostSnapshot`], [`assert_unchanged_since`]).
 //! - **VM tests**: [`small_vm_config`] and [`small_vm_options`], one VM test at a time
 //!   ([`vm_lock`]), [`runtime`], [`logger`], a log a test reads back
-//!   ([`LogCapture`]); for the benches, their
+//!   ([`LogCapture`]), how busy a VM's threads are ([`busy_share`]); for the benches, their
 //!   arguments ([`bench_args`]) and the bare QEMU baseline
 //!   ([`time_bare_boot`]).
 //!
@@ -96,6 +96,6 @@ pub use snapshot::{
 };
 pub use spec::{ContainerSpec, ISOLATED, busybox_rootfs, shared_busybox_rootfs};
 pub use vm::{
-    SMALL_VM_MIB, discard, logger, runtime, small_vm_config, small_vm_options, vm_lock,
+    SMALL_VM_MIB, busy_share, discard, logger, runtime, small_vm_config, small_vm_options, vm_lock,
     vm_lock_async,
 };

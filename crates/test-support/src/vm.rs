@@ -64,3 +64,27 @@ pub fn logger() -> slog::Logger {
 pub fn discard() -> slog::Logger {
     slog::Logger::root(slog::Discard, slog::o!())
 }
+
+/// The share of `over` that threads `tids` of process `pid` spent running
+/// (1.0: one thread busy throughout), from their `/proc` CPU times: how a
+/// test tells an idle guest (its vCPU threads) from one that spins.
+pub async fn busy_share(pid: u32, tids: &[u32], over: std::time::Duration) -> f64 {
+    let ticks = || -> u64 {
+        tids.iter()
+            .map(|tid| {
+                let path = format!("/proc/{pid}/task/{tid}/stat");
+                let stat = std::fs::read_to_string(&path)
+                    .unwrap_or_else(|e| panic!("reading {path}: {e}"));
+                let after_comm = &stat[stat.rfind(')').expect("stat has a comm") + 2..];
+                let fields: Vec<&str> = after_comm.split(' ').collect();
+                // utime and stime: fields 14 and 15 of proc_pid_stat(5).
+                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
+            })
+            .sum()
+    };
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    let before = ticks();
+    tokio::time::sleep(over).await;
+    (ticks() - before) as f64 / hz / over.as_secs_f64()
+}

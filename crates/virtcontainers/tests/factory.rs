@@ -67,33 +67,13 @@ fn cpu_cgroup(pid: u32, tid: u32) -> String {
     virtcontainers::vc_cgroups_host::thread_cgroup(pid, tid, "cpu").unwrap()
 }
 
-/// The share of `over` the sandbox's vCPU threads spent running (1.0: one
-/// vCPU busy throughout), from their `/proc` CPU times.
+/// How busy the sandbox's vCPU threads were over `over` (1.0: one vCPU
+/// busy throughout).
 async fn vcpu_busy_share(sandbox: &Sandbox, over: Duration) -> f64 {
     let pid = sandbox.status().await.unwrap().vmm_pid.unwrap();
-    let tids: Vec<u32> = sandbox
-        .hypervisor()
-        .vcpu_threads()
-        .await
-        .unwrap()
-        .iter()
-        .map(|v| v.tid)
-        .collect();
-    let ticks = || -> u64 {
-        tids.iter()
-            .map(|tid| {
-                let stat = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/stat")).unwrap();
-                let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-                // utime and stime, fields 14 and 15 of stat(5).
-                fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap()
-            })
-            .sum()
-    };
-    // SAFETY: sysconf has no preconditions.
-    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let before = ticks();
-    tokio::time::sleep(over).await;
-    (ticks() - before) as f64 / hz / over.as_secs_f64()
+    let vcpus = sandbox.hypervisor().vcpu_threads().await.unwrap();
+    let tids: Vec<u32> = vcpus.iter().map(|v| v.tid).collect();
+    vc_test_support::busy_share(pid, &tids, over).await
 }
 
 async fn stop(sandbox: Sandbox) {
